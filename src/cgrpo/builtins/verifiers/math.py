@@ -1,0 +1,135 @@
+"""``math``: the final ``\\boxed{}`` answer compared symbolically with math-verify.
+
+Extraction: the content of the last ``\\boxed{...}`` (nested braces handled). When the
+response has no box, ``fallback="expression"`` (default) lets math-verify find the last
+LaTeX or plain-number expression in the response's tail; ``fallback="none"`` scores it 0
+(the paper's strict rule). Comparison: ``math_verify.verify(gold, prediction)``, which
+treats 0.5, 1/2 and \\frac{1}{2} as equal and rounds numbers to ``float_rounding`` places.
+
+Timeouts: a pathological expression (``2^{2^{2^{2^{2^{2}}}}}``) can keep sympy busy for
+minutes. On the main thread math-verify's own alarm-based timeout bounds each call; off
+the main thread (where ``signal.alarm`` is unavailable) the call runs in a forked child
+process that is killed after ``timeout_s``. Either way a timeout scores 0 with reason
+``timeout``; it never hangs or crashes the run.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import threading
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cgrpo.builtins.verifiers.extract import last_boxed, normalize_text
+from cgrpo.types import Problem, Verdict
+
+_TAIL_CHARS = 400  # the fallback only looks at the end, where a final answer is written
+_TIMED_OUT = object()
+
+
+def _child(conn, fn, args):  # pragma: no cover - runs in the forked child
+    try:
+        conn.send(fn(*args))
+    except Exception as exc:
+        conn.send(exc)
+    finally:
+        conn.close()
+
+
+def call_with_process_timeout(fn, args: tuple, timeout_s: float):
+    """Run ``fn(*args)`` in a forked child and return its result, or ``_TIMED_OUT``."""
+    ctx = multiprocessing.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(send, fn, args), daemon=True)
+    proc.start()
+    send.close()
+    try:
+        result = recv.recv() if recv.poll(timeout_s) else _TIMED_OUT
+    except EOFError:
+        result = RuntimeError("verifier child process died")
+    finally:
+        if proc.is_alive():
+            proc.kill()
+        proc.join()
+        recv.close()
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse_gold(gold_text: str, timeout: int | None) -> tuple:
+    """Reference answers repeat G+K times per step: parse each once."""
+    from math_verify import parse
+
+    gold = parse(f"\\boxed{{{gold_text}}}", parsing_timeout=timeout)
+    return tuple(gold or parse(gold_text, parsing_timeout=timeout))
+
+
+def _compare(gold_text: str, pred_text: str, boxed: bool, timeout: int | None, rounding: int):
+    """Parse both sides and verify; returns (correct, extracted_string)."""
+    from math_verify import parse, verify
+
+    gold = list(_parse_gold(gold_text, timeout))
+    if not gold:
+        raise ValueError(f"reference answer {gold_text!r} cannot be parsed by math-verify")
+    pred = parse(f"\\boxed{{{pred_text}}}" if boxed else pred_text, parsing_timeout=timeout)
+    if not pred:
+        return False, None
+    extracted = str(pred[-1]) if len(pred) > 1 else str(pred[0])
+    ok = bool(verify(gold, pred, float_rounding=rounding, timeout_seconds=timeout))
+    return ok, extracted
+
+
+class MathVerifier:
+    """Last \\boxed{} answer vs. the reference, by symbolic equivalence (math-verify)."""
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        timeout_s: int = Field(5, ge=1, le=300, description="seconds per parse+compare")
+        fallback: str = Field(
+            "expression",
+            pattern="^(expression|none)$",
+            description="when there is no \\boxed{}: 'expression' (last expression in the "
+            "tail) or 'none' (score 0)",
+        )
+        float_rounding: int = Field(6, ge=0, le=15, description="decimal places compared")
+
+    def __init__(self, options: Options | None = None, context: Any = None):
+        self.options = options or self.Options()
+
+    def verify(self, response: str, problem: Problem) -> Verdict:
+        text = normalize_text(response)
+        boxed = last_boxed(text)
+        if boxed is None and self.options.fallback == "none":
+            return Verdict(0.0, False, None, "no_answer")
+        pred = boxed if boxed is not None else text[-_TAIL_CHARS:]
+        if not pred.strip():
+            return Verdict(0.0, False, None, "no_answer")
+        gold = normalize_text(problem.answer)
+        timeout = self.options.timeout_s
+        started = time.monotonic()
+        try:
+            if threading.current_thread() is threading.main_thread():
+                result = _compare(
+                    gold, pred, boxed is not None, timeout, self.options.float_rounding
+                )
+            else:
+                result = call_with_process_timeout(
+                    _compare,
+                    (gold, pred, boxed is not None, None, self.options.float_rounding),
+                    timeout,
+                )
+        except Exception as exc:  # a verifier bug on one response must not stop a run
+            return Verdict(0.0, False, boxed, f"error: {type(exc).__name__}: {exc}")
+        if result is _TIMED_OUT:
+            return Verdict(0.0, False, boxed, "timeout")
+        ok, extracted = result
+        if not ok and time.monotonic() - started >= timeout:
+            return Verdict(0.0, False, boxed if boxed is not None else extracted, "timeout")
+        if extracted is None:
+            return Verdict(0.0, False, None, "no_answer")
+        return Verdict(float(ok), ok, boxed if boxed is not None else extracted)

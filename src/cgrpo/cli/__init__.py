@@ -1,0 +1,1 @@
+"""The ``cgrpo`` command line."""

@@ -1,0 +1,118 @@
+"""``cgrpo``: run, check and inspect Critique-GRPO recipes.
+
+Exit codes: 0 success; 2 a bad recipe or bad usage (nothing was built); 1 a failure while
+running; 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from cgrpo import __version__
+from cgrpo.errors import CgrpoError, DataError, PluginError, RecipeError
+
+EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cgrpo",
+        description="Critique-GRPO: RL for reasoning LLMs from rewards and critiques.",
+        epilog="Overrides are key=value pairs with dotted keys, e.g. "
+        "algorithm.samples_per_prompt=8 policy=vllm run.name=try2",
+    )
+    p.add_argument("--version", action="version", version=f"cgrpo {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="train with a recipe")
+    run.add_argument("recipe", help="path to a YAML recipe")
+    run.add_argument("overrides", nargs="*", help="key=value overrides")
+
+    check = sub.add_parser("check", help="validate a recipe and print it resolved (builds nothing)")
+    check.add_argument("recipe", help="path to a YAML recipe")
+    check.add_argument("overrides", nargs="*", help="key=value overrides")
+
+    lst = sub.add_parser("list", help="list registered components")
+    lst.add_argument("kind", nargs="?", help="policy, critic, verifier, advantage or task")
+    return p
+
+
+def cmd_check(recipe_path: str, overrides: Sequence[str]) -> int:
+    from omegaconf import OmegaConf
+    from rich.console import Console
+    from rich.syntax import Syntax
+
+    from cgrpo.recipe import load_recipe
+
+    _, resolved = load_recipe(recipe_path, overrides)
+    console = Console()
+    console.print(Syntax(OmegaConf.to_yaml(resolved), "yaml", background_color="default"))
+    console.print(f"[green]recipe OK[/green]: {recipe_path}")
+    return EXIT_OK
+
+
+def cmd_list(kind: str | None) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from cgrpo.plugins import get_registries
+    from cgrpo.registry import KINDS, closest
+
+    if kind is not None and kind not in KINDS:
+        guess = closest(kind, list(KINDS))
+        hint = f" Did you mean {guess!r}?" if guess else ""
+        print(
+            f"cgrpo list: unknown kind {kind!r}; kinds: {', '.join(KINDS)}.{hint}", file=sys.stderr
+        )
+        return EXIT_USAGE
+    regs = get_registries()
+    console = Console()
+    for k in [kind] if kind else KINDS:
+        table = Table(title=f"{k} components", title_justify="left", show_lines=False)
+        for col in ("name", "plugin", "options (defaults)", "summary"):
+            table.add_column(col, overflow="fold")
+        for comp in regs[k]:
+            opts = []
+            for fname, field in comp.options.model_fields.items():
+                default = (
+                    "required"
+                    if field.is_required()
+                    else repr(field.get_default(call_default_factory=True))
+                )
+                opts.append(f"{fname}={default}")
+            table.add_row(comp.name, comp.plugin, "\n".join(opts) or "-", comp.summary)
+        console.print(table)
+    return EXIT_OK
+
+
+def cmd_run(recipe_path: str, overrides: Sequence[str]) -> int:
+    from cgrpo.train.run import run_recipe
+
+    return run_recipe(recipe_path, overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "check":
+            return cmd_check(args.recipe, args.overrides)
+        if args.command == "list":
+            return cmd_list(args.kind)
+        if args.command == "run":
+            return cmd_run(args.recipe, args.overrides)
+    except RecipeError as exc:
+        print(exc.render(), file=sys.stderr)
+        return EXIT_USAGE
+    except (PluginError, DataError, CgrpoError) as exc:
+        print(f"cgrpo {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except KeyboardInterrupt:
+        print("cgrpo: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""The contracts between the training loop and its swappable parts.
+
+The loop in :mod:`cgrpo.train` sees only these Protocols, never a concrete built-in, so a
+third-party plugin's component is exactly as capable as a built-in one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from cgrpo.types import Completion, Critique, CritiqueRequest, Problem, SamplingParams, Verdict
+
+if TYPE_CHECKING:  # heavy imports stay out of module import time
+    import torch
+
+
+@dataclass
+class BuildContext:
+    """What a component factory may need besides its own options.
+
+    ``model`` and ``tokenizer`` are the trainer's policy (set once the model is loaded);
+    ``policy`` is the sampling backend (set after it is built, for critics that sample
+    with the policy); ``run_dir`` is where the component may keep files (caches).
+    """
+
+    run_dir: Path | None = None
+    seed: int = 0
+    model: Any = None
+    tokenizer: Any = None
+    policy: Any = None
+    recipe: Any = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Verifier(Protocol):
+    """Scores a response against a problem's reference answer."""
+
+    def verify(self, response: str, problem: Problem) -> Verdict: ...
+
+
+@runtime_checkable
+class Critic(Protocol):
+    """Writes one natural-language critique per request; must not raise for one bad item:
+    failures become fallback critiques with ``fallback=True``."""
+
+    def critique(self, requests: Sequence[CritiqueRequest]) -> list[Critique]: ...
+
+
+@runtime_checkable
+class PolicyBackend(Protocol):
+    """Samples from the current policy.
+
+    ``generate`` takes token-id prompts and returns, per prompt, ``params.n`` completions
+    with the sampler's per-token log-probabilities. ``sync_weights`` is called after every
+    optimizer step so the sampler uses the weights just trained (a no-op where the sampler
+    *is* the training model).
+    """
+
+    def generate(
+        self, prompts: Sequence[Sequence[int]], params: SamplingParams
+    ) -> list[list[Completion]]: ...
+
+    def sync_weights(self, model: Any) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class AdvantageScheme(Protocol):
+    """Turns group rewards into one advantage per sequence.
+
+    ``rewards`` is (P, N); ``mask`` (P, N) is True where a group member exists (groups can
+    be shorter than N when the refinement fallback keeps none). Returns (P, N) with zeros
+    where ``mask`` is False.
+    """
+
+    def compute(self, rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class TaskSource(Protocol):
+    """A finite, ordered list of problems; the trainer owns shuffling and position."""
+
+    def load(self) -> list[Problem]: ...

@@ -1,0 +1,119 @@
+"""YAML -> plain data with OmegaConf (the only module that uses it) -> validated Recipe.
+
+OmegaConf gives us ``key=value`` overrides, ``${...}`` interpolations and ``extends:``
+(a recipe may start from another one, path relative to itself). Validation is done by
+pydantic and :mod:`cgrpo.recipe.validate`, which report every problem at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from cgrpo.errors import ConfigIssue, RecipeError
+from cgrpo.recipe.schema import Recipe
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
+    if not path.is_file():
+        raise RecipeError(
+            [ConfigIssue("", f"recipe file not found: {path}", "check the path")], str(path)
+        )
+    if path.resolve() in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path.resolve()))
+        raise RecipeError([ConfigIssue("extends", f"circular extends: {chain}")], str(path))
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as exc:  # yaml.YAMLError and OmegaConf errors; show the parser's words
+        raise RecipeError(
+            [ConfigIssue("", f"cannot parse YAML: {exc}", "fix the YAML syntax at that line")],
+            str(path),
+        ) from exc
+    if not isinstance(cfg, DictConfig):
+        raise RecipeError([ConfigIssue("", "a recipe must be a YAML mapping")], str(path))
+    base = cfg.pop("extends", None)
+    if base is not None:
+        parent = _read_yaml((path.parent / str(base)).resolve(), (*seen, path.resolve()))
+        cfg = OmegaConf.merge(parent, cfg)
+    return cfg
+
+
+def apply_overrides(cfg: DictConfig, overrides: Sequence[str], source: str) -> DictConfig:
+    """Apply ``key=value`` overrides (values parsed as YAML), in order.
+
+    Switching a component drops the options of the old one, which would not fit the new
+    one: a scalar given for a component section (``policy=vllm``) replaces the section, and
+    ``critic.name=openai`` empties ``critic.options`` (later overrides can fill it again).
+    """
+    issues = []
+    for item in overrides:
+        key, sep, _ = item.partition("=")
+        if not sep or not key.strip():
+            issues.append(
+                ConfigIssue(
+                    item,
+                    "an override must look like key=value",
+                    "e.g. algorithm.samples_per_prompt=8",
+                )
+            )
+            continue
+        try:
+            value = OmegaConf.from_dotlist([item])
+            parsed = OmegaConf.select(value, key.strip())
+            existing = OmegaConf.select(cfg, key.strip(), default=None)
+            replace = isinstance(existing, DictConfig) and not isinstance(parsed, DictConfig)
+            parent_key, _, leaf = key.strip().rpartition(".")
+            parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else None
+            if (
+                leaf == "name"
+                and isinstance(parent, DictConfig)
+                and "options" in parent
+                and parent.get("name") != parsed
+            ):
+                parent.options = {}
+            OmegaConf.update(cfg, key.strip(), parsed, merge=not replace, force_add=True)
+        except OmegaConfBaseException as exc:
+            issues.append(ConfigIssue(key, f"cannot apply override: {exc}"))
+    if issues:
+        raise RecipeError(issues, source)
+    return cfg
+
+
+def load_raw(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The recipe as plain resolved data (no validation)."""
+    path = Path(path)
+    cfg = apply_overrides(_read_yaml(path), overrides, str(path))
+    try:
+        data = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", "") or ""
+        raise RecipeError(
+            [
+                ConfigIssue(
+                    str(key),
+                    f"cannot resolve interpolation: {exc.msg if hasattr(exc, 'msg') else exc}",
+                    "check the ${...} reference",
+                )
+            ],
+            str(path),
+        ) from exc
+    assert isinstance(data, dict)
+    return data
+
+
+def load_recipe(
+    path: str | Path, overrides: Sequence[str] = (), registries: Any = None
+) -> tuple[Recipe, dict[str, Any]]:
+    """Load, override, resolve and validate a recipe; returns ``(recipe, resolved_data)``.
+
+    Raises :class:`RecipeError` listing every problem found. Nothing heavy is built.
+    """
+    from cgrpo.recipe.validate import validate_recipe
+
+    raw = load_raw(path, overrides)
+    recipe = validate_recipe(raw, registries=registries, source=str(path))
+    return recipe, recipe.model_dump(mode="json")

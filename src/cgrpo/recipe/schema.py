@@ -1,0 +1,284 @@
+"""The recipe schema. Every section forbids unknown keys; every field documents itself.
+
+Component sections (``policy``, ``critic``, ``verifier``, ``algorithm.advantage``,
+``data.task``) name a registered component and give its ``options``, which that
+component's own ``Options`` model validates (see :mod:`cgrpo.recipe.validate`). A bare
+string is shorthand for ``{name: <string>}``, so ``policy=vllm`` on the command line works.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ComponentSpec(Section):
+    """A registered component by name, with its options."""
+
+    name: str = Field(description="registered component name (see `cgrpo list`)")
+    options: dict[str, Any] = Field(default_factory=dict, description="the component's options")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"name": data} if isinstance(data, str) else data
+
+
+def component(name: str) -> Any:
+    return Field(default_factory=lambda: ComponentSpec(name=name))
+
+
+class TinyModelSpec(Section):
+    """A tiny Qwen2 model and tokenizer created offline at ``model.path`` when it is missing
+    (tests, the CPU quickstart). Nothing is downloaded."""
+
+    hidden_size: int = Field(128, ge=32, description="model width")
+    num_layers: int = Field(2, ge=1, description="transformer layers")
+    num_heads: int = Field(4, ge=1, description="attention heads; head_dim = hidden/heads")
+    num_kv_heads: int = Field(2, ge=1, description="key/value heads (GQA)")
+    intermediate_size: int = Field(256, ge=8, description="MLP width")
+    max_position_embeddings: int = Field(1024, ge=64, description="longest sequence")
+    seed: int = Field(0, description="initialisation seed")
+
+    @model_validator(mode="after")
+    def _heads(self) -> TinyModelSpec:
+        if self.hidden_size % self.num_heads:
+            raise ValueError("hidden_size must be divisible by num_heads")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError("num_heads must be divisible by num_kv_heads")
+        return self
+
+
+class ModelConfig(Section):
+    """The policy model being trained."""
+
+    path: str = Field(description="local directory (or hub id) of a transformers model")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="weights and compute dtype (bfloat16 on GPU)"
+    )
+    device: str = Field("auto", description="'auto' (CUDA if present, else CPU), 'cpu', 'cuda:0'")
+    max_length: int = Field(
+        1024, ge=16, description="context budget: prompt + response never exceeds it"
+    )
+    gradient_checkpointing: bool = Field(False, description="trade compute for memory")
+    trust_remote_code: bool = Field(False, description="allow custom model code")
+    create: TinyModelSpec | None = Field(
+        None, description="create a tiny model at `path` if it does not exist"
+    )
+
+
+class PromptConfig(Section):
+    """How a problem becomes the model's prompt."""
+
+    system: str | None = Field(None, description="system message (chat template only)")
+    template: str = Field("{question}", description="user message; {question} is replaced")
+    suffix: str = Field(
+        " Please reason step by step, and put your final answer within \\boxed{}.",
+        description="appended to the user message",
+    )
+    chat_template: bool = Field(
+        True, description="wrap with the tokenizer's chat template (when it has one)"
+    )
+    max_prompt_tokens: int = Field(
+        256, ge=1, description="longest prompt; longer problems are skipped and reported"
+    )
+
+
+class DataConfig(Section):
+    """Where problems come from and how they are ordered."""
+
+    task: ComponentSpec = Field(description="a registered task (data source) with its options")
+    prompt: PromptConfig = Field(default_factory=PromptConfig)
+    shuffle: bool = Field(True, description="reshuffle every epoch (seeded by run.seed)")
+
+
+class SamplingConfig(Section):
+    """How initial responses (and refinements) are sampled."""
+
+    temperature: float = Field(1.0, gt=0, description="sampling temperature (paper: 1.0)")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling; 1.0 = off")
+    top_k: int = Field(0, ge=0, description="top-k sampling; 0 = off")
+    max_new_tokens: int = Field(256, ge=1, description="longest response")
+
+
+class ClipConfig(Section):
+    """PPO ratio clipping on initial-response tokens."""
+
+    mode: Literal["none", "symmetric", "asymmetric"] = Field(
+        "symmetric",
+        description="'symmetric' (paper, eps), 'asymmetric' (eps_low/eps_high), "
+        "'none' (released code)",
+    )
+    eps: float = Field(0.2, gt=0, lt=1, description="clip range for 'symmetric'")
+    eps_low: float = Field(0.2, gt=0, lt=1, description="lower clip for 'asymmetric'")
+    eps_high: float = Field(0.28, gt=0, description="upper clip for 'asymmetric'")
+
+    def bounds(self) -> tuple[float | None, float | None]:
+        if self.mode == "none":
+            return None, None
+        if self.mode == "symmetric":
+            return self.eps, self.eps
+        return self.eps_low, self.eps_high
+
+
+class ShapingConfig(Section):
+    """Weighting of refinement tokens: f(p) = p / (p + gamma), or none."""
+
+    mode: Literal["p_over_p_plus_gamma", "none"] = Field(
+        "p_over_p_plus_gamma",
+        description="'p_over_p_plus_gamma' (paper, LUFFY) or 'none' (plain policy gradient)",
+    )
+    gamma: float = Field(0.1, gt=0, description="gamma of f(p) = p/(p+gamma) (paper: 0.1)")
+
+
+class LossSection(Section):
+    """The policy loss (see cgrpo.train.loss)."""
+
+    clip: ClipConfig = Field(default_factory=ClipConfig)
+    shaping: ShapingConfig = Field(default_factory=ShapingConfig)
+    aggregation: Literal["token_mean", "seq_mean_token_mean", "token_sum"] = Field(
+        "token_sum", description="token_sum = sum / constant normalizer (released code, Dr.GRPO)"
+    )
+    normalizer: int | Literal["auto"] = Field(
+        "auto", description="constant divisor of token_sum; 'auto' = sampling.max_new_tokens"
+    )
+    entropy_coef: float = Field(0.001, ge=0, description="entropy bonus weight (paper: 0.001)")
+    kl_coef: float = Field(0.0, ge=0, description="KL to the initial model; 0 loads no reference")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator")
+
+
+class AlgorithmConfig(Section):
+    """Group shapes and the Critique-GRPO options (ALGORITHM.md section 2)."""
+
+    prompts_per_step: int = Field(8, ge=1, description="P: prompts per training step")
+    samples_per_prompt: int = Field(7, ge=1, description="G: initial samples per prompt")
+    refinements_per_prompt: int = Field(
+        1, ge=0, description="K: refinements kept per prompt; 0 = plain GRPO"
+    )
+    refine: Literal["all", "failed_groups", "failed_responses"] = Field(
+        "failed_groups",
+        description="which responses get a critique and a refinement: 'all' (released code), "
+        "'failed_groups' (paper: prompts whose G samples all failed), 'failed_responses'",
+    )
+    max_refinements_generated: int | None = Field(
+        None, ge=1, description="cap on refinements sampled per prompt (None = no cap)"
+    )
+    fallback: Literal["first", "random", "none"] = Field(
+        "random",
+        description="kept refinement when none is correct: 'random' (paper), 'first' "
+        "(released code), 'none' (keep none)",
+    )
+    advantage: ComponentSpec = component("grpo")
+    loss: LossSection = Field(default_factory=LossSection)
+    updates_per_step: int = Field(
+        1, ge=1, description="optimizer updates per rollout (mini-batches; released code: 2)"
+    )
+    micro_batch_size: int = Field(8, ge=1, description="sequences per forward/backward pass")
+    old_logprobs: Literal["sampler", "recompute"] = Field(
+        "sampler",
+        description="'sampler': the sampler's log-probs are the old log-probs (exact for hf); "
+        "'recompute': one extra forward pass with the trainer's model before the update",
+    )
+
+    @property
+    def group_size(self) -> int:
+        return self.samples_per_prompt + self.refinements_per_prompt
+
+
+class RefinementConfig(Section):
+    """The refinement prompt: (question, previous response, critique) -> instruction."""
+
+    template: str = Field(
+        "{question}\n\nPrevious solution:\n{response}\n\nCritique:\n{critique}\n\n"
+        "Using the critique, fix the errors in the previous solution. Reason step by step "
+        "and put your final answer within \\boxed{{}}.",
+        description="user message of the refinement prompt; {question}, {response}, "
+        "{critique} are replaced (write {{ }} for literal braces)",
+    )
+    max_critique_tokens: int = Field(
+        256, ge=1, description="a longer critique is cut to this many tokens"
+    )
+    min_previous_response_tokens: int = Field(
+        32, ge=0, description="room kept for the previous response (its end is kept)"
+    )
+
+
+class OptimConfig(Section):
+    """AdamW and the learning-rate schedule."""
+
+    lr: float = Field(1e-6, gt=0, description="peak learning rate (paper: 1e-6)")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+    eps: float = Field(1e-8, gt=0, description="AdamW eps")
+    grad_clip: float | None = Field(1.0, gt=0, description="max grad norm; null = off")
+    schedule: Literal["constant", "linear", "cosine"] = Field("constant", description="decay")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up optimizer steps")
+
+
+class SFTConfig(Section):
+    """Optional supervised warm-up on reference solutions before RL (a paper baseline)."""
+
+    steps: int = Field(0, ge=0, description="optimizer steps of warm-up; 0 = none")
+    batch_size: int = Field(16, ge=1, description="problems per warm-up step")
+    lr: float = Field(1e-3, gt=0, description="warm-up learning rate")
+    refinement_share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of warm-up examples that teach acting on a critique (refinement "
+        "prompt with a wrong previous answer -> correct solution)",
+    )
+
+
+class TrainConfig(Section):
+    """Length of the run and what it writes."""
+
+    steps: int = Field(100, ge=1, description="training steps (one rollout each)")
+    save_every: int = Field(0, ge=0, description="checkpoint every N steps; 0 = only at the end")
+    log_samples: int = Field(
+        64, ge=0, description="sequences per step written to samples.jsonl (0 = none)"
+    )
+
+
+class RunConfig(Section):
+    """Naming, seeding and outputs."""
+
+    name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$", description="run directory name")
+    output_dir: str = Field("runs", description="parent directory of run directories")
+    seed: int = Field(0, description="seed of sampling, shuffling and the fallback choice")
+    overwrite: bool = Field(False, description="replace an existing run directory")
+    console: Literal["auto", "rich", "plain"] = Field(
+        "auto", description="live display: 'auto' = rich on a terminal, plain lines otherwise"
+    )
+
+
+class Recipe(Section):
+    """A whole training recipe."""
+
+    run: RunConfig = Field(default_factory=RunConfig)
+    model: ModelConfig
+    data: DataConfig
+    policy: ComponentSpec = component("hf")
+    critic: ComponentSpec = component("ground_truth")
+    verifier: ComponentSpec = component("math")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    refinement: RefinementConfig = Field(default_factory=RefinementConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
+# dotted recipe path -> component kind, for options validation and `cgrpo check`
+COMPONENT_PATHS: dict[str, str] = {
+    "policy": "policy",
+    "critic": "critic",
+    "verifier": "verifier",
+    "algorithm.advantage": "advantage",
+    "data.task": "task",
+}

@@ -1,0 +1,305 @@
+"""Validate a whole recipe and report every problem at once.
+
+Three passes, all run even when an earlier one found problems, so a user fixes a recipe
+in one edit: (1) the schema (pydantic), (2) each component's name and own ``Options``,
+(3) cross-field checks that GRPO users keep tripping over (group sizes, batch divisions,
+the refinement context budget, secrets written into the recipe).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from cgrpo.errors import ConfigIssue, RecipeError, UnknownComponentError
+from cgrpo.recipe.schema import COMPONENT_PATHS, ComponentSpec, Recipe
+from cgrpo.registry import closest
+
+SECRET_KEYS = {"api_key", "apikey", "secret", "password", "token", "access_token", "auth"}
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model class reached by following ``loc`` from ``model``."""
+    current: Any = model
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return None
+        current = field.annotation
+        for arg in getattr(current, "__args__", ()) or ():  # Optional[Model]
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                current = arg
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def issues_from_validation(
+    exc: ValidationError, model: type[BaseModel], prefix: str = ""
+) -> list[ConfigIssue]:
+    """Turn pydantic errors into dotted-path issues with hints."""
+    issues = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if p not in ("function-after", "function-before"))
+        path = ".".join(filter(None, [prefix, _dotted(loc)]))
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            parent = _model_at(model, loc[:-1])
+            valid = sorted(parent.model_fields) if parent else []
+            guess = closest(str(loc[-1]), valid)
+            hint = (f"did you mean {guess!r}? " if guess else "") + (
+                f"valid keys here: {', '.join(valid)}" if valid else "remove it"
+            )
+            issues.append(ConfigIssue(path, "unknown key", hint))
+        elif kind == "missing":
+            issues.append(ConfigIssue(path, "required key is missing", "add it to the recipe"))
+        else:
+            got = err.get("input")
+            shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
+            msg = err["msg"].removeprefix("Value error, ")
+            issues.append(ConfigIssue(path, f"{msg}{shown}"))
+    return issues
+
+
+def _get(data: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return None
+        data = data[part]
+    return data
+
+
+def _default_spec(path: str) -> ComponentSpec | None:
+    """The schema's default component at ``path`` (None where the field is required)."""
+    model: Any = Recipe
+    *parents, last = path.split(".")
+    for part in parents:
+        model = _model_at(model, (part,))
+    field = model.model_fields[last]
+    return None if field.is_required() else field.get_default(call_default_factory=True)
+
+
+def component_issues(raw: dict[str, Any], registries: Any) -> tuple[list[ConfigIssue], dict]:
+    """Check every component name and its options; returns issues and validated options."""
+    issues: list[ConfigIssue] = []
+    validated: dict[str, BaseModel] = {}
+    for path, kind in COMPONENT_PATHS.items():
+        spec = _get(raw, path)
+        if spec is None:
+            spec = _default_spec(path)
+            if spec is None:
+                continue  # a required section: the schema pass reports it missing
+        try:
+            spec = ComponentSpec.model_validate(spec)
+        except ValidationError:
+            continue  # the schema pass reports it
+        try:
+            comp = registries[kind].get(spec.name)
+        except UnknownComponentError as exc:
+            hint = f"did you mean {exc.suggestion!r}? " if exc.suggestion else ""
+            hint += f"available: {', '.join(exc.available) or '(none)'}"
+            issues.append(ConfigIssue(f"{path}.name", f"unknown {kind} {spec.name!r}", hint))
+            continue
+        try:
+            validated[path] = comp.options.model_validate(spec.options)
+        except ValidationError as exc:
+            issues += issues_from_validation(exc, comp.options, prefix=f"{path}.options")
+    return issues, validated
+
+
+def _secret_issues(data: Any, path: str = "") -> list[ConfigIssue]:
+    issues = []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            sub = f"{path}.{key}" if path else str(key)
+            if str(key).lower() in SECRET_KEYS and isinstance(value, str) and value:
+                issues.append(
+                    ConfigIssue(
+                        sub,
+                        "secrets must not be written in a recipe (it is saved with the run)",
+                        f"export the key in an environment variable and name it, e.g. "
+                        f"{key}_env: MY_{str(key).upper()}",
+                    )
+                )
+            else:
+                issues += _secret_issues(value, sub)
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            issues += _secret_issues(value, f"{path}[{i}]")
+    return issues
+
+
+def cross_issues(r: Recipe) -> list[ConfigIssue]:
+    """Checks that need several fields at once."""
+    out: list[ConfigIssue] = []
+    a = r.algorithm
+    g, k = a.samples_per_prompt, a.refinements_per_prompt
+    n = g + k
+    if k == 0 and g < 2:
+        out.append(
+            ConfigIssue(
+                "algorithm.samples_per_prompt",
+                f"plain GRPO (K=0) needs G >= 2 samples per prompt, got {g}",
+                "set samples_per_prompt to 2 or more, or refinements_per_prompt >= 1",
+            )
+        )
+    if k >= 1:
+        most = min(g, a.max_refinements_generated or g)
+        if k > most:
+            out.append(
+                ConfigIssue(
+                    "algorithm.refinements_per_prompt",
+                    f"K={k} refinements cannot be kept: at most {most} are "
+                    "generated per prompt (one per initial response, capped by "
+                    "max_refinements_generated)",
+                    f"set refinements_per_prompt <= {most}",
+                )
+            )
+    if a.prompts_per_step % a.updates_per_step:
+        ok = [d for d in range(1, a.prompts_per_step + 1) if a.prompts_per_step % d == 0]
+        out.append(
+            ConfigIssue(
+                "algorithm.updates_per_step",
+                f"{a.prompts_per_step} prompts per step cannot be split into "
+                f"{a.updates_per_step} mini-batches of whole groups",
+                f"use one of {ok}",
+            )
+        )
+    else:
+        rows = a.prompts_per_step // a.updates_per_step * n
+        if a.micro_batch_size > rows or rows % a.micro_batch_size:
+            ok = [d for d in range(1, rows + 1) if rows % d == 0]
+            out.append(
+                ConfigIssue(
+                    "algorithm.micro_batch_size",
+                    f"a mini-batch holds {rows} sequences (P/updates x N = "
+                    f"{a.prompts_per_step}/{a.updates_per_step} x {n}); "
+                    f"{a.micro_batch_size} does not divide it",
+                    f"use one of {ok}",
+                )
+            )
+    budget = r.model.max_length
+    prompt = r.data.prompt.max_prompt_tokens
+    new = r.sampling.max_new_tokens
+    if prompt + new > budget:
+        out.append(
+            ConfigIssue(
+                "model.max_length",
+                f"prompt ({prompt}) + response ({new}) = {prompt + new} tokens "
+                f"exceeds the context budget {budget}",
+                "raise model.max_length or lower data.prompt.max_prompt_tokens / "
+                "sampling.max_new_tokens",
+            )
+        )
+    if k >= 1:
+        ref = r.refinement
+        need = prompt + ref.max_critique_tokens + ref.min_previous_response_tokens + new
+        if need > budget:
+            out.append(
+                ConfigIssue(
+                    "refinement",
+                    f"a refinement prompt needs question ({prompt}) + previous "
+                    f"response (>= {ref.min_previous_response_tokens}) + critique "
+                    f"({ref.max_critique_tokens}) + refinement ({new}) = {need} "
+                    f"tokens, over model.max_length {budget}",
+                    "raise model.max_length or lower refinement.max_critique_tokens"
+                    " / min_previous_response_tokens",
+                )
+            )
+        try:
+            ref.template.format(question="q", response="r", critique="c")
+        except (KeyError, IndexError, ValueError) as exc:
+            out.append(
+                ConfigIssue(
+                    "refinement.template",
+                    f"cannot be filled: {exc!r}",
+                    "use only {question}, {response}, {critique}; "
+                    "write {{ and }} for literal braces",
+                )
+            )
+        if "{critique}" not in ref.template:
+            out.append(
+                ConfigIssue(
+                    "refinement.template",
+                    "does not contain {critique}",
+                    "the refinement prompt must show the critique",
+                )
+            )
+    if "{question}" not in r.data.prompt.template:
+        out.append(
+            ConfigIssue(
+                "data.prompt.template", "does not contain {question}", "e.g. template: '{question}'"
+            )
+        )
+    loss = a.loss
+    if loss.normalizer != "auto" and loss.aggregation != "token_sum":
+        out.append(
+            ConfigIssue(
+                "algorithm.loss.normalizer",
+                f"only used with aggregation 'token_sum' (got '{loss.aggregation}')",
+                "remove it or set aggregation: token_sum",
+            )
+        )
+    path = r.model.path
+    local = path.startswith((".", "/", "~")) or Path(path).exists()
+    if local and r.model.create is None and not Path(path).expanduser().is_dir():
+        out.append(
+            ConfigIssue(
+                "model.path",
+                f"directory not found: {path}",
+                "fix the path, or add model.create to build a tiny model there",
+            )
+        )
+    return out
+
+
+def validate_recipe(
+    raw: dict[str, Any], registries: Any = None, source: str | None = None
+) -> Recipe:
+    """Return the validated :class:`Recipe` (component options filled with their defaults)
+    or raise :class:`RecipeError` with every problem found."""
+    if registries is None:
+        from cgrpo.plugins import get_registries
+
+        registries = get_registries()
+    issues = _secret_issues(raw)
+    recipe = None
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        issues += issues_from_validation(exc, Recipe)
+    comp_issues, options = component_issues(raw, registries)
+    issues += comp_issues
+    if recipe is not None:
+        issues += cross_issues(recipe)
+    if issues or recipe is None:
+        secret_paths = {i.path for i in issues if i.message.startswith("secrets")}
+        issues = [
+            i for i in issues if i.path not in secret_paths or i.message.startswith("secrets")
+        ]
+        raise RecipeError(_dedupe(issues), source)
+    for path, opts in options.items():
+        spec = recipe
+        for part in path.split("."):
+            spec = getattr(spec, part)
+        spec.options = opts.model_dump(mode="json")
+    return recipe
+
+
+def _dedupe(issues: list[ConfigIssue]) -> list[ConfigIssue]:
+    seen, out = set(), []
+    for issue in issues:
+        key = (issue.path, issue.message)
+        if key not in seen:
+            seen.add(key)
+            out.append(issue)
+    return out

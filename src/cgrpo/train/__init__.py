@@ -1,0 +1,1 @@
+"""The training side of cgrpo: pure algorithm functions and the loop that uses them."""

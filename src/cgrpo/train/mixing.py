@@ -1,0 +1,175 @@
+"""Refinement selection and group mixing (ALGORITHM.md section 2, steps 5 and 6).
+
+A group is the G initial responses of one prompt plus the K refinements kept for it. A
+refinement is trained as a response to the *original* prompt: its row holds
+``[original prompt ; refinement tokens]`` and never the critique or the previous response.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from cgrpo.types import Completion
+
+Fallback = Literal["first", "random", "none"]
+
+
+def select_refinements(
+    correct: Sequence[bool], k: int, fallback: Fallback, rng: random.Random | None = None
+) -> list[int]:
+    """Indices of the refinement candidates to keep for one prompt.
+
+    Correct candidates come first, in response order, up to ``k``. Slots still empty are
+    filled by ``fallback``: ``first`` takes the earliest incorrect candidates (released
+    code), ``random`` draws incorrect ones at random (paper), ``none`` leaves them empty
+    (the group is then shorter than N).
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    chosen = [i for i, ok in enumerate(correct) if ok][:k]
+    need = k - len(chosen)
+    if need == 0 or fallback == "none":
+        return chosen
+    wrong = [i for i, ok in enumerate(correct) if not ok]
+    if fallback == "first":
+        return chosen + wrong[:need]
+    if fallback == "random":
+        rng = rng or random.Random()
+        return chosen + rng.sample(wrong, min(need, len(wrong)))
+    raise ValueError(f"fallback must be 'first', 'random' or 'none', got {fallback!r}")
+
+
+def cut_at_eos(token_ids: Sequence[int], eos_ids: Iterable[int]) -> tuple[list[int], bool]:
+    """Token ids up to and including the first EOS; ``(ids, ended_with_eos)``.
+
+    A response cut at the length limit has no EOS and is returned whole (it is still
+    trained on)."""
+    eos = set(eos_ids)
+    for i, tok in enumerate(token_ids):
+        if tok in eos:
+            return list(token_ids[: i + 1]), True
+    return list(token_ids), False
+
+
+@dataclass
+class TrainRow:
+    """One sequence of the update batch. ``old_logprobs`` is None for refinement rows:
+    their loss does not use an old probability."""
+
+    group: int
+    prompt_ids: list[int]
+    response_ids: list[int]
+    old_logprobs: list[float] | None
+    is_refinement: bool
+    reward: float
+    advantage: float = 0.0
+
+
+def build_group(
+    group: int,
+    prompt_ids: Sequence[int],
+    initial: Sequence[Completion],
+    initial_rewards: Sequence[float],
+    refinements: Sequence[Completion],
+    refinement_rewards: Sequence[float],
+    eos_ids: Iterable[int],
+) -> list[TrainRow]:
+    """The rows of one group: G initial members, then the kept refinements.
+
+    Every row, refinements included, uses ``prompt_ids`` (the original prompt). Response
+    ids are the sampled ids cut at their first EOS (kept).
+    """
+    eos = list(eos_ids)
+    rows = []
+    for comp, reward in zip(initial, initial_rewards, strict=True):
+        ids, _ = cut_at_eos(comp.token_ids, eos)
+        lps = list(comp.logprobs[: len(ids)]) if comp.logprobs is not None else None
+        rows.append(TrainRow(group, list(prompt_ids), ids, lps, False, float(reward)))
+    for comp, reward in zip(refinements, refinement_rewards, strict=True):
+        ids, _ = cut_at_eos(comp.token_ids, eos)
+        rows.append(TrainRow(group, list(prompt_ids), ids, None, True, float(reward)))
+    return rows
+
+
+@dataclass
+class Batch:
+    """Tensors of a list of rows: prompts left-padded to ``prompt_len``, responses
+    right-padded to T. Sequence position j of ``input_ids`` predicts token j+1, so the
+    logits of response token t sit at position ``prompt_len - 1 + t``.
+
+    ``input_ids``/``attention_mask``/``position_ids``: (B, prompt_len + T);
+    ``response_ids``/``response_mask``/``refinement_mask``/``old_logprobs``: (B, T);
+    ``advantages``/``rewards``: (B,).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    prompt_len: int
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+    refinement_mask: torch.Tensor
+    old_logprobs: torch.Tensor
+    advantages: torch.Tensor
+    rewards: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def select(self, index: torch.Tensor | slice) -> Batch:
+        """The sub-batch of the given rows (padding is kept; masks make it harmless)."""
+        return Batch(
+            input_ids=self.input_ids[index],
+            attention_mask=self.attention_mask[index],
+            position_ids=self.position_ids[index],
+            prompt_len=self.prompt_len,
+            response_ids=self.response_ids[index],
+            response_mask=self.response_mask[index],
+            refinement_mask=self.refinement_mask[index],
+            old_logprobs=self.old_logprobs[index],
+            advantages=self.advantages[index],
+            rewards=self.rewards[index],
+        )
+
+
+def collate(rows: Sequence[TrainRow], pad_id: int) -> Batch:
+    """Pad rows into a :class:`Batch` (left-padded prompts, right-padded responses)."""
+    if not rows:
+        raise ValueError("cannot collate an empty list of rows")
+    b = len(rows)
+    lp = max(len(r.prompt_ids) for r in rows)
+    t = max(1, max(len(r.response_ids) for r in rows))
+    input_ids = torch.full((b, lp + t), pad_id, dtype=torch.long)
+    attention = torch.zeros((b, lp + t), dtype=torch.long)
+    response_ids = torch.full((b, t), pad_id, dtype=torch.long)
+    response_mask = torch.zeros((b, t), dtype=torch.float32)
+    old = torch.zeros((b, t), dtype=torch.float32)
+    for i, row in enumerate(rows):
+        p, n = len(row.prompt_ids), len(row.response_ids)
+        input_ids[i, lp - p : lp] = torch.tensor(row.prompt_ids, dtype=torch.long)
+        attention[i, lp - p : lp + n] = 1
+        if n:
+            input_ids[i, lp : lp + n] = torch.tensor(row.response_ids, dtype=torch.long)
+            response_ids[i, :n] = torch.tensor(row.response_ids, dtype=torch.long)
+            response_mask[i, :n] = 1.0
+            if row.old_logprobs is not None:
+                old[i, :n] = torch.tensor(row.old_logprobs[:n], dtype=torch.float32)
+    position_ids = (attention.cumsum(dim=1) - 1).clamp(min=0)
+    is_ref = torch.tensor([r.is_refinement for r in rows], dtype=torch.float32)
+    return Batch(
+        input_ids=input_ids,
+        attention_mask=attention,
+        position_ids=position_ids,
+        prompt_len=lp,
+        response_ids=response_ids,
+        response_mask=response_mask,
+        refinement_mask=response_mask * is_ref.unsqueeze(-1),
+        old_logprobs=old,
+        advantages=torch.tensor([r.advantage for r in rows], dtype=torch.float32),
+        rewards=torch.tensor([r.reward for r in rows], dtype=torch.float32),
+    )

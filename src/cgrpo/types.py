@@ -1,0 +1,86 @@
+"""Plain data passed between the stages of a step.
+
+Shape legend used across cgrpo: P prompts per step, G initial samples per prompt, K
+refinements kept per prompt, N = G + K group size, T response tokens, L full sequence length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One training or evaluation item from a task: a question with a reference answer."""
+
+    id: str
+    question: str
+    answer: str
+    solution: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a verifier says of one response.
+
+    ``score`` is the reward (1.0 / 0.0 for the built-in verifiers); ``extracted`` is the
+    answer the verifier found, for logs; ``reason`` says why a response scored 0 when that
+    is not simply "wrong" (``no_answer``, ``timeout``, ``error``).
+    """
+
+    score: float
+    correct: bool
+    extracted: str | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample. ``top_k`` 0 and ``top_p`` 1.0 mean "off"."""
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 256
+    greedy: bool = False
+
+
+@dataclass
+class Completion:
+    """One sampled response: token ids (cut after the first EOS, which is kept), the
+    sampler's log-probability of each of those tokens, and the decoded text."""
+
+    token_ids: list[int]
+    logprobs: list[float] | None
+    text: str
+    finish_reason: Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class CritiqueRequest:
+    """What a critic is shown: the problem (with its reference answer), one response and
+    the verifier's verdict on it."""
+
+    problem: Problem
+    response: str
+    verdict: Verdict
+
+
+@dataclass
+class Critique:
+    """A critic's answer. ``fallback`` is set when the text is the rule-based fallback
+    critique written because the configured critic failed (``error`` says why)."""
+
+    text: str
+    critic: str
+    fallback: bool = False
+    error: str | None = None
+    critic_verdict: bool | None = None
+    cached: bool = False
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    latency_s: float = 0.0

@@ -1,0 +1,62 @@
+"""Advantage schemes against hand-computed numbers (ALGORITHM.md section 2.7)."""
+
+import pytest
+import torch
+
+from cgrpo.train.advantages import group_advantages, reinforce_pp_advantages, rloo_advantages
+
+SEVEN_WRONG_ONE_RIGHT = torch.tensor([[0.0] * 7 + [1.0]])
+
+
+def test_worked_example_without_std():
+    # mean = 1/8 = 0.125 -> refinement 1 - 0.125 = +0.875, initial 0 - 0.125 = -0.125
+    adv = group_advantages(SEVEN_WRONG_ONE_RIGHT)
+    assert adv[0, 7].item() == pytest.approx(0.875)
+    assert adv[0, :7].tolist() == pytest.approx([-0.125] * 7)
+
+
+def test_worked_example_with_group_std():
+    # unbiased std = sqrt(8 * 0.125 * 0.875 / 7) = sqrt(0.125) = 0.35355
+    # +0.875 / 0.35355 = 2.4749 ; -0.125 / 0.35355 = -0.35355
+    adv = group_advantages(SEVEN_WRONG_ONE_RIGHT, std_scaling="group")
+    assert adv[0, 7].item() == pytest.approx(2.475, abs=1e-3)
+    assert adv[0, 0].item() == pytest.approx(-0.354, abs=1e-3)
+
+
+@pytest.mark.parametrize("scaling", ["none", "group", "batch"])
+def test_all_wrong_gives_zero(scaling):
+    rewards = torch.zeros(3, 8)
+    assert torch.equal(group_advantages(rewards, std_scaling=scaling), torch.zeros(3, 8))
+    assert torch.equal(rloo_advantages(rewards), torch.zeros(3, 8))
+    assert torch.equal(reinforce_pp_advantages(rewards), torch.zeros(3, 8))
+
+
+def test_masked_members_are_zero_and_excluded_from_the_mean():
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 5.0]])  # the 5.0 is padding, not a member
+    mask = torch.tensor([[True, True, True, False]])
+    adv = group_advantages(rewards, mask)
+    # mean over members = 1/3
+    assert adv[0].tolist() == pytest.approx([2 / 3, -1 / 3, -1 / 3, 0.0])
+
+
+def test_rloo_is_leave_one_out():
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0]])
+    # A_0 = 1 - mean(0, 0, 1) = 1 - 1/3 = 2/3 ; A_1 = 0 - mean(1, 0, 1) = -2/3
+    assert rloo_advantages(rewards)[0].tolist() == pytest.approx([2 / 3, -2 / 3, -2 / 3, 2 / 3])
+
+
+def test_reinforce_pp_scales_by_batch_std_and_keeps_uniform_groups_at_zero():
+    rewards = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    # centred: [[0.5, -0.5], [0, 0]] ; std over 4 values (unbiased) = sqrt(0.5/3)
+    std = (0.5 / 3) ** 0.5
+    adv = reinforce_pp_advantages(rewards)
+    assert adv[0].tolist() == pytest.approx([0.5 / std, -0.5 / std], rel=1e-4)
+    assert adv[1].tolist() == [0.0, 0.0]
+
+
+def test_registered_scheme_uses_its_options():
+    from cgrpo.plugins import get_registries
+
+    scheme = get_registries()["advantage"].build("grpo", {"std_scaling": "group"}, None)
+    adv = scheme.compute(SEVEN_WRONG_ONE_RIGHT, torch.ones(1, 8, dtype=torch.bool))
+    assert adv[0, 7].item() == pytest.approx(2.475, abs=1e-3)

@@ -1,0 +1,83 @@
+"""The real ``cgrpo`` command line: exit codes and what users read."""
+
+from tests.helpers import REPO, run_cli
+
+
+def test_help_and_version():
+    out = run_cli("--help")
+    assert out.returncode == 0 and "run" in out.stdout and "check" in out.stdout
+    assert run_cli("--version").stdout.startswith("cgrpo ")
+
+
+def test_list_shows_builtins_by_kind():
+    out = run_cli("list", env={"COLUMNS": "200"})
+    assert out.returncode == 0, out.stderr
+    for title in (
+        "policy components",
+        "critic components",
+        "verifier components",
+        "advantage components",
+        "task components",
+    ):
+        assert title in out.stdout
+    for name in (
+        "hf",
+        "ground_truth",
+        "indicative",
+        "math",
+        "choice",
+        "exact",
+        "grpo",
+        "rloo",
+        "reinforce_pp",
+        "jsonl",
+        "arithmetic",
+    ):
+        assert name in out.stdout
+    assert "timeout_s=5" in out.stdout  # options with defaults
+
+
+def test_list_unknown_kind_is_a_usage_error():
+    out = run_cli("list", "critc")
+    assert out.returncode == 2 and "did you mean 'critic'" in out.stderr.lower()
+
+
+def test_check_good_recipe_prints_resolved_and_exits_0():
+    out = run_cli("check", str(REPO / "recipes" / "quickstart-cpu.yaml"), "train.steps=3")
+    assert out.returncode == 0, out.stderr
+    assert "recipe OK" in out.stdout and "steps: 3" in out.stdout
+
+
+def test_check_three_mistakes_exit_2_and_lists_all(tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(
+        "model: {path: org/model}\n"
+        "data: {task: arithmetic}\n"
+        "algorithm: {samples_per_promt: 4}\n"  # typo
+        "critic: ground_truht\n"  # unknown component
+        "sampling: {temperature: -1}\n"
+    )  # bad value
+    out = run_cli("check", str(recipe))
+    assert out.returncode == 2
+    err = out.stderr
+    assert "3 problems" in err
+    assert "algorithm.samples_per_promt" in err and "samples_per_prompt" in err
+    assert "critic.name" in err and "ground_truth" in err
+    assert "sampling.temperature" in err
+
+
+def test_usage_errors_exit_2():
+    assert run_cli("check").returncode == 2
+    assert run_cli("frobnicate").returncode == 2
+
+
+def test_list_and_check_do_not_import_torch():
+    code = (
+        "import sys; from cgrpo.cli.main import main; main(['list']); "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr

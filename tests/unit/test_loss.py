@@ -1,0 +1,219 @@
+"""The policy loss on small hand-built tensors; expected values worked out in comments.
+
+Covers ALGORITHM.md section 7, items 4-9.
+"""
+
+import math
+
+import pytest
+import torch
+
+from cgrpo.train.loss import (
+    LossConfig,
+    aggregate,
+    entropy_from_logits,
+    initial_token_loss,
+    kl_penalty,
+    policy_loss,
+    shaped_token_loss,
+    token_logprobs,
+)
+
+NO_EXTRAS = dict(entropy_coef=0.0, kl_coef=0.0)
+
+
+def cfg(**kw):
+    base = dict(
+        clip_low=None,
+        clip_high=None,
+        shaping_gamma=0.1,
+        aggregation="token_sum",
+        normalizer=4.0,
+        **NO_EXTRAS,
+    )
+    base.update(kw)
+    return LossConfig(**base)
+
+
+def test_refinement_loss_is_minus_a_times_shaped_p_and_ignores_old():
+    # p = 0.3, gamma = 0.1 -> f = 0.3 / 0.4 = 0.75 ; A = 2 -> loss = -1.5 per token
+    logp = torch.log(torch.tensor([[0.3, 0.3]]))
+    loss, _p, _ = shaped_token_loss(logp, torch.tensor([[2.0]]), 0.1)
+    assert loss.tolist()[0] == pytest.approx([-1.5, -1.5])
+    mask = torch.ones(1, 2)
+    a = policy_loss(logp, torch.zeros(1, 2), torch.tensor([2.0]), mask, mask, cfg())
+    b = policy_loss(logp, torch.full((1, 2), -7.0), torch.tensor([2.0]), mask, mask, cfg())
+    # token_sum / 4: (-1.5 - 1.5) / 4 = -0.75, whatever old_logprobs are
+    assert a.loss.item() == pytest.approx(-0.75)
+    assert b.loss.item() == pytest.approx(-0.75)
+
+
+def test_refinement_gradient_wrt_logp_at_gamma_is_quarter_a():
+    # d/dlogp [-A p/(p+g)] = -A g p/(p+g)^2 ; at p = g: -A g^2 / (4 g^2) = -A/4
+    a = 1.6
+    logp = torch.tensor([[math.log(0.1)]], requires_grad=True)
+    loss, _, weight = shaped_token_loss(logp, torch.tensor([[a]]), 0.1)
+    loss.sum().backward()
+    assert logp.grad.item() == pytest.approx(-a * 0.25, rel=1e-5)
+    assert weight.item() == pytest.approx(0.25, rel=1e-5)
+
+
+def test_refinement_without_shaping_is_plain_policy_gradient():
+    # loss -A p/sg(p) has value -A and gradient -A wrt log p
+    logp = torch.tensor([[math.log(1e-4)]], requires_grad=True)
+    loss, _, weight = shaped_token_loss(logp, torch.tensor([[3.0]]), None)
+    loss.sum().backward()
+    assert loss.item() == pytest.approx(-3.0)
+    assert logp.grad.item() == pytest.approx(-3.0)
+    assert weight.item() == 1.0
+
+
+def test_initial_loss_equals_minus_a_when_p_equals_old():
+    logp = torch.log(torch.tensor([[0.2, 0.7]]))
+    loss, ratio, clipped = initial_token_loss(logp, logp.clone(), torch.tensor([[0.5]]), 0.2, 0.2)
+    assert loss.tolist()[0] == pytest.approx([-0.5, -0.5])
+    assert ratio.tolist()[0] == pytest.approx([1.0, 1.0])
+    assert not clipped.any()
+
+
+def test_initial_loss_clipping_symmetric_asymmetric_and_off():
+    old = torch.log(torch.tensor([[0.5, 0.5]]))
+    new = torch.log(torch.tensor([[0.8, 0.2]]))  # ratios 1.6 and 0.4
+    pos, neg = torch.tensor([[1.0]]), torch.tensor([[-1.0]])
+    # A > 0, r = 1.6 > 1.2: clipped to -1.2 ; r = 0.4: unclipped -0.4 (max(-0.4, -0.8))
+    loss, _, clipped = initial_token_loss(new, old, pos, 0.2, 0.2)
+    assert loss.tolist()[0] == pytest.approx([-1.2, -0.4])
+    assert clipped.tolist()[0] == [True, False]
+    # A < 0, r = 0.4 < 0.8: max(0.4, 0.8) = 0.8 (clipped) ; r = 1.6: 1.6 unclipped
+    loss, _, clipped = initial_token_loss(new, old, neg, 0.2, 0.2)
+    assert loss.tolist()[0] == pytest.approx([1.6, 0.8])
+    assert clipped.tolist()[0] == [False, True]
+    # asymmetric: high 0.28 -> upper bound 1.28
+    loss, _, _ = initial_token_loss(new, old, pos, 0.2, 0.28)
+    assert loss[0, 0].item() == pytest.approx(-1.28)
+    # off (released code): -A r
+    loss, _, clipped = initial_token_loss(new, old, pos, None, None)
+    assert loss.tolist()[0] == pytest.approx([-1.6, -0.4])
+    assert not clipped.any()
+
+
+def test_all_wrong_group_gives_zero_policy_loss_and_gradient():
+    logp = torch.randn(4, 3).clamp(max=-0.1).requires_grad_()
+    mask = torch.ones(4, 3)
+    refine = torch.zeros(4, 3)
+    refine[3] = 1
+    out = policy_loss(logp, logp.detach(), torch.zeros(4), mask, refine, cfg())
+    out.loss.backward()
+    assert out.loss.item() == 0.0
+    assert torch.count_nonzero(logp.grad) == 0
+
+
+def test_masks_route_tokens_to_the_right_loss_and_padding_is_ignored():
+    # row 0: initial, 2 tokens + 1 pad ; row 1: refinement, 1 token + 2 pads
+    logp = torch.log(torch.tensor([[0.5, 0.5, 0.9], [0.1, 0.9, 0.9]]))
+    old = torch.log(torch.tensor([[0.25, 0.5, 0.1], [0.5, 0.1, 0.1]]))
+    resp = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    refine = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    adv = torch.tensor([1.0, 2.0])
+    # initial: -1 * (2 + 1) = -3 ; refinement: -2 * 0.1/0.2 = -1 ; sum -4 / normalizer 4 = -1
+    out = policy_loss(logp, old, adv, resp, refine, cfg())
+    assert out.loss.item() == pytest.approx(-1.0)
+    assert out.metrics["refine/token_prob_mean"] == pytest.approx(0.1)
+    assert out.metrics["ratio/mean"] == pytest.approx(1.5)
+
+
+def test_constant_divisor_duplicate_sequence_doubles_its_gradient():
+    logp = torch.log(torch.tensor([[0.3, 0.6]])).requires_grad_()
+    mask, zero = torch.ones(1, 2), torch.zeros(1, 2)
+    policy_loss(logp, logp.detach(), torch.tensor([1.0]), mask, zero, cfg()).loss.backward()
+    single = logp.grad.clone()
+
+    pair = torch.log(torch.tensor([[0.3, 0.6], [0.3, 0.6]])).requires_grad_()
+    mask2, zero2 = torch.ones(2, 2), torch.zeros(2, 2)
+    policy_loss(pair, pair.detach(), torch.tensor([1.0, 1.0]), mask2, zero2, cfg()).loss.backward()
+    assert torch.allclose(pair.grad[0], single[0])  # each copy keeps the full gradient
+    assert torch.allclose(pair.grad.sum(0), 2 * single[0])
+
+
+@pytest.mark.parametrize("mode", ["token_mean", "seq_mean_token_mean", "token_sum"])
+def test_micro_batches_accumulate_to_the_full_batch_gradient(mode):
+    torch.manual_seed(0)
+    logp = (-torch.rand(4, 5) * 3).requires_grad_()
+    old = logp.detach() + 0.05 * torch.randn(4, 5)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 0, 0, 0.0]])
+    refine = torch.zeros(4, 5)
+    refine[1] = mask[1]
+    adv = torch.tensor([0.5, -1.0, 2.0, 0.3])
+    c = cfg(aggregation=mode, clip_low=0.2, clip_high=0.2)
+    policy_loss(logp, old, adv, mask, refine, c).loss.backward()
+    full = logp.grad.clone()
+    logp.grad = None
+    totals = dict(num_tokens=float(mask.sum()), num_seqs=4.0)
+    for rows in (slice(0, 2), slice(2, 4)):
+        policy_loss(
+            logp[rows], old[rows], adv[rows], mask[rows], refine[rows], c, **totals
+        ).loss.backward()
+    assert torch.allclose(logp.grad, full, atol=1e-6)
+
+
+def test_aggregation_modes_by_hand():
+    values = torch.tensor([[1.0, 2.0, 0.0], [3.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    assert aggregate(values, mask, "token_mean").item() == pytest.approx(2.0)  # 6 / 3
+    # seq means 1.5 and 3 -> 2.25
+    assert aggregate(values, mask, "seq_mean_token_mean").item() == pytest.approx(2.25)
+    assert aggregate(values, mask, "token_sum", normalizer=10).item() == pytest.approx(0.6)
+    with pytest.raises(ValueError, match="normalizer"):
+        aggregate(values, mask, "token_sum")
+
+
+def test_entropy_bonus_lowers_the_loss_by_coef_times_entropy():
+    logits = torch.zeros(1, 2, 4)  # uniform over 4 tokens: entropy ln 4 each
+    ent = entropy_from_logits(logits)
+    assert ent.tolist()[0] == pytest.approx([math.log(4)] * 2)
+    logp = token_logprobs(logits, torch.tensor([[0, 1]]))
+    mask = torch.ones(1, 2)
+    base = policy_loss(logp, logp, torch.zeros(1), mask, torch.zeros(1, 2), cfg(), entropy=ent)
+    bonus = policy_loss(
+        logp, logp, torch.zeros(1), mask, torch.zeros(1, 2), cfg(entropy_coef=0.001), entropy=ent
+    )
+    # token_sum / 4 of 2 * ln4 = ln4 / 2 ; times 0.001
+    assert base.loss.item() - bonus.loss.item() == pytest.approx(0.001 * math.log(4) / 2)
+    assert bonus.metrics["entropy/initial"] == pytest.approx(math.log(4))
+
+
+def test_kl_estimators_by_hand():
+    logp, ref = torch.tensor([math.log(0.5)]), torch.tensor([math.log(0.25)])
+    lr = math.log(2)  # log(p / p_ref)
+    assert kl_penalty(logp, ref, "k1").item() == pytest.approx(lr)
+    assert kl_penalty(logp, ref, "k2").item() == pytest.approx(0.5 * lr**2)
+    assert kl_penalty(logp, ref, "k3").item() == pytest.approx(0.5 + lr - 1)  # e^-lr = 0.5
+    with pytest.raises(ValueError, match="reference"):
+        mask = torch.ones(1, 1)
+        policy_loss(
+            logp.view(1, 1), logp.view(1, 1), torch.ones(1), mask, mask * 0, cfg(kl_coef=0.1)
+        )
+
+
+def test_kl_term_is_added_with_its_coefficient():
+    logp, ref = torch.log(torch.tensor([[0.5]])), torch.log(torch.tensor([[0.25]]))
+    mask = torch.ones(1, 1)
+    out = policy_loss(
+        logp,
+        logp,
+        torch.zeros(1),
+        mask,
+        mask * 0,
+        cfg(kl_coef=0.1, kl_estimator="k1"),
+        ref_logprobs=ref,
+    )
+    # policy part 0 (A = 0), kl k1 = ln 2 summed / normalizer 4, times 0.1
+    assert out.loss.item() == pytest.approx(0.1 * math.log(2) / 4)
+
+
+def test_token_logprobs_matches_log_softmax():
+    torch.manual_seed(1)
+    logits = torch.randn(2, 3, 7)
+    ids = torch.randint(0, 7, (2, 3))
+    expected = torch.log_softmax(logits, -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(token_logprobs(logits, ids), expected, atol=1e-6)

@@ -1,0 +1,190 @@
+"""Recipe loading and validation: every problem at once, with dotted paths and hints."""
+
+import pytest
+
+from cgrpo.errors import RecipeError
+from cgrpo.recipe import load_recipe
+
+GOOD = """
+run: {name: t}
+model: {path: some-org/model, max_length: 512}
+data:
+  task: {name: arithmetic, options: {size: 10}}
+  prompt: {max_prompt_tokens: 64}
+sampling: {max_new_tokens: 64}
+algorithm: {prompts_per_step: 4, samples_per_prompt: 7, refinements_per_prompt: 1,
+            micro_batch_size: 8}
+"""
+
+
+def write(tmp_path, text, name="r.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def problems(tmp_path, text, *overrides):
+    with pytest.raises(RecipeError) as err:
+        load_recipe(write(tmp_path, text), overrides)
+    return {p.path: p for p in err.value.problems}, err.value
+
+
+def test_good_recipe_resolves_component_defaults(tmp_path):
+    recipe, resolved = load_recipe(write(tmp_path, GOOD))
+    assert recipe.algorithm.group_size == 8
+    assert resolved["verifier"] == {
+        "name": "math",
+        "options": {"timeout_s": 5, "fallback": "expression", "float_rounding": 6},
+    }
+    assert resolved["data"]["task"]["options"]["size"] == 10
+    assert resolved["algorithm"]["advantage"]["options"]["std_scaling"] == "none"
+
+
+def test_three_mistakes_are_reported_together(tmp_path):
+    text = GOOD.replace("samples_per_prompt: 7", "samples_per_promt: 7") + (
+        "critic: ground_truht\noptim: {lr: -1}\n"
+    )
+    found, err = problems(tmp_path, text)
+    assert "algorithm.samples_per_promt" in found
+    assert "samples_per_prompt" in found["algorithm.samples_per_promt"].hint
+    assert "critic.name" in found and "ground_truth" in found["critic.name"].hint
+    assert "optim.lr" in found
+    assert "3 problems" in err.render()
+
+
+def test_component_options_are_validated_by_the_component(tmp_path):
+    text = GOOD + "verifier: {name: math, options: {timeout: 3, fallback: maybe}}\n"
+    found, _ = problems(tmp_path, text)
+    assert "verifier.options.timeout" in found
+    assert "timeout_s" in found["verifier.options.timeout"].hint
+    assert "verifier.options.fallback" in found
+
+
+def test_overrides_interpolation_and_shorthand(tmp_path):
+    text = (
+        GOOD.replace("run: {name: t}", "run: {name: 'g${algorithm.samples_per_prompt}'}")
+        + "train: {steps: 3}\n"
+    )
+    recipe, resolved = load_recipe(
+        write(tmp_path, text),
+        ["algorithm.samples_per_prompt=3", "critic=indicative", "train.steps=5"],
+    )
+    assert recipe.algorithm.samples_per_prompt == 3
+    assert recipe.critic.name == "indicative" and resolved["run"]["name"] == "g3"
+    assert recipe.train.steps == 5
+
+
+def test_component_shorthand_replaces_old_options(tmp_path):
+    text = GOOD + "verifier: {name: math, options: {timeout_s: 2}}\n"
+    recipe, _ = load_recipe(write(tmp_path, text), ["verifier=exact"])
+    assert recipe.verifier.name == "exact"
+    assert "timeout_s" not in recipe.verifier.options
+
+
+def test_switching_a_component_name_drops_the_old_options(tmp_path):
+    (tmp_path / "d.jsonl").write_text('{"question": "q", "answer": "1"}\n')
+    recipe, _ = load_recipe(
+        write(tmp_path, GOOD),
+        ["data.task.name=jsonl", f"data.task.options.path={tmp_path / 'd.jsonl'}"],
+    )
+    assert recipe.data.task.name == "jsonl"
+    assert "size" not in recipe.data.task.options
+
+
+def test_bad_override_syntax_and_missing_interpolation(tmp_path):
+    found, _ = problems(tmp_path, GOOD, "algorithm.samples_per_prompt")
+    assert "algorithm.samples_per_prompt" in found
+    found, _ = problems(tmp_path, GOOD.replace("run: {name: t}", "run: {name: '${nope.key}'}"))
+    assert any("interpolation" in p.message for p in found.values())
+
+
+def test_missing_file_and_yaml_syntax_error(tmp_path):
+    with pytest.raises(RecipeError, match="not found"):
+        load_recipe(tmp_path / "absent.yaml")
+    with pytest.raises(RecipeError, match="YAML"):
+        load_recipe(write(tmp_path, "model: [unclosed\n"))
+
+
+@pytest.mark.parametrize(
+    "override,path,needle",
+    [
+        (
+            ["algorithm.samples_per_prompt=1", "algorithm.refinements_per_prompt=0"],
+            "algorithm.samples_per_prompt",
+            "G >= 2",
+        ),
+        (["algorithm.refinements_per_prompt=8"], "algorithm.refinements_per_prompt", "at most 7"),
+        (
+            ["algorithm.max_refinements_generated=2", "algorithm.refinements_per_prompt=3"],
+            "algorithm.refinements_per_prompt",
+            "at most 2",
+        ),
+        (["algorithm.updates_per_step=3"], "algorithm.updates_per_step", "use one of [1, 2, 4]"),
+        (["algorithm.micro_batch_size=5"], "algorithm.micro_batch_size", "does not divide"),
+        (["model.max_length=100"], "model.max_length", "exceeds the context budget"),
+        (["refinement.max_critique_tokens=400"], "refinement", "over model.max_length"),
+        (["refinement.template='{question} {response}'"], "refinement.template", "{critique}"),
+        (["refinement.template='{question} {critique} {bad}'"], "refinement.template", "bad"),
+        (
+            ["algorithm.loss.aggregation=token_mean", "algorithm.loss.normalizer=100"],
+            "algorithm.loss.normalizer",
+            "token_sum",
+        ),
+        (["model.path=./does/not/exist"], "model.path", "not found"),
+    ],
+)
+def test_cross_field_checks(tmp_path, override, path, needle):
+    found, _ = problems(tmp_path, GOOD, *override)
+    assert path in found, found
+    assert needle in found[path].message + found[path].hint
+
+
+def test_zero_or_negative_k_with_refinement_and_k_ge_n(tmp_path):
+    found, _ = problems(tmp_path, GOOD, "algorithm.refinements_per_prompt=-1")
+    assert "algorithm.refinements_per_prompt" in found
+    # K >= N means G <= 0
+    found, _ = problems(tmp_path, GOOD, "algorithm.samples_per_prompt=0")
+    assert "algorithm.samples_per_prompt" in found
+
+
+def test_secrets_are_refused_and_env_var_names_are_fine(tmp_path):
+    found, _ = problems(
+        tmp_path, GOOD + "critic: {name: ground_truth, options: {api_key: sk-123}}\n"
+    )
+    assert "critic.options.api_key" in found
+    assert "environment variable" in found["critic.options.api_key"].hint
+
+
+def test_extends_merges_a_base_recipe(tmp_path):
+    write(tmp_path, GOOD, "base.yaml")
+    child = write(tmp_path, "extends: base.yaml\nalgorithm: {samples_per_prompt: 3}\n", "c.yaml")
+    recipe, _ = load_recipe(child)
+    assert recipe.algorithm.samples_per_prompt == 3
+    assert recipe.model.max_length == 512
+
+
+@pytest.mark.parametrize("name", ["quickstart-cpu", "paper-qwen3-8b", "released-code-qwen3-8b"])
+def test_shipped_recipes_validate(tmp_path, name):
+    from tests.helpers import REPO
+
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"problem": "1+1?", "answer": "2"}\n')
+    overrides = [] if name == "quickstart-cpu" else [
+        "model.path=org/model", f"data.task.options.path={data}"]
+    recipe, _ = load_recipe(REPO / "recipes" / f"{name}.yaml", overrides)
+    assert recipe.algorithm.refinements_per_prompt == 1
+
+
+def test_released_code_recipe_differs_from_the_paper_where_the_code_does(tmp_path):
+    from tests.helpers import REPO
+
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"problem": "1+1?", "answer": "2"}\n')
+    ov = ["model.path=org/model", f"data.task.options.path={data}"]
+    paper, _ = load_recipe(REPO / "recipes" / "paper-qwen3-8b.yaml", ov)
+    code, _ = load_recipe(REPO / "recipes" / "released-code-qwen3-8b.yaml", ov)
+    assert (paper.algorithm.refine, code.algorithm.refine) == ("failed_groups", "all")
+    assert (paper.algorithm.fallback, code.algorithm.fallback) == ("random", "first")
+    assert code.algorithm.advantage.options["std_scaling"] == "group"
+    assert paper.algorithm.advantage.options["std_scaling"] == "none"
+    assert (paper.algorithm.loss.clip.mode, code.algorithm.loss.clip.mode) == ("symmetric", "none")

@@ -1,0 +1,128 @@
+"""Verifiers, including nasty inputs."""
+
+import threading
+import time
+
+import pytest
+
+from cgrpo.builtins.verifiers.choice import ChoiceVerifier
+from cgrpo.builtins.verifiers.exact import ExactVerifier
+from cgrpo.builtins.verifiers.extract import last_boxed
+from cgrpo.builtins.verifiers.math import MathVerifier
+from cgrpo.types import Problem
+
+
+def prob(answer):
+    return Problem("p", "q", answer)
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        (r"so \boxed{\frac{1}{2}}", r"\frac{1}{2}"),
+        (r"\boxed{1} then \boxed{2}", "2"),
+        (r"\boxed{\{1, \{2\}\}}", r"\{1, \{2\}\}"),
+        (r"\boxed{a^{b^{c}}}", "a^{b^{c}}"),
+        (r"\fbox{7}", "7"),
+        (r"\boxed{unclosed", None),
+        ("no box", None),
+        ("", None),
+    ],
+)
+def test_last_boxed(text, expected):
+    assert last_boxed(text) == expected
+
+
+@pytest.mark.parametrize(
+    "response,answer,ok",
+    [
+        (r"The answer is \boxed{\frac{1}{2}}.", "0.5", True),
+        (r"\boxed{0.5}", r"\frac{1}{2}", True),
+        (r"\boxed{3}", "4", False),
+        (r"first \boxed{4} then \boxed{3}", "3", True),
+        ("The answer is ４２.", "42", True),  # full-width digits, no box: fallback extraction
+        (r"\boxed{１２}", "12", True),
+        (r"\boxed{10^{100000}}", "10^{100000}", True),  # huge number, exact power
+        (r"\boxed{123456789012345678901234567890}", "123456789012345678901234567890", True),
+    ],
+)
+def test_math_verifier(response, answer, ok):
+    verdict = MathVerifier().verify(response, prob(answer))
+    assert verdict.correct is ok
+    assert verdict.score == float(ok)
+
+
+def test_math_verifier_empty_and_unparsable_text_scores_zero():
+    v = MathVerifier()
+    assert v.verify("", prob("1")).reason == "no_answer"
+    assert v.verify(r"\boxed{}", prob("1")).score == 0.0
+    assert v.verify("🙂 ∑∫ no answer here", prob("1")).score == 0.0
+
+
+def test_strict_mode_needs_a_box():
+    v = MathVerifier(MathVerifier.Options(fallback="none"))
+    assert v.verify("The answer is 42.", prob("42")).reason == "no_answer"
+    assert v.verify(r"\boxed{42}", prob("42")).correct
+
+
+def test_pathological_expression_times_out_instead_of_hanging():
+    v = MathVerifier(MathVerifier.Options(timeout_s=1))
+    started = time.monotonic()
+    verdict = v.verify(r"\boxed{2^{2^{2^{2^{2^{2}}}}}}", prob("3"))
+    assert time.monotonic() - started < 8
+    assert verdict.score == 0.0
+
+
+def test_timeout_is_enforced_off_the_main_thread_too():
+    v = MathVerifier(MathVerifier.Options(timeout_s=1))
+    out = {}
+
+    def work():
+        started = time.monotonic()
+        out["slow"] = v.verify(r"\boxed{2^{2^{2^{2^{2^{2}}}}}}", prob("3"))
+        out["elapsed"] = time.monotonic() - started
+        out["fast"] = v.verify(r"\boxed{\frac{2}{4}}", prob("0.5"))
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join(30)
+    assert out["slow"].score == 0.0 and out["slow"].reason == "timeout"
+    assert out["elapsed"] < 8
+    assert out["fast"].correct
+
+
+def test_exact_verifier():
+    v = ExactVerifier()
+    assert v.verify(r"so \boxed{Paris}", prob("paris")).correct
+    assert v.verify("  New   York. ", prob("new york")).correct
+    assert not v.verify(r"\boxed{Rome}", prob("Paris")).correct
+    assert v.verify("", prob("x")).reason == "no_answer"
+    strict = ExactVerifier(ExactVerifier.Options(case_sensitive=True))
+    assert not strict.verify("paris", prob("Paris")).correct
+
+
+@pytest.mark.parametrize(
+    "response,letter",
+    [
+        (r"... \boxed{C}", "C"),
+        (r"\boxed{\text{(B)}}", "B"),
+        ("The answer is (D).", "D"),
+        ("Answer: A", "A"),
+        ("I think (B) but the answer is C", "C"),
+        ("B", "B"),
+        ("A cat sat on the mat.", None),  # the article 'A' is not an answer
+        ("", None),
+    ],
+)
+def test_choice_extraction(response, letter):
+    assert ChoiceVerifier().extract(response) == letter
+
+
+def test_choice_verifier_checks_letter_range_and_reference():
+    v = ChoiceVerifier(ChoiceVerifier.Options(letters="ABCD"))
+    assert v.verify("answer is (b)", prob("B")).correct
+    assert not v.verify(r"\boxed{E}", prob("B")).correct
+    with pytest.raises(ValueError, match="letters"):
+        v.verify("A", prob("Z"))
+    with pytest.raises(ValueError):
+        ChoiceVerifier.Options(letters="abc")
