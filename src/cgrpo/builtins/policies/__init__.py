@@ -1,0 +1,9 @@
+"""Built-in policy (sampling) backends, registered as the ``builtins.policies`` plugin."""
+
+from cgrpo.builtins.policies.hf import HFPolicy
+from cgrpo.hookspecs import hookimpl
+
+
+@hookimpl
+def register_policy_backends(register):
+    register("hf", HFPolicy)

@@ -1,0 +1,56 @@
+"""``arithmetic``: a synthetic task with known answers, for the CPU quickstart and tests.
+
+Problems such as "What is 37 + 48?" with answer "85" and a worked solution
+"37 + 48 = 85. The answer is \\boxed{85}." (used by the supervised warm-up).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from cgrpo.types import Problem
+
+
+class ArithmeticTask:
+    """Synthetic integer arithmetic (a + b, a - b, a * b) with worked solutions."""
+
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        size: int = Field(2000, ge=1, description="number of problems")
+        digits: int = Field(2, ge=1, le=6, description="digits per operand")
+        ops: list[str] = Field(["+"], description="operators among '+', '-', '*'")
+        seed: int = Field(
+            1234, description="generator seed (fixed: the data is the same across runs)"
+        )
+
+        @field_validator("ops")
+        @classmethod
+        def _ops(cls, v: list[str]) -> list[str]:
+            bad = [op for op in v if op not in "+-*" or len(op) != 1]
+            if not v or bad:
+                raise ValueError(f"ops must be a non-empty list of '+', '-', '*' (bad: {bad})")
+            return v
+
+    def __init__(self, options: Options | None = None, context: Any = None):
+        self.options = options or self.Options()
+
+    def load(self) -> list[Problem]:
+        o = self.options
+        rng = random.Random(o.seed)
+        lo, hi = 10 ** (o.digits - 1) if o.digits > 1 else 0, 10**o.digits - 1
+        out = []
+        for i in range(o.size):
+            a, b, op = rng.randint(lo, hi), rng.randint(lo, hi), rng.choice(o.ops)
+            value = a + b if op == "+" else a - b if op == "-" else a * b
+            out.append(
+                Problem(
+                    id=f"arith-{i}",
+                    question=f"What is {a} {op} {b}?",
+                    answer=str(value),
+                    solution=f"{a} {op} {b} = {value}. The answer is \\boxed{{{value}}}.",
+                )
+            )
+        return out

@@ -1,0 +1,77 @@
+"""Validated recipe -> live objects: model, tokenizer, components, data, prompt builder.
+
+Components are built through the registries (by name), never imported directly, so a
+plugin's component is built exactly like a built-in one.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cgrpo.errors import DataError
+from cgrpo.interfaces import BuildContext
+from cgrpo.recipe.schema import Recipe
+from cgrpo.train.prompts import PromptBuilder
+from cgrpo.types import Problem
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Built:
+    model: Any
+    tokenizer: Any
+    device: Any
+    policy: Any
+    critic: Any
+    verifier: Any
+    advantage: Any
+    problems: list[Problem]
+    prompts: PromptBuilder
+    skipped_long: int
+
+
+def build(recipe: Recipe, registries: Any, run_dir: Path | None) -> Built:
+    """Build everything a run needs, in dependency order."""
+    from cgrpo.train.model import load_policy
+
+    model, tokenizer, device = load_policy(recipe.model)
+    ctx = BuildContext(
+        run_dir=run_dir, seed=recipe.run.seed, model=model, tokenizer=tokenizer, recipe=recipe
+    )
+    task = registries["task"].build(recipe.data.task.name, recipe.data.task.options, ctx)
+    problems = task.load()
+    prompts = PromptBuilder(
+        tokenizer,
+        recipe.data.prompt,
+        recipe.refinement,
+        recipe.model.max_length,
+        recipe.sampling.max_new_tokens,
+    )
+    limit = recipe.data.prompt.max_prompt_tokens
+    fitting = [p for p in problems if len(prompts.prompt_ids(p)) <= limit]
+    skipped = len(problems) - len(fitting)
+    if skipped:
+        log.warning(
+            "%d of %d problems have prompts over data.prompt.max_prompt_tokens=%d and are skipped",
+            skipped,
+            len(problems),
+            limit,
+        )
+    if not fitting:
+        raise DataError(
+            f"every problem's prompt is longer than data.prompt.max_prompt_tokens="
+            f"{limit}; raise it (and model.max_length)"
+        )
+    ctx.policy = registries["policy"].build(recipe.policy.name, recipe.policy.options, ctx)
+    critic = registries["critic"].build(recipe.critic.name, recipe.critic.options, ctx)
+    verifier = registries["verifier"].build(recipe.verifier.name, recipe.verifier.options, ctx)
+    advantage = registries["advantage"].build(
+        recipe.algorithm.advantage.name, recipe.algorithm.advantage.options, ctx
+    )
+    return Built(
+        model, tokenizer, device, ctx.policy, critic, verifier, advantage, fitting, prompts, skipped
+    )

@@ -1,0 +1,181 @@
+"""Run outputs a researcher reads: metrics.jsonl, samples.jsonl and the console display.
+
+``metrics.jsonl`` has one JSON object per step with ``area/name`` keys; ``samples.jsonl``
+one object per sequence (initial or refinement) with its verdict, critique, reward and
+advantage. The console shows a rich live progress bar on a terminal and plain lines
+otherwise (CI logs, ``nohup``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cgrpo.train.rollout import Rollout
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def rollout_metrics(ro: Rollout) -> dict[str, float]:
+    """The per-step rollout metrics (ALGORITHM.md section 6)."""
+    init = [r for r in ro.records if r.kind == "initial"]
+    refs = [r for r in ro.records if r.kind == "refinement"]
+    kept = [r for r in refs if r.kept]
+    groups = len({r.group for r in init})
+    m: dict[str, float] = {
+        "reward/initial_mean": _mean([r.verdict.score for r in init]),
+        "reward/group_pass_rate": _mean(
+            [float(any(r.verdict.correct for r in init if r.group == g)) for g in range(groups)]
+        ),
+        "groups/all_failed_share": ro.groups_all_failed / max(1, groups),
+        "groups/rescued_share": (
+            ro.groups_rescued / ro.groups_all_failed if ro.groups_all_failed else float("nan")
+        ),
+        "refine/generated": float(len(refs)),
+        "refine/success_rate": _mean([float(r.verdict.correct) for r in refs]),
+        "refine/kept": float(len(kept)),
+        "reward/refinement_kept_mean": _mean([r.verdict.score for r in kept]),
+        "length/initial_mean": _mean([float(len(r.completion.token_ids)) for r in init]),
+        "length/refinement_mean": _mean([float(len(r.completion.token_ids)) for r in refs]),
+        "length/initial_truncated_share": _mean(
+            [float(r.completion.finish_reason == "length") for r in init]
+        ),
+        "verify/no_answer_share": _mean([float(r.verdict.reason == "no_answer") for r in init]),
+        "verify/timeouts": float(sum(r.verdict.reason == "timeout" for r in ro.records)),
+    }
+    crits = ro.critiques
+    if crits:
+        m["critique/requested"] = float(len(crits))
+        m["critique/fallbacks"] = float(sum(c.fallback for c in crits))
+        m["critique/cached"] = float(sum(c.cached for c in crits))
+        m["critique/length_chars_mean"] = _mean([float(len(c.text)) for c in crits])
+        m["critique/cost"] = float(sum(c.cost for c in crits))
+    advantages: dict[int, list[float]] = {}
+    for row in ro.rows:
+        advantages.setdefault(row.group, []).append(row.advantage)
+    flat = [a for vals in advantages.values() for a in vals]
+    if flat:
+        m["advantage/mean"] = _mean(flat)
+        m["advantage/std"] = statistics.pstdev(flat) if len(flat) > 1 else 0.0
+        m["advantage/max"] = max(flat)
+        m["advantage/min"] = min(flat)
+        m["advantage/zero_groups_share"] = _mean(
+            [float(all(a == 0 for a in vals)) for vals in advantages.values()]
+        )
+    for stage, secs in ro.seconds.items():
+        m[f"time/{stage}"] = secs
+    return {k: v for k, v in m.items() if not (isinstance(v, float) and math.isnan(v))}
+
+
+class JsonlWriter:
+    """Appends JSON lines and flushes each one (a killed run keeps every finished line)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fh = path.open("a", encoding="utf-8")
+
+    def write(self, obj: dict[str, Any]) -> None:
+        self._fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def sample_lines(step: int, ro: Rollout, limit: int) -> list[dict[str, Any]]:
+    """samples.jsonl entries of a step (at most ``limit``, refinements first)."""
+    lines = []
+    for rec in ro.records:
+        crit = rec.critique
+        lines.append(
+            {
+                "step": step,
+                "prompt_id": rec.problem.id,
+                "group": rec.group,
+                "kind": rec.kind,
+                "trained": rec.row is not None,
+                "question": rec.problem.question,
+                "answer": rec.problem.answer,
+                "response": rec.completion.text,
+                "finish_reason": rec.completion.finish_reason,
+                "extracted": rec.verdict.extracted,
+                "verdict": rec.verdict.reason
+                or ("correct" if rec.verdict.correct else "incorrect"),
+                "reward": rec.verdict.score,
+                "advantage": ro.rows[rec.row].advantage if rec.row is not None else None,
+                "critique": crit.text if crit else None,
+                "critic": crit.critic if crit else None,
+                "critique_fallback": crit.fallback if crit else None,
+            }
+        )
+    lines.sort(key=lambda x: (x["kind"] != "refinement", x["group"]))
+    return lines[:limit]
+
+
+class Console:
+    """Live progress: rich on a terminal (or when forced), plain lines otherwise."""
+
+    KEYS = (
+        ("reward/initial_mean", "reward"),
+        ("refine/success_rate", "refine_ok"),
+        ("groups/rescued_share", "rescued"),
+        ("loss/total", "loss"),
+        ("entropy/initial", "entropy"),
+    )
+
+    def __init__(self, total_steps: int, mode: str = "auto", start_step: int = 0):
+        self.total = total_steps
+        self.rich = mode == "rich" or (mode == "auto" and sys.stdout.isatty())
+        self.started = time.monotonic()
+        self.start_step = start_step
+        self._progress = None
+        if self.rich:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(
+                TextColumn("step {task.completed}/{task.total}"),
+                BarColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+            )
+            self._task = self._progress.add_task(
+                "train", total=total_steps, completed=start_step, info=""
+            )
+            self._progress.start()
+
+    def _info(self, metrics: dict[str, float]) -> str:
+        parts = [f"{short} {metrics[k]:.3f}" for k, short in self.KEYS if k in metrics]
+        return "  ".join(parts)
+
+    def step(self, step: int, metrics: dict[str, float]) -> None:
+        if step == self.start_step + 1:  # time the ETA from the first step, not from start-up
+            self.started = time.monotonic() - metrics.get("time/step", 0.0)
+        info = self._info(metrics)
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step, info=info)
+            return
+        done = step - self.start_step
+        elapsed = time.monotonic() - self.started
+        eta = elapsed / max(1, done) * (self.total - step)
+        print(
+            f"step {step}/{self.total}  {info}  ({metrics.get('time/step', 0):.2f}s/step, "
+            f"eta {eta:.0f}s)",
+            flush=True,
+        )
+
+    def message(self, text: str) -> None:
+        if self._progress is not None:
+            self._progress.console.print(text)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()

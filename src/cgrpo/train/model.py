@@ -1,0 +1,65 @@
+"""Load the policy model and tokenizer a recipe names (creating a tiny one if asked)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from cgrpo.errors import TrainingError
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def resolve_device(name: str) -> Any:
+    """'auto' -> CUDA when available, else CPU; anything else is passed to torch.device."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(
+            f"model.device is {name!r} but CUDA is not available; use 'auto' or 'cpu'"
+        )
+    return device
+
+
+def load_policy(model_cfg: Any) -> tuple[Any, Any, Any]:
+    """``(model, tokenizer, device)`` for ``recipe.model``; the model is in train mode."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(model_cfg.path).expanduser()
+    if model_cfg.create is not None and not (path / "config.json").exists():
+        from cgrpo.tiny import create_tiny_model
+
+        log.info("creating a tiny model at %s", path)
+        create_tiny_model(path, **model_cfg.create.model_dump())
+    source = str(path) if path.exists() else model_cfg.path
+    device = resolve_device(model_cfg.device)
+    dtype = getattr(torch, _DTYPES[model_cfg.dtype])
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, trust_remote_code=model_cfg.trust_remote_code
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code
+        )
+    except OSError as exc:
+        raise TrainingError(
+            f"cannot load model.path {model_cfg.path!r}: {exc}. Give a local directory with "
+            "config.json and weights, or a hub id reachable from this machine"
+        ) from exc
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.eos_token_id is None:
+        raise TrainingError(f"the tokenizer at {source} has no eos_token; set one in its config")
+    model.to(device)
+    if model_cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+    model.train()
+    return model, tokenizer, device

@@ -1,0 +1,84 @@
+"""Problem -> prompt token ids, and (question, response, critique) -> refinement prompt.
+
+The refinement prompt must fit the context window: it is built so that
+``len(prompt) + max_new_tokens <= max_length`` always holds, by cutting the critique to
+``max_critique_tokens`` and then shortening the previous response from the front (its
+end, where the final answer is, is kept).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cgrpo.types import Problem
+
+ELLIPSIS = "... "
+
+
+class PromptBuilder:
+    """Formats prompts with the recipe's template and the tokenizer's chat template."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        prompt_cfg: Any,
+        refinement_cfg: Any,
+        max_length: int,
+        max_new_tokens: int,
+    ):
+        self.tok = tokenizer
+        self.cfg = prompt_cfg
+        self.ref = refinement_cfg
+        self.max_length = max_length
+        self.max_new_tokens = max_new_tokens
+        self.chat = bool(prompt_cfg.chat_template and getattr(tokenizer, "chat_template", None))
+
+    def _encode_user(self, user: str) -> list[int]:
+        if self.chat:
+            messages = []
+            if self.cfg.system:
+                messages.append({"role": "system", "content": self.cfg.system})
+            messages.append({"role": "user", "content": user})
+            text = self.tok.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+        else:
+            text = (self.cfg.system + "\n\n" if self.cfg.system else "") + user
+        return self.tok.encode(text, add_special_tokens=False)
+
+    def user_text(self, problem: Problem) -> str:
+        return self.cfg.template.format(question=problem.question) + self.cfg.suffix
+
+    def prompt_ids(self, problem: Problem) -> list[int]:
+        """Token ids of the training prompt of ``problem``."""
+        return self._encode_user(self.user_text(problem))
+
+    def refinement_ids(self, problem: Problem, response: str, critique: str) -> list[int]:
+        """Token ids of the refinement prompt, guaranteed to leave room for the refinement."""
+        critique_ids = self.tok.encode(critique, add_special_tokens=False)
+        if len(critique_ids) > self.ref.max_critique_tokens:
+            critique = self.tok.decode(critique_ids[: self.ref.max_critique_tokens]) + " ..."
+        question = self.cfg.template.format(question=problem.question)
+        budget = self.max_length - self.max_new_tokens
+
+        def build(resp: str) -> list[int]:
+            return self._encode_user(
+                self.ref.template.format(question=question, response=resp, critique=critique)
+            )
+
+        base = len(build(""))
+        if base > budget:
+            raise ValueError(
+                f"problem {problem.id}: the refinement prompt without the previous response "
+                f"is {base} tokens, over the budget {budget} (model.max_length - "
+                "sampling.max_new_tokens); lower refinement.max_critique_tokens"
+            )
+        resp_ids = self.tok.encode(response, add_special_tokens=False)
+        ids = build(response)
+        room = budget - base
+        while len(ids) > budget:  # keep the end of the response; shrink until it fits
+            if room <= 0:
+                return build("")
+            ids = build(ELLIPSIS + self.tok.decode(resp_ids[-room:]))
+            room -= max(1, len(ids) - budget)
+        return ids

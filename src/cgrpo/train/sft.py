@@ -1,0 +1,98 @@
+"""Optional supervised warm-up on reference solutions, so RL starts from partial skill.
+
+Cross-entropy on the solution tokens (and a final EOS) given the training prompt, batches
+drawn by a seeded RNG of its own (the RL data position is untouched).
+
+With ``refinement_share > 0`` that share of the examples are *refinement* examples: the
+refinement prompt built from the question, a wrong previous response (another problem's
+solution) and the recipe critic's critique of it, with the correct solution as target.
+Critique-GRPO needs a policy that can act on a critique; strong base models can, a tiny
+model cannot until it has seen a few. Rule-based critics make these examples free; an API
+critic would be called for each, so keep the share 0 there.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from cgrpo.errors import DataError
+from cgrpo.train.loss import token_logprobs
+from cgrpo.train.mixing import TrainRow, collate
+from cgrpo.train.prompts import PromptBuilder
+from cgrpo.types import CritiqueRequest, Problem, Verdict
+
+
+def sft_warmup(
+    model: Any,
+    tokenizer: Any,
+    problems: Sequence[Problem],
+    prompts: PromptBuilder,
+    cfg: Any,
+    seed: int,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    critic: Any = None,
+) -> list[dict[str, float]]:
+    """Run ``cfg.steps`` AdamW steps of supervised fine-tuning; returns per-step metrics."""
+    with_solution = [p for p in problems if p.solution]
+    if not with_solution:
+        raise DataError(
+            "sft.steps > 0 but no problem has a reference solution; map a "
+            "solution field in data.task.options (solution_field) or set sft.steps: 0"
+        )
+    rng = random.Random(f"sft:{seed}")
+    eos = tokenizer.eos_token_id
+    rows: dict[str, TrainRow] = {}
+    share = getattr(cfg, "refinement_share", 0.0)
+    if share > 0 and critic is None:
+        raise ValueError("sft.refinement_share > 0 needs the recipe's critic")
+
+    def refinement_row(prob: Problem) -> TrainRow:
+        other = rng.choice(with_solution)
+        while other.answer == prob.answer and len(with_solution) > 1:
+            other = rng.choice(with_solution)
+        wrong = Verdict(0.0, False, other.answer)
+        crit = critic.critique([CritiqueRequest(prob, other.solution, wrong)])[0]
+        ids = [*tokenizer.encode(prob.solution, add_special_tokens=False), eos]
+        prompt = prompts.refinement_ids(prob, other.solution, crit.text)
+        return TrainRow(0, prompt, ids, None, True, 0.0)
+
+    device = next(model.parameters()).device
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    history = []
+    model.train()
+    for step in range(1, cfg.steps + 1):
+        batch_rows = []
+        for prob in rng.sample(with_solution, min(cfg.batch_size, len(with_solution))):
+            if share > 0 and rng.random() < share:
+                batch_rows.append(refinement_row(prob))
+                continue
+            if prob.id not in rows:
+                ids = [*tokenizer.encode(prob.solution, add_special_tokens=False), eos]
+                rows[prob.id] = TrainRow(0, prompts.prompt_ids(prob), ids, None, False, 0.0)
+            batch_rows.append(rows[prob.id])
+        batch = collate(batch_rows, tokenizer.pad_token_id)
+        t = batch.response_ids.shape[1]
+        logits = model(
+            input_ids=batch.input_ids.to(device),
+            attention_mask=batch.attention_mask.to(device),
+            position_ids=batch.position_ids.to(device),
+            use_cache=False,
+            logits_to_keep=t + 1,
+        ).logits[:, :-1]
+        lp = token_logprobs(logits, batch.response_ids.to(device))
+        mask = batch.response_mask.to(device)
+        loss = -(lp * mask).sum() / mask.sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        metrics = {"sft/loss": float(loss.detach())}
+        history.append(metrics)
+        if on_step is not None:
+            on_step(step, metrics)
+    opt.zero_grad(set_to_none=True)
+    return history

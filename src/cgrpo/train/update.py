@@ -1,0 +1,156 @@
+"""The policy update of one step: mini-batches of whole groups, micro-batches with gradient
+accumulation, grad-norm clipping, one optimizer step per mini-batch (ALGORITHM.md 2.8-2.9).
+
+Each micro-batch's loss is its exact share of the mini-batch loss (the aggregation gets the
+mini-batch token and sequence counts), so the accumulated gradient does not depend on the
+micro-batch size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from cgrpo.train.loss import LossConfig, entropy_from_logits, policy_loss, token_logprobs
+from cgrpo.train.mixing import Batch, TrainRow, collate
+
+
+@dataclass(frozen=True)
+class UpdateSettings:
+    updates_per_step: int
+    micro_batch_size: int
+    temperature: float
+    loss: LossConfig
+    grad_clip: float | None
+
+
+def forward_response(
+    model: Any, batch: Batch, temperature: float, entropy: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs (B, T) of the batch's response tokens, and their entropies if asked.
+
+    Only the logits of the last T+1 positions are computed (``logits_to_keep``): position
+    ``prompt_len - 1 + t`` predicts response token t.
+    """
+    device = next(model.parameters()).device
+    t = batch.response_ids.shape[1]
+    out = model(
+        input_ids=batch.input_ids.to(device),
+        attention_mask=batch.attention_mask.to(device),
+        position_ids=batch.position_ids.to(device),
+        use_cache=False,
+        logits_to_keep=t + 1,
+    )
+    logits = out.logits[:, :-1, :] / temperature
+    logprobs = token_logprobs(logits, batch.response_ids.to(device))
+    return logprobs, (entropy_from_logits(logits) if entropy else None)
+
+
+def split_groups(rows: Sequence[TrainRow], parts: int) -> list[list[TrainRow]]:
+    """Split rows into ``parts`` mini-batches of whole groups (groups never straddle)."""
+    groups = sorted({r.group for r in rows})
+    size = math.ceil(len(groups) / parts)
+    chunks = [set(groups[i : i + size]) for i in range(0, len(groups), size)]
+    return [[r for r in rows if r.group in chunk] for chunk in chunks]
+
+
+def _mean_metrics(items: list[dict[str, float]]) -> dict[str, float]:
+    keys = {k for m in items for k in m}
+    out = {}
+    for k in sorted(keys):
+        vals = [m[k] for m in items if k in m and not math.isnan(m[k])]
+        if vals:
+            out[k] = sum(vals) if k.startswith("loss/") else sum(vals) / len(vals)
+    return out
+
+
+def update_policy(
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    rows: Sequence[TrainRow],
+    settings: UpdateSettings,
+    pad_id: int,
+    ref_model: Any = None,
+) -> dict[str, float]:
+    """Run ``updates_per_step`` optimizer steps over ``rows``; returns update metrics."""
+    cfg = settings.loss
+    need_entropy = True  # per-kind entropy is always logged; the bonus uses it when coef > 0
+    per_minibatch: list[dict[str, float]] = []
+    skipped = 0
+    model.train()
+    for mini_rows in split_groups(rows, settings.updates_per_step):
+        mini = collate(mini_rows, pad_id)
+        num_tokens = float(mini.response_mask.sum())
+        num_seqs = float((mini.response_mask.sum(-1) > 0).sum())
+        micro_metrics: list[dict[str, float]] = []
+        optimizer.zero_grad(set_to_none=True)
+        for start in range(0, len(mini), settings.micro_batch_size):
+            micro = mini.select(slice(start, start + settings.micro_batch_size))
+            logprobs, entropy = forward_response(model, micro, settings.temperature, need_entropy)
+            ref = None
+            if cfg.kl_coef and ref_model is not None:
+                with torch.no_grad():
+                    ref, _ = forward_response(ref_model, micro, settings.temperature, False)
+            dev = logprobs.device
+            out = policy_loss(
+                logprobs,
+                micro.old_logprobs.to(dev),
+                micro.advantages.to(dev),
+                micro.response_mask.to(dev),
+                micro.refinement_mask.to(dev),
+                cfg,
+                entropy=entropy,
+                ref_logprobs=ref,
+                num_tokens=num_tokens,
+                num_seqs=num_seqs,
+            )
+            out.loss.backward()
+            micro_metrics.append(out.metrics)
+        params = [p for p in model.parameters() if p.grad is not None]
+        max_norm = settings.grad_clip if settings.grad_clip is not None else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
+        metrics = _mean_metrics(micro_metrics)
+        metrics["update/grad_norm"] = grad_norm
+        if math.isfinite(grad_norm) and math.isfinite(metrics.get("loss/total", 0.0)):
+            optimizer.step()
+        else:
+            skipped += 1
+        optimizer.zero_grad(set_to_none=True)
+        if scheduler is not None:
+            scheduler.step()
+        per_minibatch.append(metrics)
+    result = _mean_metrics(per_minibatch)
+    for k in [k for k in result if k.startswith("loss/")]:
+        result[k] /= len(per_minibatch)  # mean over mini-batches of each mini-batch's loss
+    result["update/skipped_nonfinite"] = float(skipped)
+    result["update/lr"] = float(optimizer.param_groups[0]["lr"])
+    return result
+
+
+def make_optimizer(model: Any, optim_cfg: Any, total_updates: int, lr: float | None = None):
+    """AdamW and a LambdaLR schedule (linear warm-up, then constant / linear / cosine)."""
+    opt = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=lr if lr is not None else optim_cfg.lr,
+        betas=tuple(optim_cfg.betas),
+        eps=optim_cfg.eps,
+        weight_decay=optim_cfg.weight_decay,
+    )
+    warm, kind = optim_cfg.warmup_steps, optim_cfg.schedule
+
+    def factor(step: int) -> float:
+        if warm and step < warm:
+            return (step + 1) / warm
+        if kind == "constant":
+            return 1.0
+        progress = min(1.0, (step - warm) / max(1, total_updates - warm))
+        if kind == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)

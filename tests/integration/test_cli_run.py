@@ -1,0 +1,104 @@
+"""``cgrpo run`` end to end through the real CLI on a tiny model (a shortened quickstart)."""
+
+import json
+
+import pytest
+
+from tests.helpers import REPO, run_cli
+
+QUICKSTART = str(REPO / "recipes" / "quickstart-cpu.yaml")
+SHORT = [
+    "sft.steps=10",
+    "train.steps=3",
+    "train.save_every=2",
+    "data.task.options.size=50",
+    "algorithm.prompts_per_step=4",
+    "algorithm.micro_batch_size=16",
+    "run.console=plain",
+]
+
+pytestmark = pytest.mark.slow
+
+REQUIRED_METRICS = {
+    "reward/initial_mean",
+    "refine/success_rate",
+    "groups/all_failed_share",
+    "advantage/mean",
+    "loss/policy",
+    "loss/total",
+    "entropy/initial",
+    "length/initial_mean",
+    "update/grad_norm",
+    "update/lr",
+    "time/sample",
+    "time/verify",
+    "time/update",
+    "time/step",
+    "throughput/sampled_tokens_per_s",
+    "clip/fraction",
+}
+
+
+def test_shortened_quickstart_runs_and_leaves_a_complete_run_dir(tmp_path):
+    out = run_cli(
+        "run",
+        QUICKSTART,
+        *SHORT,
+        f"model.path={tmp_path / 'tiny'}",
+        f"run.output_dir={tmp_path / 'runs'}",
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "step 3/3" in out.stdout
+    run = tmp_path / "runs" / "quickstart"
+    assert (run / "recipe.yaml").is_file()
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2, 3]
+    missing = REQUIRED_METRICS - set(lines[0])
+    assert not missing, missing
+    samples = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
+    assert {s["kind"] for s in samples} <= {"initial", "refinement"}
+    assert {"prompt_id", "response", "verdict", "reward", "advantage", "critique"} <= set(
+        samples[0]
+    )
+    assert json.loads((run / "status.json").read_text())["status"] == "completed"
+    assert len((run / "sft_metrics.jsonl").read_text().splitlines()) == 10
+
+    # checkpoints: every save_every steps and at the end, loadable by plain transformers
+    for step in (2, 3):
+        ckpt = run / "checkpoints" / f"step-{step}"
+        assert (ckpt / "manifest.json").is_file() and (ckpt / "trainer_state.pt").is_file()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(run / "checkpoints" / "step-3")
+    tok = AutoTokenizer.from_pretrained(run / "checkpoints" / "step-3")
+    assert model.config.vocab_size == len(tok)
+
+    again = run_cli(
+        "run",
+        QUICKSTART,
+        *SHORT,
+        f"model.path={tmp_path / 'tiny'}",
+        f"run.output_dir={tmp_path / 'runs'}",
+        cwd=tmp_path,
+    )
+    assert again.returncode == 2
+    assert "already exists" in again.stderr and "run.overwrite=true" in again.stderr
+
+
+def test_bad_data_file_fails_before_training_with_file_and_line(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"question": "What is 1 + 1?", "answer": "2"}\n{"question": "x"}\n')
+    out = run_cli(
+        "run",
+        QUICKSTART,
+        *SHORT,
+        f"model.path={tmp_path / 'tiny'}",
+        f"run.output_dir={tmp_path / 'runs'}",
+        "data.task.name=jsonl",
+        f"data.task.options.path={data}",
+        cwd=tmp_path,
+    )
+    assert out.returncode == 1
+    assert f"{data}:2: missing field 'answer'" in out.stderr
+    assert "bad_rows: skip" in out.stderr

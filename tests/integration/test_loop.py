@@ -1,0 +1,145 @@
+"""Whole training steps on a real tiny model.
+
+The sampler is replaced by ``ScriptedPolicy`` so each test can force a scenario (every
+initial answer wrong, the refinement right): a test double at the sampling boundary only.
+The verifier, critic, refinement prompts, mixing, advantages, loss and optimizer are the
+real ones.
+"""
+
+import copy
+
+import pytest
+import torch
+
+from cgrpo.plugins import get_registries
+from cgrpo.recipe import load_recipe
+from cgrpo.recipe.build import build
+from cgrpo.train.loop import Trainer
+from cgrpo.types import Completion
+from tests.helpers import REPO
+
+
+class ScriptedPolicy:
+    """Answers every training prompt with ``initial`` and every refinement prompt (one that
+    shows a critique) with ``refinement``; records the prompts it saw."""
+
+    def __init__(self, tokenizer, initial: str, refinement: str):
+        self.tok, self.initial, self.refinement = tokenizer, initial, refinement
+        self.seen: list[str] = []
+
+    def generate(self, prompts, params):
+        out = []
+        for ids in prompts:
+            text = self.tok.decode(ids)
+            self.seen.append(text)
+            answer = self.refinement if "Critique" in text else self.initial
+            toks = [*self.tok.encode(answer, add_special_tokens=False), self.tok.eos_token_id]
+            out.append([Completion(toks, None, answer, "stop") for _ in range(params.n)])
+        return out
+
+    def sync_weights(self, model):
+        pass
+
+    def close(self):
+        pass
+
+
+def make_trainer(tmp_path, tiny_model_dir, *overrides):
+    recipe, _ = load_recipe(
+        REPO / "recipes" / "quickstart-cpu.yaml",
+        [
+            f"model.path={tiny_model_dir}",
+            "model.create=null",
+            f"run.output_dir={tmp_path}",
+            "algorithm.prompts_per_step=2",
+            "algorithm.samples_per_prompt=7",
+            "algorithm.micro_batch_size=8",
+            "algorithm.old_logprobs=recompute",
+            "optim.weight_decay=0",
+            "algorithm.loss.entropy_coef=0",
+            "run.console=plain",
+            "data.task.options.size=20",
+            *overrides,
+        ],
+    )
+    built = build(recipe, get_registries(), tmp_path)
+    (tmp_path / recipe.run.name).mkdir(parents=True, exist_ok=True)
+    return Trainer(recipe, built, tmp_path / recipe.run.name), built
+
+
+def params_of(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_all_initial_wrong_and_refinement_right_trains(tmp_path, tiny_model_dir, torch_one_thread):
+    trainer, built = make_trainer(tmp_path, tiny_model_dir)
+    answer = {}
+
+    class RightRefinement(ScriptedPolicy):
+        def generate(self, prompts, params):
+            out = super().generate(prompts, params)
+            for ids, group in zip(prompts, out, strict=True):
+                text = self.tok.decode(ids)
+                if "Critique" in text:  # answer the refinement with the reference answer
+                    q = next(q for q in answer if q in text)
+                    toks = self.tok.encode(f"\\boxed{{{answer[q]}}}", add_special_tokens=False)
+                    group[0] = Completion(
+                        [*toks, self.tok.eos_token_id], None, f"\\boxed{{{answer[q]}}}", "stop"
+                    )
+            return out
+
+    for p in built.problems:
+        answer[p.question] = p.answer
+    built.policy = trainer.b.policy = RightRefinement(built.tokenizer, r"\boxed{-1}", "")
+    before = params_of(built.model)
+    metrics = trainer.step(1)
+    assert metrics["reward/initial_mean"] == 0.0
+    assert metrics["refine/success_rate"] == 1.0 and metrics["groups/rescued_share"] == 1.0
+    assert metrics["advantage/max"] == pytest.approx(0.875)  # 1 - 1/8
+    assert metrics["advantage/min"] == pytest.approx(-0.125)
+    assert any(not torch.equal(a, b) for a, b in zip(before, params_of(built.model), strict=False))
+    # the refinement prompts showed the critique with the reference answer
+    refinement_prompts = [s for s in built.policy.seen if "Critique" in s]
+    assert len(refinement_prompts) == 2 * 7  # failed_groups: every response is refined
+    assert all("the ground truth is" in s for s in refinement_prompts)
+
+
+def test_everything_wrong_gives_zero_policy_gradient(tmp_path, tiny_model_dir, torch_one_thread):
+    trainer, built = make_trainer(tmp_path, tiny_model_dir)
+    built.policy = trainer.b.policy = ScriptedPolicy(built.tokenizer, r"\boxed{-1}", r"\boxed{-2}")
+    before = params_of(built.model)
+    metrics = trainer.step(1)
+    assert metrics["refine/success_rate"] == 0.0
+    assert metrics["advantage/max"] == 0.0 and metrics["advantage/min"] == 0.0
+    assert metrics["loss/policy"] == 0.0
+    assert metrics["update/grad_norm"] == 0.0
+    assert all(torch.equal(a, b) for a, b in zip(before, params_of(built.model), strict=False))
+
+
+def test_grpo_without_refinement_never_calls_the_critic(tmp_path, tiny_model_dir, torch_one_thread):
+    trainer, built = make_trainer(
+        tmp_path,
+        tiny_model_dir,
+        "algorithm.refinements_per_prompt=0",
+        "algorithm.micro_batch_size=7",
+    )
+    built.policy = trainer.b.policy = ScriptedPolicy(built.tokenizer, r"\boxed{-1}", "x")
+    metrics = trainer.step(1)
+    assert not any("Critique" in s for s in built.policy.seen)
+    assert "critique/requested" not in metrics
+    assert metrics["refine/generated"] == 0.0
+
+
+def test_kl_loads_a_frozen_reference_only_when_asked(tmp_path, tiny_model_dir, torch_one_thread):
+    trainer, _ = make_trainer(tmp_path, tiny_model_dir)
+    assert trainer.ref_model is None
+    trainer, built = make_trainer(tmp_path / "kl", tiny_model_dir, "algorithm.loss.kl_coef=0.1")
+    assert trainer.ref_model is not None
+    assert not any(p.requires_grad for p in trainer.ref_model.parameters())
+    ref_before = copy.deepcopy(params_of(trainer.ref_model))
+    built.policy = trainer.b.policy = ScriptedPolicy(built.tokenizer, r"\boxed{-1}", r"\boxed{-1}")
+    metrics = trainer.step(1)
+    assert "kl/mean" in metrics
+    assert all(
+        torch.equal(a, b) for a, b in zip(ref_before, params_of(trainer.ref_model), strict=False)
+    )
