@@ -27,12 +27,18 @@ def recipe_for(model_dir: Path, out: Path, name: str, args, refinements: int):
     raw = {
         "run": {"name": name, "output_dir": str(out), "console": "plain"},
         "model": {"path": str(model_dir), "max_length": 512, "device": args.device},
-        "data": {"task": {"name": "arithmetic", "options": {"size": 500}},
-                 "prompt": {"suffix": "", "max_prompt_tokens": 64}},
+        "data": {
+            "task": {"name": "arithmetic", "options": {"size": 500}},
+            "prompt": {"suffix": "", "max_prompt_tokens": 64},
+        },
         "sampling": {"max_new_tokens": args.new_tokens},
-        "algorithm": {"prompts_per_step": args.prompts, "samples_per_prompt": g,
-                      "refinements_per_prompt": refinements, "refine": "all",
-                      "micro_batch_size": args.prompts * args.samples},
+        "algorithm": {
+            "prompts_per_step": args.prompts,
+            "samples_per_prompt": g,
+            "refinements_per_prompt": refinements,
+            "refine": "all",
+            "micro_batch_size": args.prompts * args.samples,
+        },
         "refinement": {"max_critique_tokens": 64},
         "optim": {"lr": 1e-5},
         "train": {"steps": args.steps + 1, "log_samples": 0},
@@ -62,12 +68,16 @@ def bench(kind: str, refinements: int, model_dir: Path, out: Path, args) -> None
         vals = [r[key] for r in rows if key in r]
         return statistics.mean(vals) if vals else 0.0
 
-    stages = "  ".join(f"{s} {mean('time/' + s):.3f}s"
-                       for s in ("sample", "verify", "critique", "refine", "update"))
+    stages = "  ".join(
+        f"{s} {mean('time/' + s):.3f}s"
+        for s in ("sample", "verify", "critique", "refine", "update")
+    )
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    line = (f"{kind:14s} {mean('time/step'):.3f} s/step  "
-            f"{mean('throughput/sampled_tokens_per_s'):.0f} sampled tok/s  [{stages}]  "
-            f"peak RSS {rss:.0f} MiB")
+    line = (
+        f"{kind:14s} {mean('time/step'):.3f} s/step  "
+        f"{mean('throughput/sampled_tokens_per_s'):.0f} sampled tok/s  [{stages}]  "
+        f"peak RSS {rss:.0f} MiB"
+    )
     if torch.cuda.is_available():
         line += f"  CUDA peak {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"
     print(line, flush=True)
@@ -86,12 +96,17 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     from cgrpo.tiny import create_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = create_tiny_model(Path(tmp) / "model")
-        print(f"{args.prompts} prompts x {args.samples} sequences, {args.new_tokens} new tokens, "
-              f"torch threads {args.threads}, {args.steps} timed steps")
+        print(
+            f"{args.prompts} prompts x {args.samples} sequences, {args.new_tokens} new tokens, "
+            f"torch threads {args.threads}, {args.steps} timed steps"
+        )
         bench("grpo", 0, model_dir, Path(tmp) / "runs", args)
         bench("critique-grpo", 1, model_dir, Path(tmp) / "runs", args)
 

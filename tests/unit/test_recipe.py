@@ -169,8 +169,11 @@ def test_shipped_recipes_validate(tmp_path, name):
 
     data = tmp_path / "train.jsonl"
     data.write_text('{"problem": "1+1?", "answer": "2"}\n')
-    overrides = [] if name == "quickstart-cpu" else [
-        "model.path=org/model", f"data.task.options.path={data}"]
+    overrides = (
+        []
+        if name == "quickstart-cpu"
+        else ["model.path=org/model", f"data.task.options.path={data}"]
+    )
     recipe, _ = load_recipe(REPO / "recipes" / f"{name}.yaml", overrides)
     assert recipe.algorithm.refinements_per_prompt == 1
 
@@ -188,3 +191,14 @@ def test_released_code_recipe_differs_from_the_paper_where_the_code_does(tmp_pat
     assert code.algorithm.advantage.options["std_scaling"] == "group"
     assert paper.algorithm.advantage.options["std_scaling"] == "none"
     assert (paper.algorithm.loss.clip.mode, code.algorithm.loss.clip.mode) == ("symmetric", "none")
+
+
+def test_recipe_reference_doc_is_current():
+    from cgrpo.recipe.reference import render
+    from tests.helpers import REPO
+
+    committed = (REPO / "docs" / "recipe-reference.md").read_text()
+    assert committed == render(), (
+        "docs/recipe-reference.md is stale: python -m cgrpo.recipe.reference > "
+        "docs/recipe-reference.md"
+    )

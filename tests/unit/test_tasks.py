@@ -55,8 +55,10 @@ def test_missing_file_is_a_recipe_error_at_check_time(tmp_path):
     from cgrpo.recipe import load_recipe
 
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"model: {{path: org/m}}\ndata: {{task: {{name: jsonl, options: "
-                      f"{{path: {tmp_path / 'nope.jsonl'}}}}}}}\n")
+    recipe.write_text(
+        f"model: {{path: org/m}}\ndata: {{task: {{name: jsonl, options: "
+        f"{{path: {tmp_path / 'nope.jsonl'}}}}}}}\n"
+    )
     with pytest.raises(RecipeError) as err:
         load_recipe(recipe)
     [problem] = err.value.problems

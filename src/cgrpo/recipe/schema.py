@@ -29,8 +29,8 @@ class ComponentSpec(Section):
         return {"name": data} if isinstance(data, str) else data
 
 
-def component(name: str) -> Any:
-    return Field(default_factory=lambda: ComponentSpec(name=name))
+def component(name: str, description: str) -> Any:
+    return Field(default_factory=lambda: ComponentSpec(name=name), description=description)
 
 
 class TinyModelSpec(Section):
@@ -153,7 +153,7 @@ class LossSection(Section):
 
 
 class AlgorithmConfig(Section):
-    """Group shapes and the Critique-GRPO options (ALGORITHM.md section 2)."""
+    """Group shapes and the Critique-GRPO options (docs/algorithm-options.md)."""
 
     prompts_per_step: int = Field(8, ge=1, description="P: prompts per training step")
     samples_per_prompt: int = Field(7, ge=1, description="G: initial samples per prompt")
@@ -173,7 +173,9 @@ class AlgorithmConfig(Section):
         description="kept refinement when none is correct: 'random' (paper), 'first' "
         "(released code), 'none' (keep none)",
     )
-    advantage: ComponentSpec = component("grpo")
+    advantage: ComponentSpec = component(
+        "grpo", "advantage scheme: grpo (std_scaling none/group/batch), rloo, reinforce_pp"
+    )
     loss: LossSection = Field(default_factory=LossSection)
     updates_per_step: int = Field(
         1, ge=1, description="optimizer updates per rollout (mini-batches; released code: 2)"
@@ -263,9 +265,11 @@ class Recipe(Section):
     run: RunConfig = Field(default_factory=RunConfig)
     model: ModelConfig
     data: DataConfig
-    policy: ComponentSpec = component("hf")
-    critic: ComponentSpec = component("ground_truth")
-    verifier: ComponentSpec = component("math")
+    policy: ComponentSpec = component("hf", "sampling backend (`cgrpo list policy`)")
+    critic: ComponentSpec = component(
+        "ground_truth", "who writes critiques: indicative, ground_truth, plugins"
+    )
+    verifier: ComponentSpec = component("math", "reward function: math, exact, choice, plugins")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
     refinement: RefinementConfig = Field(default_factory=RefinementConfig)

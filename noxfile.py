@@ -1,0 +1,43 @@
+"""Developer sessions. ``nox`` runs lint and tests; the others are opt-in.
+
+Every session installs torch through ``constraints/cpu.txt`` (the CPU wheel); GPU users
+install without it.
+"""
+
+import nox
+
+nox.options.sessions = ["lint", "tests"]
+nox.options.default_venv_backend = "venv"
+
+CPU = ("-c", "constraints/cpu.txt")
+ENV = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@nox.session
+def lint(session):
+    """ruff lint and format check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def tests(session):
+    """The CPU test suite (unit + integration, including short real CLI runs)."""
+    session.install(*CPU, "-e", ".[dev]")
+    session.run("python", "-m", "pytest", "-q", *session.posargs, env=ENV)
+
+
+@nox.session
+def plugins(session):
+    """Install the example plugin packages for real and check cgrpo finds them."""
+    session.install(*CPU, "-e", ".[dev]", "-e", "plugins/cgrpo-gsm8k")
+    session.run("cgrpo", "list", "verifier", env=ENV)
+    session.run("python", "-m", "pytest", "-q", "tests/unit/test_plugins.py", env=ENV)
+
+
+@nox.session
+def quickstart(session):
+    """The full CPU quickstart (a few minutes)."""
+    session.install(*CPU, "-e", ".")
+    session.run("cgrpo", "run", "recipes/quickstart-cpu.yaml", "run.overwrite=true", env=ENV)
