@@ -163,16 +163,23 @@ def test_extends_merges_a_base_recipe(tmp_path):
     assert recipe.model.max_length == 512
 
 
-@pytest.mark.parametrize("name", ["quickstart-cpu", "paper-qwen3-8b", "released-code-qwen3-8b"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "quickstart-cpu",
+        "api-critic-cpu",
+        "paper-qwen3-8b",
+        "released-code-qwen3-8b",
+        "weak-to-strong",
+    ],
+)
 def test_shipped_recipes_validate(tmp_path, name):
     from tests.helpers import REPO
 
     data = tmp_path / "train.jsonl"
     data.write_text('{"problem": "1+1?", "answer": "2"}\n')
     overrides = (
-        []
-        if name == "quickstart-cpu"
-        else ["model.path=org/model", f"data.task.options.path={data}"]
+        [] if name.endswith("-cpu") else ["model.path=org/model", f"data.task.options.path={data}"]
     )
     recipe, _ = load_recipe(REPO / "recipes" / f"{name}.yaml", overrides)
     assert recipe.algorithm.refinements_per_prompt == 1

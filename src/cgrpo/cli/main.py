@@ -34,6 +34,14 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("recipe", help="path to a YAML recipe")
     check.add_argument("overrides", nargs="*", help="key=value overrides")
 
+    crit = sub.add_parser(
+        "critique", help="run the recipe's critic on a few samples and show cost and latency"
+    )
+    crit.add_argument("recipe", help="path to a YAML recipe")
+    crit.add_argument("overrides", nargs="*", help="key=value overrides")
+    crit.add_argument("--samples", help="a run's samples.jsonl to critique (default: the task)")
+    crit.add_argument("-n", type=int, default=4, help="how many samples (default 4)")
+
     lst = sub.add_parser("list", help="list registered components")
     lst.add_argument("kind", nargs="?", help="policy, critic, verifier, advantage or task")
     return p
@@ -94,7 +102,13 @@ def cmd_run(recipe_path: str, overrides: Sequence[str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # key=value overrides given after an option (argparse stops at the option)
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides += extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.command == "check":
             return cmd_check(args.recipe, args.overrides)
@@ -102,6 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_list(args.kind)
         if args.command == "run":
             return cmd_run(args.recipe, args.overrides)
+        if args.command == "critique":
+            from cgrpo.cli.critique import run_critique
+
+            return run_critique(args.recipe, args.overrides, args.samples, args.n)
     except RecipeError as exc:
         print(exc.render(), file=sys.stderr)
         return EXIT_USAGE

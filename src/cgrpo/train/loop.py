@@ -188,6 +188,9 @@ class Trainer:
         sampled = sum(len(rec.completion.token_ids) for rec in ro.records)
         metrics["throughput/sampled_tokens_per_s"] = sampled / max(1e-9, now - started)
         metrics["data/epoch"] = float(self.data.epoch)
+        telemetry = getattr(self.b.critic, "telemetry", None)
+        if callable(telemetry) and r.algorithm.refinements_per_prompt:
+            metrics.update({f"critique/{k}": v for k, v in telemetry().items()})
         self.metrics_out.write(metrics)
         for line in sample_lines(step, ro, r.train.log_samples):
             self.samples_out.write(line)

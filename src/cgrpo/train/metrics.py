@@ -50,13 +50,14 @@ def rollout_metrics(ro: Rollout) -> dict[str, float]:
         "verify/no_answer_share": _mean([float(r.verdict.reason == "no_answer") for r in init]),
         "verify/timeouts": float(sum(r.verdict.reason == "timeout" for r in ro.records)),
     }
-    crits = ro.critiques
-    if crits:
-        m["critique/requested"] = float(len(crits))
-        m["critique/fallbacks"] = float(sum(c.fallback for c in crits))
-        m["critique/cached"] = float(sum(c.cached for c in crits))
-        m["critique/length_chars_mean"] = _mean([float(len(c.text)) for c in crits])
-        m["critique/cost"] = float(sum(c.cost for c in crits))
+    m.update(critique_metrics(ro.critiques))
+    by_source = {
+        "critic": [r for r in refs if r.critique and not r.critique.fallback],
+        "fallback": [r for r in refs if r.critique and r.critique.fallback],
+    }
+    for source, recs in by_source.items():
+        if recs:
+            m[f"refine/success_rate_{source}"] = _mean([float(r.verdict.correct) for r in recs])
     advantages: dict[int, list[float]] = {}
     for row in ro.rows:
         advantages.setdefault(row.group, []).append(row.advantage)
@@ -72,6 +73,30 @@ def rollout_metrics(ro: Rollout) -> dict[str, float]:
     for stage, secs in ro.seconds.items():
         m[f"time/{stage}"] = secs
     return {k: v for k, v in m.items() if not (isinstance(v, float) and math.isnan(v))}
+
+
+def critique_metrics(crits: list) -> dict[str, float]:
+    """Telemetry of one step's critiques (empty when nothing was critiqued)."""
+    if not crits:
+        return {}
+    with_verdict = [c for c in crits if c.critic_verdict is not None]
+    failed = [c for c in crits if c.fallback and c.error not in (None, "disagreement")]
+    m = {
+        "critique/requested": float(len(crits)),
+        "critique/cached": float(sum(c.cached for c in crits)),
+        "critique/fallbacks": float(sum(c.fallback for c in crits)),
+        "critique/failed": float(len(failed)),
+        "critique/disagreements": float(sum(c.error == "disagreement" for c in crits)),
+        "critique/verdict_missing": float(len(crits) - len(with_verdict)),
+        "critique/length_chars_mean": _mean([float(len(c.text)) for c in crits]),
+        "critique/latency_s_mean": _mean([c.latency_s for c in crits if not c.cached]),
+        "critique/prompt_tokens": float(sum(c.prompt_tokens for c in crits)),
+        "critique/completion_tokens": float(sum(c.completion_tokens for c in crits)),
+        "critique/cost": float(sum(c.cost for c in crits)),
+    }
+    if with_verdict:
+        m["critique/verdict_agreement"] = 1.0 - m["critique/disagreements"] / len(with_verdict)
+    return m
 
 
 class JsonlWriter:

@@ -72,6 +72,7 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
     console.message(f"cgrpo: run directory {run_dir}")
     hooks = registries.hook
     status = "failed"
+    built = None
     hooks.on_run_start(run_dir=str(run_dir), recipe=resolved)
     try:
         built = build(recipe, registries, run_dir)
@@ -112,5 +113,10 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
         raise
     finally:
         console.close()
+        if built is not None:
+            for part in (built.critic, built.policy):
+                close = getattr(part, "close", None)
+                if callable(close):
+                    close()
         hooks.on_run_end(run_dir=str(run_dir), status=status)
         (run_dir / "status.json").write_text(json.dumps({"status": status}))

@@ -1,0 +1,136 @@
+"""``self`` and ``local``: chain-of-thought critiques written by a language model on this
+machine, all critiques of a step in one batched generation pass.
+
+``self`` uses the training policy through the policy backend (self-critique). ``local``
+loads a separate, frozen critic model (weak-to-strong when it is smaller than the policy)
+that is never weight-synced with the policy.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from pydantic import Field
+
+from cgrpo.builtins.critics.options import CoTOptions
+from cgrpo.builtins.critics.prompts import parse_verdict, resolve_template
+from cgrpo.builtins.critics.rule import ground_truth_text
+from cgrpo.types import Critique, CritiqueRequest, SamplingParams
+
+
+class _GenerativeCritic:
+    name = "generative"
+
+    def __init__(self, options: CoTOptions, sampler: Any, tokenizer: Any):
+        self.options = options
+        self.sampler = sampler
+        self.tokenizer = tokenizer
+        self.template = resolve_template(options.template, options.template_text, options.system)
+
+    def _prompt_ids(self, request: CritiqueRequest) -> list[int]:
+        messages = self.template.messages(request)
+        if getattr(self.tokenizer, "chat_template", None):
+            text = self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+        else:
+            text = "\n\n".join(m["content"] for m in messages) + "\n\n"
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def _generate(self, requests: Sequence[CritiqueRequest]) -> tuple[list[str], float]:
+        params = SamplingParams(
+            n=1,
+            temperature=max(self.options.temperature, 1e-5),
+            max_new_tokens=self.options.max_tokens,
+            greedy=self.options.temperature == 0.0,
+        )
+        started = time.perf_counter()
+        out = self.sampler.generate([self._prompt_ids(r) for r in requests], params)
+        return [g[0].text for g in out], time.perf_counter() - started
+
+    def critique(self, requests: Sequence[CritiqueRequest]) -> list[Critique]:
+        if not requests:
+            return []
+        texts, seconds = self._generate(requests)
+        per = seconds / len(requests)
+        results = [self._critique(r, t, per) for r, t in zip(requests, texts, strict=True)]
+        if self.options.on_disagreement == "retry":
+            redo = [i for i, c in enumerate(results) if c.error == "disagreement"]
+            if redo:
+                again, seconds = self._generate([requests[i] for i in redo])
+                for i, text in zip(redo, again, strict=True):
+                    results[i] = self._critique(requests[i], text, seconds / len(redo))
+        return results
+
+    def _critique(self, request: CritiqueRequest, text: str, seconds: float) -> Critique:
+        verdict = parse_verdict(text)
+        disagrees = verdict is not None and verdict != request.verdict.correct
+        if disagrees and self.options.on_disagreement == "fallback":
+            return Critique(
+                ground_truth_text(request.verdict.correct, request.problem.answer),
+                self.name,
+                fallback=True,
+                error="disagreement",
+                critic_verdict=verdict,
+                latency_s=seconds,
+            )
+        return Critique(
+            text.strip(),
+            self.name,
+            error="disagreement" if disagrees else None,
+            critic_verdict=verdict,
+            completion_tokens=len(self.tokenizer.encode(text)),
+            latency_s=seconds,
+        )
+
+
+class SelfCritic(_GenerativeCritic):
+    """The training policy critiques its own responses (chain of thought, one batched pass)."""
+
+    name = "self"
+    needs_policy = True
+    Options = CoTOptions
+
+    def __init__(self, options: CoTOptions, context: Any):
+        if context is None or context.policy is None or context.tokenizer is None:
+            raise ValueError("the self critic needs the policy backend and tokenizer")
+        super().__init__(options, context.policy, context.tokenizer)
+
+
+class LocalCriticOptions(CoTOptions):
+    path: str = Field(description="local directory (or hub id) of the critic model")
+    backend: Literal["hf"] = Field("hf", description="generation backend of the critic")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="dtype")
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda:1', ...")
+    batch_size: int = Field(32, ge=1, description="critiques generated per generate() call")
+
+
+class LocalCritic(_GenerativeCritic):
+    """A separate frozen critic model (e.g. weak-to-strong); never synced with the policy."""
+
+    name = "local"
+    Options = LocalCriticOptions
+
+    def __init__(self, options: LocalCriticOptions, context: Any = None):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from cgrpo.builtins.policies.hf import HFPolicy
+        from cgrpo.interfaces import BuildContext
+        from cgrpo.train.model import resolve_device
+
+        tokenizer = AutoTokenizer.from_pretrained(options.path)
+        model = AutoModelForCausalLM.from_pretrained(
+            options.path, dtype=getattr(torch, options.dtype)
+        )
+        model.to(resolve_device(options.device)).eval().requires_grad_(False)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        sampler = HFPolicy(
+            HFPolicy.Options(generation_batch_size=options.batch_size),
+            BuildContext(model=model, tokenizer=tokenizer),
+        )
+        super().__init__(options, sampler, tokenizer)
+        self.model = model

@@ -1,0 +1,121 @@
+"""``cgrpo critique``: try the recipe's critic on a few samples before spending GPU time.
+
+Inputs are either lines of a run's ``samples.jsonl`` (``--samples``) or problems from the
+recipe's task, each paired once with its reference solution (a response the verifier
+should accept) and once with another problem's solution (one it should reject). Prints
+each critique with the critic's verdict, latency, tokens and cost, then totals.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from cgrpo.errors import DataError
+from cgrpo.types import CritiqueRequest, Problem
+
+
+def _from_samples(path: Path, n: int) -> list[tuple[Problem, str]]:
+    out = []
+    with path.open(encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, 1):
+            if len(out) >= n:
+                break
+            try:
+                row = json.loads(line)
+                out.append(
+                    (
+                        Problem(
+                            str(row.get("prompt_id", line_no)), row["question"], str(row["answer"])
+                        ),
+                        row["response"],
+                    )
+                )
+            except (ValueError, KeyError) as exc:
+                raise DataError(f"{path}:{line_no}: not a samples.jsonl line ({exc!r})") from exc
+    return out
+
+
+def _from_task(problems: list[Problem], n: int) -> list[tuple[Problem, str]]:
+    with_solution = [p for p in problems if p.solution] or problems
+    out = []
+    for i, prob in enumerate(with_solution[: max(1, (n + 1) // 2)]):
+        other = with_solution[(i + 1) % len(with_solution)]
+        out.append((prob, prob.solution or f"The answer is \\boxed{{{prob.answer}}}."))
+        out.append((prob, other.solution or f"The answer is \\boxed{{{other.answer}}}."))
+    return out[:n]
+
+
+def run_critique(recipe_path: str, overrides: list[str], samples: str | None, n: int) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from cgrpo.interfaces import BuildContext
+    from cgrpo.plugins import get_registries
+    from cgrpo.recipe import load_recipe
+
+    regs = get_registries()
+    recipe, _ = load_recipe(recipe_path, overrides, registries=regs)
+    console = Console()
+    comp = regs["critic"].get(recipe.critic.name)
+    ctx = BuildContext(seed=recipe.run.seed, recipe=recipe)
+    if getattr(comp.factory, "needs_policy", False):
+        from cgrpo.recipe.build import build
+
+        built = build(recipe, regs, None)
+        critic, verifier, problems = built.critic, built.verifier, built.problems
+    else:
+        critic = regs["critic"].build(recipe.critic.name, recipe.critic.options, ctx)
+        verifier = regs["verifier"].build(recipe.verifier.name, recipe.verifier.options, ctx)
+        task = regs["task"].build(recipe.data.task.name, recipe.data.task.options, ctx)
+        problems = [] if samples else task.load()
+    pairs = _from_samples(Path(samples), n) if samples else _from_task(problems, n)
+    requests = [CritiqueRequest(p, r, verifier.verify(r, p)) for p, r in pairs]
+    started = time.perf_counter()
+    critiques = critic.critique(requests)
+    wall = time.perf_counter() - started
+
+    table = Table(
+        title=f"critic {recipe.critic.name!r} on {len(requests)} samples", show_lines=True
+    )
+    for col in ("#", "verifier", "critic", "source", "latency", "tokens", "cost", "critique"):
+        table.add_column(col, overflow="fold")
+    for i, (req, c) in enumerate(zip(requests, critiques, strict=True), 1):
+        source = "cache" if c.cached else c.critic
+        if c.fallback:
+            source = f"fallback ({c.error})"
+        critic_verdict = {None: "-", True: "correct", False: "incorrect"}[c.critic_verdict]
+        table.add_row(
+            str(i),
+            "correct" if req.verdict.correct else "incorrect",
+            critic_verdict,
+            source,
+            f"{c.latency_s:.2f}s",
+            f"{c.prompt_tokens}+{c.completion_tokens}",
+            f"${c.cost:.5f}",
+            _clip(c.text),
+        )
+    console.print(table)
+    agree = [
+        c.critic_verdict == r.verdict.correct
+        for r, c in zip(requests, critiques, strict=True)
+        if c.critic_verdict is not None
+    ]
+    summary: dict[str, Any] = {
+        "wall_s": round(wall, 2),
+        "cost_usd": round(sum(c.cost for c in critiques), 6),
+        "cached": sum(c.cached for c in critiques),
+        "fallbacks": sum(c.fallback for c in critiques),
+        "verdict_agreement": f"{sum(agree)}/{len(agree)}" if agree else "no verdict lines",
+    }
+    console.print("totals: " + "  ".join(f"{k} {v}" for k, v in summary.items()))
+    close = getattr(critic, "close", None)
+    if callable(close):
+        close()
+    return 0
+
+
+def _clip(text: str, limit: int = 400) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
