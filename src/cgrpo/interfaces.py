@@ -55,13 +55,18 @@ class PolicyBackend(Protocol):
     """Samples from the current policy.
 
     ``generate`` takes token-id prompts and returns, per prompt, ``params.n`` completions
-    with the sampler's per-token log-probabilities. ``sync_weights`` is called after every
+    with the sampler's per-token log-probabilities. When ``seeds`` is given (one per
+    prompt), prompt i's completions must depend only on ``seeds[i]`` and the weights, not
+    on batching (``run.reproducible_sampling``). ``sync_weights`` is called after every
     optimizer step so the sampler uses the weights just trained (a no-op where the sampler
     *is* the training model).
     """
 
     def generate(
-        self, prompts: Sequence[Sequence[int]], params: SamplingParams
+        self,
+        prompts: Sequence[Sequence[int]],
+        params: SamplingParams,
+        seeds: Sequence[int] | None = None,
     ) -> list[list[Completion]]: ...
 
     def sync_weights(self, model: Any) -> None: ...

@@ -102,3 +102,28 @@ def test_bad_data_file_fails_before_training_with_file_and_line(tmp_path):
     assert out.returncode == 1
     assert f"{data}:2: missing field 'answer'" in out.stderr
     assert "bad_rows: skip" in out.stderr
+
+
+def test_eval_keep_last_and_keep_best(tmp_path):
+    out = run_cli(
+        "run",
+        QUICKSTART,
+        *SHORT,
+        "train.steps=4",
+        "train.save_every=1",
+        "train.keep_last=1",
+        "train.keep_best=eval/accuracy",
+        "eval.every=2",
+        "eval.size=8",
+        f"model.path={tmp_path / 'tiny'}",
+        f"run.output_dir={tmp_path / 'runs'}",
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    run = tmp_path / "runs" / "quickstart"
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = {m["step"]: m["eval/accuracy"] for m in lines if "eval/accuracy" in m}
+    assert sorted(evals) == [2, 4]
+    best_step = max(evals, key=lambda s: (evals[s], -s))
+    kept = sorted(p.name for p in (run / "checkpoints").glob("step-*"))
+    assert kept == sorted({f"step-{best_step}", "step-4"})

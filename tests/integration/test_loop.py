@@ -27,7 +27,7 @@ class ScriptedPolicy:
         self.tok, self.initial, self.refinement = tokenizer, initial, refinement
         self.seen: list[str] = []
 
-    def generate(self, prompts, params):
+    def generate(self, prompts, params, seeds=None):
         out = []
         for ids in prompts:
             text = self.tok.decode(ids)
@@ -76,8 +76,8 @@ def test_all_initial_wrong_and_refinement_right_trains(tmp_path, tiny_model_dir,
     answer = {}
 
     class RightRefinement(ScriptedPolicy):
-        def generate(self, prompts, params):
-            out = super().generate(prompts, params)
+        def generate(self, prompts, params, seeds=None):
+            out = super().generate(prompts, params, seeds)
             for ids, group in zip(prompts, out, strict=True):
                 text = self.tok.decode(ids)
                 if "Critique" in text:  # answer the refinement with the reference answer

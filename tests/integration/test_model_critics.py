@@ -21,9 +21,9 @@ class CountingPolicy(HFPolicy):
 
     calls = 0
 
-    def generate(self, prompts, params):
+    def generate(self, prompts, params, seeds=None):
         type(self).calls += 1
-        return super().generate(prompts, params)
+        return super().generate(prompts, params, seeds)
 
 
 def test_self_critic_batches_all_critiques_into_one_generation_pass(tiny):

@@ -7,6 +7,7 @@ plugin's component is built exactly like a built-in one.
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,13 +33,15 @@ class Built:
     problems: list[Problem]
     prompts: PromptBuilder
     skipped_long: int
+    eval_problems: list[Problem]
 
 
 def build(recipe: Recipe, registries: Any, run_dir: Path | None) -> Built:
     """Build everything a run needs, in dependency order."""
+    from cgrpo.train import distributed
     from cgrpo.train.model import load_policy
 
-    model, tokenizer, device = load_policy(recipe.model)
+    model, tokenizer, device = load_policy(recipe.model, device=distributed.local_device())
     ctx = BuildContext(
         run_dir=run_dir, seed=recipe.run.seed, model=model, tokenizer=tokenizer, recipe=recipe
     )
@@ -66,6 +69,7 @@ def build(recipe: Recipe, registries: Any, run_dir: Path | None) -> Built:
             f"every problem's prompt is longer than data.prompt.max_prompt_tokens="
             f"{limit}; raise it (and model.max_length)"
         )
+    fitting, eval_problems = _split_eval(recipe, registries, ctx, fitting, prompts)
     ctx.policy = registries["policy"].build(recipe.policy.name, recipe.policy.options, ctx)
     critic = registries["critic"].build(recipe.critic.name, recipe.critic.options, ctx)
     verifier = registries["verifier"].build(recipe.verifier.name, recipe.verifier.options, ctx)
@@ -73,5 +77,46 @@ def build(recipe: Recipe, registries: Any, run_dir: Path | None) -> Built:
         recipe.algorithm.advantage.name, recipe.algorithm.advantage.options, ctx
     )
     return Built(
-        model, tokenizer, device, ctx.policy, critic, verifier, advantage, fitting, prompts, skipped
+        model,
+        tokenizer,
+        device,
+        ctx.policy,
+        critic,
+        verifier,
+        advantage,
+        fitting,
+        prompts,
+        skipped,
+        eval_problems,
+    )
+
+
+def _split_eval(
+    recipe: Recipe,
+    registries: Any,
+    ctx: BuildContext,
+    problems: list[Problem],
+    prompts: PromptBuilder,
+) -> tuple[list[Problem], list[Problem]]:
+    """(training problems, evaluation problems). Without ``eval.task`` a seeded hold-out of
+    ``eval.size`` problems is removed from training."""
+    ev = recipe.eval
+    if ev.every == 0:
+        return problems, []
+    if ev.task is not None:
+        task = registries["task"].build(ev.task.name, ev.task.options, ctx)
+        limit = recipe.data.prompt.max_prompt_tokens
+        held = [p for p in task.load() if len(prompts.prompt_ids(p)) <= limit][: ev.size]
+        return problems, held
+    if len(problems) <= ev.size:
+        raise DataError(
+            f"eval.size={ev.size} would hold out all {len(problems)} problems; "
+            "lower eval.size or give eval.task"
+        )
+    order = list(range(len(problems)))
+    random.Random(f"holdout:{recipe.run.seed}").shuffle(order)
+    held = set(order[: ev.size])
+    return (
+        [p for i, p in enumerate(problems) if i not in held],
+        [problems[i] for i in sorted(held)],
     )

@@ -245,6 +245,40 @@ class TrainConfig(Section):
     log_samples: int = Field(
         64, ge=0, description="sequences per step written to samples.jsonl (0 = none)"
     )
+    keep_last: int | None = Field(
+        None, ge=1, description="keep only the newest N checkpoints (None = keep all)"
+    )
+    keep_best: str | None = Field(
+        None,
+        description="also keep the checkpoint with the highest value of this metric, "
+        "e.g. eval/accuracy",
+    )
+    max_nonfinite_steps: int = Field(
+        3, ge=1, description="stop after this many steps in a row with non-finite loss/grads"
+    )
+
+
+class EvalConfig(Section):
+    """Greedy pass@1 on held-out problems during training (no critique at evaluation)."""
+
+    every: int = Field(0, ge=0, description="evaluate every N steps and at the end; 0 = off")
+    size: int = Field(64, ge=1, description="problems evaluated")
+    task: ComponentSpec | None = Field(
+        None,
+        description="a task to evaluate on; None = hold out `size` problems of data.task "
+        "(removed from training)",
+    )
+
+
+class DistributedConfig(Section):
+    """Several processes (``torchrun``): each samples its share of the prompts."""
+
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="torch.distributed backend; auto = nccl on CUDA, else gloo"
+    )
+    strategy: Literal["ddp"] = Field(
+        "ddp", description="gradient averaging across processes (data parallel)"
+    )
 
 
 class RunConfig(Section):
@@ -254,6 +288,14 @@ class RunConfig(Section):
     output_dir: str = Field("runs", description="parent directory of run directories")
     seed: int = Field(0, description="seed of sampling, shuffling and the fallback choice")
     overwrite: bool = Field(False, description="replace an existing run directory")
+    allow_recipe_change: bool = Field(
+        False, description="resume even though the recipe differs from the saved one"
+    )
+    reproducible_sampling: bool = Field(
+        False,
+        description="seed every prompt's samples by (seed, step, prompt) so results do not "
+        "depend on batching or on the number of processes (slower with hf)",
+    )
     console: Literal["auto", "rich", "plain"] = Field(
         "auto", description="live display: 'auto' = rich on a terminal, plain lines otherwise"
     )
@@ -263,6 +305,11 @@ class Recipe(Section):
     """A whole training recipe."""
 
     run: RunConfig = Field(default_factory=RunConfig)
+    resume: str | None = Field(
+        None,
+        description="'auto' = continue from the newest complete checkpoint of this run "
+        "(start fresh if there is none), or a checkpoint directory",
+    )
     model: ModelConfig
     data: DataConfig
     policy: ComponentSpec = component("hf", "sampling backend (`cgrpo list policy`)")
@@ -276,6 +323,8 @@ class Recipe(Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
 
 # dotted recipe path -> component kind, for options validation and `cgrpo check`
@@ -285,4 +334,5 @@ COMPONENT_PATHS: dict[str, str] = {
     "verifier": "verifier",
     "algorithm.advantage": "advantage",
     "data.task": "task",
+    "eval.task": "task",
 }

@@ -21,6 +21,26 @@ import torch
 
 MANIFEST = "manifest.json"
 STATE = "trainer_state.pt"
+CRASH_ENV = "CGRPO_CRASH_AT"  # fault injection for tests: "checkpoint:N" or "step:N"
+
+
+def maybe_crash(point: str, step: int) -> None:
+    """SIGKILL this process at ``point`` of ``step`` when CGRPO_CRASH_AT asks for it.
+
+    Only the crash-safety tests set the variable; it lets them kill a run at an exact
+    point (mid-step, mid-checkpoint-write) instead of racing a timer."""
+    if os.environ.get(CRASH_ENV) == f"{point}:{step}":
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def rng_state() -> dict[str, Any]:
@@ -36,6 +56,21 @@ def rng_state() -> dict[str, Any]:
     return state
 
 
+def restore_rng(state: dict[str, Any]) -> None:
+    import numpy as np
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_trainer_state(path: Path) -> dict[str, Any]:
+    """The trainer state of a checkpoint directory (our own file: not weights-only)."""
+    return torch.load(path / STATE, map_location="cpu", weights_only=False)
+
+
 def save_checkpoint(
     run_dir: Path, step: int, model: Any, tokenizer: Any, trainer_state: dict[str, Any]
 ) -> Path:
@@ -48,14 +83,21 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    maybe_crash("checkpoint", step)
     torch.save({**trainer_state, "step": step, "rng": rng_state()}, tmp / STATE)
     files = sorted(p.name for p in tmp.iterdir())
+    for name in files:  # data on disk before the manifest says the checkpoint is whole
+        with open(tmp / name, "rb") as fh:
+            os.fsync(fh.fileno())
     (tmp / MANIFEST).write_text(
         json.dumps({"step": step, "files": files, "time": time.time(), "format": 1}, indent=1)
     )
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
+    _fsync_dir(root)
+    for stale in root.glob(".tmp-step-*"):  # left by a run killed while saving
+        shutil.rmtree(stale, ignore_errors=True)
     return final
 
 
@@ -69,3 +111,24 @@ def is_complete(path: Path) -> bool:
     except (ValueError, KeyError):
         return False
     return all((path / f).exists() for f in files)
+
+
+def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every complete checkpoint of a run, oldest first."""
+    root = run_dir / "checkpoints"
+    found = []
+    for path in root.glob("step-*") if root.is_dir() else []:
+        suffix = path.name.removeprefix("step-")
+        if suffix.isdigit() and is_complete(path):
+            found.append((int(suffix), path))
+    return sorted(found)
+
+
+def prune_checkpoints(run_dir: Path, keep_last: int | None, keep: set[int] = frozenset()) -> None:
+    """Delete all but the newest ``keep_last`` checkpoints, sparing the steps in ``keep``."""
+    if keep_last is None:
+        return
+    ckpts = complete_checkpoints(run_dir)
+    for step, path in ckpts[: max(0, len(ckpts) - keep_last)]:
+        if step not in keep:
+            shutil.rmtree(path, ignore_errors=True)

@@ -1,11 +1,11 @@
 """The Critique-GRPO training loop.
 
-One step, numbered like ALGORITHM.md section 2:
+One step, numbered like the algorithm (docs/algorithm-options.md):
 
 1-6. rollout: sample G per prompt, verify, critique, refine, select K, mix (rollout.py);
 7.   advantages per group (the recipe's advantage scheme);
 8-9. update: loss with the refinement mask, mini-/micro-batches, AdamW (update.py);
-then the sampler receives the new weights and the step's metrics and samples are written.
+then the sampler receives the new weights and rank 0 writes metrics and samples.
 
 Departures from the released code, on purpose: refinements are appended (G + K) instead
 of overwriting a sample; sampled token ids are used (no re-tokenisation of decoded text);
@@ -13,27 +13,39 @@ K <= 0 with refinement on, or K >= N, is a recipe error. Old log-probs are the s
 by default (``algorithm.old_logprobs: sampler``): with the hf backend they are the same
 numbers a recompute would give, so recomputing them would only cost a forward pass.
 
-Determinism: every step reseeds torch and the fallback RNG from (run.seed, step), so a
-resumed run samples exactly what an uninterrupted one would.
+Determinism and resume: every step reseeds torch and the fallback RNG from (run.seed,
+step, rank), and the data order is a function of (seed, epoch), so a run resumed from a
+checkpoint samples exactly what an uninterrupted one would.
+
+Several processes (torchrun): every rank draws the same global batch of P problems and
+keeps its slice of P / world_size; gradients are summed across ranks (distributed.py).
 """
 
 from __future__ import annotations
 
-import random
+import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from cgrpo.errors import TrainingError
 from cgrpo.recipe.build import Built
 from cgrpo.recipe.schema import Recipe
-from cgrpo.train.checkpoint import save_checkpoint
+from cgrpo.train import distributed
+from cgrpo.train.checkpoint import (
+    complete_checkpoints,
+    maybe_crash,
+    prune_checkpoints,
+    restore_rng,
+    save_checkpoint,
+)
 from cgrpo.train.data import DataStream
 from cgrpo.train.loss import LossConfig
 from cgrpo.train.metrics import Console, JsonlWriter, rollout_metrics, sample_lines
 from cgrpo.train.mixing import TrainRow, collate
-from cgrpo.train.rollout import RolloutSettings, rollout
+from cgrpo.train.rollout import Rollout, RolloutSettings, rollout
 from cgrpo.train.update import UpdateSettings, forward_response, make_optimizer, update_policy
 from cgrpo.types import SamplingParams
 
@@ -54,6 +66,39 @@ def loss_config(recipe: Recipe) -> LossConfig:
     )
 
 
+def merge_rollouts(parts: list[Rollout]) -> Rollout:
+    """One Rollout from every rank's (group ids and row indices made global)."""
+    if len(parts) == 1:
+        return parts[0]
+    merged = Rollout(rows=[], records=[], seconds={}, critiques=[])
+    group_offset = 0
+    for part in parts:
+        row_offset = len(merged.rows)
+        for row in part.rows:
+            row.group += group_offset
+        for rec in part.records:
+            rec.group += group_offset
+            rec.row = None if rec.row is None else rec.row + row_offset
+        merged.rows += part.rows
+        merged.records += part.records
+        merged.critiques += part.critiques
+        merged.groups_all_failed += part.groups_all_failed
+        merged.groups_rescued += part.groups_rescued
+        for stage, secs in part.seconds.items():  # ranks run in parallel: the slowest counts
+            merged.seconds[stage] = max(merged.seconds.get(stage, 0.0), secs)
+        group_offset += len({r.group for r in part.records})
+    return merged
+
+
+def merge_update_metrics(parts: list[dict[str, float]]) -> dict[str, float]:
+    """Loss parts are each rank's share of the whole loss (summed); the rest are averaged."""
+    out: dict[str, float] = {}
+    for key in parts[0]:
+        vals = [p[key] for p in parts if key in p]
+        out[key] = sum(vals) if key.startswith("loss/") else sum(vals) / len(vals)
+    return out
+
+
 class Trainer:
     """Owns the optimizer, data position and outputs of one run."""
 
@@ -67,6 +112,12 @@ class Trainer:
     ):
         r, a = recipe, recipe.algorithm
         self.recipe, self.b, self.run_dir, self.hooks = recipe, built, run_dir, hooks
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        if a.prompts_per_step % (self.world * a.updates_per_step):
+            raise TrainingError(
+                f"algorithm.prompts_per_step={a.prompts_per_step} must be divisible by "
+                f"world_size x updates_per_step = {self.world} x {a.updates_per_step}"
+            )
         self.data = DataStream(built.problems, seed=r.run.seed, shuffle=r.data.shuffle)
         self.optimizer, self.scheduler = make_optimizer(
             built.model, r.optim, total_updates=r.train.steps * a.updates_per_step
@@ -104,10 +155,15 @@ class Trainer:
             self.ref_model = copy.deepcopy(built.model).eval().requires_grad_(False)
         self._prompt_cache: dict[str, list[int]] = {}
         self.step_done = 0
-        self.console = console or Console(r.train.steps, r.run.console)
-        self.metrics_out = JsonlWriter(run_dir / "metrics.jsonl")
-        self.samples_out = JsonlWriter(run_dir / "samples.jsonl")
+        self.nonfinite_in_a_row = 0
+        self.best: tuple[float, int] | None = None  # (value of train.keep_best, step)
+        self.stop_signal: str | None = None
+        self.main = distributed.is_main()
+        self.console = console or Console(r.train.steps, r.run.console if self.main else "plain")
+        self.metrics_out = JsonlWriter(run_dir / "metrics.jsonl") if self.main else None
+        self.samples_out = JsonlWriter(run_dir / "samples.jsonl") if self.main else None
 
+    # -- one step -------------------------------------------------------------------------
     def prompt_ids(self, problem) -> list[int]:
         if problem.id not in self._prompt_cache:
             self._prompt_cache[problem.id] = self.b.prompts.prompt_ids(problem)
@@ -116,13 +172,14 @@ class Trainer:
     def assign_advantages(self, rows: list[TrainRow]) -> None:
         """Step 7: one advantage per sequence from its group's rewards."""
         groups = sorted({r.group for r in rows})
+        index = {g: i for i, g in enumerate(groups)}
         width = max(sum(1 for r in rows if r.group == g) for g in groups)
         rewards = torch.zeros(len(groups), width)
         mask = torch.zeros(len(groups), width, dtype=torch.bool)
         slots: list[tuple[int, int]] = []
-        fill = {g: 0 for g in groups}
+        fill = dict.fromkeys(groups, 0)
         for r in rows:
-            gi, j = groups.index(r.group), fill[r.group]
+            gi, j = index[r.group], fill[r.group]
             rewards[gi, j], mask[gi, j] = r.reward, True
             fill[r.group] += 1
             slots.append((gi, j))
@@ -149,23 +206,27 @@ class Trainer:
     def step(self, step: int) -> dict[str, float]:
         r = self.recipe
         started = time.perf_counter()
-        torch.manual_seed(hash((r.run.seed, step)) & 0x7FFFFFFF)
-        rng = random.Random(f"{r.run.seed}:{step}")
-        problems = self.data.next_batch(r.algorithm.prompts_per_step)
+        torch.manual_seed(hash((r.run.seed, step, self.rank)) & 0x7FFFFFFF)
+        problems = self.data.next_batch(r.algorithm.prompts_per_step)  # same on every rank
+        share = len(problems) // self.world
+        mine = problems[self.rank * share : (self.rank + 1) * share]
         ro = rollout(  # 1-6
-            problems,
-            [self.prompt_ids(p) for p in problems],
+            mine,
+            [self.prompt_ids(p) for p in mine],
             policy=self.b.policy,
             verifier=self.b.verifier,
             critic=self.b.critic if r.algorithm.refinements_per_prompt else None,
             prompts=self.b.prompts,
             settings=self.rollout_settings,
             eos_ids=self.eos_ids,
-            rng=rng,
+            rng_key=f"{r.run.seed}:{step}",
+            prompt_offset=self.rank * share,
+            seed=hash((r.run.seed, step)) & 0x7FFFFFFF if r.run.reproducible_sampling else None,
         )
         self.assign_advantages(ro.rows)  # 7
         if r.algorithm.old_logprobs == "recompute":
             self.recompute_old_logprobs(ro.rows)
+        maybe_crash("step", step)
         t_update = time.perf_counter()
         upd = update_policy(
             self.b.model,
@@ -178,6 +239,8 @@ class Trainer:
         )
         self.b.policy.sync_weights(self.b.model)
         now = time.perf_counter()
+        ro = merge_rollouts(distributed.gather(ro))
+        upd = merge_update_metrics(distributed.gather(upd))
         metrics = {
             "step": step,
             **rollout_metrics(ro),
@@ -191,34 +254,136 @@ class Trainer:
         telemetry = getattr(self.b.critic, "telemetry", None)
         if callable(telemetry) and r.algorithm.refinements_per_prompt:
             metrics.update({f"critique/{k}": v for k, v in telemetry().items()})
-        self.metrics_out.write(metrics)
-        for line in sample_lines(step, ro, r.train.log_samples):
-            self.samples_out.write(line)
+        if r.eval.every and (step % r.eval.every == 0 or step == r.train.steps):
+            metrics.update(self.evaluate())
+        if self.main:
+            self.metrics_out.write(metrics)
+            for line in sample_lines(step, ro, r.train.log_samples):
+                self.samples_out.write(line)
         return metrics
 
+    def evaluate(self) -> dict[str, float]:
+        """Greedy pass@1 on the evaluation problems (rank 0 computes, all ranks receive)."""
+        result: dict[str, float] = {}
+        if self.main and self.b.eval_problems:
+            started = time.perf_counter()
+            probs = self.b.eval_problems
+            params = SamplingParams(
+                n=1, greedy=True, max_new_tokens=self.recipe.sampling.max_new_tokens
+            )
+            outs = self.b.policy.generate([self.prompt_ids(p) for p in probs], params)
+            correct = [
+                self.b.verifier.verify(o[0].text, p).correct
+                for p, o in zip(probs, outs, strict=True)
+            ]
+            result = {
+                "eval/accuracy": sum(correct) / len(correct),
+                "eval/length_mean": sum(len(o[0].token_ids) for o in outs) / len(outs),
+                "time/eval": time.perf_counter() - started,
+            }
+        return distributed.broadcast(result)
+
+    # -- state, checkpoints, guards ----------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        return {
+        state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "data": self.data.state_dict(),
+            "best": self.best,
+            "nonfinite_in_a_row": self.nonfinite_in_a_row,
         }
+        critic_state = getattr(self.b.critic, "state_dict", None)
+        if callable(critic_state):
+            state["critic"] = critic_state()
+        return state
 
-    def save(self, step: int) -> Path:
-        return save_checkpoint(self.run_dir, step, self.b.model, self.b.tokenizer, self.state())
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state` saved (weights are loaded with the model)."""
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.data.load_state_dict(state["data"])
+        self.step_done = int(state["step"])
+        self.best = state.get("best")
+        self.nonfinite_in_a_row = int(state.get("nonfinite_in_a_row", 0))
+        critic_load = getattr(self.b.critic, "load_state_dict", None)
+        if callable(critic_load) and "critic" in state:
+            critic_load(state["critic"])
+        restore_rng(state["rng"])
+        self.console.start_step = self.step_done
 
-    def fit(self) -> None:
+    def save(self, step: int) -> None:
+        if self.main:
+            save_checkpoint(self.run_dir, step, self.b.model, self.b.tokenizer, self.state())
+            keep = {self.best[1]} if self.best is not None else set()
+            prune_checkpoints(self.run_dir, self.recipe.train.keep_last, keep)
+        distributed.barrier()
+
+    def _track_best(self, step: int, metrics: dict[str, float]) -> bool:
+        key = self.recipe.train.keep_best
+        if key is None or key not in metrics:
+            return False
+        if self.best is None or metrics[key] > self.best[0]:
+            self.best = (metrics[key], step)
+            return True
+        return False
+
+    def _guard_nonfinite(self, metrics: dict[str, float]) -> None:
+        if metrics.get("update/skipped_nonfinite", 0.0) > 0:
+            self.nonfinite_in_a_row += 1
+        else:
+            self.nonfinite_in_a_row = 0
+        limit = self.recipe.train.max_nonfinite_steps
+        if self.nonfinite_in_a_row >= limit:
+            last = complete_checkpoints(self.run_dir)
+            where = f"; the last good checkpoint is {last[-1][1]}" if last else ""
+            raise TrainingError(
+                f"{self.nonfinite_in_a_row} steps in a row had non-finite loss or gradients "
+                f"(updates skipped){where}. Lower optim.lr, check the data, or raise "
+                "train.max_nonfinite_steps"
+            )
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stop_signal = signal.Signals(signum).name
+        self.console.message(
+            f"cgrpo: {self.stop_signal}: saving a checkpoint after this step "
+            "(send again to stop at once)"
+        )
+        signal.signal(
+            signum, signal.SIG_DFL if signum == signal.SIGTERM else signal.default_int_handler
+        )
+
+    def fit(self) -> str:
+        """Train to ``train.steps``; returns 'completed' or 'interrupted' (checkpoint saved)."""
         r = self.recipe
+        handlers = {
+            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
         try:
             for step in range(self.step_done + 1, r.train.steps + 1):
                 metrics = self.step(step)
                 self.step_done = step
                 self.console.step(step, metrics)
-                if self.hooks is not None:
+                if self.hooks is not None and self.main:
                     self.hooks.on_step_end(step=step, metrics=metrics)
-                if r.train.save_every and step % r.train.save_every == 0 and step < r.train.steps:
+                self._guard_nonfinite(metrics)
+                stop = distributed.sum_scalar(float(self.stop_signal is not None)) > 0
+                new_best = self._track_best(step, metrics)
+                if (
+                    stop
+                    or step == r.train.steps
+                    or new_best
+                    or (r.train.save_every and step % r.train.save_every == 0)
+                ):
                     self.save(step)
-            self.save(r.train.steps)
+                if stop:
+                    return "interrupted"
+            if self.step_done == r.train.steps and not complete_checkpoints(self.run_dir):
+                self.save(self.step_done)  # resumed at the end: make sure the final one exists
+            return "completed"
         finally:
+            for sig, old in handlers.items():
+                signal.signal(sig, old)
             self.console.close()
-            self.metrics_out.close()
-            self.samples_out.close()
+            for out in (self.metrics_out, self.samples_out):
+                if out is not None:
+                    out.close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -49,6 +48,9 @@ def rollout_metrics(ro: Rollout) -> dict[str, float]:
         ),
         "verify/no_answer_share": _mean([float(r.verdict.reason == "no_answer") for r in init]),
         "verify/timeouts": float(sum(r.verdict.reason == "timeout" for r in ro.records)),
+        "verify/nonfinite_rewards": float(
+            sum(not math.isfinite(r.verdict.score) for r in ro.records)
+        ),
     }
     m.update(critique_metrics(ro.critiques))
     by_source = {
@@ -64,7 +66,8 @@ def rollout_metrics(ro: Rollout) -> dict[str, float]:
     flat = [a for vals in advantages.values() for a in vals]
     if flat:
         m["advantage/mean"] = _mean(flat)
-        m["advantage/std"] = statistics.pstdev(flat) if len(flat) > 1 else 0.0
+        mean = sum(flat) / len(flat)  # plain arithmetic: NaN advantages must not crash logging
+        m["advantage/std"] = math.sqrt(sum((a - mean) ** 2 for a in flat) / len(flat))
         m["advantage/max"] = max(flat)
         m["advantage/min"] = min(flat)
         m["advantage/zero_groups_share"] = _mean(

@@ -27,8 +27,10 @@ def resolve_device(name: str) -> Any:
     return device
 
 
-def load_policy(model_cfg: Any) -> tuple[Any, Any, Any]:
-    """``(model, tokenizer, device)`` for ``recipe.model``; the model is in train mode."""
+def load_policy(model_cfg: Any, device: str | None = None) -> tuple[Any, Any, Any]:
+    """``(model, tokenizer, device)`` for ``recipe.model``; the model is in train mode.
+
+    ``device`` overrides ``model_cfg.device`` (each torchrun rank uses its own GPU)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -39,7 +41,7 @@ def load_policy(model_cfg: Any) -> tuple[Any, Any, Any]:
         log.info("creating a tiny model at %s", path)
         create_tiny_model(path, **model_cfg.create.model_dump())
     source = str(path) if path.exists() else model_cfg.path
-    device = resolve_device(model_cfg.device)
+    device = resolve_device(device or model_cfg.device)
     dtype = getattr(torch, _DTYPES[model_cfg.dtype])
     try:
         tokenizer = AutoTokenizer.from_pretrained(

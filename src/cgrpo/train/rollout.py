@@ -64,6 +64,11 @@ def _timed(seconds: dict[str, float], stage: str):
     return _T()
 
 
+def _mix(*parts: int) -> int:
+    """A 31-bit seed from integers (tuple hashing of ints is stable across processes)."""
+    return hash(parts) & 0x7FFFFFFF
+
+
 def refinement_targets(
     verdicts: Sequence[Sequence[Verdict]], mode: str, cap: int | None
 ) -> list[tuple[int, int]]:
@@ -97,13 +102,30 @@ def rollout(
     prompts: PromptBuilder,
     settings: RolloutSettings,
     eos_ids: Sequence[int],
-    rng: random.Random,
+    rng_key: str,
+    seed: int | None = None,
+    prompt_offset: int = 0,
 ) -> Rollout:
-    """Produce the mixed training rows of one step (advantages not yet set)."""
+    """Produce the mixed training rows of one step (advantages not yet set).
+
+    ``rng_key`` seeds the random refinement fallback of each prompt together with its
+    global index. With ``seed`` set, every generation gets its own seed derived from (seed, global
+    prompt index[, response index]), so samples do not depend on batching or on how the
+    prompts are split across processes; ``prompt_offset`` is this process's first global
+    prompt index.
+    """
     s = settings
     secs: dict[str, float] = {}
+
+    def seeds(*keys: tuple[int, ...]) -> list[int] | None:
+        return None if seed is None else [_mix(seed, *k) for k in keys]
+
     with _timed(secs, "sample"):  # 1. G samples per prompt from the current policy
-        initial = policy.generate(prompt_ids, s.sampling)
+        initial = policy.generate(
+            prompt_ids,
+            s.sampling,
+            seeds=seeds(*[(0, prompt_offset + p) for p in range(len(prompt_ids))]),
+        )
     with _timed(secs, "verify"):  # 2. reward every sample
         verdicts = [
             [verifier.verify(c.text, pb) for c in comps]
@@ -133,7 +155,12 @@ def rollout(
                 for (p, i), c in zip(targets, critiques, strict=True)
             ]
             one = SamplingParams(**{**s.sampling.__dict__, "n": 1})
-            refined = [c[0] for c in policy.generate(ref_prompts, one)] if ref_prompts else []
+            ref_seeds = seeds(*[(1, prompt_offset + p, i) for p, i in targets])
+            refined = (
+                [c[0] for c in policy.generate(ref_prompts, one, seeds=ref_seeds)]
+                if ref_prompts
+                else []
+            )
         with _timed(secs, "verify"):
             ref_verdicts = [
                 verifier.verify(c.text, problems[p])
@@ -144,7 +171,10 @@ def rollout(
             by_prompt.setdefault(p, []).append(j)
         for p, js in by_prompt.items():  # 5. keep K per prompt: correct first
             picks = select_refinements(
-                [ref_verdicts[j].correct for j in js], s.refinements_per_prompt, s.fallback, rng
+                [ref_verdicts[j].correct for j in js],
+                s.refinements_per_prompt,
+                s.fallback,
+                random.Random(f"{rng_key}:{prompt_offset + p}"),  # per prompt: split-proof
             )  # type: ignore[arg-type]
             first = len(records)
             for local, j in enumerate(js):

@@ -1,35 +1,23 @@
-"""``cgrpo run``: recipe -> run directory -> warm-up -> training -> checkpoints."""
+"""``cgrpo run``: recipe -> run directory -> (resume | warm-up) -> training -> checkpoints.
+
+Works the same under ``torchrun``: rank 0 prepares the run directory and decides where to
+start; every rank then builds its model and trains its share.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from cgrpo.errors import ConfigIssue, RecipeError, TrainingError
+from cgrpo.errors import CgrpoError, TrainingError
 
 log = logging.getLogger("cgrpo")
+EXIT_INTERRUPTED = 130
 
 
-def prepare_run_dir(recipe, source: str) -> Path:
-    """Create the run directory, refusing to mix two runs' outputs."""
-    run_dir = Path(recipe.run.output_dir) / recipe.run.name
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not recipe.run.overwrite:
-            raise RecipeError(
-                [
-                    ConfigIssue(
-                        "run.name",
-                        f"run directory {run_dir} already exists and is not empty",
-                        "choose another name (run.name=...), set run.overwrite=true, "
-                        f"or remove {run_dir}",
-                    )
-                ],
-                source,
-            )
-        shutil.rmtree(run_dir)
+def _check_writable(run_dir: Path) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -40,7 +28,6 @@ def prepare_run_dir(recipe, source: str) -> Path:
             f"cannot write to the run directory {run_dir}: {exc}; "
             "set run.output_dir to a writable place"
         ) from exc
-    return run_dir
 
 
 def _setup_logging(run_dir: Path) -> None:
@@ -51,43 +38,82 @@ def _setup_logging(run_dir: Path) -> None:
     root.addHandler(handler)
 
 
-def run_recipe(path: str, overrides: Sequence[str]) -> int:
+def _start_on_rank0(recipe, resolved, run_dir: Path, source: str) -> str | None:
+    """Rank 0 decides fresh vs resume and prepares the directory; every rank learns the
+    answer (or the error) so no rank waits forever on a failed rank 0."""
     from omegaconf import OmegaConf
+
+    from cgrpo.train import distributed
+    from cgrpo.train.resume import choose_start, cut_logs
+
+    outcome: tuple[str, object] = ("ok", None)
+    if distributed.is_main():
+        try:
+            ckpt = choose_start(recipe, resolved, run_dir, source)
+            _check_writable(run_dir)
+            if ckpt is not None:
+                cut_logs(run_dir, int(json.loads((ckpt / "manifest.json").read_text())["step"]))
+            (run_dir / "recipe.yaml").write_text(OmegaConf.to_yaml(resolved))
+            outcome = ("ok", None if ckpt is None else str(ckpt))
+        except CgrpoError as exc:
+            outcome = ("error", exc)
+    outcome = distributed.broadcast(outcome)
+    if outcome[0] == "error":
+        raise outcome[1]  # type: ignore[misc]
+    return outcome[1]  # type: ignore[return-value]
+
+
+def run_recipe(path: str, overrides: Sequence[str]) -> int:
     from transformers.utils import logging as hf_logging
 
     from cgrpo.plugins import get_registries
     from cgrpo.recipe import load_recipe
     from cgrpo.recipe.build import build
+    from cgrpo.train import distributed
+    from cgrpo.train.checkpoint import load_trainer_state
     from cgrpo.train.loop import Trainer
     from cgrpo.train.metrics import Console, JsonlWriter
+    from cgrpo.train.resume import check_disk
     from cgrpo.train.sft import sft_warmup
 
     hf_logging.disable_progress_bar()
     registries = get_registries()
     recipe, resolved = load_recipe(path, overrides, registries=registries)
-    run_dir = prepare_run_dir(recipe, path)
-    (run_dir / "recipe.yaml").write_text(OmegaConf.to_yaml(resolved))
-    _setup_logging(run_dir)
-    console = Console(recipe.train.steps, recipe.run.console)
-    console.message(f"cgrpo: run directory {run_dir}")
+    distributed.setup(recipe.distributed.backend)
+    run_dir = Path(recipe.run.output_dir) / recipe.run.name
+    ckpt = _start_on_rank0(recipe, resolved, run_dir, path)
+    main = distributed.is_main()
+    if main:
+        _setup_logging(run_dir)
+    console = Console(recipe.train.steps, recipe.run.console if main else "plain")
+    say = console.message if main else (lambda text: None)
+    say(
+        f"cgrpo: run directory {run_dir}"
+        + (f", resuming from {ckpt}" if ckpt else "")
+        + (f", {distributed.world_size()} processes" if distributed.active() else "")
+    )
     hooks = registries.hook
-    status = "failed"
-    built = None
-    hooks.on_run_start(run_dir=str(run_dir), recipe=resolved)
+    status, built = "failed", None
+    if main:
+        hooks.on_run_start(run_dir=str(run_dir), recipe=resolved)
     try:
+        if ckpt is not None:  # the checkpoint holds the weights and the tokenizer
+            recipe.model.path, recipe.model.create = ckpt, None
         built = build(recipe, registries, run_dir)
-        console.message(
+        check_disk(run_dir, built.model)
+        say(
             f"cgrpo: {len(built.problems)} problems, model on {built.device}, "
             f"policy={recipe.policy.name} critic={recipe.critic.name} "
             f"verifier={recipe.verifier.name}"
         )
-        if recipe.sft.steps:
-            out = JsonlWriter(run_dir / "sft_metrics.jsonl")
+        if recipe.sft.steps and ckpt is None:
+            out = JsonlWriter(run_dir / "sft_metrics.jsonl") if main else None
 
             def on_sft(step, m):
-                out.write({"step": step, **m})
+                if out is not None:
+                    out.write({"step": step, **m})
                 if step == 1 or step % max(1, recipe.sft.steps // 5) == 0:
-                    console.message(f"sft {step}/{recipe.sft.steps}  loss {m['sft/loss']:.3f}")
+                    say(f"sft {step}/{recipe.sft.steps}  loss {m['sft/loss']:.3f}")
 
             sft_warmup(
                 built.model,
@@ -99,11 +125,19 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
                 on_sft,
                 critic=built.critic,
             )
-            out.close()
+            if out is not None:
+                out.close()
         trainer = Trainer(recipe, built, run_dir, hooks=hooks, console=console)
-        trainer.fit()
-        status = "completed"
-        console.message(
+        if ckpt is not None:
+            trainer.load_state(load_trainer_state(Path(ckpt)))
+        status = trainer.fit()
+        if status == "interrupted":
+            say(
+                f"cgrpo: interrupted; checkpoint saved at step {trainer.step_done}. Continue "
+                f"with: cgrpo run {path} {' '.join(overrides)} resume=auto".rstrip()
+            )
+            return EXIT_INTERRUPTED
+        say(
             f"cgrpo: done; metrics in {run_dir / 'metrics.jsonl'}, final weights in "
             f"{run_dir / 'checkpoints' / f'step-{recipe.train.steps}'}"
         )
@@ -118,5 +152,7 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
                 close = getattr(part, "close", None)
                 if callable(close):
                     close()
-        hooks.on_run_end(run_dir=str(run_dir), status=status)
-        (run_dir / "status.json").write_text(json.dumps({"status": status}))
+        if main:
+            hooks.on_run_end(run_dir=str(run_dir), status=status)
+            (run_dir / "status.json").write_text(json.dumps({"status": status}))
+        distributed.teardown()

@@ -9,12 +9,14 @@ micro-batch size.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from cgrpo.train import distributed
 from cgrpo.train.loss import LossConfig, entropy_from_logits, policy_loss, token_logprobs
 from cgrpo.train.mixing import Batch, TrainRow, collate
 
@@ -85,8 +87,9 @@ def update_policy(
     model.train()
     for mini_rows in split_groups(rows, settings.updates_per_step):
         mini = collate(mini_rows, pad_id)
-        num_tokens = float(mini.response_mask.sum())
-        num_seqs = float((mini.response_mask.sum(-1) > 0).sum())
+        # global counts: with several processes each rank's loss is its share of the whole
+        num_tokens = distributed.sum_scalar(float(mini.response_mask.sum()))
+        num_seqs = distributed.sum_scalar(float((mini.response_mask.sum(-1) > 0).sum()))
         micro_metrics: list[dict[str, float]] = []
         optimizer.zero_grad(set_to_none=True)
         for start in range(0, len(mini), settings.micro_batch_size):
@@ -111,18 +114,22 @@ def update_policy(
             )
             out.loss.backward()
             micro_metrics.append(out.metrics)
-        params = [p for p in model.parameters() if p.grad is not None]
+        params = [p for p in model.parameters() if p.requires_grad]
+        distributed.all_reduce_gradients(params)  # sum of shares = the whole batch's gradient
         max_norm = settings.grad_clip if settings.grad_clip is not None else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
+        with_grad = [p for p in params if p.grad is not None]
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(with_grad, max_norm)) if with_grad else 0.0
         metrics = _mean_metrics(micro_metrics)
         metrics["update/grad_norm"] = grad_norm
-        if math.isfinite(grad_norm) and math.isfinite(metrics.get("loss/total", 0.0)):
+        if math.isfinite(grad_norm):  # identical on every rank after the all-reduce
             optimizer.step()
         else:
             skipped += 1
         optimizer.zero_grad(set_to_none=True)
         if scheduler is not None:
-            scheduler.step()
+            with warnings.catch_warnings():  # a skipped update still advances the schedule
+                warnings.simplefilter("ignore", UserWarning)
+                scheduler.step()
         per_minibatch.append(metrics)
     result = _mean_metrics(per_minibatch)
     for k in [k for k in result if k.startswith("loss/")]:

@@ -40,9 +40,26 @@ class HFPolicy:
             self.pad_id = self.eos_ids[0]
 
     def generate(
-        self, prompts: Sequence[Sequence[int]], params: SamplingParams
+        self,
+        prompts: Sequence[Sequence[int]],
+        params: SamplingParams,
+        seeds: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
-        """``params.n`` completions per prompt, in prompt order."""
+        """``params.n`` completions per prompt, in prompt order.
+
+        With ``seeds``, each prompt is generated on its own with torch's RNG seeded by its
+        seed (reproducible whatever the batching, at the cost of batching)."""
+        if seeds is not None:
+            import torch
+
+            if len(seeds) != len(prompts):
+                raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
+            out = []
+            for prompt, seed in zip(prompts, seeds, strict=True):
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    out.append(self._generate_batch([list(prompt)] * params.n, params))
+            return out
         flat = [list(p) for p in prompts for _ in range(params.n)]
         out: list[Completion] = []
         step = self.options.generation_batch_size
