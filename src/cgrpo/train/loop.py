@@ -63,6 +63,7 @@ def loss_config(recipe: Recipe) -> LossConfig:
         entropy_coef=loss.entropy_coef,
         kl_coef=loss.kl_coef,
         kl_estimator=loss.kl_estimator,
+        tis_cap=loss.tis_cap,
     )
 
 
@@ -201,6 +202,7 @@ class Trainer:
                     False,
                 )
                 for r, row_lp in zip(chunk, lp.cpu().tolist(), strict=True):
+                    r.sampler_logprobs = r.old_logprobs
                     r.old_logprobs = row_lp[: len(r.response_ids)]
 
     def step(self, step: int) -> dict[str, float]:
@@ -228,6 +230,9 @@ class Trainer:
             self.recompute_old_logprobs(ro.rows)
         maybe_crash("step", step)
         t_update = time.perf_counter()
+        release = getattr(self.b.policy, "release_memory", None)
+        if callable(release):  # e.g. vLLM sleeps during the update on GPU
+            release()
         upd = update_policy(
             self.b.model,
             self.optimizer,
@@ -251,9 +256,10 @@ class Trainer:
         sampled = sum(len(rec.completion.token_ids) for rec in ro.records)
         metrics["throughput/sampled_tokens_per_s"] = sampled / max(1e-9, now - started)
         metrics["data/epoch"] = float(self.data.epoch)
-        telemetry = getattr(self.b.critic, "telemetry", None)
-        if callable(telemetry) and r.algorithm.refinements_per_prompt:
-            metrics.update({f"critique/{k}": v for k, v in telemetry().items()})
+        for area, part in (("critique", self.b.critic), ("policy", self.b.policy)):
+            telemetry = getattr(part, "telemetry", None)
+            if callable(telemetry) and (area == "policy" or r.algorithm.refinements_per_prompt):
+                metrics.update({f"{area}/{k}": v for k, v in telemetry().items()})
         if r.eval.every and (step % r.eval.every == 0 or step == r.train.steps):
             metrics.update(self.evaluate())
         if self.main:
@@ -358,6 +364,7 @@ class Trainer:
         handlers = {
             sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
         }
+        self.b.policy.sync_weights(self.b.model)  # a separate sampler starts from these weights
         try:
             for step in range(self.step_done + 1, r.train.steps + 1):
                 metrics = self.step(step)

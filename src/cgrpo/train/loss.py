@@ -38,8 +38,11 @@ class LossConfig:
     ``clip_low`` / ``clip_high``: PPO clip range on initial tokens as ``[1-low, 1+high]``;
     ``None`` disables that side (both ``None``: no clipping, the released code's choice).
     ``shaping_gamma``: gamma of f(p) = p/(p+gamma) on refinement tokens; ``None`` = no
-    shaping. ``aggregation``: see :func:`aggregate`; ``normalizer`` is the constant divisor
-    of ``token_sum`` (the max response length in the released code).
+    shaping. ``tis_cap``: truncated importance sampling for sampler/trainer mismatch: each
+    initial token's loss is multiplied by ``min(p_old / p_sampler, tis_cap)`` (detached),
+    where p_old is the trainer's recomputed probability and p_sampler the sampler's.
+    ``aggregation``: see :func:`aggregate`; ``normalizer`` is the constant divisor of
+    ``token_sum`` (the max response length in the released code).
     """
 
     clip_low: float | None = 0.2
@@ -50,6 +53,7 @@ class LossConfig:
     entropy_coef: float = 0.001
     kl_coef: float = 0.0
     kl_estimator: KLEstimator = "k3"
+    tis_cap: float | None = None
 
 
 @dataclass
@@ -191,6 +195,7 @@ def policy_loss(
     *,
     entropy: torch.Tensor | None = None,
     ref_logprobs: torch.Tensor | None = None,
+    sampler_logprobs: torch.Tensor | None = None,
     num_tokens: float | None = None,
     num_seqs: float | None = None,
 ) -> LossOutput:
@@ -221,6 +226,15 @@ def policy_loss(
         init_loss, ratio, clipped = initial_token_loss(
             logprobs, old_logprobs, adv, config.clip_low, config.clip_high
         )
+        if config.tis_cap is not None:
+            if sampler_logprobs is None:
+                raise ValueError("tis_cap needs the sampler's log-probs")
+            weight = torch.exp(old_logprobs - sampler_logprobs).clamp(max=config.tis_cap).detach()
+            init_loss = init_loss * weight
+            metrics["tis/weight_mean"] = _masked_mean(weight, initial)
+            metrics["tis/capped_fraction"] = _masked_mean(
+                (weight >= config.tis_cap).to(logprobs.dtype), initial
+            )
         per_token = per_token + init_loss * initial
         metrics["ratio/mean"] = _masked_mean(ratio.detach(), initial)
         metrics["ratio/max"] = float(ratio.detach()[initial.bool()].max())

