@@ -131,7 +131,7 @@ def test_missing_file_and_yaml_syntax_error(tmp_path):
             "token_sum",
         ),
         (["model.path=./does/not/exist"], "model.path", "not found"),
-    (["algorithm.loss.tis_cap=2"], "algorithm.loss.tis_cap", "recompute"),
+        (["algorithm.loss.tis_cap=2"], "algorithm.loss.tis_cap", "recompute"),
     ],
 )
 def test_cross_field_checks(tmp_path, override, path, needle):

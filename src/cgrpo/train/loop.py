@@ -45,6 +45,7 @@ from cgrpo.train.data import DataStream
 from cgrpo.train.loss import LossConfig
 from cgrpo.train.metrics import Console, JsonlWriter, rollout_metrics, sample_lines
 from cgrpo.train.mixing import TrainRow, collate
+from cgrpo.train.model import eos_token_ids
 from cgrpo.train.rollout import Rollout, RolloutSettings, rollout
 from cgrpo.train.update import UpdateSettings, forward_response, make_optimizer, update_policy
 from cgrpo.types import SamplingParams
@@ -123,9 +124,7 @@ class Trainer:
         self.optimizer, self.scheduler = make_optimizer(
             built.model, r.optim, total_updates=r.train.steps * a.updates_per_step
         )
-        eos = built.model.generation_config.eos_token_id
-        eos = eos if isinstance(eos, list) else [eos]
-        self.eos_ids = sorted({e for e in [*eos, built.tokenizer.eos_token_id] if e is not None})
+        self.eos_ids = eos_token_ids(built.model, built.tokenizer)
         self.pad_id = built.tokenizer.pad_token_id
         s = r.sampling
         self.rollout_settings = RolloutSettings(

@@ -27,6 +27,14 @@ def resolve_device(name: str) -> Any:
     return device
 
 
+def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Every token that ends a response: the generation config's EOS ids (one or a list)
+    and the tokenizer's EOS (chat models often end turns with a token of their own)."""
+    eos = model.generation_config.eos_token_id
+    eos = eos if isinstance(eos, list) else [eos]
+    return sorted({i for i in [*eos, tokenizer.eos_token_id] if i is not None})
+
+
 def load_policy(model_cfg: Any, device: str | None = None) -> tuple[Any, Any, Any]:
     """``(model, tokenizer, device)`` for ``recipe.model``; the model is in train mode.
 

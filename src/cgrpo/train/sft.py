@@ -20,9 +20,9 @@ from typing import Any
 import torch
 
 from cgrpo.errors import DataError
-from cgrpo.train.loss import token_logprobs
 from cgrpo.train.mixing import TrainRow, collate
 from cgrpo.train.prompts import PromptBuilder
+from cgrpo.train.update import forward_response
 from cgrpo.types import CritiqueRequest, Problem, Verdict
 
 
@@ -60,7 +60,6 @@ def sft_warmup(
         prompt = prompts.refinement_ids(prob, other.solution, crit.text)
         return TrainRow(0, prompt, ids, None, True, 0.0)
 
-    device = next(model.parameters()).device
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     history = []
     model.train()
@@ -75,16 +74,8 @@ def sft_warmup(
                 rows[prob.id] = TrainRow(0, prompts.prompt_ids(prob), ids, None, False, 0.0)
             batch_rows.append(rows[prob.id])
         batch = collate(batch_rows, tokenizer.pad_token_id)
-        t = batch.response_ids.shape[1]
-        logits = model(
-            input_ids=batch.input_ids.to(device),
-            attention_mask=batch.attention_mask.to(device),
-            position_ids=batch.position_ids.to(device),
-            use_cache=False,
-            logits_to_keep=t + 1,
-        ).logits[:, :-1]
-        lp = token_logprobs(logits, batch.response_ids.to(device))
-        mask = batch.response_mask.to(device)
+        lp, _ = forward_response(model, batch, temperature=1.0, entropy=False)
+        mask = batch.response_mask.to(lp.device)
         loss = -(lp * mask).sum() / mask.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cgrpo.train.model import eos_token_ids
 from cgrpo.types import Completion, SamplingParams
 
 
@@ -32,9 +33,7 @@ class HFPolicy:
         self.options = options
         self.model = context.model
         self.tokenizer = context.tokenizer
-        eos = self.model.generation_config.eos_token_id
-        eos = eos if isinstance(eos, list) else [eos]
-        self.eos_ids = sorted({i for i in [*eos, self.tokenizer.eos_token_id] if i is not None})
+        self.eos_ids = eos_token_ids(self.model, self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = self.eos_ids[0]

@@ -31,6 +31,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from cgrpo.errors import TrainingError
+from cgrpo.train.model import eos_token_ids
 from cgrpo.types import Completion, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -119,9 +120,7 @@ class VLLMPolicy:
         started = time.perf_counter()
         self.llm = LLM(**kwargs)
         log.info("vLLM engine ready in %.1fs", time.perf_counter() - started)
-        eos = self.model.generation_config.eos_token_id
-        eos = eos if isinstance(eos, list) else [eos]
-        self.eos_ids = sorted({i for i in [*eos, self.tokenizer.eos_token_id] if i is not None})
+        self.eos_ids = eos_token_ids(self.model, self.tokenizer)
         self.asleep = False
         self._said_no_sleep = False
         self._probe: tuple[list[int], list[int]] | None = None
