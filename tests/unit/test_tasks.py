@@ -101,3 +101,17 @@ def test_data_stream_epochs_and_exact_restore():
     assert [p.id for p in again.next_batch(6)] == rest
     with pytest.raises(ValueError, match="repeat or skip"):
         DataStream(items[:4], seed=3).load_state_dict(state)
+
+
+def test_arithmetic_carry_filter_and_unchanged_default():
+    with_carry = ArithmeticTask(ArithmeticTask.Options(size=40, carry="with")).load()
+    without = ArithmeticTask(ArithmeticTask.Options(size=40, carry="without")).load()
+
+    def carries(p):
+        a, _, b = p.question.removeprefix("What is ").rstrip("?").split()
+        return int(a) % 10 + int(b) % 10 >= 10
+
+    assert all(carries(p) for p in with_carry)
+    assert not any(carries(p) for p in without)
+    default = ArithmeticTask(ArithmeticTask.Options(size=40)).load()
+    assert any(carries(p) for p in default) and not all(carries(p) for p in default)

@@ -241,6 +241,9 @@ class SFTConfig(Section):
         description="share of warm-up examples that teach acting on a critique (refinement "
         "prompt with a wrong previous answer -> correct solution)",
     )
+    task: ComponentSpec | None = Field(
+        None, description="warm-up data; None = the training task (data.task)"
+    )
 
 
 class TrainConfig(Section):
@@ -341,4 +344,5 @@ COMPONENT_PATHS: dict[str, str] = {
     "algorithm.advantage": "advantage",
     "data.task": "task",
     "eval.task": "task",
+    "sft.task": "task",
 }

@@ -165,9 +165,10 @@ class Trainer:
 
     # -- one step -------------------------------------------------------------------------
     def prompt_ids(self, problem) -> list[int]:
-        if problem.id not in self._prompt_cache:
-            self._prompt_cache[problem.id] = self.b.prompts.prompt_ids(problem)
-        return self._prompt_cache[problem.id]
+        # keyed by the question: ids of a training and an evaluation task can collide
+        if problem.question not in self._prompt_cache:
+            self._prompt_cache[problem.question] = self.b.prompts.prompt_ids(problem)
+        return self._prompt_cache[problem.question]
 
     def assign_advantages(self, rows: list[TrainRow]) -> None:
         """Step 7: one advantage per sequence from its group's rewards."""

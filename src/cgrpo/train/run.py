@@ -115,10 +115,17 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
                 if step == 1 or step % max(1, recipe.sft.steps // 5) == 0:
                     say(f"sft {step}/{recipe.sft.steps}  loss {m['sft/loss']:.3f}")
 
+            sft_problems = built.problems
+            if recipe.sft.task is not None:
+                sft_problems = (
+                    registries["task"]
+                    .build(recipe.sft.task.name, recipe.sft.task.options, None)
+                    .load()
+                )
             sft_warmup(
                 built.model,
                 built.tokenizer,
-                built.problems,
+                sft_problems,
                 built.prompts,
                 recipe.sft,
                 recipe.run.seed,

@@ -7,7 +7,7 @@ Problems such as "What is 37 + 48?" with answer "85" and a worked solution
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -25,6 +25,11 @@ class ArithmeticTask:
         seed: int = Field(
             1234, description="generator seed (fixed: the data is the same across runs)"
         )
+        carry: Literal["any", "with", "without"] = Field(
+            "any",
+            description="for '+': keep only sums whose ones digits carry ('with') or do not "
+            "('without'); builds persistent-failure experiments",
+        )
 
         @field_validator("ops")
         @classmethod
@@ -41,9 +46,16 @@ class ArithmeticTask:
         o = self.options
         rng = random.Random(o.seed)
         lo, hi = 10 ** (o.digits - 1) if o.digits > 1 else 0, 10**o.digits - 1
-        out = []
-        for i in range(o.size):
+        out: list[Problem] = []
+        attempts = 0
+        while len(out) < o.size:
+            attempts += 1
+            if attempts > 1000 * o.size:
+                raise ValueError(f"cannot draw {o.size} problems with carry={o.carry!r}")
             a, b, op = rng.randint(lo, hi), rng.randint(lo, hi), rng.choice(o.ops)
+            if o.carry != "any" and op == "+" and ((a % 10 + b % 10 >= 10) != (o.carry == "with")):
+                continue
+            i = len(out)
             value = a + b if op == "+" else a - b if op == "-" else a * b
             out.append(
                 Problem(
