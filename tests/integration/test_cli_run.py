@@ -127,3 +127,47 @@ def test_eval_keep_last_and_keep_best(tmp_path):
     best_step = max(evals, key=lambda s: (evals[s], -s))
     kept = sorted(p.name for p in (run / "checkpoints").glob("step-*"))
     assert kept == sorted({f"step-{best_step}", "step-4"})
+
+
+OBSERVER = """
+import json, os
+from cgrpo import hookimpl
+
+def _log(event, **data):
+    with open(os.environ["OBSERVER_LOG"], "a") as fh:
+        fh.write(json.dumps({"event": event, **data}) + "\\n")
+
+@hookimpl
+def on_run_start(run_dir, recipe):
+    _log("start", run_dir=run_dir, steps=recipe["train"]["steps"])
+
+@hookimpl
+def on_step_end(step, metrics):
+    _log("step", step=step, reward=metrics["reward/initial_mean"])
+
+@hookimpl
+def on_run_end(run_dir, status):
+    _log("end", status=status)
+"""
+
+
+def test_observer_plugin_sees_start_steps_and_end(tmp_path):
+    from tests.helpers import fake_distribution
+
+    (tmp_path / "observer_plugin.py").write_text(OBSERVER)
+    site = fake_distribution(tmp_path, "observer", {"observer": "observer_plugin"})
+    log = tmp_path / "events.jsonl"
+    out = run_cli(
+        "run",
+        QUICKSTART,
+        *SHORT,
+        f"model.path={tmp_path / 'tiny'}",
+        f"run.output_dir={tmp_path / 'runs'}",
+        cwd=tmp_path,
+        paths=[site],
+        env={"OBSERVER_LOG": str(log)},
+    )
+    assert out.returncode == 0, out.stderr
+    events = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [e["event"] for e in events] == ["start", "step", "step", "step", "end"]
+    assert events[0]["steps"] == 3 and events[-1]["status"] == "completed"

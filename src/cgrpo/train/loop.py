@@ -159,7 +159,7 @@ class Trainer:
         self.best: tuple[float, int] | None = None  # (value of train.keep_best, step)
         self.stop_signal: str | None = None
         self.main = distributed.is_main()
-        self.console = console or Console(r.train.steps, r.run.console if self.main else "plain")
+        self.console = console or Console(r.train.steps, r.run.console if self.main else "off")
         self.metrics_out = JsonlWriter(run_dir / "metrics.jsonl") if self.main else None
         self.samples_out = JsonlWriter(run_dir / "samples.jsonl") if self.main else None
 

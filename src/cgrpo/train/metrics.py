@@ -148,7 +148,8 @@ def sample_lines(step: int, ro: Rollout, limit: int) -> list[dict[str, Any]]:
 
 
 class Console:
-    """Live progress: rich on a terminal (or when forced), plain lines otherwise."""
+    """Live progress: rich on a terminal (or when forced), plain lines otherwise, and
+    nothing at all when ``mode`` is "off" (ranks other than 0 under torchrun)."""
 
     KEYS = (
         ("reward/initial_mean", "reward"),
@@ -160,6 +161,7 @@ class Console:
 
     def __init__(self, total_steps: int, mode: str = "auto", start_step: int = 0):
         self.total = total_steps
+        self.off = mode == "off"
         self.rich = mode == "rich" or (mode == "auto" and sys.stdout.isatty())
         self.started = time.monotonic()
         self.start_step = start_step
@@ -183,6 +185,8 @@ class Console:
         return "  ".join(parts)
 
     def step(self, step: int, metrics: dict[str, float]) -> None:
+        if self.off:
+            return
         if step == self.start_step + 1:  # time the ETA from the first step, not from start-up
             self.started = time.monotonic() - metrics.get("time/step", 0.0)
         info = self._info(metrics)
@@ -199,6 +203,8 @@ class Console:
         )
 
     def message(self, text: str) -> None:
+        if self.off:
+            return
         if self._progress is not None:
             self._progress.console.print(text)
         else:

@@ -85,8 +85,8 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
     main = distributed.is_main()
     if main:
         _setup_logging(run_dir)
-    console = Console(recipe.train.steps, recipe.run.console if main else "plain")
-    say = console.message if main else (lambda text: None)
+    console = Console(recipe.train.steps, recipe.run.console if main else "off")
+    say = console.message
     say(
         f"cgrpo: run directory {run_dir}"
         + (f", resuming from {ckpt}" if ckpt else "")
