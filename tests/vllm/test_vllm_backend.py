@@ -108,3 +108,33 @@ def test_a_broken_sync_fails_loudly(engine, monkeypatch):
         backend.sync_weights(model)
     monkeypatch.undo()
     backend.sync_weights(model)  # a correct sync works again
+
+
+def test_local_critic_on_a_second_frozen_vllm_engine(engine, tiny_model_dir):
+    """A local critic with backend vllm runs beside the policy's engine in one process."""
+    from cgrpo.plugins import get_registries
+    from cgrpo.types import CritiqueRequest, Problem, Verdict
+
+    critic = get_registries()["critic"].build(
+        "local",
+        {
+            "path": str(tiny_model_dir),
+            "backend": "vllm",
+            "max_tokens": 8,
+            "max_model_len": 1024,
+            "kv_cache_memory_bytes": 64 * 2**20,
+        },
+        None,
+    )
+    assert critic.model is None  # only the engine holds the critic's weights
+    reqs = [
+        CritiqueRequest(
+            Problem(str(i), f"What is {i} + 1?", str(i + 1)), "\\boxed{0}", Verdict(0.0, False)
+        )
+        for i in range(3)
+    ]
+    out = critic.critique(reqs)
+    assert [c.critic for c in out] == ["local"] * 3
+    assert all(0 < c.completion_tokens <= 9 for c in out)
+    backend, _, tok = engine  # the policy's engine still works
+    assert backend.generate(prompts(tok), SamplingParams(n=1, max_new_tokens=4))

@@ -101,7 +101,16 @@ class SelfCritic(_GenerativeCritic):
 
 class LocalCriticOptions(CoTOptions):
     path: str = Field(description="local directory (or hub id) of the critic model")
-    backend: Literal["hf"] = Field("hf", description="generation backend of the critic")
+    backend: Literal["hf", "vllm"] = Field(
+        "hf", description="'hf' (transformers) or 'vllm' (a second, frozen vLLM engine)"
+    )
+    max_model_len: int = Field(4096, ge=64, description="vllm: longest critic sequence")
+    gpu_memory_utilization: float = Field(
+        0.2, gt=0, le=1, description="vllm on GPU: memory share of the critic's engine"
+    )
+    kv_cache_memory_bytes: int | None = Field(
+        None, ge=1, description="vllm: KV cache bytes (CPU default 512 MiB)"
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="dtype")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda:1', ...")
     batch_size: int = Field(32, ge=1, description="critiques generated per generate() call")
@@ -122,6 +131,10 @@ class LocalCritic(_GenerativeCritic):
         from cgrpo.train.model import resolve_device
 
         tokenizer = AutoTokenizer.from_pretrained(options.path)
+        if options.backend == "vllm":
+            super().__init__(options, self._vllm_sampler(options, tokenizer), tokenizer)
+            self.model = None  # the engine holds the only copy of the weights
+            return
         model = AutoModelForCausalLM.from_pretrained(
             options.path, dtype=getattr(torch, options.dtype)
         )
@@ -134,3 +147,29 @@ class LocalCritic(_GenerativeCritic):
         )
         super().__init__(options, sampler, tokenizer)
         self.model = model
+
+    @staticmethod
+    def _vllm_sampler(options: LocalCriticOptions, tokenizer: Any) -> Any:
+        import torch
+        from transformers import GenerationConfig
+
+        from cgrpo.builtins.policies.vllm import VLLMSampler
+
+        try:
+            eos = GenerationConfig.from_pretrained(options.path).eos_token_id
+        except OSError:
+            eos = None
+        eos = eos if isinstance(eos, list) else [eos]
+        eos_ids = sorted({i for i in [*eos, tokenizer.eos_token_id] if i is not None})
+        on_gpu = torch.cuda.is_available() and options.device != "cpu"
+        return VLLMSampler(
+            options.path,
+            tokenizer,
+            eos_ids,
+            dtype=options.dtype,
+            max_model_len=options.max_model_len,
+            seed=0,
+            on_gpu=on_gpu,
+            gpu_memory_utilization=options.gpu_memory_utilization,
+            kv_cache_memory_bytes=options.kv_cache_memory_bytes,
+        )

@@ -72,61 +72,67 @@ class VLLMOptions(BaseModel):
     )
 
 
-class VLLMPolicy:
-    """Colocated in-process vLLM engine; trainer weights reloaded after every update."""
+def _import_vllm():
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process reloads
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # keep the console readable
+    try:
+        import vllm
+    except ImportError as exc:
+        raise TrainingError(
+            "this component needs vLLM: pip install 'cgrpo[vllm]' on a GPU machine, or the "
+            "CPU build (docs/vllm.md); or use the hf backend"
+        ) from exc
+    logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(
+        _RotaryReloadFilter()
+    )
+    return vllm
 
-    Options = VLLMOptions
 
-    def __init__(self, options: VLLMOptions, context: Any):
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process reloads
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # keep the console readable
-        try:
-            import torch
-            from vllm import LLM
-        except ImportError as exc:
-            raise TrainingError(
-                "the vllm policy backend needs vLLM: pip install 'cgrpo[vllm]' on a GPU "
-                "machine, or the CPU build (docs/vllm.md); or use policy: hf"
-            ) from exc
-        if context is None or context.model is None or context.recipe is None:
-            raise ValueError("the vllm backend needs the trainer's model and the recipe")
-        self.options = options
-        self.model = context.model
-        self.tokenizer = context.tokenizer
-        recipe = context.recipe
-        self.on_gpu = torch.cuda.is_available() and next(self.model.parameters()).is_cuda
+class VLLMSampler:
+    """One in-process vLLM engine and the cgrpo sampling contract on top of it. Used by the
+    ``vllm`` policy backend and by ``local`` critics with ``backend: vllm``."""
+
+    def __init__(
+        self,
+        path: str,
+        tokenizer: Any,
+        eos_ids: list[int],
+        *,
+        dtype: str,
+        max_model_len: int,
+        seed: int,
+        on_gpu: bool,
+        gpu_memory_utilization: float,
+        kv_cache_memory_bytes: int | None,
+        tensor_parallel_size: int = 1,
+        enforce_eager: bool | None = None,
+        enable_sleep_mode: bool = False,
+        trust_remote_code: bool = False,
+    ):
+        vllm = _import_vllm()
         kwargs: dict[str, Any] = dict(
-            model=str(recipe.model.path),
-            dtype=recipe.model.dtype,
-            seed=recipe.run.seed,
-            max_model_len=options.max_model_len or recipe.model.max_length,
-            tensor_parallel_size=options.tensor_parallel_size,
-            enforce_eager=options.enforce_eager
-            if options.enforce_eager is not None
-            else not self.on_gpu,
+            model=str(path),
+            dtype=dtype,
+            seed=seed,
+            max_model_len=max_model_len,
+            tensor_parallel_size=tensor_parallel_size,
+            enforce_eager=enforce_eager if enforce_eager is not None else not on_gpu,
             logprobs_mode="processed_logprobs",
-            trust_remote_code=recipe.model.trust_remote_code,
+            trust_remote_code=trust_remote_code,
         )
-        if self.on_gpu:
-            kwargs["gpu_memory_utilization"] = options.gpu_memory_utilization
-            kwargs["enable_sleep_mode"] = options.sleep_level > 0
-        else:
-            kwargs["kv_cache_memory_bytes"] = options.kv_cache_memory_bytes or 512 * 2**20
-        if options.kv_cache_memory_bytes and self.on_gpu:
-            kwargs["kv_cache_memory_bytes"] = options.kv_cache_memory_bytes
-        logging.getLogger("vllm.model_executor.model_loader.reload.layerwise").addFilter(
-            _RotaryReloadFilter()
-        )
+        if on_gpu:
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+            kwargs["enable_sleep_mode"] = enable_sleep_mode
+            if kv_cache_memory_bytes:
+                kwargs["kv_cache_memory_bytes"] = kv_cache_memory_bytes
+        else:  # on CPU the default would ask for most of the host's RAM
+            kwargs["kv_cache_memory_bytes"] = kv_cache_memory_bytes or 512 * 2**20
         started = time.perf_counter()
-        self.llm = LLM(**kwargs)
-        log.info("vLLM engine ready in %.1fs", time.perf_counter() - started)
-        self.eos_ids = eos_token_ids(self.model, self.tokenizer)
-        self.asleep = False
-        self._said_no_sleep = False
-        self._probe: tuple[list[int], list[int]] | None = None
-        self.stats: dict[str, float] = {}
+        self.llm = vllm.LLM(**kwargs)
+        log.info("vLLM engine for %s ready in %.1fs", path, time.perf_counter() - started)
+        self.tokenizer, self.eos_ids = tokenizer, eos_ids
+        self.last: tuple[list[int], list[int]] | None = None  # a sampled (prompt, completion)
 
-    # -- sampling -------------------------------------------------------------------------
     def _params(self, params: SamplingParams, seed: int) -> Any:
         from vllm import SamplingParams as VSP
 
@@ -154,7 +160,6 @@ class VLLMPolicy:
 
         if not prompts:
             return []
-        self._wake()
         if seeds is None:  # from torch's RNG, which the loop reseeds every step
             seeds = torch.randint(0, 2**31 - 1, (len(prompts),)).tolist()
         requests = [{"prompt_token_ids": list(p)} for p in prompts]
@@ -177,8 +182,53 @@ class VLLMPolicy:
                 )
             result.append(group)
             if group and group[0].token_ids:
-                self._probe = (list(prompt), group[0].token_ids)
+                self.last = (list(prompt), group[0].token_ids)
         return result
+
+
+class VLLMPolicy:
+    """Colocated in-process vLLM engine; trainer weights reloaded after every update."""
+
+    Options = VLLMOptions
+
+    def __init__(self, options: VLLMOptions, context: Any):
+        if context is None or context.model is None or context.recipe is None:
+            raise ValueError("the vllm backend needs the trainer's model and the recipe")
+        import torch
+
+        self.options = options
+        self.model = context.model
+        self.tokenizer = context.tokenizer
+        recipe = context.recipe
+        self.on_gpu = torch.cuda.is_available() and next(self.model.parameters()).is_cuda
+        self.sampler = VLLMSampler(
+            str(recipe.model.path),
+            self.tokenizer,
+            eos_token_ids(self.model, self.tokenizer),
+            dtype=recipe.model.dtype,
+            max_model_len=options.max_model_len or recipe.model.max_length,
+            seed=recipe.run.seed,
+            on_gpu=self.on_gpu,
+            gpu_memory_utilization=options.gpu_memory_utilization,
+            kv_cache_memory_bytes=options.kv_cache_memory_bytes,
+            tensor_parallel_size=options.tensor_parallel_size,
+            enforce_eager=options.enforce_eager,
+            enable_sleep_mode=options.sleep_level > 0,
+            trust_remote_code=recipe.model.trust_remote_code,
+        )
+        self.llm = self.sampler.llm
+        self.asleep = False
+        self._said_no_sleep = False
+        self.stats: dict[str, float] = {}
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        params: SamplingParams,
+        seeds: Sequence[int] | None = None,
+    ) -> list[list[Completion]]:
+        self._wake()
+        return self.sampler.generate(prompts, params, seeds)
 
     # -- memory around the update -------------------------------------------------------------
     def release_memory(self) -> None:
@@ -217,7 +267,7 @@ class VLLMPolicy:
                 "stopping rather than training on a stale sampler"
             ) from exc
         self.stats["sync_seconds"] = time.perf_counter() - started
-        if self.options.sync_check and self._probe is not None:
+        if self.options.sync_check and self.sampler.last is not None:
             diff = self.probe_mismatch(model)
             self.stats["sync_logprob_diff_max"] = diff
             if diff > self.options.sync_tolerance:
@@ -233,7 +283,7 @@ class VLLMPolicy:
         import torch
         from vllm import SamplingParams as VSP
 
-        prompt, completion = self._probe  # type: ignore[misc]
+        prompt, completion = self.sampler.last  # type: ignore[misc]
         out = self.llm.generate(
             [{"prompt_token_ids": prompt + completion}],
             VSP(max_tokens=1, prompt_logprobs=0, temperature=1.0),
@@ -257,5 +307,4 @@ class VLLMPolicy:
         return dict(self.stats)
 
     def close(self) -> None:
-        llm, self.llm = getattr(self, "llm", None), None
-        del llm
+        self.llm = self.sampler = None
