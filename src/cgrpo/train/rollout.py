@@ -6,6 +6,7 @@ Shapes: P prompts, G initial samples each, K refinements kept each, N = G + K.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections.abc import Sequence
@@ -109,10 +110,10 @@ def rollout(
     """Produce the mixed training rows of one step (advantages not yet set).
 
     ``rng_key`` seeds the random refinement fallback of each prompt together with its
-    global index. With ``seed`` set, every generation gets its own seed derived from (seed, global
-    prompt index[, response index]), so samples do not depend on batching or on how the
-    prompts are split across processes; ``prompt_offset`` is this process's first global
-    prompt index.
+    global index. With ``seed`` set, every generation gets its own seed derived from
+    (seed, global prompt index[, response index]), so samples do not depend on batching or
+    on how the prompts are split across processes; ``prompt_offset`` is this process's
+    first global prompt index.
     """
     s = settings
     secs: dict[str, float] = {}
@@ -154,7 +155,7 @@ def rollout(
                 prompts.refinement_ids(problems[p], initial[p][i].text, c.text)
                 for (p, i), c in zip(targets, critiques, strict=True)
             ]
-            one = SamplingParams(**{**s.sampling.__dict__, "n": 1})
+            one = dataclasses.replace(s.sampling, n=1)
             ref_seeds = seeds(*[(1, prompt_offset + p, i) for p, i in targets])
             refined = (
                 [c[0] for c in policy.generate(ref_prompts, one, seeds=ref_seeds)]
