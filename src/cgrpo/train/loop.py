@@ -124,7 +124,7 @@ class Trainer:
         self.optimizer, self.scheduler = make_optimizer(
             built.model, r.optim, total_updates=r.train.steps * a.updates_per_step
         )
-        self.eos_ids = eos_token_ids(built.model, built.tokenizer)
+        self.eos_ids = eos_token_ids(built.model.generation_config, built.tokenizer)
         self.pad_id = built.tokenizer.pad_token_id
         s = r.sampling
         self.rollout_settings = RolloutSettings(

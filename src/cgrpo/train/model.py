@@ -27,10 +27,11 @@ def resolve_device(name: str) -> Any:
     return device
 
 
-def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:
-    """Every token that ends a response: the generation config's EOS ids (one or a list)
-    and the tokenizer's EOS (chat models often end turns with a token of their own)."""
-    eos = model.generation_config.eos_token_id
+def eos_token_ids(generation_config: Any, tokenizer: Any) -> list[int]:
+    """Every token that ends a response: the generation config's EOS ids (one or a list;
+    the config may be None) and the tokenizer's EOS (chat models often end turns with a
+    token of their own)."""
+    eos = getattr(generation_config, "eos_token_id", None)
     eos = eos if isinstance(eos, list) else [eos]
     return sorted({i for i in [*eos, tokenizer.eos_token_id] if i is not None})
 

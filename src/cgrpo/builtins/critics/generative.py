@@ -154,13 +154,13 @@ class LocalCritic(_GenerativeCritic):
         from transformers import GenerationConfig
 
         from cgrpo.builtins.policies.vllm import VLLMSampler
+        from cgrpo.train.model import eos_token_ids
 
         try:
-            eos = GenerationConfig.from_pretrained(options.path).eos_token_id
-        except OSError:
-            eos = None
-        eos = eos if isinstance(eos, list) else [eos]
-        eos_ids = sorted({i for i in [*eos, tokenizer.eos_token_id] if i is not None})
+            generation_config = GenerationConfig.from_pretrained(options.path)
+        except OSError:  # a model without generation_config.json: the tokenizer's EOS only
+            generation_config = None
+        eos_ids = eos_token_ids(generation_config, tokenizer)
         on_gpu = torch.cuda.is_available() and options.device != "cpu"
         return VLLMSampler(
             options.path,

@@ -33,7 +33,7 @@ class HFPolicy:
         self.options = options
         self.model = context.model
         self.tokenizer = context.tokenizer
-        self.eos_ids = eos_token_ids(self.model, self.tokenizer)
+        self.eos_ids = eos_token_ids(self.model.generation_config, self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = self.eos_ids[0]

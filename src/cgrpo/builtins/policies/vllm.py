@@ -204,7 +204,7 @@ class VLLMPolicy:
         self.sampler = VLLMSampler(
             str(recipe.model.path),
             self.tokenizer,
-            eos_token_ids(self.model, self.tokenizer),
+            eos_token_ids(self.model.generation_config, self.tokenizer),
             dtype=recipe.model.dtype,
             max_model_len=options.max_model_len or recipe.model.max_length,
             seed=recipe.run.seed,
