@@ -153,7 +153,6 @@ class Trainer:
             import copy
 
             self.ref_model = copy.deepcopy(built.model).eval().requires_grad_(False)
-        self._prompt_cache: dict[str, list[int]] = {}
         self.step_done = 0
         self.nonfinite_in_a_row = 0
         self.best: tuple[float, int] | None = None  # (value of train.keep_best, step)
@@ -164,12 +163,6 @@ class Trainer:
         self.samples_out = JsonlWriter(run_dir / "samples.jsonl") if self.main else None
 
     # -- one step -------------------------------------------------------------------------
-    def prompt_ids(self, problem) -> list[int]:
-        # keyed by the question: ids of a training and an evaluation task can collide
-        if problem.question not in self._prompt_cache:
-            self._prompt_cache[problem.question] = self.b.prompts.prompt_ids(problem)
-        return self._prompt_cache[problem.question]
-
     def assign_advantages(self, rows: list[TrainRow]) -> None:
         """Step 7: one advantage per sequence from its group's rewards."""
         groups = sorted({r.group for r in rows})
@@ -214,7 +207,7 @@ class Trainer:
         mine = problems[self.rank * share : (self.rank + 1) * share]
         ro = rollout(  # 1-6
             mine,
-            [self.prompt_ids(p) for p in mine],
+            [self.b.prompts.prompt_ids(p) for p in mine],
             policy=self.b.policy,
             verifier=self.b.verifier,
             critic=self.b.critic if r.algorithm.refinements_per_prompt else None,
@@ -277,7 +270,7 @@ class Trainer:
             params = SamplingParams(
                 n=1, greedy=True, max_new_tokens=self.recipe.sampling.max_new_tokens
             )
-            outs = self.b.policy.generate([self.prompt_ids(p) for p in probs], params)
+            outs = self.b.policy.generate([self.b.prompts.prompt_ids(p) for p in probs], params)
             correct = [
                 self.b.verifier.verify(o[0].text, p).correct
                 for p, o in zip(probs, outs, strict=True)

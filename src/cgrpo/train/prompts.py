@@ -31,6 +31,7 @@ class PromptBuilder:
         self.ref = refinement_cfg
         self.max_length = max_length
         self.max_new_tokens = max_new_tokens
+        self._cache: dict[str, list[int]] = {}
         self.chat = bool(prompt_cfg.chat_template and getattr(tokenizer, "chat_template", None))
 
     def _encode_user(self, user: str) -> list[int]:
@@ -50,8 +51,13 @@ class PromptBuilder:
         return self.cfg.template.format(question=problem.question) + self.cfg.suffix
 
     def prompt_ids(self, problem: Problem) -> list[int]:
-        """Token ids of the training prompt of ``problem``."""
-        return self._encode_user(self.user_text(problem))
+        """Token ids of the training prompt of ``problem`` (cached by question: build()
+        measures every prompt once, and the loop, warm-up and evaluation reuse them; ids
+        of a training and an evaluation task can collide, questions map to prompts)."""
+        ids = self._cache.get(problem.question)
+        if ids is None:
+            ids = self._cache[problem.question] = self._encode_user(self.user_text(problem))
+        return ids
 
     def refinement_ids(self, problem: Problem, response: str, critique: str) -> list[int]:
         """Token ids of the refinement prompt, guaranteed to leave room for the refinement."""
