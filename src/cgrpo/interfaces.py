@@ -23,7 +23,9 @@ class BuildContext:
 
     ``model`` and ``tokenizer`` are the trainer's policy (set once the model is loaded);
     ``policy`` is the sampling backend (set after it is built, for critics that sample
-    with the policy); ``run_dir`` is where the component may keep files (caches).
+    with the policy); ``run_dir`` is where the component may keep files (caches);
+    ``precision`` is the trainer's :class:`cgrpo.train.precision.Precision` (forward
+    passes on ``model`` run under its ``autocast()``; None means float32).
     """
 
     run_dir: Path | None = None
@@ -32,6 +34,7 @@ class BuildContext:
     tokenizer: Any = None
     policy: Any = None
     recipe: Any = None
+    precision: Any = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 

@@ -58,8 +58,8 @@ def test_cuda_sampler_logprobs_match_the_trainer(tiny_model_dir):
 
     from cgrpo.builtins.policies.hf import HFPolicy
     from cgrpo.interfaces import BuildContext
+    from cgrpo.train.logprobs import forward_response
     from cgrpo.train.mixing import TrainRow, collate
-    from cgrpo.train.update import forward_response
     from cgrpo.types import SamplingParams
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -75,6 +75,6 @@ def test_cuda_sampler_logprobs_match_the_trainer(tiny_model_dir):
         ]
         batch = collate(rows, tok.pad_token_id)
         with torch.no_grad():
-            lp, _ = forward_response(model, batch, 1.0, entropy=False)
+            lp, _ = forward_response(model, batch, 1.0)
         diff = ((lp.cpu() - batch.old_logprobs).abs() * batch.response_mask).max().item()
         assert diff < tol, (dtype, diff)

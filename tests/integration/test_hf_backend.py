@@ -5,8 +5,8 @@ import torch
 
 from cgrpo.builtins.policies.hf import HFPolicy
 from cgrpo.interfaces import BuildContext, PolicyBackend
+from cgrpo.train.logprobs import forward_response
 from cgrpo.train.mixing import TrainRow, collate
-from cgrpo.train.update import forward_response
 from cgrpo.types import SamplingParams
 
 
@@ -59,7 +59,7 @@ def test_sampler_logprobs_match_the_trainer_recompute(backend, tiny, temperature
     ]
     batch = collate(rows, tok.pad_token_id)
     with torch.no_grad():
-        recomputed, _ = forward_response(model, batch, temperature, entropy=False)
+        recomputed, _ = forward_response(model, batch, temperature)
     diff = ((recomputed - batch.old_logprobs).abs() * batch.response_mask).max().item()
     assert diff < 1e-4, f"sampler and trainer log-probs differ by {diff}"
 
@@ -70,3 +70,70 @@ def test_greedy_is_deterministic(backend, tiny):
     b = backend.generate(prompts(tok), SamplingParams(n=1, max_new_tokens=8, greedy=True))
     assert [g[0].token_ids for g in a] == [g[0].token_ids for g in b]
     assert all(g[0].token_ids == g[1].token_ids for g in a)
+
+
+def test_recorded_logprobs_equal_the_full_logits_path(tiny):
+    """The step-by-step recorder gives exactly what stacking every step's logits gave
+    (the previous implementation, which held B x T x V floats)."""
+    model, tok = tiny
+    backend = HFPolicy(HFPolicy.Options(), BuildContext(model=model, tokenizer=tok))
+    ps = prompts(tok)
+    params = SamplingParams(n=2, max_new_tokens=9, temperature=0.7)
+    torch.manual_seed(3)
+    out = backend.generate(ps, params)
+    flat = [p for p in ps for _ in range(2)]
+    width = max(len(p) for p in flat)
+    ids = torch.full((len(flat), width), tok.pad_token_id)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(flat):
+        ids[i, width - len(p) :] = torch.tensor(p)
+        mask[i, width - len(p) :] = 1
+    torch.manual_seed(3)
+    with torch.no_grad():
+        ref = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=9,
+            do_sample=True,
+            temperature=0.7,
+            top_p=1.0,
+            top_k=0,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=backend.eos_ids,
+            output_logits=True,
+            return_dict_in_generate=True,
+        )
+    new = ref.sequences[:, width:]
+    logits = torch.stack(ref.logits, dim=1).float() / 0.7
+    full = torch.log_softmax(logits, -1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
+    comps = [c for g in out for c in g]
+    for i, c in enumerate(comps):
+        assert c.token_ids == new[i, : len(c.token_ids)].tolist()
+        assert torch.allclose(torch.tensor(c.logprobs), full[i, : len(c.logprobs)], atol=1e-6)
+
+
+def test_model_generation_config_cannot_skew_the_sampled_distribution(tiny):
+    """A shipped generation_config with a repetition penalty or a minimum length would make
+    the sampler draw from a distribution the trainer never computes; it is neutralised, so
+    the sampler's log-probs still equal the trainer's recompute."""
+    model, tok = tiny
+    saved = model.generation_config.to_dict()
+    model.generation_config.repetition_penalty = 3.0
+    model.generation_config.min_new_tokens = 6
+    try:
+        backend = HFPolicy(HFPolicy.Options(), BuildContext(model=model, tokenizer=tok))
+        torch.manual_seed(0)
+        ps = prompts(tok)
+        out = backend.generate(ps, SamplingParams(n=3, max_new_tokens=10))
+    finally:
+        model.generation_config.repetition_penalty = saved.get("repetition_penalty", 1.0)
+        model.generation_config.min_new_tokens = saved.get("min_new_tokens")
+    rows = [
+        TrainRow(0, ps[i], c.token_ids, c.logprobs, False, 0.0)
+        for i, g in enumerate(out)
+        for c in g
+    ]
+    batch = collate(rows, tok.pad_token_id)
+    with torch.no_grad():
+        recomputed, _ = forward_response(model, batch, 1.0)
+    assert ((recomputed - batch.old_logprobs).abs() * batch.response_mask).max() < 1e-4

@@ -132,6 +132,12 @@ def test_missing_file_and_yaml_syntax_error(tmp_path):
         ),
         (["model.path=./does/not/exist"], "model.path", "not found"),
         (["algorithm.loss.tis_cap=2"], "algorithm.loss.tis_cap", "recompute"),
+        (
+            ["algorithm.max_tokens_per_micro_batch=511"],
+            "algorithm.max_tokens_per_micro_batch",
+            "at least 512",
+        ),
+        (["model.dtype=float16"], "model.dtype", "loss scaling"),
     ],
 )
 def test_cross_field_checks(tmp_path, override, path, needle):

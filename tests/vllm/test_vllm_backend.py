@@ -8,8 +8,8 @@ from cgrpo.builtins.policies.hf import HFPolicy
 from cgrpo.errors import TrainingError
 from cgrpo.interfaces import BuildContext
 from cgrpo.recipe.validate import validate_recipe
+from cgrpo.train.logprobs import forward_response
 from cgrpo.train.mixing import TrainRow, collate
-from cgrpo.train.update import forward_response
 from cgrpo.types import SamplingParams
 
 
@@ -54,7 +54,7 @@ def test_shapes_eos_and_logprob_agreement(engine):
             rows.append(TrainRow(0, ps[i], c.token_ids, c.logprobs, False, 0.0))
     batch = collate(rows, tok.pad_token_id)
     with torch.no_grad():
-        trainer, _ = forward_response(model, batch, 0.8, entropy=False)
+        trainer, _ = forward_response(model, batch, 0.8)
     diff = ((trainer - batch.old_logprobs).abs() * batch.response_mask).max().item()
     assert diff < 1e-3, f"vLLM and trainer log-probs differ by {diff}"
 

@@ -34,16 +34,24 @@ class Built:
     prompts: PromptBuilder
     skipped_long: int
     eval_problems: list[Problem]
+    precision: Any = None
 
 
 def build(recipe: Recipe, registries: Any, run_dir: Path | None) -> Built:
     """Build everything a run needs, in dependency order."""
     from cgrpo.train import distributed
     from cgrpo.train.model import load_policy
+    from cgrpo.train.precision import Precision
 
     model, tokenizer, device = load_policy(recipe.model, device=distributed.local_device())
+    precision = Precision.from_recipe(recipe.model.dtype, device)
     ctx = BuildContext(
-        run_dir=run_dir, seed=recipe.run.seed, model=model, tokenizer=tokenizer, recipe=recipe
+        run_dir=run_dir,
+        seed=recipe.run.seed,
+        model=model,
+        tokenizer=tokenizer,
+        recipe=recipe,
+        precision=precision,
     )
     task = registries["task"].build(recipe.data.task.name, recipe.data.task.options, ctx)
     problems = task.load()
@@ -88,6 +96,7 @@ def build(recipe: Recipe, registries: Any, run_dir: Path | None) -> Built:
         prompts,
         skipped,
         eval_problems,
+        precision,
     )
 
 

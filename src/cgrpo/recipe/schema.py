@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -58,8 +58,11 @@ class ModelConfig(Section):
     """The policy model being trained."""
 
     path: str = Field(description="local directory (or hub id) of a transformers model")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="weights and compute dtype (bfloat16 on GPU)"
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32",
+        description="compute dtype of forward and backward (bfloat16 on GPU: matmuls under "
+        "autocast); trainable weights, gradients and AdamW state stay float32 (master "
+        "weights) either way, see docs/scaling.md",
     )
     device: str = Field("auto", description="'auto' (CUDA if present, else CPU), 'cpu', 'cuda:0'")
     max_length: int = Field(
@@ -70,6 +73,16 @@ class ModelConfig(Section):
     create: TinyModelSpec | None = Field(
         None, description="create a tiny model at `path` if it does not exist"
     )
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _no_float16(cls, value: Any) -> Any:
+        if value == "float16":
+            raise ValueError(
+                "float16 compute needs dynamic loss scaling, which cgrpo does not implement; "
+                "use bfloat16 (GPUs since Ampere) or float32"
+            )
+        return value
 
 
 class PromptConfig(Section):
@@ -187,6 +200,19 @@ class AlgorithmConfig(Section):
         1, ge=1, description="optimizer updates per rollout (mini-batches; released code: 2)"
     )
     micro_batch_size: int = Field(8, ge=1, description="sequences per forward/backward pass")
+    max_tokens_per_micro_batch: int | None = Field(
+        None,
+        ge=1,
+        description="also cap a micro-batch by padded tokens (rows x longest prompt+response): "
+        "short responses share a pass, long ones get their own (dynamic batching); must be "
+        ">= model.max_length; null = cap by micro_batch_size only",
+    )
+    logprob_chunk_tokens: int = Field(
+        512,
+        ge=1,
+        description="response tokens projected to the vocabulary at once when computing "
+        "log-probs and entropy; the (B, T, V) logits are never materialised",
+    )
     old_logprobs: Literal["sampler", "recompute"] = Field(
         "sampler",
         description="'sampler': the sampler's log-probs are the old log-probs (exact for hf); "

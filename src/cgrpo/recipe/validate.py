@@ -188,6 +188,16 @@ def cross_issues(r: Recipe) -> list[ConfigIssue]:
                 )
             )
     budget = r.model.max_length
+    cap = a.max_tokens_per_micro_batch
+    if cap is not None and cap < budget:
+        out.append(
+            ConfigIssue(
+                "algorithm.max_tokens_per_micro_batch",
+                f"{cap} is less than model.max_length {budget}: the longest sequence "
+                "would not fit a micro-batch of its own",
+                f"set it to at least {budget}",
+            )
+        )
     prompt = r.data.prompt.max_prompt_tokens
     new = r.sampling.max_new_tokens
     if prompt + new > budget:

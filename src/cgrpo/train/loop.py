@@ -42,12 +42,14 @@ from cgrpo.train.checkpoint import (
     save_checkpoint,
 )
 from cgrpo.train.data import DataStream
+from cgrpo.train.logprobs import forward_response
 from cgrpo.train.loss import LossConfig
 from cgrpo.train.metrics import Console, JsonlWriter, rollout_metrics, sample_lines
-from cgrpo.train.mixing import TrainRow, collate
+from cgrpo.train.mixing import TrainRow
 from cgrpo.train.model import eos_token_ids
+from cgrpo.train.precision import frozen_copy
 from cgrpo.train.rollout import Rollout, RolloutSettings, rollout
-from cgrpo.train.update import UpdateSettings, forward_response, make_optimizer, update_policy
+from cgrpo.train.update import UpdateSettings, make_optimizer, micro_batches, update_policy
 from cgrpo.types import SamplingParams
 
 
@@ -147,12 +149,13 @@ class Trainer:
             temperature=s.temperature,
             loss=loss_config(r),
             grad_clip=r.optim.grad_clip,
+            max_tokens_per_micro_batch=a.max_tokens_per_micro_batch,
+            logprob_chunk_tokens=a.logprob_chunk_tokens,
+            precision=built.precision,
         )
         self.ref_model = None
         if a.loss.kl_coef > 0:  # KL 0 loads no reference model
-            import copy
-
-            self.ref_model = copy.deepcopy(built.model).eval().requires_grad_(False)
+            self.ref_model = frozen_copy(built.model, built.precision)
         self.step_done = 0
         self.nonfinite_in_a_row = 0
         self.best: tuple[float, int] | None = None  # (value of train.keep_best, step)
@@ -183,16 +186,16 @@ class Trainer:
 
     def recompute_old_logprobs(self, rows: list[TrainRow]) -> None:
         """Old log-probs from the trainer's model (for samplers whose numbers differ)."""
-        mb = self.update_settings.micro_batch_size
+        settings = self.update_settings
         initial = [r for r in rows if not r.is_refinement]
-        with torch.no_grad():
-            for start in range(0, len(initial), mb):
-                chunk = initial[start : start + mb]
+        with torch.no_grad(), settings.precision.autocast():
+            for chunk, batch in micro_batches(initial, settings, self.pad_id):
                 lp, _ = forward_response(
                     self.b.model,
-                    collate(chunk, self.pad_id),
-                    self.update_settings.temperature,
-                    False,
+                    batch,
+                    settings.temperature,
+                    "none",
+                    settings.logprob_chunk_tokens,
                 )
                 for r, row_lp in zip(chunk, lp.cpu().tolist(), strict=True):
                     r.sampler_logprobs = r.old_logprobs

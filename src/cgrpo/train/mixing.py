@@ -183,3 +183,38 @@ def collate(rows: Sequence[TrainRow], pad_id: int) -> Batch:
         rewards=torch.tensor([r.reward for r in rows], dtype=torch.float32),
         sampler_logprobs=sampler,
     )
+
+
+def pack_micro_batches(
+    lengths: Sequence[tuple[int, int]], max_seqs: int, max_tokens: int | None = None
+) -> list[list[int]]:
+    """Group rows into micro-batches; returns the row indices of each.
+
+    ``lengths`` holds each row's (prompt length, response length). Rows are taken longest
+    first (prompt + response; ties in input order) and added to the current micro-batch
+    while it has fewer than ``max_seqs`` rows and its padded size stays within
+    ``max_tokens``. The padded size of a micro-batch is what :func:`collate` allocates:
+    rows x (longest prompt + longest response). A row longer than ``max_tokens`` on its
+    own gets a micro-batch of its own (validation keeps the cap >= model.max_length, so
+    this does not happen in a run).
+    """
+    if max_seqs < 1:
+        raise ValueError(f"max_seqs must be >= 1, got {max_seqs}")
+    order = sorted(range(len(lengths)), key=lambda i: -(lengths[i][0] + lengths[i][1]))
+    plan: list[list[int]] = []
+    current: list[int] = []
+    width_p = width_r = 0
+    for i in order:
+        p, r = lengths[i]
+        wp, wr = max(width_p, p), max(width_r, max(1, r))
+        fits = len(current) < max_seqs and (
+            max_tokens is None or (len(current) + 1) * (wp + wr) <= max_tokens
+        )
+        if current and not fits:
+            plan.append(current)
+            current, wp, wr = [], p, max(1, r)
+        current.append(i)
+        width_p, width_r = wp, wr
+    if current:
+        plan.append(current)
+    return plan

@@ -10,8 +10,6 @@ from cgrpo.errors import TrainingError
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
-
 
 def resolve_device(name: str) -> Any:
     """'auto' -> CUDA when available, else CPU; anything else is passed to torch.device."""
@@ -39,9 +37,13 @@ def eos_token_ids(generation_config: Any, tokenizer: Any) -> list[int]:
 def load_policy(model_cfg: Any, device: str | None = None) -> tuple[Any, Any, Any]:
     """``(model, tokenizer, device)`` for ``recipe.model``; the model is in train mode.
 
-    ``device`` overrides ``model_cfg.device`` (each torchrun rank uses its own GPU)."""
-    import torch
+    The weights are loaded in float32 whatever ``model.dtype`` says: they are the master
+    weights the optimizer updates, and ``model.dtype`` is the compute dtype applied by
+    autocast (:mod:`cgrpo.train.precision`). ``device`` overrides ``model_cfg.device``
+    (each torchrun rank uses its own GPU)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cgrpo.train.precision import MASTER_DTYPE
 
     path = Path(model_cfg.path).expanduser()
     if model_cfg.create is not None and not (path / "config.json").exists():
@@ -51,13 +53,12 @@ def load_policy(model_cfg: Any, device: str | None = None) -> tuple[Any, Any, An
         create_tiny_model(path, **model_cfg.create.model_dump())
     source = str(path) if path.exists() else model_cfg.path
     device = resolve_device(device or model_cfg.device)
-    dtype = getattr(torch, _DTYPES[model_cfg.dtype])
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             source, trust_remote_code=model_cfg.trust_remote_code
         )
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code
+            source, dtype=MASTER_DTYPE, trust_remote_code=model_cfg.trust_remote_code
         )
     except OSError as exc:
         raise TrainingError(

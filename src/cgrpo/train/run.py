@@ -131,6 +131,7 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
                 recipe.run.seed,
                 on_sft,
                 critic=built.critic,
+                precision=built.precision,
             )
             if out is not None:
                 out.close()

@@ -20,9 +20,10 @@ from typing import Any
 import torch
 
 from cgrpo.errors import DataError
+from cgrpo.train.logprobs import forward_response
 from cgrpo.train.mixing import TrainRow, collate
+from cgrpo.train.precision import FULL, Precision
 from cgrpo.train.prompts import PromptBuilder
-from cgrpo.train.update import forward_response
 from cgrpo.types import CritiqueRequest, Problem, Verdict
 
 
@@ -35,8 +36,12 @@ def sft_warmup(
     seed: int,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     critic: Any = None,
+    precision: Precision = FULL,
 ) -> list[dict[str, float]]:
-    """Run ``cfg.steps`` AdamW steps of supervised fine-tuning; returns per-step metrics."""
+    """Run ``cfg.steps`` AdamW steps of supervised fine-tuning; returns per-step metrics.
+
+    Forward passes run under ``precision``'s autocast; the parameters and AdamW state stay
+    in their (float32 master) dtype."""
     with_solution = [p for p in problems if p.solution]
     if not with_solution:
         raise DataError(
@@ -74,7 +79,8 @@ def sft_warmup(
                 rows[prob.id] = TrainRow(0, prompts.prompt_ids(prob), ids, None, False, 0.0)
             batch_rows.append(rows[prob.id])
         batch = collate(batch_rows, tokenizer.pad_token_id)
-        lp, _ = forward_response(model, batch, temperature=1.0, entropy=False)
+        with precision.autocast():
+            lp, _ = forward_response(model, batch, temperature=1.0)
         mask = batch.response_mask.to(lp.device)
         loss = -(lp * mask).sum() / mask.sum()
         opt.zero_grad(set_to_none=True)

@@ -2,8 +2,14 @@
 accumulation, grad-norm clipping, one optimizer step per mini-batch (ALGORITHM.md 2.8-2.9).
 
 Each micro-batch's loss is its exact share of the mini-batch loss (the aggregation gets the
-mini-batch token and sequence counts), so the accumulated gradient does not depend on the
-micro-batch size.
+mini-batch token and sequence counts), so the accumulated gradient does not depend on how
+the mini-batch is cut into micro-batches. Micro-batches are packed longest first, capped by
+a sequence count (``micro_batch_size``) and optionally by padded tokens
+(``max_tokens_per_micro_batch``, "dynamic batching"), and each is padded only to its own
+longest row, so long and short responses use the memory they need.
+
+Precision: forward and backward run under the recipe's autocast (bf16 matmuls), while the
+parameters, gradients and AdamW state stay float32 (:mod:`cgrpo.train.precision`).
 """
 
 from __future__ import annotations
@@ -17,8 +23,10 @@ from typing import Any
 import torch
 
 from cgrpo.train import distributed
-from cgrpo.train.loss import LossConfig, entropy_from_logits, policy_loss, token_logprobs
-from cgrpo.train.mixing import Batch, TrainRow, collate
+from cgrpo.train.logprobs import DEFAULT_CHUNK_TOKENS, forward_response
+from cgrpo.train.loss import LossConfig, policy_loss
+from cgrpo.train.mixing import Batch, TrainRow, collate, pack_micro_batches
+from cgrpo.train.precision import FULL, Precision
 
 
 @dataclass(frozen=True)
@@ -28,28 +36,26 @@ class UpdateSettings:
     temperature: float
     loss: LossConfig
     grad_clip: float | None
+    max_tokens_per_micro_batch: int | None = None
+    logprob_chunk_tokens: int = DEFAULT_CHUNK_TOKENS
+    precision: Precision = FULL
 
 
-def forward_response(
-    model: Any, batch: Batch, temperature: float, entropy: bool
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs (B, T) of the batch's response tokens, and their entropies if asked.
-
-    Only the logits of the last T+1 positions are computed (``logits_to_keep``): position
-    ``prompt_len - 1 + t`` predicts response token t.
-    """
-    device = next(model.parameters()).device
-    t = batch.response_ids.shape[1]
-    out = model(
-        input_ids=batch.input_ids.to(device),
-        attention_mask=batch.attention_mask.to(device),
-        position_ids=batch.position_ids.to(device),
-        use_cache=False,
-        logits_to_keep=t + 1,
+def micro_batches(
+    rows: Sequence[TrainRow], settings: UpdateSettings, pad_id: int
+) -> list[tuple[list[TrainRow], Batch]]:
+    """The micro-batches of ``rows`` as (rows, padded batch), packed by
+    :func:`pack_micro_batches` under the settings' sequence and token caps."""
+    plan = pack_micro_batches(
+        [(len(r.prompt_ids), len(r.response_ids)) for r in rows],
+        settings.micro_batch_size,
+        settings.max_tokens_per_micro_batch,
     )
-    logits = out.logits[:, :-1, :] / temperature
-    logprobs = token_logprobs(logits, batch.response_ids.to(device))
-    return logprobs, (entropy_from_logits(logits) if entropy else None)
+    out = []
+    for idx in plan:
+        chunk = [rows[i] for i in idx]
+        out.append((chunk, collate(chunk, pad_id)))
+    return out
 
 
 def _sampler_mismatch(logprobs: torch.Tensor, micro: Batch, dev: Any) -> dict[str, float]:
@@ -95,25 +101,30 @@ def update_policy(
 ) -> dict[str, float]:
     """Run ``updates_per_step`` optimizer steps over ``rows``; returns update metrics."""
     cfg = settings.loss
-    need_entropy = True  # per-kind entropy is always logged; the bonus uses it when coef > 0
+    # per-kind entropy is always logged (no gradient); the bonus needs its graph
+    entropy_mode = "loss" if cfg.entropy_coef else "metric"
     per_minibatch: list[dict[str, float]] = []
     skipped = 0
     first_micro = True
     model.train()
+    chunk = settings.logprob_chunk_tokens
     for mini_rows in split_groups(rows, settings.updates_per_step):
-        mini = collate(mini_rows, pad_id)
         # global counts: with several processes each rank's loss is its share of the whole
-        num_tokens = distributed.sum_scalar(float(mini.response_mask.sum()))
-        num_seqs = distributed.sum_scalar(float((mini.response_mask.sum(-1) > 0).sum()))
+        num_tokens = distributed.sum_scalar(float(sum(len(r.response_ids) for r in mini_rows)))
+        num_seqs = distributed.sum_scalar(float(sum(1 for r in mini_rows if r.response_ids)))
         micro_metrics: list[dict[str, float]] = []
         optimizer.zero_grad(set_to_none=True)
-        for start in range(0, len(mini), settings.micro_batch_size):
-            micro = mini.select(slice(start, start + settings.micro_batch_size))
-            logprobs, entropy = forward_response(model, micro, settings.temperature, need_entropy)
-            ref = None
-            if cfg.kl_coef and ref_model is not None:
-                with torch.no_grad():
-                    ref, _ = forward_response(ref_model, micro, settings.temperature, False)
+        for _, micro in micro_batches(mini_rows, settings, pad_id):
+            with settings.precision.autocast():
+                logprobs, entropy = forward_response(
+                    model, micro, settings.temperature, entropy_mode, chunk
+                )
+                ref = None
+                if cfg.kl_coef and ref_model is not None:
+                    with torch.no_grad():
+                        ref, _ = forward_response(
+                            ref_model, micro, settings.temperature, "none", chunk
+                        )
             dev = logprobs.device
             if first_micro:  # before any update: trainer vs sampler on identical weights
                 micro_metrics.append(_sampler_mismatch(logprobs, micro, dev))

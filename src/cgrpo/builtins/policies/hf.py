@@ -5,6 +5,15 @@ the same code on CPU with a tiny model and on one GPU with a real one. Log-proba
 are taken from the raw logits of each generation step divided by the temperature (no
 top-p/top-k renormalisation), the same quantity the trainer recomputes, so the sampler's
 log-probs serve as the old log-probs of the update.
+
+Memory: a logits processor records the sampled token's log-prob step by step (it sees
+step t's logits, and step t's token when it is called at step t+1), so only one step's
+(B, V) scores are alive at a time; asking ``generate`` for every step's logits would hold
+B x T x V floats (220 GiB at 64 x 6,144 x 151,936). Generation runs under the trainer's
+autocast (bf16 matmuls over float32 master weights, each weight cast once per call).
+Sampling settings the model's own ``generation_config`` may carry (repetition penalty,
+minimum length, ...) are neutralised: they would sample from a distribution the trainer
+does not compute.
 """
 
 from __future__ import annotations
@@ -16,6 +25,64 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cgrpo.train.model import eos_token_ids
 from cgrpo.types import Completion, SamplingParams
+
+# generation_config entries that would change the sampled distribution away from
+# softmax(logits / T) with top-p/top-k; a model's shipped config may set them
+_NEUTRAL_GENERATION = dict(
+    repetition_penalty=1.0,
+    no_repeat_ngram_size=0,
+    min_new_tokens=0,
+    bad_words_ids=None,
+    suppress_tokens=None,
+    begin_suppress_tokens=None,
+    sequence_bias=None,
+    forced_bos_token_id=None,
+    forced_eos_token_id=None,
+    exponential_decay_length_penalty=None,
+    renormalize_logits=False,
+    min_p=None,
+    typical_p=1.0,
+    epsilon_cutoff=0.0,
+    eta_cutoff=0.0,
+)
+
+
+class SampledLogprobRecorder:
+    """A transformers logits processor that records log softmax(logits / T) of each
+    sampled token without keeping all steps' logits.
+
+    ``generate`` calls it once per step with the sequences so far and that step's raw
+    scores (float32, before the sampling warpers); the token chosen at step t is the
+    last column of ``input_ids`` at step t+1. :meth:`finish` takes the last step's.
+    """
+
+    def __init__(self, temperature: float):
+        self.temperature = temperature
+        self.pending = None  # log-softmax of the previous step, (B, V)
+        self.columns: list = []  # per step, (B,) log-probs of the sampled tokens
+
+    def _take(self, tokens) -> None:
+        if self.pending is not None:
+            self.columns.append(self.pending.gather(-1, tokens.unsqueeze(-1)).squeeze(-1))
+            self.pending = None
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        if self.pending is not None:
+            self._take(input_ids[:, -1])
+        self.pending = torch.log_softmax(scores.float() / self.temperature, dim=-1)
+        return scores
+
+    def finish(self, new_tokens):
+        """(B, T) log-probs of ``new_tokens`` (B, T), the generated part of the sequences."""
+        import torch
+
+        if new_tokens.shape[1] > len(self.columns):
+            self._take(new_tokens[:, len(self.columns)].to(self.pending.device))
+        if not self.columns:
+            return torch.zeros(new_tokens.shape, dtype=torch.float32)
+        return torch.stack(self.columns, dim=1).cpu()
 
 
 class HFPolicy:
@@ -33,6 +100,9 @@ class HFPolicy:
         self.options = options
         self.model = context.model
         self.tokenizer = context.tokenizer
+        from cgrpo.train.precision import FULL
+
+        self.precision = context.precision or FULL
         self.eos_ids = eos_token_ids(self.model.generation_config, self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
@@ -68,6 +138,7 @@ class HFPolicy:
 
     def _generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
         import torch
+        from transformers import LogitsProcessorList
 
         device = next(self.model.parameters()).device
         width = max(len(p) for p in prompts)
@@ -77,12 +148,14 @@ class HFPolicy:
             ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
             mask[i, width - len(p) :] = 1
         sample = not params.greedy
+        recorder = SampledLogprobRecorder(params.temperature if sample else 1.0)
         kwargs: dict[str, Any] = dict(
+            _NEUTRAL_GENERATION,
             max_new_tokens=params.max_new_tokens,
             do_sample=sample,
             pad_token_id=self.pad_id,
             eos_token_id=self.eos_ids,
-            output_logits=True,
+            logits_processor=LogitsProcessorList([recorder]),
             return_dict_in_generate=True,
         )
         if sample:
@@ -92,16 +165,14 @@ class HFPolicy:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), self.precision.autocast():
                 result = self.model.generate(
                     input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs
                 )
         finally:
             self.model.train(was_training)
+        logprobs = recorder.finish(result.sequences[:, width:])
         new = result.sequences[:, width:].cpu()
-        temperature = params.temperature if sample else 1.0
-        logits = torch.stack(result.logits, dim=1).float().cpu() / temperature  # (B, T, V)
-        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
         eos = set(self.eos_ids)
         completions = []
         for row, lp in zip(new.tolist(), logprobs.tolist(), strict=True):

@@ -196,9 +196,13 @@ class VLLMPolicy:
             raise ValueError("the vllm backend needs the trainer's model and the recipe")
         import torch
 
+        from cgrpo.train.precision import FULL
+
         self.options = options
         self.model = context.model
         self.tokenizer = context.tokenizer
+        self.precision = context.precision or FULL  # the trainer's autocast, for the probe
+        self.pad_id = self.tokenizer.pad_token_id or 0
         recipe = context.recipe
         self.on_gpu = torch.cuda.is_available() and next(self.model.parameters()).is_cuda
         self.sampler = VLLMSampler(
@@ -283,6 +287,9 @@ class VLLMPolicy:
         import torch
         from vllm import SamplingParams as VSP
 
+        from cgrpo.train.logprobs import forward_response
+        from cgrpo.train.mixing import TrainRow, collate
+
         prompt, completion = self.sampler.last  # type: ignore[misc]
         out = self.llm.generate(
             [{"prompt_token_ids": prompt + completion}],
@@ -292,16 +299,10 @@ class VLLMPolicy:
         engine = [
             next(iter(d.values())).logprob if d else 0.0 for d in out.prompt_logprobs[len(prompt) :]
         ]
-        device = next(model.parameters()).device
-        ids = torch.tensor([prompt + completion], device=device)
-        with torch.no_grad():
-            logits = model(input_ids=ids, use_cache=False).logits[0, len(prompt) - 1 : -1].float()
-        trainer = (
-            torch.log_softmax(logits, -1)
-            .gather(-1, torch.tensor(completion, device=device).unsqueeze(-1))
-            .squeeze(-1)
-        )
-        return float((trainer.cpu() - torch.tensor(engine)).abs().max())
+        row = TrainRow(0, list(prompt), list(completion), None, False, 0.0)
+        with torch.no_grad(), self.precision.autocast():
+            trainer, _ = forward_response(model, collate([row], self.pad_id), 1.0)
+        return float((trainer[0].cpu() - torch.tensor(engine)).abs().max())
 
     def telemetry(self) -> dict[str, float]:
         return dict(self.stats)

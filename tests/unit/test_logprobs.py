@@ -1,0 +1,109 @@
+"""Chunked log-probs and entropy equal the full (B, T, V) computation, gradients included."""
+
+import pytest
+import torch
+
+from cgrpo.train.logprobs import (
+    chunked_token_stats,
+    forward_response,
+    full_logits_forward,
+    split_head,
+)
+from cgrpo.train.mixing import TrainRow, collate
+
+
+@pytest.fixture(scope="module")
+def model_and_batch(tiny):
+    model, tok = tiny
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for i in range(5):  # ragged prompts and responses, initial and refinement rows
+        prompt = tok.encode(f"What is {i} + {3 * i}?" + " Think." * (i % 3))
+        response = torch.randint(3, len(tok), (2 + 4 * i,), generator=g).tolist()
+        rows.append(TrainRow(i // 2, prompt, response, None, i == 4, 0.0))
+    return model, collate(rows, tok.pad_token_id)
+
+
+def _run(fn, model, batch, temperature, entropy, **kw):
+    """Values and parameter gradients of a loss that uses log-probs and entropy."""
+    model.zero_grad(set_to_none=True)
+    lp, ent = fn(model, batch, temperature, entropy, **kw)
+    mask = batch.response_mask
+    weights = torch.linspace(-1.0, 2.0, mask.numel()).view(mask.shape)
+    loss = (lp * weights * mask).sum()
+    if entropy == "loss":
+        loss = loss - 0.3 * (ent * mask).sum()
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return lp.detach(), (None if ent is None else ent.detach()), grads
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 4096])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_chunked_equals_full_values_and_gradients(model_and_batch, chunk, temperature):
+    model, batch = model_and_batch
+    full = _run(full_logits_forward, model, batch, temperature, "loss")
+    chunked = _run(forward_response, model, batch, temperature, "loss", chunk_tokens=chunk)
+    mask = batch.response_mask.bool()
+    assert (full[0] - chunked[0])[mask].abs().max() < 1e-5
+    assert (full[1] - chunked[1])[mask].abs().max() < 1e-5
+    assert chunked[0][~mask].abs().max() == 0  # padding is never projected
+    assert full[2].keys() == chunked[2].keys() and len(full[2]) > 0
+    for name, grad in full[2].items():
+        scale = max(1.0, grad.abs().max().item())
+        assert (grad - chunked[2][name]).abs().max() / scale < 1e-5, name
+
+
+def test_entropy_only_where_used(model_and_batch):
+    model, batch = model_and_batch
+    lp, ent = forward_response(model, batch, 1.0, "none")
+    assert ent is None and lp.requires_grad
+    lp, ent = forward_response(model, batch, 1.0, "metric")
+    assert not ent.requires_grad  # measured for the per-kind metrics, no graph kept
+    ref_lp, ref_ent = full_logits_forward(model, batch, 1.0, "metric")
+    mask = batch.response_mask.bool()
+    assert (ent - ref_ent)[mask].abs().max() < 1e-5
+    assert (lp - ref_lp)[mask].abs().max() < 1e-5
+    _, ent = forward_response(model, batch, 1.0, "loss")
+    assert ent.requires_grad
+
+
+def test_uniform_logits_worked_example():
+    """Zero weights give uniform logits over V=4: log-prob log(1/4) = -1.3863 and entropy
+    log 4 = 1.3863 for every token, whatever the chunking."""
+    head = torch.nn.Linear(3, 4, bias=False)
+    torch.nn.init.zeros_(head.weight)
+    hidden = torch.randn(5, 3)
+    lp, ent = chunked_token_stats(hidden, torch.tensor([0, 1, 2, 3, 0]), head, 1.0, "metric", 2)
+    assert torch.allclose(lp, torch.full((5,), -1.3862944))
+    assert torch.allclose(ent, torch.full((5,), 1.3862944))
+
+
+def test_backward_keeps_no_full_logits():
+    """Under autograd each chunk is checkpointed: what the graph saves is the hidden states
+    and the weight, never a (tokens x V) tensor."""
+    n, h, v, chunk = 64, 8, 1000, 16
+    head = torch.nn.Linear(h, v)
+    hidden = torch.randn(n, h, requires_grad=True)
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        lp, ent = chunked_token_stats(hidden, torch.randint(0, v, (n,)), head, 1.0, "loss", chunk)
+    assert max(saved) < chunk * v  # nothing as large as even one chunk's logits
+    (lp.sum() + ent.sum()).backward()
+    assert hidden.grad is not None and head.weight.grad is not None
+
+
+def test_heads_that_are_not_a_plain_projection_use_the_full_path(tiny):
+    model, _ = tiny
+    assert split_head(model) is not None
+    model.config.final_logit_softcapping = 30.0
+    try:
+        assert split_head(model) is None  # forward_response then uses the model's own logits
+    finally:
+        model.config.final_logit_softcapping = None
