@@ -107,3 +107,26 @@ def test_heads_that_are_not_a_plain_projection_use_the_full_path(tiny):
         assert split_head(model) is None  # forward_response then uses the model's own logits
     finally:
         model.config.final_logit_softcapping = None
+
+
+def test_chunked_backward_under_bf16_autocast_tracks_the_full_path(model_and_batch):
+    """The hand-written backward runs its matmuls under the autocast forward saw: with bf16
+    compute it agrees with autograd through the model's own logits to bf16 rounding."""
+    from cgrpo.train.precision import Precision
+
+    model, batch = model_and_batch
+    with Precision(torch.bfloat16, "cpu").autocast():
+        full = _run(full_logits_forward, model, batch, 0.7, "loss")
+        chunked = _run(forward_response, model, batch, 0.7, "loss", chunk_tokens=5)
+    mask = batch.response_mask.bool()
+    assert (full[0] - chunked[0])[mask].abs().max() < 2e-2
+    num = sum(float((full[2][n] - chunked[2][n]).norm() ** 2) for n in full[2]) ** 0.5
+    den = sum(float(full[2][n].norm() ** 2) for n in full[2]) ** 0.5
+    assert num / den < 2e-2
+
+
+def test_recipe_default_chunk_is_the_library_default():
+    from cgrpo.recipe.schema import AlgorithmConfig
+    from cgrpo.train.logprobs import DEFAULT_CHUNK_TOKENS
+
+    assert AlgorithmConfig().logprob_chunk_tokens == DEFAULT_CHUNK_TOKENS

@@ -7,9 +7,10 @@ keep another. Instead:
 1. run the decoder body to its final hidden states (B, L, H);
 2. keep only the H-vectors of real response tokens (padding is never projected);
 3. project them through the output layer ``chunk_tokens`` tokens at a time, taking
-   log-softmax / gather / entropy in float32 per chunk. Under autograd each chunk is
-   checkpointed: backward recomputes that chunk's logits, so at most one chunk's logits
-   are alive at any time (peak ~ ``chunk_tokens x V`` floats, times a few temporaries).
+   log-softmax / gather / entropy in float32 per chunk. Backward (a hand-written autograd
+   function) recomputes each chunk's logits and builds their gradient in place, so at most
+   one chunk's logits exist at any time: peak ~3 x ``chunk_tokens x V`` floats in forward,
+   2 x in backward.
 
 The result equals the full computation (:func:`full_logits_forward`, kept as the reference
 for tests and as the path for output layers this module does not know) to float32
@@ -28,7 +29,6 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from cgrpo.train.loss import entropy_from_logits, token_logprobs
 from cgrpo.train.mixing import Batch
@@ -65,24 +65,114 @@ def split_head(model: Any) -> tuple[Any, torch.nn.Linear] | None:
     return decoder, head
 
 
-def _chunk_stats(
-    hidden: torch.Tensor,
-    targets: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    temperature: float,
-    entropy: EntropyMode,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log-prob of each target, entropy) for one chunk of hidden states (C, H)."""
-    logits = F.linear(hidden, weight, bias).float() / temperature  # (C, V), float32
-    logz = torch.logsumexp(logits, dim=-1)
-    logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
-    if entropy == "none":
-        return logprobs, logprobs.new_zeros(())
-    with torch.set_grad_enabled(entropy == "loss" and torch.is_grad_enabled()):
-        probs = torch.exp(logits - logz.unsqueeze(-1))
-        ent = logz - (probs * logits).sum(dim=-1)
-    return logprobs, ent
+def _logits(hidden: torch.Tensor, weight, bias, temperature: float) -> torch.Tensor:
+    """float32 logits / T of one chunk (the matmul in the autocast dtype, if any)."""
+    logits = F.linear(hidden, weight, bias).float()
+    return logits.div_(temperature) if temperature != 1.0 else logits
+
+
+def _forward_chunks(hidden, weight, bias, targets, temperature, chunk_tokens, with_entropy):
+    """(log-probs, log-normalisers, entropies or None) of N tokens, chunk by chunk.
+
+    Per chunk at most three (chunk x V) float32 buffers live at once: the logits, the
+    log-sum-exp's temporary, then the probabilities for the entropy."""
+    n = hidden.shape[0]
+    lps = torch.empty(n, dtype=torch.float32, device=hidden.device)
+    logzs = torch.empty_like(lps)
+    ents = torch.empty_like(lps) if with_entropy else None
+    for s in range(0, n, chunk_tokens):
+        e = min(n, s + chunk_tokens)
+        z = _logits(hidden[s:e], weight, bias, temperature)
+        logz = torch.logsumexp(z, dim=-1)
+        lps[s:e] = z.gather(-1, targets[s:e].unsqueeze(-1)).squeeze(-1) - logz
+        logzs[s:e] = logz
+        if ents is not None:
+            logp = z.sub_(logz.unsqueeze(-1))  # in place: z is now log p
+            p = logp.exp()
+            # H = -sum p log p, as a batched dot product (no p * log p buffer)
+            ents[s:e] = -torch.bmm(p.unsqueeze(1), logp.unsqueeze(-1)).view(-1)
+        del z
+    return lps, logzs, ents
+
+
+class _ChunkedHeadStats(torch.autograd.Function):
+    """Log-probs and entropies of N tokens from hidden states (N, H) through a linear output
+    layer, chunk by chunk, with a hand-written backward that recomputes each chunk's logits.
+
+    Gradient of ``g_lp * log p[y] + g_ent * H`` with respect to the logits z (divided by T
+    for the pre-temperature logits), with p = softmax(z) and H = -sum p log p:
+    ``g_lp * (onehot(y) - p) - g_ent * p * (log p + H)``, built in place in the buffer
+    of p: two (chunk x V) buffers per chunk in backward, where autograd would keep five.
+    The matmuls of backward run under the autocast state that forward saw."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, temperature, chunk_tokens, entropy):
+        device_type = hidden.device.type
+        ctx.autocast = (
+            device_type,
+            torch.is_autocast_enabled(device_type),
+            torch.get_autocast_dtype(device_type),
+        )
+        lps, logzs, ents = _forward_chunks(
+            hidden, weight, bias, targets, temperature, chunk_tokens, entropy != "none"
+        )
+        if ents is None:
+            ents = lps.new_empty(0)
+        ctx.save_for_backward(hidden, weight, bias, targets, logzs, ents)
+        ctx.temperature, ctx.chunk_tokens = temperature, chunk_tokens
+        ctx.entropy_grad = entropy == "loss"
+        if not ctx.entropy_grad:  # a metric (or nothing): no gradient flows through it
+            ctx.mark_non_differentiable(ents)
+        return lps, ents
+
+    @staticmethod
+    def backward(ctx, g_lp, g_ent):
+        hidden, weight, bias, targets, logzs, ents = ctx.saved_tensors
+        device_type, enabled, dtype = ctx.autocast
+        t, chunk = ctx.temperature, ctx.chunk_tokens
+        n = hidden.shape[0]
+        g_lp = torch.zeros_like(logzs) if g_lp is None else g_lp
+        if not ctx.entropy_grad:
+            g_ent = None
+        want = ctx.needs_input_grad
+        d_hidden = torch.zeros_like(hidden) if want[0] else None
+        d_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        d_bias = None if bias is None else torch.zeros_like(bias, dtype=torch.float32)
+        with torch.autocast(device_type, dtype=dtype, enabled=enabled):
+            for s in range(0, n, chunk):
+                e = min(n, s + chunk)
+                h = hidden[s:e]
+                logp = _logits(h, weight, bias, t).sub_(logzs[s:e].unsqueeze(-1))
+                p = logp.exp()
+                coef = logp  # reuse the buffer: coef = g_lp + g_ent * (log p + H)
+                if g_ent is not None:
+                    coef.add_(ents[s:e].unsqueeze(-1)).mul_(g_ent[s:e].unsqueeze(-1))
+                    coef.add_(g_lp[s:e].unsqueeze(-1))
+                else:
+                    coef.fill_(0.0).add_(g_lp[s:e].unsqueeze(-1))
+                dz = p.mul_(coef).neg_()  # -p * coef
+                del coef, logp
+                rows = torch.arange(e - s, device=dz.device)
+                dz[rows, targets[s:e]] += g_lp[s:e]
+                if t != 1.0:
+                    dz.div_(t)
+                if not enabled and dz.dtype != weight.dtype:  # no autocast: match the layer
+                    dz, h = dz.to(weight.dtype), h.to(weight.dtype)
+                if d_hidden is not None:
+                    d_hidden[s:e] = dz @ weight
+                d_weight += dz.t() @ h
+                if d_bias is not None:
+                    d_bias += dz.sum(0)
+                del dz
+        return (
+            d_hidden,
+            d_weight.to(weight.dtype) if want[1] else None,
+            None if d_bias is None or not want[2] else d_bias.to(bias.dtype),
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 def chunked_token_stats(
@@ -95,30 +185,23 @@ def chunked_token_stats(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (N,) and entropies (N,) of N tokens from their hidden states (N, H).
 
-    Each chunk of ``chunk_tokens`` rows is projected, reduced and (under autograd)
-    checkpointed, so no (N, V) tensor ever exists."""
+    Chunks of ``chunk_tokens`` rows are projected and reduced one at a time, in forward
+    and (recomputed) in backward, so no (N, V) tensor ever exists."""
     if chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
-    lps, ents = [], []
-    grad = torch.is_grad_enabled() and (hidden.requires_grad or head.weight.requires_grad)
-    for start in range(0, hidden.shape[0], chunk_tokens):
-        args = (
-            hidden[start : start + chunk_tokens],
-            targets[start : start + chunk_tokens],
-            head.weight,
-            head.bias,
-            temperature,
-            entropy,
+    weight, bias = head.weight, head.bias
+    grad = torch.is_grad_enabled() and (
+        hidden.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)
+    )
+    if not grad:
+        lps, _, ents = _forward_chunks(
+            hidden, weight, bias, targets, temperature, chunk_tokens, entropy != "none"
         )
-        lp, ent = (
-            checkpoint(_chunk_stats, *args, use_reentrant=False) if grad else _chunk_stats(*args)
-        )
-        lps.append(lp)
-        ents.append(ent)
-    if not lps:
-        empty = hidden.new_zeros((0,), dtype=torch.float32)
-        return empty, (empty if entropy != "none" else None)
-    return torch.cat(lps), (torch.cat(ents) if entropy != "none" else None)
+        return lps, ents
+    lps, ents = _ChunkedHeadStats.apply(
+        hidden, weight, bias, targets, temperature, chunk_tokens, entropy
+    )
+    return lps, (None if entropy == "none" else ents)
 
 
 def _inputs(model: Any, batch: Batch) -> tuple[dict[str, torch.Tensor], torch.device]:
