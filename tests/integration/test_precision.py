@@ -152,3 +152,19 @@ def test_gradient_checkpointing_gives_the_same_update(tiny_model_dir, tiny):
         assert torch.allclose(value, results[1][name], atol=1e-6), name
         moved += 1
     assert moved > 0
+
+
+def test_sampler_mismatch_is_measured_when_the_longest_rows_are_refinements(tiny_model_dir, tiny):
+    """Micro-batches are packed longest first; a first micro-batch of refinement rows only
+    must not cost the step its sampler/trainer mismatch metric."""
+    _, tok = tiny
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    rows = make_rows(tok, model, FULL)
+    for row in rows:
+        if row.is_refinement:
+            row.response_ids = row.response_ids * 3  # the longest rows: packed first
+    loss = LossConfig(aggregation="token_sum", normalizer=16.0, entropy_coef=0.0)
+    settings = UpdateSettings(1, 2, 1.0, loss, 1.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    metrics = update_policy(model, opt, None, rows, settings, tok.pad_token_id)
+    assert metrics["sampler/logprob_diff_max"] < 1e-5

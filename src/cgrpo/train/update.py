@@ -59,8 +59,9 @@ def micro_batches(
 
 
 def _sampler_mismatch(logprobs: torch.Tensor, micro: Batch, dev: Any) -> dict[str, float]:
-    """|trainer log-prob - sampler log-prob| on the initial tokens of the first micro-batch,
-    measured before the first optimizer step of the step (same weights on both sides)."""
+    """|trainer log-prob - sampler log-prob| on the initial tokens of a micro-batch, measured
+    before the first optimizer step of the step (same weights on both sides); empty when
+    the micro-batch has no initial tokens."""
     sampler = micro.sampler_logprobs if micro.sampler_logprobs is not None else micro.old_logprobs
     mask = (micro.response_mask - micro.refinement_mask).to(dev)
     if mask.sum() == 0:
@@ -105,10 +106,10 @@ def update_policy(
     entropy_mode = "loss" if cfg.entropy_coef else "metric"
     per_minibatch: list[dict[str, float]] = []
     skipped = 0
-    first_micro = True
+    mismatch_measured = False
     model.train()
     chunk = settings.logprob_chunk_tokens
-    for mini_rows in split_groups(rows, settings.updates_per_step):
+    for mini_index, mini_rows in enumerate(split_groups(rows, settings.updates_per_step)):
         # global counts: with several processes each rank's loss is its share of the whole
         num_tokens = distributed.sum_scalar(float(sum(len(r.response_ids) for r in mini_rows)))
         num_seqs = distributed.sum_scalar(float(sum(1 for r in mini_rows if r.response_ids)))
@@ -126,9 +127,11 @@ def update_policy(
                             ref_model, micro, settings.temperature, "none", chunk
                         )
             dev = logprobs.device
-            if first_micro:  # before any update: trainer vs sampler on identical weights
-                micro_metrics.append(_sampler_mismatch(logprobs, micro, dev))
-                first_micro = False
+            if mini_index == 0 and not mismatch_measured:  # same weights as the sampler's
+                mismatch = _sampler_mismatch(logprobs, micro, dev)
+                if mismatch:  # (a micro-batch of refinement rows only has nothing to compare)
+                    micro_metrics.append(mismatch)
+                    mismatch_measured = True
             out = policy_loss(
                 logprobs,
                 micro.old_logprobs.to(dev),
