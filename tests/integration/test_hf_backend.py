@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cgrpo.builtins.policies.hf import HFPolicy
+from cgrpo.builtins.policies.hf import HFPolicy, left_pad
 from cgrpo.interfaces import BuildContext, PolicyBackend
 from cgrpo.train.logprobs import forward_response
 from cgrpo.train.mixing import TrainRow, collate
@@ -16,6 +16,19 @@ def backend(tiny):
     return HFPolicy(
         HFPolicy.Options(generation_batch_size=5), BuildContext(model=model, tokenizer=tok)
     )
+
+
+def max_recompute_difference(model, tok, ps, out, temperature) -> float:
+    """Largest |sampler log-prob - trainer recompute| over the completions ``out`` of ``ps``."""
+    rows = [
+        TrainRow(0, ps[i], c.token_ids, c.logprobs, False, 0.0)
+        for i, g in enumerate(out)
+        for c in g
+    ]
+    batch = collate(rows, tok.pad_token_id)
+    with torch.no_grad():
+        recomputed, _ = forward_response(model, batch, temperature)
+    return ((recomputed - batch.old_logprobs).abs() * batch.response_mask).max().item()
 
 
 def prompts(tok):
@@ -52,15 +65,7 @@ def test_sampler_logprobs_match_the_trainer_recompute(backend, tiny, temperature
     params = SamplingParams(n=3, max_new_tokens=10, temperature=temperature)
     ps = prompts(tok)
     out = backend.generate(ps, params)
-    rows = [
-        TrainRow(0, ps[i], c.token_ids, c.logprobs, False, 0.0)
-        for i, g in enumerate(out)
-        for c in g
-    ]
-    batch = collate(rows, tok.pad_token_id)
-    with torch.no_grad():
-        recomputed, _ = forward_response(model, batch, temperature)
-    diff = ((recomputed - batch.old_logprobs).abs() * batch.response_mask).max().item()
+    diff = max_recompute_difference(model, tok, ps, out, temperature)
     assert diff < 1e-4, f"sampler and trainer log-probs differ by {diff}"
 
 
@@ -81,13 +86,8 @@ def test_recorded_logprobs_equal_the_full_logits_path(tiny):
     params = SamplingParams(n=2, max_new_tokens=9, temperature=0.7)
     torch.manual_seed(3)
     out = backend.generate(ps, params)
-    flat = [p for p in ps for _ in range(2)]
-    width = max(len(p) for p in flat)
-    ids = torch.full((len(flat), width), tok.pad_token_id)
-    mask = torch.zeros_like(ids)
-    for i, p in enumerate(flat):
-        ids[i, width - len(p) :] = torch.tensor(p)
-        mask[i, width - len(p) :] = 1
+    ids, mask = left_pad([p for p in ps for _ in range(2)], tok.pad_token_id)
+    width = ids.shape[1]
     torch.manual_seed(3)
     with torch.no_grad():
         ref = model.generate(
@@ -128,12 +128,4 @@ def test_model_generation_config_cannot_skew_the_sampled_distribution(tiny):
     finally:
         model.generation_config.repetition_penalty = saved.get("repetition_penalty", 1.0)
         model.generation_config.min_new_tokens = saved.get("min_new_tokens")
-    rows = [
-        TrainRow(0, ps[i], c.token_ids, c.logprobs, False, 0.0)
-        for i, g in enumerate(out)
-        for c in g
-    ]
-    batch = collate(rows, tok.pad_token_id)
-    with torch.no_grad():
-        recomputed, _ = forward_response(model, batch, 1.0)
-    assert ((recomputed - batch.old_logprobs).abs() * batch.response_mask).max() < 1e-4
+    assert max_recompute_difference(model, tok, ps, out, 1.0) < 1e-4

@@ -47,6 +47,20 @@ _NEUTRAL_GENERATION = dict(
 )
 
 
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int):
+    """``(input_ids, attention_mask)`` (B, longest prompt) with prompts padded on the left,
+    so that generated tokens line up at the right."""
+    import torch
+
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+        mask[i, width - len(p) :] = 1
+    return ids, mask
+
+
 class SampledLogprobRecorder:
     """A transformers logits processor that records log softmax(logits / T) of each
     sampled token without keeping all steps' logits.
@@ -141,12 +155,8 @@ class HFPolicy:
         from transformers import LogitsProcessorList
 
         device = next(self.model.parameters()).device
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, p in enumerate(prompts):  # left padding: new tokens line up at the right
-            ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-            mask[i, width - len(p) :] = 1
+        ids, mask = left_pad(prompts, self.pad_id)
+        width = ids.shape[1]
         sample = not params.greedy
         recorder = SampledLogprobRecorder(params.temperature if sample else 1.0)
         kwargs: dict[str, Any] = dict(

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The CUDA checks of cgrpo as one script (a few minutes on one H100/H200), for a GPU machine
+# borrowed for a short time. Prints every measurement (-s) and ends with pytest's summary.
+#
+# The machine needs torch with CUDA and transformers. Packages it lacks (cgrpo's other
+# dependencies: pydantic, omegaconf, pluggy, openai, math-verify, rich, ...) can be carried
+# as wheels in ./.whl (downloaded on a machine with internet access); they are installed into
+# /tmp/site first. cgrpo itself runs from src/ without installation.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+if compgen -G ".whl/*.whl" > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl
+    export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
+fi
+export PYTHONPATH="$PWD/src:$PWD:${PYTHONPATH:-}"
+python3 - <<'PY'
+import torch, transformers
+print("torch", torch.__version__, "transformers", transformers.__version__)
+print("device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "NO CUDA")
+PY
+python3 -m pytest -q -s -p no:cacheprovider tests/gpu
