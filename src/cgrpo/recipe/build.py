@@ -34,7 +34,7 @@ class Built:
     prompts: PromptBuilder
     skipped_long: int
     eval_problems: list[Problem]
-    precision: Any = None
+    precision: Any  # cgrpo.train.precision.Precision: autocast for the trainer's model
 
 
 def build(recipe: Recipe, registries: Any, run_dir: Path | None) -> Built:

@@ -14,8 +14,9 @@ frozen copies (KL)     float32                      bfloat16
 =====================  ===========================  ===========================
 
 Why master weights: an AdamW step at the paper's lr 1e-6 moves a weight by about 1e-6,
-while a bf16 weight of magnitude 0.02 has a resolution (half an ulp) of ~7.8e-5. Applied
-to bf16 weights, ~98% of such updates round away to nothing, silently, every step. The
+while a bf16 weight of magnitude 0.02 moves in steps of 1.2e-4 (one ulp, 2^-13): an update
+under half of that rounds away. Applied to bf16 weights, ~98% of a step's updates vanish,
+silently, every step. The
 field's answer (verl's FSDP mixed precision, torch AMP) is what this module does: keep the
 parameters the optimizer updates in float32 and run the matmuls in bf16 under
 ``torch.autocast``. Autocast caches the bf16 cast of each weight for the length of one
