@@ -138,6 +138,8 @@ def test_missing_file_and_yaml_syntax_error(tmp_path):
             "at least 512",
         ),
         (["model.dtype=float16"], "model.dtype", "loss scaling"),
+        (["policy=vllm", "model.lora.r=8"], "model.lora", "not supported yet"),
+        (["model.lora.target_modules=[]"], "model.lora.target_modules", "at least one"),
     ],
 )
 def test_cross_field_checks(tmp_path, override, path, needle):
@@ -174,6 +176,7 @@ def test_extends_merges_a_base_recipe(tmp_path):
     "name",
     [
         "quickstart-cpu",
+        "quickstart-lora-cpu",
         "api-critic-cpu",
         "paper-qwen3-8b",
         "released-code-qwen3-8b",
@@ -188,6 +191,8 @@ def test_shipped_recipes_validate(tmp_path, name):
     overrides = (
         [] if name.endswith("-cpu") else ["model.path=org/model", f"data.task.options.path={data}"]
     )
+    if name == "quickstart-lora-cpu":  # its base is the quickstart's warm-up checkpoint
+        overrides = [f"model.path={tmp_path}"]
     recipe, _ = load_recipe(REPO / "recipes" / f"{name}.yaml", overrides)
     assert recipe.algorithm.refinements_per_prompt == 1
 

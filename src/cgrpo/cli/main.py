@@ -42,6 +42,16 @@ def _parser() -> argparse.ArgumentParser:
     crit.add_argument("--samples", help="a run's samples.jsonl to critique (default: the task)")
     crit.add_argument("-n", type=int, default=4, help="how many samples (default 4)")
 
+    exp = sub.add_parser(
+        "export", help="write a checkpoint as plain transformers weights (LoRA merged)"
+    )
+    exp.add_argument("checkpoint", help="a checkpoint directory, or a run directory (newest)")
+    exp.add_argument("--out", required=True, help="directory to write (new or empty)")
+    exp.add_argument(
+        "--dtype", default="bfloat16", choices=["bfloat16", "float32"], help="written dtype"
+    )
+    exp.add_argument("--base", help="base model directory of a LoRA checkpoint (default: saved)")
+
     lst = sub.add_parser("list", help="list registered components")
     lst.add_argument("kind", nargs="?", help="policy, critic, verifier, advantage or task")
     return p
@@ -116,6 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_list(args.kind)
         if args.command == "run":
             return cmd_run(args.recipe, args.overrides)
+        if args.command == "export":
+            from cgrpo.cli.export import run_export
+
+            return run_export(args.checkpoint, args.out, args.dtype, args.base)
         if args.command == "critique":
             from cgrpo.cli.critique import run_critique
 

@@ -37,13 +37,21 @@ class Built:
     precision: Any  # cgrpo.train.precision.Precision: autocast for the trainer's model
 
 
-def build(recipe: Recipe, registries: Any, run_dir: Path | None) -> Built:
-    """Build everything a run needs, in dependency order."""
+def build(
+    recipe: Recipe, registries: Any, run_dir: Path | None, adapter_dir: Path | None = None
+) -> Built:
+    """Build everything a run needs, in dependency order. ``adapter_dir``: LoRA adapters to
+    resume from (a checkpoint of a ``model.lora`` run)."""
     from cgrpo.train import distributed
     from cgrpo.train.model import load_policy
     from cgrpo.train.precision import Precision
 
-    model, tokenizer, device = load_policy(recipe.model, device=distributed.local_device())
+    model, tokenizer, device = load_policy(
+        recipe.model,
+        device=distributed.local_device(),
+        adapter_dir=adapter_dir,
+        seed=recipe.run.seed,
+    )
     precision = Precision.from_recipe(recipe.model.dtype, device)
     ctx = BuildContext(
         run_dir=run_dir,

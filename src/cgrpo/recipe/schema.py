@@ -54,6 +54,27 @@ class TinyModelSpec(Section):
         return self
 
 
+class LoraSpec(Section):
+    """LoRA adapters (peft): only the adapters are trained, checkpointed and resumed; the
+    base model stays frozen in the compute dtype (``model.dtype``), the adapters float32."""
+
+    r: int = Field(16, ge=1, description="adapter rank")
+    alpha: float = Field(32.0, gt=0, description="scaling numerator: updates scale by alpha/r")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter input")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear",
+        description="module names that get adapters (e.g. [q_proj, v_proj]), or 'all-linear' "
+        "(every linear layer but the output layer)",
+    )
+
+    @field_validator("target_modules")
+    @classmethod
+    def _some_targets(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("name at least one module, or use 'all-linear'")
+        return value
+
+
 class ModelConfig(Section):
     """The policy model being trained."""
 
@@ -72,6 +93,9 @@ class ModelConfig(Section):
     trust_remote_code: bool = Field(False, description="allow custom model code")
     create: TinyModelSpec | None = Field(
         None, description="create a tiny model at `path` if it does not exist"
+    )
+    lora: LoraSpec | None = Field(
+        None, description="train LoRA adapters instead of all weights (docs/scaling.md)"
     )
 
     @field_validator("dtype", mode="before")

@@ -43,6 +43,7 @@ from cgrpo.train.checkpoint import (
 )
 from cgrpo.train.data import DataStream
 from cgrpo.train.logprobs import forward_response
+from cgrpo.train.lora import is_lora
 from cgrpo.train.loss import LossConfig
 from cgrpo.train.metrics import Console, JsonlWriter, rollout_metrics, sample_lines
 from cgrpo.train.mixing import TrainRow
@@ -155,7 +156,10 @@ class Trainer:
         )
         self.ref_model = None
         if a.loss.kl_coef > 0:  # KL 0 loads no reference model
-            self.ref_model = frozen_copy(built.model, built.precision)
+            # LoRA: the reference is the policy with its adapters disabled (no copy)
+            self.ref_model = (
+                built.model if is_lora(built.model) else frozen_copy(built.model, built.precision)
+            )
         self.step_done = 0
         self.nonfinite_in_a_row = 0
         self.best: tuple[float, int] | None = None  # (value of train.keep_best, step)

@@ -34,16 +34,23 @@ def eos_token_ids(generation_config: Any, tokenizer: Any) -> list[int]:
     return sorted({i for i in [*eos, tokenizer.eos_token_id] if i is not None})
 
 
-def load_policy(model_cfg: Any, device: str | None = None) -> tuple[Any, Any, Any]:
+def load_policy(
+    model_cfg: Any,
+    device: str | None = None,
+    adapter_dir: str | Path | None = None,
+    seed: int = 0,
+) -> tuple[Any, Any, Any]:
     """``(model, tokenizer, device)`` for ``recipe.model``; the model is in train mode.
 
-    The weights are loaded in float32 whatever ``model.dtype`` says: they are the master
-    weights the optimizer updates, and ``model.dtype`` is the compute dtype applied by
-    autocast (:mod:`cgrpo.train.precision`). ``device`` overrides ``model_cfg.device``
-    (each torchrun rank uses its own GPU)."""
+    Full training loads the weights in float32 whatever ``model.dtype`` says: they are the
+    master weights the optimizer updates, and ``model.dtype`` is the compute dtype applied
+    by autocast (:mod:`cgrpo.train.precision`). With ``model.lora`` the frozen base is
+    loaded in the compute dtype and float32 adapters are attached: new ones initialised
+    from ``seed``, or those in ``adapter_dir`` when resuming. ``device`` overrides
+    ``model_cfg.device`` (each torchrun rank uses its own GPU)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cgrpo.train.precision import MASTER_DTYPE
+    from cgrpo.train.precision import DTYPES, MASTER_DTYPE
 
     path = Path(model_cfg.path).expanduser()
     if model_cfg.create is not None and not (path / "config.json").exists():
@@ -58,7 +65,9 @@ def load_policy(model_cfg: Any, device: str | None = None) -> tuple[Any, Any, An
             source, trust_remote_code=model_cfg.trust_remote_code
         )
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=MASTER_DTYPE, trust_remote_code=model_cfg.trust_remote_code
+            source,
+            dtype=MASTER_DTYPE if model_cfg.lora is None else DTYPES[model_cfg.dtype],
+            trust_remote_code=model_cfg.trust_remote_code,
         )
     except OSError as exc:
         raise TrainingError(
@@ -71,7 +80,13 @@ def load_policy(model_cfg: Any, device: str | None = None) -> tuple[Any, Any, An
         raise TrainingError(f"the tokenizer at {source} has no eos_token; set one in its config")
     model.to(device)
     if model_cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # non-reentrant: also correct when the layer inputs need no gradient (frozen base)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
+    if model_cfg.lora is not None:
+        from cgrpo.train.lora import attach_lora, trainable_summary
+
+        model = attach_lora(model, model_cfg.lora, adapter_dir, seed)
+        log.info("LoRA: %s", trainable_summary(model))
     model.train()
     return model, tokenizer, device

@@ -97,10 +97,17 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
     if main:
         hooks.on_run_start(run_dir=str(run_dir), recipe=resolved)
     try:
-        if ckpt is not None:  # the checkpoint holds the weights and the tokenizer
+        adapters = None
+        if ckpt is not None and recipe.model.lora is not None:
+            adapters = Path(ckpt)  # the checkpoint holds the adapters; the base stays
+        elif ckpt is not None:  # the checkpoint holds the weights and the tokenizer
             recipe.model.path, recipe.model.create = ckpt, None
-        built = build(recipe, registries, run_dir)
+        built = build(recipe, registries, run_dir, adapter_dir=adapters)
         check_disk(run_dir, built.model)
+        if recipe.model.lora is not None:
+            from cgrpo.train.lora import trainable_summary
+
+            say(f"cgrpo: LoRA adapters, {trainable_summary(built.model)}")
         say(
             f"cgrpo: {len(built.problems)} problems, model on {built.device}, "
             f"policy={recipe.policy.name} critic={recipe.critic.name} "

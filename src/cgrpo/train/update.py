@@ -24,6 +24,7 @@ import torch
 
 from cgrpo.train import distributed
 from cgrpo.train.logprobs import DEFAULT_CHUNK_TOKENS, forward_response
+from cgrpo.train.lora import adapters_disabled
 from cgrpo.train.loss import LossConfig, policy_loss
 from cgrpo.train.mixing import Batch, TrainRow, collate, pack_micro_batches
 from cgrpo.train.precision import FULL, Precision
@@ -100,7 +101,10 @@ def update_policy(
     pad_id: int,
     ref_model: Any = None,
 ) -> dict[str, float]:
-    """Run ``updates_per_step`` optimizer steps over ``rows``; returns update metrics."""
+    """Run ``updates_per_step`` optimizer steps over ``rows``; returns update metrics.
+
+    ``ref_model`` (for the KL term): a frozen copy, or the LoRA policy itself, whose
+    adapters are then disabled for the reference forward."""
     cfg = settings.loss
     # per-kind entropy is always logged (no gradient); the bonus needs its graph
     entropy_mode = "loss" if cfg.entropy_coef else "metric"
@@ -122,7 +126,7 @@ def update_policy(
                 )
                 ref = None
                 if cfg.kl_coef and ref_model is not None:
-                    with torch.no_grad():
+                    with torch.no_grad(), adapters_disabled(ref_model):
                         ref, _ = forward_response(
                             ref_model, micro, settings.temperature, "none", chunk
                         )
