@@ -1,11 +1,13 @@
 """Time one GRPO step and one Critique-GRPO step of the hf backend on a fixed tiny model.
 
     python benchmarks/step_time.py [--steps 5] [--prompts 8] [--samples 8] [--new-tokens 32]
+                                   [--lora]
 
 Prints seconds per step (mean over ``--steps`` after one warm-up step), the split by stage,
 sampled tokens per second and peak memory (process RSS; CUDA peak when on GPU). The model
-is created offline (hidden 128, 2 layers); nothing is downloaded. Run it alone: another
-torch process on a 2-core machine distorts the numbers badly.
+is created offline (hidden 128, 2 layers); nothing is downloaded. ``--lora`` adds a GRPO
+step that trains rank-16 LoRA adapters on every linear layer instead of all weights. Run it
+alone: another torch process on a 2-core machine distorts the numbers badly.
 """
 
 from __future__ import annotations
@@ -20,13 +22,18 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def recipe_for(model_dir: Path, out: Path, name: str, args, refinements: int):
+def recipe_for(model_dir: Path, out: Path, name: str, args, refinements: int, lora: bool = False):
     from cgrpo.recipe.validate import validate_recipe
 
     g = args.samples - refinements
     raw = {
         "run": {"name": name, "output_dir": str(out), "console": "plain"},
-        "model": {"path": str(model_dir), "max_length": 512, "device": args.device},
+        "model": {
+            "path": str(model_dir),
+            "max_length": 512,
+            "device": args.device,
+            "lora": {"r": 16, "alpha": 32} if lora else None,
+        },
         "data": {
             "task": {"name": "arithmetic", "options": {"size": 500}},
             "prompt": {"suffix": "", "max_prompt_tokens": 64},
@@ -46,14 +53,16 @@ def recipe_for(model_dir: Path, out: Path, name: str, args, refinements: int):
     return validate_recipe(raw)
 
 
-def bench(kind: str, refinements: int, model_dir: Path, out: Path, args) -> None:
+def bench(
+    kind: str, refinements: int, model_dir: Path, out: Path, args, lora: bool = False
+) -> None:
     import torch
 
     from cgrpo.plugins import get_registries
     from cgrpo.recipe.build import build
     from cgrpo.train.loop import Trainer
 
-    recipe = recipe_for(model_dir, out, kind, args, refinements)
+    recipe = recipe_for(model_dir, out, kind, args, refinements, lora)
     built = build(recipe, get_registries(), None)
     (out / kind).mkdir(parents=True, exist_ok=True)
     trainer = Trainer(recipe, built, out / kind)
@@ -91,6 +100,7 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--lora", action="store_true", help="also time a GRPO step with LoRA")
     args = p.parse_args()
 
     import torch
@@ -109,6 +119,8 @@ def main() -> None:
         )
         bench("grpo", 0, model_dir, Path(tmp) / "runs", args)
         bench("critique-grpo", 1, model_dir, Path(tmp) / "runs", args)
+        if args.lora:
+            bench("grpo-lora", 0, model_dir, Path(tmp) / "runs", args, lora=True)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,37 @@ def test_kl_reference_is_the_base_model_with_adapters_disabled(tiny_model_dir, t
     assert (adapted - reference).abs().max() > 1e-3
 
 
+def test_merged_weights_carry_the_adapters_under_transformers_names(tiny_model_dir, tiny):
+    """What a vLLM engine is sent: the base weights with the adapters merged in, named as in
+    a plain transformers model, and the frozen base itself left untouched."""
+    from transformers import AutoModelForCausalLM
+
+    from cgrpo.recipe.schema import LoraSpec
+    from cgrpo.train.lora import attach_lora, merged_weights
+
+    base, _ = tiny
+    model = attach_lora(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
+        LoraSpec(r=4, target_modules=["q_proj", "down_proj"]),
+    )
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    before = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
+    weights = dict(merged_weights(model))
+    assert weights.keys() == set(base.state_dict())
+    plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    plain.load_state_dict(weights)
+    ids = torch.tensor([[5, 9, 30, 41, 7, 12]])
+    with torch.no_grad():
+        assert torch.allclose(plain(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-5)
+    changed = [n for n in weights if not torch.equal(weights[n], base.state_dict()[n])]
+    assert changed and all("q_proj.weight" in n or "down_proj.weight" in n for n in changed)
+    after = {n: p for n, p in model.named_parameters() if not p.requires_grad}
+    assert all(torch.equal(before[n], after[n]) for n in before)
+
+
 def metrics(root, name):
     lines = (root / "runs" / name / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines]

@@ -138,7 +138,6 @@ def test_missing_file_and_yaml_syntax_error(tmp_path):
             "at least 512",
         ),
         (["model.dtype=float16"], "model.dtype", "loss scaling"),
-        (["policy=vllm", "model.lora.r=8"], "model.lora", "not supported yet"),
         (["model.lora.target_modules=[]"], "model.lora.target_modules", "at least one"),
     ],
 )

@@ -110,8 +110,38 @@ def test_a_broken_sync_fails_loudly(engine, monkeypatch):
     backend.sync_weights(model)  # a correct sync works again
 
 
+def test_lora_sync_sends_merged_weights(engine):
+    """A LoRA policy on the same base: after a sync the engine samples from base + adapters
+    (the probe inside sync_weights compares them; it raises above sync_tolerance)."""
+    import copy
+
+    from cgrpo.recipe.schema import LoraSpec
+    from cgrpo.train.lora import attach_lora
+
+    backend, model, tok = engine
+    lora = attach_lora(copy.deepcopy(model), LoraSpec(r=4))
+    with torch.no_grad():
+        torch.manual_seed(2)
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:  # adapters that change greedy outputs
+                p.normal_(0, 0.5)
+    ps = prompts(tok)
+    greedy = SamplingParams(n=1, max_new_tokens=10, greedy=True)
+    before = backend.generate(ps, greedy)
+    try:
+        backend.sync_weights(lora)
+        assert backend.telemetry()["sync_logprob_diff_max"] < 1e-3
+        after = backend.generate(ps, greedy)
+        assert [g[0].token_ids for g in after] != [g[0].token_ids for g in before]
+    finally:
+        backend.sync_weights(model)  # leave the shared engine as the other tests expect
+
+
 def test_local_critic_on_a_second_frozen_vllm_engine(engine, tiny_model_dir):
-    """A local critic with backend vllm runs beside the policy's engine in one process."""
+    """A local critic with backend vllm runs beside the policy's engine in one process.
+
+    Keep it the last test of this module: closing the second in-process engine tears down
+    vLLM's global parallel state, and the shared engine cannot generate after it."""
     from cgrpo.plugins import get_registries
     from cgrpo.types import CritiqueRequest, Problem, Verdict
 

@@ -269,15 +269,6 @@ def cross_issues(r: Recipe) -> list[ConfigIssue]:
                 "set algorithm.old_logprobs: recompute, or remove tis_cap",
             )
         )
-    if r.model.lora is not None and r.policy.name == "vllm":
-        out.append(
-            ConfigIssue(
-                "model.lora",
-                "LoRA training with the vllm policy backend is not supported yet (the engine "
-                "would need the merged weights after every update)",
-                "use policy: hf with model.lora, or remove model.lora",
-            )
-        )
     path = r.model.path
     local = path.startswith((".", "/", "~")) or Path(path).exists()
     if local and r.model.create is None and not Path(path).expanduser().is_dir():

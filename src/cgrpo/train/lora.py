@@ -9,7 +9,8 @@ and their optimizer state.
 Checkpoints hold the adapters only (``adapter_model.safetensors`` + ``adapter_config.json``,
 loadable with peft on top of the base model); resume loads the base from ``model.path`` and
 the adapters from the checkpoint. The KL reference, when ``kl_coef > 0``, is the same model
-with its adapters disabled, not a second copy.
+with its adapters disabled, not a second copy. A vLLM engine receives the merged weights
+(:func:`merged_weights`) after every update.
 """
 
 from __future__ import annotations
@@ -72,3 +73,29 @@ def merge_to_full(model: Any) -> Any:
     import copy
 
     return copy.deepcopy(model).merge_and_unload()
+
+
+def merged_weights(model: Any) -> list[tuple[str, Any]]:
+    """``(transformers name, tensor)`` of every base weight with the LoRA adapters merged
+    in, ``W + (alpha / r) B A`` computed in float32 and cast to the base weight's dtype:
+    what a separate inference engine (vLLM) loads after each update. ``model`` itself is
+    left unchanged (no merge/unmerge round trip that would round the frozen base)."""
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model()
+    adapter = model.active_adapter
+    deltas = {
+        name: module.get_delta_weight(adapter)
+        for name, module in base.named_modules()
+        if isinstance(module, LoraLayer) and adapter in module.lora_A
+    }
+    out = []
+    for name, tensor in base.state_dict().items():
+        if ".lora_" in name:
+            continue
+        plain = name.replace(".base_layer.", ".")
+        module = plain.rsplit(".", 1)[0]
+        if plain.endswith(".weight") and module in deltas:
+            tensor = (tensor.float() + deltas[module].float()).to(tensor.dtype)
+        out.append((plain, tensor.detach()))
+    return out

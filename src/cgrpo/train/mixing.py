@@ -123,24 +123,6 @@ class Batch:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
-    def select(self, index: torch.Tensor | slice) -> Batch:
-        """The sub-batch of the given rows (padding is kept; masks make it harmless)."""
-        return Batch(
-            input_ids=self.input_ids[index],
-            attention_mask=self.attention_mask[index],
-            position_ids=self.position_ids[index],
-            prompt_len=self.prompt_len,
-            response_ids=self.response_ids[index],
-            response_mask=self.response_mask[index],
-            refinement_mask=self.refinement_mask[index],
-            old_logprobs=self.old_logprobs[index],
-            advantages=self.advantages[index],
-            rewards=self.rewards[index],
-            sampler_logprobs=None
-            if self.sampler_logprobs is None
-            else self.sampler_logprobs[index],
-        )
-
 
 def collate(rows: Sequence[TrainRow], pad_id: int) -> Batch:
     """Pad rows into a :class:`Batch` (left-padded prompts, right-padded responses)."""

@@ -5,8 +5,9 @@ into it after every optimizer step.
   (``logprobs_mode="processed_logprobs"``: after temperature, like the trainer's).
   Critique and refinement generations of a step go through the same engine.
 - Weight sync: ``collective_rpc("reload_weights", ...)`` with the transformers parameter
-  names, then ``reset_prefix_cache()`` so no KV computed with old weights is reused. After
-  each sync a probe compares the engine's log-probs of a sampled sequence with the
+  names (for a LoRA model, the base weights with the adapters merged in), then
+  ``reset_prefix_cache()`` so no KV computed with old weights is reused. After each sync
+  a probe compares the engine's log-probs of a sampled sequence with the
   trainer's; the difference is logged (``policy/sync_logprob_diff_max``) and a difference
   above ``sync_tolerance`` stops the run: training on a stale sampler is worse than
   stopping.
@@ -186,6 +187,16 @@ class VLLMSampler:
         return result
 
 
+def trainer_weights(model: Any) -> list[tuple[str, Any]]:
+    """The trainer's weights under their transformers names, as the engine loads them: the
+    state dict, or for a LoRA model the base weights with the adapters merged in."""
+    from cgrpo.train.lora import is_lora, merged_weights
+
+    if is_lora(model):
+        return merged_weights(model)
+    return [(name, t.detach()) for name, t in model.state_dict().items()]
+
+
 class VLLMPolicy:
     """Colocated in-process vLLM engine; trainer weights reloaded after every update."""
 
@@ -260,7 +271,7 @@ class VLLMPolicy:
         self._wake()
         started = time.perf_counter()
         try:
-            weights = [(name, t.detach()) for name, t in model.state_dict().items()]
+            weights = trainer_weights(model)
             self.llm.collective_rpc(
                 "reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True}
             )
