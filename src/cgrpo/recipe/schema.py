@@ -235,7 +235,8 @@ class AlgorithmConfig(Section):
         512,
         ge=1,
         description="response tokens projected to the vocabulary at once when computing "
-        "log-probs and entropy; the (B, T, V) logits are never materialised",
+        "log-probs and entropy (update, recompute, warm-up, vLLM sync probe); the (B, T, V) "
+        "logits are never materialised",
     )
     old_logprobs: Literal["sampler", "recompute"] = Field(
         "sampler",

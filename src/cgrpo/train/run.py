@@ -139,6 +139,7 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
                 on_sft,
                 critic=built.critic,
                 precision=built.precision,
+                chunk_tokens=recipe.algorithm.logprob_chunk_tokens,
             )
             if out is not None:
                 out.close()

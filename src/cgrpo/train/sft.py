@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from cgrpo.errors import DataError
-from cgrpo.train.logprobs import forward_response
+from cgrpo.train.logprobs import DEFAULT_CHUNK_TOKENS, forward_response
 from cgrpo.train.mixing import TrainRow, collate
 from cgrpo.train.precision import FULL, Precision
 from cgrpo.train.prompts import PromptBuilder
@@ -37,11 +37,13 @@ def sft_warmup(
     on_step: Callable[[int, dict[str, float]], None] | None = None,
     critic: Any = None,
     precision: Precision = FULL,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
 ) -> list[dict[str, float]]:
     """Run ``cfg.steps`` AdamW steps of supervised fine-tuning; returns per-step metrics.
 
-    Forward passes run under ``precision``'s autocast; the parameters and AdamW state stay
-    in their (float32 master) dtype."""
+    Forward passes run under ``precision``'s autocast, projecting ``chunk_tokens`` tokens
+    to the vocabulary at a time; the parameters and AdamW state stay in their (float32
+    master) dtype."""
     with_solution = [p for p in problems if p.solution]
     if not with_solution:
         raise DataError(
@@ -80,7 +82,7 @@ def sft_warmup(
             batch_rows.append(rows[prob.id])
         batch = collate(batch_rows, tokenizer.pad_token_id)
         with precision.autocast():
-            lp, _ = forward_response(model, batch, temperature=1.0)
+            lp, _ = forward_response(model, batch, 1.0, chunk_tokens=chunk_tokens)
         mask = batch.response_mask.to(lp.device)
         loss = -(lp * mask).sum() / mask.sum()
         opt.zero_grad(set_to_none=True)

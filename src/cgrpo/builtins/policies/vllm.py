@@ -215,6 +215,7 @@ class VLLMPolicy:
         self.precision = context.precision or FULL  # the trainer's autocast, for the probe
         self.pad_id = self.tokenizer.pad_token_id or 0
         recipe = context.recipe
+        self.chunk_tokens = recipe.algorithm.logprob_chunk_tokens
         self.on_gpu = torch.cuda.is_available() and next(self.model.parameters()).is_cuda
         self.sampler = VLLMSampler(
             str(recipe.model.path),
@@ -312,7 +313,9 @@ class VLLMPolicy:
         ]
         row = TrainRow(0, list(prompt), list(completion), None, False, 0.0)
         with torch.no_grad(), self.precision.autocast():
-            trainer, _ = forward_response(model, collate([row], self.pad_id), 1.0)
+            trainer, _ = forward_response(
+                model, collate([row], self.pad_id), 1.0, chunk_tokens=self.chunk_tokens
+            )
         return float((trainer[0].cpu() - torch.tensor(engine)).abs().max())
 
     def telemetry(self) -> dict[str, float]:
