@@ -130,3 +130,23 @@ def test_recipe_default_chunk_is_the_library_default():
     from cgrpo.train.logprobs import DEFAULT_CHUNK_TOKENS
 
     assert AlgorithmConfig().logprob_chunk_tokens == DEFAULT_CHUNK_TOKENS
+
+
+def test_frozen_output_layer_gets_no_gradient_and_the_rest_is_unchanged():
+    """With a frozen output layer (LoRA) backward computes no weight gradient for it, and
+    the hidden states' gradient is the one autograd gives through full logits."""
+    torch.manual_seed(0)
+    n, h, v = 10, 6, 50
+    head = torch.nn.Linear(h, v, bias=True).requires_grad_(False)
+    hidden = torch.randn(n, h, requires_grad=True)
+    targets = torch.randint(0, v, (n,))
+    lp, ent = chunked_token_stats(hidden, targets, head, 0.7, "loss", 3)
+    (lp.sum() - 0.3 * ent.sum()).backward()
+    assert head.weight.grad is None and head.bias.grad is None
+    ref_hidden = hidden.detach().clone().requires_grad_(True)
+    logits = head(ref_hidden) / 0.7
+    ref_lp = torch.log_softmax(logits, -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    probs = torch.softmax(logits, -1)
+    ref_ent = -(probs * torch.log_softmax(logits, -1)).sum(-1)
+    (ref_lp.sum() - 0.3 * ref_ent.sum()).backward()
+    assert torch.allclose(hidden.grad, ref_hidden.grad, atol=1e-5)

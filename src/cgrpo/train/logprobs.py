@@ -135,21 +135,25 @@ class _ChunkedHeadStats(torch.autograd.Function):
         if not ctx.entropy_grad:
             g_ent = None
         want = ctx.needs_input_grad
+        # only what is asked for: a frozen output layer (LoRA) needs no V x H weight gradient
         d_hidden = torch.zeros_like(hidden) if want[0] else None
-        d_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-        d_bias = None if bias is None else torch.zeros_like(bias, dtype=torch.float32)
+        d_weight = (
+            torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+            if want[1]
+            else None
+        )
+        d_bias = torch.zeros_like(bias, dtype=torch.float32) if want[2] else None
         with torch.autocast(device_type, dtype=dtype, enabled=enabled):
             for s in range(0, n, chunk):
                 e = min(n, s + chunk)
                 h = hidden[s:e]
                 logp = _logits(h, weight, bias, t).sub_(logzs[s:e].unsqueeze(-1))
                 p = logp.exp()
-                coef = logp  # reuse the buffer: coef = g_lp + g_ent * (log p + H)
-                if g_ent is not None:
-                    coef.add_(ents[s:e].unsqueeze(-1)).mul_(g_ent[s:e].unsqueeze(-1))
+                if g_ent is not None:  # in the logp buffer: g_lp + g_ent * (log p + H)
+                    coef = logp.add_(ents[s:e].unsqueeze(-1)).mul_(g_ent[s:e].unsqueeze(-1))
                     coef.add_(g_lp[s:e].unsqueeze(-1))
                 else:
-                    coef.fill_(0.0).add_(g_lp[s:e].unsqueeze(-1))
+                    coef = g_lp[s:e].unsqueeze(-1)
                 dz = p.mul_(coef).neg_()  # -p * coef
                 del coef, logp
                 rows = torch.arange(e - s, device=dz.device)
@@ -160,14 +164,15 @@ class _ChunkedHeadStats(torch.autograd.Function):
                     dz, h = dz.to(weight.dtype), h.to(weight.dtype)
                 if d_hidden is not None:
                     d_hidden[s:e] = dz @ weight
-                d_weight += dz.t() @ h
+                if d_weight is not None:
+                    d_weight += dz.t() @ h
                 if d_bias is not None:
                     d_bias += dz.sum(0)
                 del dz
         return (
             d_hidden,
-            d_weight.to(weight.dtype) if want[1] else None,
-            None if d_bias is None or not want[2] else d_bias.to(bias.dtype),
+            None if d_weight is None else d_weight.to(weight.dtype),
+            None if d_bias is None else d_bias.to(bias.dtype),
             None,
             None,
             None,

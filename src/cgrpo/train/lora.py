@@ -67,14 +67,6 @@ def trainable_summary(model: Any) -> str:
     return f"{trainable / 1e6:.2f}M of {total / 1e6:.1f}M parameters trainable"
 
 
-def merge_to_full(model: Any) -> Any:
-    """A plain transformers model with the adapters merged into the base weights (for an
-    HF export); ``model`` itself is left unchanged."""
-    import copy
-
-    return copy.deepcopy(model).merge_and_unload()
-
-
 def merged_weights(model: Any) -> list[tuple[str, Any]]:
     """``(transformers name, tensor)`` of every base weight with the LoRA adapters merged
     in, ``W + (alpha / r) B A`` computed in float32 and cast to the base weight's dtype:

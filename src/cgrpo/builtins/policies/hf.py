@@ -83,8 +83,7 @@ class SampledLogprobRecorder:
     def __call__(self, input_ids, scores):
         import torch
 
-        if self.pending is not None:
-            self._take(input_ids[:, -1])
+        self._take(input_ids[:, -1])  # the token sampled from the previous step's scores
         self.pending = torch.log_softmax(scores.float() / self.temperature, dim=-1)
         return scores
 
