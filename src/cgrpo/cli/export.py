@@ -1,8 +1,10 @@
 """``cgrpo export``: a checkpoint as plain transformers weights, ready for vLLM or the hub.
 
 A LoRA checkpoint (adapters only) is merged into its base model; a full checkpoint (float32
-master weights) is written as is. Either way the merge happens in float32 and the result
-is cast once to ``--dtype`` (bfloat16 by default: half the size, what inference uses).
+master weights) is written as is; an fsdp checkpoint without ``model.safetensors`` (all but
+the last of a sharded run) has its shards read back into one model. Any merge happens in
+float32, and the result is cast once to ``--dtype`` (bfloat16 by default: half the size,
+what inference uses).
 """
 
 from __future__ import annotations
@@ -11,7 +13,12 @@ import json
 import sys
 from pathlib import Path
 
-from cgrpo.train.checkpoint import complete_checkpoints, is_complete
+from cgrpo.train.checkpoint import (
+    complete_checkpoints,
+    is_complete,
+    is_sharded_checkpoint,
+    load_full_weights,
+)
 from cgrpo.train.lora import ADAPTER_CONFIG
 
 EXIT_OK, EXIT_USAGE = 0, 2
@@ -56,6 +63,12 @@ def run_export(source: str, out: str, dtype: str, base: str | None) -> int:
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
         model = PeftModel.from_pretrained(model, str(ckpt)).merge_and_unload()
         what = f"LoRA adapters of {ckpt} merged into {base}"
+    elif is_sharded_checkpoint(ckpt) and not (ckpt / "model.safetensors").is_file():
+        from cgrpo.train.model import uninitialised_model
+
+        model = uninitialised_model(str(ckpt), torch.float32, trust_remote_code=False)
+        load_full_weights(ckpt, model)  # the fsdp shards, read in this one process
+        what = f"sharded weights of {ckpt}"
     else:
         model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
         what = f"weights of {ckpt}"

@@ -33,6 +33,12 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a recipe and print it resolved (builds nothing)")
     check.add_argument("recipe", help="path to a YAML recipe")
     check.add_argument("overrides", nargs="*", help="key=value overrides")
+    check.add_argument(
+        "--gpus", type=int, help="GPUs the run will use (default: torchrun's WORLD_SIZE, or 1)"
+    )
+    check.add_argument(
+        "--gpu-memory", help="memory of each GPU, e.g. 80GiB (default: the visible GPU's)"
+    )
 
     crit = sub.add_parser(
         "critique", help="run the recipe's critic on a few samples and show cost and latency"
@@ -57,16 +63,41 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def cmd_check(recipe_path: str, overrides: Sequence[str]) -> int:
+def cmd_check(
+    recipe_path: str, overrides: Sequence[str], gpus: int | None, gpu_memory: str | None
+) -> int:
     from omegaconf import OmegaConf
     from rich.console import Console
+    from rich.markup import escape
     from rich.syntax import Syntax
 
+    from cgrpo import memory_plan
     from cgrpo.recipe import load_recipe
 
-    _, resolved = load_recipe(recipe_path, overrides)
+    if gpus is not None and gpus < 1:
+        print("cgrpo check: --gpus must be 1 or more", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        memory = memory_plan.parse_memory(gpu_memory) if gpu_memory else None
+    except ValueError as exc:
+        print(f"cgrpo check: --gpu-memory: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    recipe, resolved = load_recipe(recipe_path, overrides)
     console = Console()
     console.print(Syntax(OmegaConf.to_yaml(resolved), "yaml", background_color="default"))
+    verdict = memory_plan.check_recipe(
+        recipe,
+        gpus or memory_plan.default_gpus(),
+        memory if memory is not None else memory_plan.visible_gpu_memory(),
+    )
+    console.print(escape(verdict.text), highlight=False)
+    if verdict.fits is False:
+        console.print(escape(memory_plan.fixes_text(verdict.fixes)), highlight=False)
+        print(
+            f"cgrpo check: {recipe_path}: the memory plan does not fit (see above)",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     console.print(f"[green]recipe OK[/green]: {recipe_path}")
     return EXIT_OK
 
@@ -121,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.command == "check":
-            return cmd_check(args.recipe, args.overrides)
+            return cmd_check(args.recipe, args.overrides, args.gpus, args.gpu_memory)
         if args.command == "list":
             return cmd_list(args.kind)
         if args.command == "run":

@@ -35,6 +35,7 @@ class Built:
     skipped_long: int
     eval_problems: list[Problem]
     precision: Any  # cgrpo.train.precision.Precision: autocast for the trainer's model
+    ref_model: Any = None  # the KL reference (None when kl_coef == 0): train/reference.py
 
 
 def build(
@@ -53,6 +54,17 @@ def build(
         seed=recipe.run.seed,
     )
     precision = Precision.from_recipe(recipe.model.dtype, device)
+    ref_model = None
+    if recipe.algorithm.loss.kl_coef > 0:  # KL 0 loads no reference model
+        from cgrpo.train.reference import make_reference
+
+        ref_model = make_reference(model, precision)  # before sharding: a plain copy
+    if recipe.distributed.strategy == "fsdp":
+        from cgrpo.train.sharding import shard_model
+
+        model = shard_model(model, precision.compute)
+        if ref_model is not None:
+            ref_model = shard_model(ref_model, precision.compute)
     ctx = BuildContext(
         run_dir=run_dir,
         seed=recipe.run.seed,
@@ -105,6 +117,7 @@ def build(
         skipped,
         eval_problems,
         precision,
+        ref_model,
     )
 
 

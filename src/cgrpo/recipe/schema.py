@@ -336,8 +336,11 @@ class DistributedConfig(Section):
     backend: Literal["auto", "gloo", "nccl"] = Field(
         "auto", description="torch.distributed backend; auto = nccl on CUDA, else gloo"
     )
-    strategy: Literal["ddp"] = Field(
-        "ddp", description="gradient averaging across processes (data parallel)"
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="ddp: every process holds the whole model, gradients are summed; fsdp: "
+        "parameters, gradients and optimizer state sharded over the processes (FSDP2, "
+        "docs/scaling.md)",
     )
 
 
@@ -358,6 +361,11 @@ class RunConfig(Section):
     )
     console: Literal["auto", "rich", "plain"] = Field(
         "auto", description="live display: 'auto' = rich on a terminal, plain lines otherwise"
+    )
+    memory_check: Literal["enforce", "warn"] = Field(
+        "enforce",
+        description="on GPU, before loading: 'enforce' stops (exit 2) when the memory plan "
+        "says the run will not fit the GPU, naming fixes; 'warn' prints the plan and goes on",
     )
 
 

@@ -269,6 +269,18 @@ def cross_issues(r: Recipe) -> list[ConfigIssue]:
                 "set algorithm.old_logprobs: recompute, or remove tis_cap",
             )
         )
+    if r.distributed.strategy == "fsdp" and r.model.lora is not None:
+        out.append(
+            ConfigIssue(
+                "distributed.strategy",
+                "fsdp with model.lora is not supported: LoRA's trainable state is a few "
+                "megabytes and its frozen base is held in the compute dtype, so sharding "
+                "buys little, and peft's adapter-disabled reference does not compose with "
+                "FSDP's sharded forward",
+                "use distributed.strategy: ddp with model.lora (each GPU holds the bf16 "
+                "base), or remove model.lora to shard full training",
+            )
+        )
     path = r.model.path
     local = path.startswith((".", "/", "~")) or Path(path).exists()
     if local and r.model.create is None and not Path(path).expanduser().is_dir():

@@ -2,7 +2,9 @@
 
 Layout: ``RUN_DIR/checkpoints/step-N/`` with ``config.json``, ``model.safetensors``,
 the tokenizer files, ``trainer_state.pt`` (optimizer, scheduler, step, data position,
-RNG states) and ``manifest.json`` written last. A checkpoint is written under a temporary
+RNG states) and ``manifest.json`` written last. Under FSDP the model and optimizer are
+in ``dcp/`` (sharded, :func:`save_sharded_checkpoint`) and ``model.safetensors`` is
+written at the end of a run. A checkpoint is written under a temporary
 name and renamed into place only when complete, so a directory named ``step-N`` with a
 manifest is always whole.
 """
@@ -21,6 +23,7 @@ import torch
 
 MANIFEST = "manifest.json"
 STATE = "trainer_state.pt"
+DCP_DIR = "dcp"  # sharded (FSDP) model and optimizer state
 CRASH_ENV = "CGRPO_CRASH_AT"  # fault injection for tests: "checkpoint:N" or "step:N"
 
 
@@ -77,7 +80,6 @@ def save_checkpoint(
     """Write ``checkpoints/step-{step}`` atomically and return its path."""
     root = run_dir / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step}"
     tmp = root / f".tmp-step-{step}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -85,10 +87,17 @@ def save_checkpoint(
     tokenizer.save_pretrained(tmp)
     maybe_crash("checkpoint", step)
     torch.save({**trainer_state, "step": step, "rng": rng_state()}, tmp / STATE)
+    return _publish(tmp, root, step)
+
+
+def _publish(tmp: Path, root: Path, step: int) -> Path:
+    """fsync what ``tmp`` holds, write its manifest last and rename it to ``step-N``."""
+    final = root / f"step-{step}"
     files = sorted(p.name for p in tmp.iterdir())
-    for name in files:  # data on disk before the manifest says the checkpoint is whole
-        with open(tmp / name, "rb") as fh:
-            os.fsync(fh.fileno())
+    for path in tmp.rglob("*"):  # data on disk before the manifest says the checkpoint is whole
+        if path.is_file():
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
     (tmp / MANIFEST).write_text(
         json.dumps({"step": step, "files": files, "time": time.time(), "format": 1}, indent=1)
     )
@@ -99,6 +108,114 @@ def save_checkpoint(
     for stale in root.glob(".tmp-step-*"):  # left by a run killed while saving
         shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def save_sharded_checkpoint(
+    run_dir: Path,
+    step: int,
+    model: Any,
+    optimizer: Any,
+    tokenizer: Any,
+    trainer_state: dict[str, Any],
+    hf_weights: bool,
+) -> Path:
+    """The FSDP checkpoint, written by every rank together (collective).
+
+    ``dcp/`` holds the model and the optimizer state as ``torch.distributed.checkpoint``
+    shards (each rank writes its own; a later run may load them on another number of
+    ranks); rank 0 adds the config, tokenizer and trainer state and, with ``hf_weights``,
+    the full float32 weights as ``model.safetensors`` (gathered to rank 0's CPU), so the
+    checkpoint loads in plain transformers. The run directory must be on a filesystem
+    every rank sees (one machine, or a shared filesystem)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    from cgrpo.train import distributed
+
+    root = run_dir / "checkpoints"
+    tmp = root / f".tmp-step-{step}"
+    if distributed.is_main():
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    distributed.barrier()
+    state = {
+        "model": get_model_state_dict(model),
+        "optimizer": get_optimizer_state_dict(model, optimizer),
+    }
+    dcp.save(state, checkpoint_id=str(tmp / DCP_DIR))
+    del state
+    full = None
+    if hf_weights:
+        full = get_model_state_dict(
+            model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
+    if distributed.is_main():
+        if full is not None:
+            for name in _tied_duplicates(model):  # saved once, as transformers does
+                full.pop(name, None)
+            model.save_pretrained(tmp, state_dict=full, safe_serialization=True)
+        else:
+            model.config.save_pretrained(tmp)
+            if getattr(model, "generation_config", None) is not None:
+                model.generation_config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        maybe_crash("checkpoint", step)
+        torch.save({**trainer_state, "step": step, "rng": rng_state()}, tmp / STATE)
+        _publish(tmp, root, step)
+    distributed.barrier()
+    return root / f"step-{step}"
+
+
+def _tied_duplicates(model: Any) -> list[str]:
+    """Names of parameters that are another name's parameter (tied embeddings): a gathered
+    state dict holds them as separate copies."""
+    seen: set[int] = set()
+    out = []
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in seen:
+            out.append(name)
+        seen.add(id(param))
+    return out
+
+
+def is_sharded_checkpoint(path: Path) -> bool:
+    return (path / DCP_DIR).is_dir()
+
+
+def load_sharded_checkpoint(path: Path, model: Any, optimizer: Any) -> None:
+    """Load the model and optimizer shards of ``path`` into a sharded model (collective)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    state = {
+        "model": get_model_state_dict(model),
+        "optimizer": get_optimizer_state_dict(model, optimizer),
+    }
+    dcp.load(state, checkpoint_id=str(path / DCP_DIR))
+    set_model_state_dict(model, state["model"])
+    set_optimizer_state_dict(model, optimizer, state["optimizer"])
+
+
+def load_full_weights(path: Path, model: Any) -> None:
+    """Load the full weights of sharded checkpoint ``path`` into an unsharded ``model``, in
+    one process (no process group): for ``cgrpo export`` of a checkpoint written without
+    ``model.safetensors``."""
+    import torch.distributed.checkpoint as dcp
+
+    state = {"model": model.state_dict()}
+    dcp.load(state, checkpoint_id=str(path / DCP_DIR), no_dist=True)
+    model.load_state_dict(state["model"])
 
 
 def is_complete(path: Path) -> bool:

@@ -22,15 +22,22 @@ def launched_with_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
 
 
-def setup(backend: str = "auto") -> None:
-    """Join the process group torchrun describes (no-op for a single process)."""
-    if not launched_with_torchrun() or dist.is_initialized():
+def setup(backend: str = "auto", strategy: str = "ddp") -> None:
+    """Join the process group torchrun describes. A single process needs none, except
+    under fsdp, which then runs in a process group of one (nothing is sharded, but the
+    code path and the checkpoint format are those of the multi-process run)."""
+    if dist.is_initialized():
         return
     if backend == "auto":
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend=backend)
+    if launched_with_torchrun():
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend=backend)
+    elif strategy == "fsdp":
+        if backend == "nccl":
+            torch.cuda.set_device(0)
+        dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
 
 
 def teardown() -> None:
@@ -68,6 +75,17 @@ def sum_scalar(value: float) -> float:
     if dist.get_backend() == "nccl":
         t = t.cuda()
     dist.all_reduce(t)
+    return float(t.item())
+
+
+def max_scalar(value: float) -> float:
+    """The largest ``value`` over the ranks."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t.item())
 
 

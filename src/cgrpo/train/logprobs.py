@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from cgrpo.train.loss import entropy_from_logits, token_logprobs
 from cgrpo.train.mixing import Batch
+from cgrpo.train.sharding import is_sharded
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +223,30 @@ def _inputs(model: Any, batch: Batch) -> tuple[dict[str, torch.Tensor], torch.de
     )
 
 
+def _sharded_body(model: Any, decoder: Any, inputs: dict[str, Any]) -> torch.Tensor:
+    """The decoder body's last hidden state of an FSDP-sharded model.
+
+    The body is reached through the root's own forward (its hooks all-gather the root's
+    parameters: embeddings, final norm, output layer) with ``logits_to_keep`` an empty
+    index list, so no logits are computed; a forward hook on the body captures its output.
+    The root's parameters stay gathered after its forward until its backward, so the
+    chunked output layer reads the full weight and its gradient is reduce-scattered by
+    FSDP's end-of-backward callback."""
+    captured: list[torch.Tensor] = []
+    hook = decoder.register_forward_hook(
+        lambda module, args, out: captured.append(out.last_hidden_state)
+    )
+    try:
+        empty = torch.empty(0, dtype=torch.long, device=inputs["input_ids"].device)
+        model(**inputs, logits_to_keep=empty)
+    finally:
+        hook.remove()
+    head = model.get_output_embeddings()
+    if hasattr(head.weight, "full_tensor"):  # resharded after all: gather the root again
+        model.unshard()
+    return captured[0]
+
+
 def full_logits_forward(
     model: Any, batch: Batch, temperature: float, entropy: EntropyMode
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -257,7 +282,10 @@ def forward_response(
         return full_logits_forward(model, batch, temperature, entropy)
     decoder, head = parts
     inputs, device = _inputs(model, batch)
-    hidden = decoder(**inputs).last_hidden_state  # (B, L, H)
+    if is_sharded(model):
+        hidden = _sharded_body(model, decoder, inputs)
+    else:
+        hidden = decoder(**inputs).last_hidden_state  # (B, L, H)
     t = batch.response_ids.shape[1]
     start = batch.prompt_len - 1
     mask = batch.response_mask.to(device).bool()  # (B, T)

@@ -36,21 +36,29 @@ from cgrpo.recipe.schema import Recipe
 from cgrpo.train import distributed
 from cgrpo.train.checkpoint import (
     complete_checkpoints,
+    is_sharded_checkpoint,
+    load_sharded_checkpoint,
     maybe_crash,
     prune_checkpoints,
     restore_rng,
     save_checkpoint,
+    save_sharded_checkpoint,
 )
 from cgrpo.train.data import DataStream
 from cgrpo.train.logprobs import forward_response
-from cgrpo.train.lora import is_lora
 from cgrpo.train.loss import LossConfig
 from cgrpo.train.metrics import Console, JsonlWriter, rollout_metrics, sample_lines
 from cgrpo.train.mixing import TrainRow
 from cgrpo.train.model import eos_token_ids
-from cgrpo.train.precision import frozen_copy
 from cgrpo.train.rollout import Rollout, RolloutSettings, rollout
-from cgrpo.train.update import UpdateSettings, make_optimizer, micro_batches, update_policy
+from cgrpo.train.sharding import is_sharded
+from cgrpo.train.update import (
+    UpdateSettings,
+    collective_count,
+    make_optimizer,
+    micro_batches,
+    update_policy,
+)
 from cgrpo.types import SamplingParams
 
 
@@ -154,12 +162,7 @@ class Trainer:
             logprob_chunk_tokens=a.logprob_chunk_tokens,
             precision=built.precision,
         )
-        self.ref_model = None
-        if a.loss.kl_coef > 0:  # KL 0 loads no reference model
-            # LoRA: the reference is the policy with its adapters disabled (no copy)
-            self.ref_model = (
-                built.model if is_lora(built.model) else frozen_copy(built.model, built.precision)
-            )
+        self.ref_model = built.ref_model  # None when kl_coef == 0 (no copy is loaded)
         self.step_done = 0
         self.nonfinite_in_a_row = 0
         self.best: tuple[float, int] | None = None  # (value of train.keep_best, step)
@@ -192,8 +195,11 @@ class Trainer:
         """Old log-probs from the trainer's model (for samplers whose numbers differ)."""
         settings = self.update_settings
         initial = [r for r in rows if not r.is_refinement]
+        plan = micro_batches(initial, settings, self.pad_id)
+        if is_sharded(self.b.model):  # as many forward calls on every rank (see sharding.py)
+            plan += [([], plan[-1][1])] * (collective_count(len(plan)) - len(plan))
         with torch.no_grad(), settings.precision.autocast():
-            for chunk, batch in micro_batches(initial, settings, self.pad_id):
+            for chunk, batch in plan:
                 lp, _ = forward_response(
                     self.b.model,
                     batch,
@@ -201,18 +207,24 @@ class Trainer:
                     "none",
                     settings.logprob_chunk_tokens,
                 )
-                for r, row_lp in zip(chunk, lp.cpu().tolist(), strict=True):
+                for r, row_lp in zip(chunk, lp.cpu().tolist(), strict=False):
                     r.sampler_logprobs = r.old_logprobs
                     r.old_logprobs = row_lp[: len(r.response_ids)]
 
-    def step(self, step: int) -> dict[str, float]:
+    def sampling_weights(self):
+        """Context for sampling: a sharded model is gathered whole first when the policy
+        samples with it (the ``hf`` backend), so ``generate`` makes no collective calls."""
+        import contextlib
+
+        from cgrpo.train.sharding import gathered
+
+        if getattr(self.b.policy, "samples_with_trainer_model", False):
+            return gathered(self.b.model)
+        return contextlib.nullcontext()
+
+    def _rollout(self, step: int, mine: list, share: int) -> Rollout:
         r = self.recipe
-        started = time.perf_counter()
-        torch.manual_seed(hash((r.run.seed, step, self.rank)) & 0x7FFFFFFF)
-        problems = self.data.next_batch(r.algorithm.prompts_per_step)  # same on every rank
-        share = len(problems) // self.world
-        mine = problems[self.rank * share : (self.rank + 1) * share]
-        ro = rollout(  # 1-6
+        return rollout(  # 1-6
             mine,
             [self.b.prompts.prompt_ids(p) for p in mine],
             policy=self.b.policy,
@@ -225,6 +237,16 @@ class Trainer:
             prompt_offset=self.rank * share,
             seed=hash((r.run.seed, step)) & 0x7FFFFFFF if r.run.reproducible_sampling else None,
         )
+
+    def step(self, step: int) -> dict[str, float]:
+        r = self.recipe
+        started = time.perf_counter()
+        torch.manual_seed(hash((r.run.seed, step, self.rank)) & 0x7FFFFFFF)
+        problems = self.data.next_batch(r.algorithm.prompts_per_step)  # same on every rank
+        share = len(problems) // self.world
+        mine = problems[self.rank * share : (self.rank + 1) * share]
+        with self.sampling_weights():
+            ro = self._rollout(step, mine, share)
         self.assign_advantages(ro.rows)  # 7
         if r.algorithm.old_logprobs == "recompute":
             self.recompute_old_logprobs(ro.rows)
@@ -270,6 +292,11 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         """Greedy pass@1 on the evaluation problems (rank 0 computes, all ranks receive)."""
+        with self.sampling_weights():  # every rank gathers; rank 0 alone generates
+            result = self._evaluate_on_main()
+        return distributed.broadcast(result)
+
+    def _evaluate_on_main(self) -> dict[str, float]:
         result: dict[str, float] = {}
         if self.main and self.b.eval_problems:
             started = time.perf_counter()
@@ -287,12 +314,13 @@ class Trainer:
                 "eval/length_mean": sum(len(o[0].token_ids) for o in outs) / len(outs),
                 "time/eval": time.perf_counter() - started,
             }
-        return distributed.broadcast(result)
+        return result
 
     # -- state, checkpoints, guards ----------------------------------------------------------
     def state(self) -> dict[str, Any]:
+        """The trainer state beside the weights; a sharded model's optimizer state is
+        saved by every rank in the checkpoint's ``dcp/`` instead."""
         state = {
-            "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "data": self.data.state_dict(),
             "best": self.best,
@@ -301,11 +329,24 @@ class Trainer:
         critic_state = getattr(self.b.critic, "state_dict", None)
         if callable(critic_state):
             state["critic"] = critic_state()
+        if not is_sharded(self.b.model):
+            state["optimizer"] = self.optimizer.state_dict()
         return state
 
-    def load_state(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state` saved (weights are loaded with the model)."""
-        self.optimizer.load_state_dict(state["optimizer"])
+    def load_state(self, state: dict[str, Any], checkpoint: Path | None = None) -> None:
+        """Restore what :meth:`state` saved. Weights are loaded with the model, except a
+        sharded model's, which come with the optimizer from ``checkpoint``'s shards."""
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+        elif checkpoint is not None and is_sharded_checkpoint(checkpoint):
+            if not is_sharded(self.b.model):
+                raise TrainingError(
+                    f"{checkpoint} was written by an fsdp run; resume it with "
+                    "distributed.strategy=fsdp"
+                )
+            load_sharded_checkpoint(checkpoint, self.b.model, self.optimizer)
+        else:
+            raise TrainingError(f"the checkpoint {checkpoint} holds no optimizer state")
         self.scheduler.load_state_dict(state["scheduler"])
         self.data.load_state_dict(state["data"])
         self.step_done = int(state["step"])
@@ -318,6 +359,21 @@ class Trainer:
         self.console.start_step = self.step_done
 
     def save(self, step: int) -> None:
+        if is_sharded(self.b.model):  # every rank writes its shards
+            save_sharded_checkpoint(
+                self.run_dir,
+                step,
+                self.b.model,
+                self.optimizer,
+                self.b.tokenizer,
+                self.state(),
+                hf_weights=step == self.recipe.train.steps,
+            )
+            if self.main:
+                keep = {self.best[1]} if self.best is not None else set()
+                prune_checkpoints(self.run_dir, self.recipe.train.keep_last, keep)
+            distributed.barrier()
+            return
         if self.main:
             save_checkpoint(self.run_dir, step, self.b.model, self.b.tokenizer, self.state())
             keep = {self.best[1]} if self.best is not None else set()

@@ -64,11 +64,13 @@ def load_policy(
         tokenizer = AutoTokenizer.from_pretrained(
             source, trust_remote_code=model_cfg.trust_remote_code
         )
-        model = AutoModelForCausalLM.from_pretrained(
-            source,
-            dtype=MASTER_DTYPE if model_cfg.lora is None else DTYPES[model_cfg.dtype],
-            trust_remote_code=model_cfg.trust_remote_code,
-        )
+        dtype = MASTER_DTYPE if model_cfg.lora is None else DTYPES[model_cfg.dtype]
+        if _sharded_without_weights(path):
+            model = uninitialised_model(source, dtype, model_cfg.trust_remote_code)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                source, dtype=dtype, trust_remote_code=model_cfg.trust_remote_code
+            )
     except OSError as exc:
         raise TrainingError(
             f"cannot load model.path {model_cfg.path!r}: {exc}. Give a local directory with "
@@ -90,3 +92,30 @@ def load_policy(
         log.info("LoRA: %s", trainable_summary(model))
     model.train()
     return model, tokenizer, device
+
+
+def _sharded_without_weights(path: Path) -> bool:
+    """A checkpoint of an fsdp run that holds its weights only as shards (``dcp/``)."""
+    from cgrpo.train.checkpoint import is_sharded_checkpoint
+
+    return is_sharded_checkpoint(path) and not any(path.glob("*.safetensors"))
+
+
+def uninitialised_model(source: str, dtype: Any, trust_remote_code: bool) -> Any:
+    """The model of ``source``'s config.json with its weights left uninitialised: they are
+    about to be overwritten from the checkpoint's shards (random init of 8B parameters
+    would take minutes for nothing)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers 4.x
+        from transformers.modeling_utils import no_init_weights
+
+    config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    with no_init_weights():
+        model = AutoModelForCausalLM.from_config(
+            config, dtype=dtype, trust_remote_code=trust_remote_code
+        )
+    model.tie_weights()  # skipped with the initialisation; tied embeddings must be one
+    return model

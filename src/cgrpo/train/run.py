@@ -63,6 +63,43 @@ def _start_on_rank0(recipe, resolved, run_dir: Path, source: str) -> str | None:
     return outcome[1]  # type: ignore[return-value]
 
 
+def _check_memory(recipe, source: str) -> None:
+    """On GPU, the memory plan before anything is loaded: stop (exit 2) naming fixes when
+    it does not fit, unless ``run.memory_check: warn``."""
+    import os
+
+    import torch
+
+    from cgrpo import memory_plan
+    from cgrpo.errors import ConfigIssue, RecipeError
+
+    device = recipe.model.device
+    if not torch.cuda.is_available() or not (device == "auto" or device.startswith("cuda")):
+        return
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    total = float(torch.cuda.get_device_properties(local).total_memory)
+    verdict = memory_plan.check_recipe(recipe, memory_plan.default_gpus(), total)
+    if local == 0:
+        log.info("%s", verdict.text)
+    if verdict.fits is not False:
+        return
+    if recipe.run.memory_check == "warn":
+        if local == 0:
+            print(verdict.text + "\ncgrpo: going ahead (run.memory_check=warn)", flush=True)
+        return
+    raise RecipeError(
+        [
+            ConfigIssue(
+                "run.memory_check",
+                "the memory plan does not fit this GPU:\n" + verdict.text,
+                memory_plan.fixes_text(verdict.fixes)
+                + "\n      (or run.memory_check=warn if the estimate is wrong for you)",
+            )
+        ],
+        source,
+    )
+
+
 def run_recipe(path: str, overrides: Sequence[str]) -> int:
     from transformers.utils import logging as hf_logging
 
@@ -79,7 +116,8 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
     hf_logging.disable_progress_bar()
     registries = get_registries()
     recipe, resolved = load_recipe(path, overrides, registries=registries)
-    distributed.setup(recipe.distributed.backend)
+    _check_memory(recipe, path)
+    distributed.setup(recipe.distributed.backend, recipe.distributed.strategy)
     run_dir = Path(recipe.run.output_dir) / recipe.run.name
     ckpt = _start_on_rank0(recipe, resolved, run_dir, path)
     main = distributed.is_main()
@@ -143,9 +181,20 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
             )
             if out is not None:
                 out.close()
+        if built.ref_model is not None:  # the KL reference: the policy as RL starts
+            from cgrpo.train.reference import load_reference, refresh_reference, save_reference
+
+            if ckpt is None:
+                refresh_reference(built.ref_model, built.model)  # after the warm-up
+                save_reference(run_dir, built.ref_model, built.model)
+            else:  # the reference of the run that wrote the checkpoint
+                origin = Path(ckpt).resolve().parent.parent
+                load_reference(origin, built.ref_model, built.model)
+                if origin != run_dir.resolve():
+                    save_reference(run_dir, built.ref_model, built.model)
         trainer = Trainer(recipe, built, run_dir, hooks=hooks, console=console)
         if ckpt is not None:
-            trainer.load_state(load_trainer_state(Path(ckpt)))
+            trainer.load_state(load_trainer_state(Path(ckpt)), Path(ckpt))
         status = trainer.fit()
         if status == "interrupted":
             say(

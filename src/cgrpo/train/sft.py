@@ -20,10 +20,12 @@ from typing import Any
 import torch
 
 from cgrpo.errors import DataError
+from cgrpo.train import distributed
 from cgrpo.train.logprobs import DEFAULT_CHUNK_TOKENS, forward_response
 from cgrpo.train.mixing import TrainRow, collate
 from cgrpo.train.precision import FULL, Precision
 from cgrpo.train.prompts import PromptBuilder
+from cgrpo.train.sharding import is_sharded
 from cgrpo.types import CritiqueRequest, Problem, Verdict
 
 
@@ -68,6 +70,7 @@ def sft_warmup(
         return TrainRow(0, prompt, ids, None, True, 0.0)
 
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    sharded = is_sharded(model)
     history = []
     model.train()
     for step in range(1, cfg.steps + 1):
@@ -86,7 +89,8 @@ def sft_warmup(
         mask = batch.response_mask.to(lp.device)
         loss = -(lp * mask).sum() / mask.sum()
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        # every rank runs the same warm-up batch; FSDP sums the ranks' gradients
+        (loss / (distributed.world_size() if sharded else 1)).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         metrics = {"sft/loss": float(loss.detach())}

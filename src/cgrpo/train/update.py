@@ -28,6 +28,7 @@ from cgrpo.train.lora import adapters_disabled
 from cgrpo.train.loss import LossConfig, policy_loss
 from cgrpo.train.mixing import Batch, TrainRow, collate, pack_micro_batches
 from cgrpo.train.precision import FULL, Precision
+from cgrpo.train.sharding import grad_norm_value, is_sharded
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,11 @@ def _sampler_mismatch(logprobs: torch.Tensor, micro: Batch, dev: Any) -> dict[st
     }
 
 
+def collective_count(count: int) -> int:
+    """The largest ``count`` over the ranks (``count`` itself for one process)."""
+    return int(distributed.max_scalar(float(count)))
+
+
 def split_groups(rows: Sequence[TrainRow], parts: int) -> list[list[TrainRow]]:
     """Split rows into ``parts`` mini-batches of whole groups (groups never straddle)."""
     groups = sorted({r.group for r in rows})
@@ -113,13 +119,20 @@ def update_policy(
     mismatch_measured = False
     model.train()
     chunk = settings.logprob_chunk_tokens
+    sharded = is_sharded(model)
     for mini_index, mini_rows in enumerate(split_groups(rows, settings.updates_per_step)):
         # global counts: with several processes each rank's loss is its share of the whole
         num_tokens = distributed.sum_scalar(float(sum(len(r.response_ids) for r in mini_rows)))
         num_seqs = distributed.sum_scalar(float(sum(1 for r in mini_rows if r.response_ids)))
         micro_metrics: list[dict[str, float]] = []
         optimizer.zero_grad(set_to_none=True)
-        for _, micro in micro_batches(mini_rows, settings, pad_id):
+        micros = [m for _, m in micro_batches(mini_rows, settings, pad_id)]
+        weights = [1.0] * len(micros)
+        if sharded:  # every rank runs as many forward/backward calls (each all-gathers)
+            padding = collective_count(len(micros)) - len(micros)
+            micros += [micros[-1]] * padding
+            weights += [0.0] * padding
+        for micro, weight in zip(micros, weights, strict=True):
             with settings.precision.autocast():
                 logprobs, entropy = forward_response(
                     model, micro, settings.temperature, entropy_mode, chunk
@@ -131,7 +144,8 @@ def update_policy(
                             ref_model, micro, settings.temperature, "none", chunk
                         )
             dev = logprobs.device
-            if mini_index == 0 and not mismatch_measured:  # same weights as the sampler's
+            # same weights as the sampler's (a padding copy is not measured)
+            if mini_index == 0 and not mismatch_measured and weight:
                 mismatch = _sampler_mismatch(logprobs, micro, dev)
                 if mismatch:  # (a micro-batch of refinement rows only has nothing to compare)
                     micro_metrics.append(mismatch)
@@ -151,13 +165,21 @@ def update_policy(
                 num_tokens=num_tokens,
                 num_seqs=num_seqs,
             )
+            if weight == 0.0:  # a padding copy: same collectives, no gradient, no metrics
+                (out.loss * 0.0).backward()
+                continue
             out.loss.backward()
             micro_metrics.append(out.metrics)
         params = [p for p in model.parameters() if p.requires_grad]
-        distributed.all_reduce_gradients(params)  # sum of shares = the whole batch's gradient
+        if not sharded:  # FSDP has reduce-scattered (summed) the gradients already
+            distributed.all_reduce_gradients(params)  # sum of shares = the whole gradient
         max_norm = settings.grad_clip if settings.grad_clip is not None else float("inf")
         with_grad = [p for p in params if p.grad is not None]
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(with_grad, max_norm)) if with_grad else 0.0
+        grad_norm = (
+            grad_norm_value(torch.nn.utils.clip_grad_norm_(with_grad, max_norm))
+            if with_grad
+            else 0.0
+        )
         metrics = _mean_metrics(micro_metrics)
         metrics["update/grad_norm"] = grad_norm
         if math.isfinite(grad_norm):  # identical on every rank after the all-reduce

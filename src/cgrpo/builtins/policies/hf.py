@@ -101,6 +101,9 @@ class SampledLogprobRecorder:
 class HFPolicy:
     """Samples with transformers generate on the training model (no weight sync needed)."""
 
+    # the trainer gathers a sharded (FSDP) model whole around sampling (train/sharding.py)
+    samples_with_trainer_model = True
+
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
         generation_batch_size: int = Field(
@@ -166,6 +169,9 @@ class HFPolicy:
             eos_token_id=self.eos_ids,
             logits_processor=LogitsProcessorList([recorder]),
             return_dict_in_generate=True,
+            # transformers turns this on for FSDP models; the trainer gathers a sharded
+            # model before sampling, so each rank decodes alone (no per-token all-reduce)
+            synced_gpus=False,
         )
         if sample:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -187,13 +187,19 @@ class VLLMSampler:
         return result
 
 
-def trainer_weights(model: Any) -> list[tuple[str, Any]]:
+def trainer_weights(model: Any) -> Iterable[tuple[str, Any]]:
     """The trainer's weights under their transformers names, as the engine loads them: the
-    state dict, or for a LoRA model the base weights with the adapters merged in."""
+    state dict; for a LoRA model the base weights with the adapters merged in; for an
+    FSDP-sharded model the full weights gathered one layer at a time while the engine
+    consumes them (every rank's engine loads the whole model; no rank ever holds a second
+    full copy)."""
     from cgrpo.train.lora import is_lora, merged_weights
+    from cgrpo.train.sharding import full_weights, is_sharded
 
     if is_lora(model):
         return merged_weights(model)
+    if is_sharded(model):
+        return full_weights(model)
     return [(name, t.detach()) for name, t in model.state_dict().items()]
 
 
