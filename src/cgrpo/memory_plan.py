@@ -49,6 +49,7 @@ class ModelShape:
     intermediate: int
     tied: bool
     qkv_bias: bool = False
+    qk_norm: bool = False  # Qwen3 normalises q and k per head
 
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> ModelShape:
@@ -65,6 +66,7 @@ class ModelShape:
             intermediate=int(text["intermediate_size"]),
             tied=bool(cfg.get("tie_word_embeddings", text.get("tie_word_embeddings", False))),
             qkv_bias=bool(bias) if bias is not None else text.get("model_type") == "qwen2",
+            qk_norm=str(text.get("model_type", "")).startswith("qwen3"),
         )
 
     def layer_linears(self) -> list[tuple[int, int]]:
@@ -81,7 +83,8 @@ class ModelShape:
     def layer_params(self) -> int:
         linear = sum(a * b for a, b in self.layer_linears())
         bias = (self.heads + 2 * self.kv_heads) * self.head_dim if self.qkv_bias else 0
-        return linear + bias + 2 * self.hidden + 2 * self.head_dim  # norms (+ q/k norms)
+        qk_norms = 2 * self.head_dim if self.qk_norm else 0
+        return linear + bias + 2 * self.hidden + qk_norms
 
     @property
     def root_params(self) -> int:
