@@ -1,13 +1,16 @@
 """Time one GRPO step and one Critique-GRPO step of the hf backend on a fixed tiny model.
 
     python benchmarks/step_time.py [--steps 5] [--prompts 8] [--samples 8] [--new-tokens 32]
-                                   [--lora]
+                                   [--lora] [--fsdp]
 
 Prints seconds per step (mean over ``--steps`` after one warm-up step), the split by stage,
 sampled tokens per second and peak memory (process RSS; CUDA peak when on GPU). The model
 is created offline (hidden 128, 2 layers); nothing is downloaded. ``--lora`` adds a GRPO
-step that trains rank-16 LoRA adapters on every linear layer instead of all weights. Run it
-alone: another torch process on a 2-core machine distorts the numbers badly.
+step that trains rank-16 LoRA adapters on every linear layer instead of all weights.
+``--fsdp`` adds a GRPO step of 2 processes (torchrun, gloo on CPU) under
+``distributed.strategy: fsdp`` and, to separate the cost of sharding from that of a second
+process, the same under ddp; each process has ``--threads`` threads and half the prompts.
+Run it alone: another torch process on a 2-core machine distorts the numbers badly.
 """
 
 from __future__ import annotations
@@ -22,7 +25,15 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def recipe_for(model_dir: Path, out: Path, name: str, args, refinements: int, lora: bool = False):
+def recipe_for(
+    model_dir: Path,
+    out: Path,
+    name: str,
+    args,
+    refinements: int,
+    lora: bool = False,
+    strategy: str = "ddp",
+):
     from cgrpo.recipe.validate import validate_recipe
 
     g = args.samples - refinements
@@ -44,25 +55,33 @@ def recipe_for(model_dir: Path, out: Path, name: str, args, refinements: int, lo
             "samples_per_prompt": g,
             "refinements_per_prompt": refinements,
             "refine": "all",
-            "micro_batch_size": args.prompts * args.samples,
+            "micro_batch_size": args.prompts * args.samples // args.world,
         },
         "refinement": {"max_critique_tokens": 64},
         "optim": {"lr": 1e-5},
         "train": {"steps": args.steps + 1, "log_samples": 0},
+        "distributed": {"strategy": strategy},
     }
     return validate_recipe(raw)
 
 
 def bench(
-    kind: str, refinements: int, model_dir: Path, out: Path, args, lora: bool = False
+    kind: str,
+    refinements: int,
+    model_dir: Path,
+    out: Path,
+    args,
+    lora: bool = False,
+    strategy: str = "ddp",
 ) -> None:
     import torch
 
     from cgrpo.plugins import get_registries
     from cgrpo.recipe.build import build
+    from cgrpo.train import distributed
     from cgrpo.train.loop import Trainer
 
-    recipe = recipe_for(model_dir, out, kind, args, refinements, lora)
+    recipe = recipe_for(model_dir, out, kind, args, refinements, lora, strategy)
     built = build(recipe, get_registries(), None)
     (out / kind).mkdir(parents=True, exist_ok=True)
     trainer = Trainer(recipe, built, out / kind)
@@ -70,8 +89,11 @@ def bench(
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     rows = [trainer.step(s) for s in range(2, args.steps + 2)]
-    trainer.metrics_out.close()
-    trainer.samples_out.close()
+    for writer in (trainer.metrics_out, trainer.samples_out):
+        if writer is not None:  # rank 0 only
+            writer.close()
+    if not distributed.is_main():
+        return
 
     def mean(key):
         vals = [r[key] for r in rows if key in r]
@@ -101,7 +123,14 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--lora", action="store_true", help="also time a GRPO step with LoRA")
+    p.add_argument("--fsdp", action="store_true", help="also time 2 processes, fsdp and ddp")
+    p.add_argument("--worker", choices=["fsdp", "ddp"], help=argparse.SUPPRESS)
+    p.add_argument("--model-dir", help=argparse.SUPPRESS)
     args = p.parse_args()
+    args.world = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.worker:  # one rank of a torchrun launched by --fsdp
+        _worker(args)
+        return
 
     import torch
 
@@ -121,6 +150,44 @@ def main() -> None:
         bench("critique-grpo", 1, model_dir, Path(tmp) / "runs", args)
         if args.lora:
             bench("grpo-lora", 0, model_dir, Path(tmp) / "runs", args, lora=True)
+        if args.fsdp:
+            for strategy in ("ddp", "fsdp"):
+                _launch_two(strategy, model_dir, args)
+
+
+def _launch_two(strategy: str, model_dir: Path, args) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+        "--master_addr=127.0.0.1", f"--master_port={port}", __file__,
+        "--worker", strategy, "--model-dir", str(model_dir), "--steps", str(args.steps),
+        "--prompts", str(args.prompts), "--samples", str(args.samples),
+        "--new-tokens", str(args.new_tokens), "--device", args.device,
+        "--threads", str(args.threads),
+    ]  # fmt: skip
+    subprocess.run(cmd, check=True)
+
+
+def _worker(args) -> None:
+    import torch
+
+    from cgrpo.train import distributed
+
+    torch.set_num_threads(args.threads)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    distributed.setup("auto", args.worker)
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = Path(tmp) / "runs"  # rank-local; the benchmark writes no checkpoints
+        bench(f"grpo-2x{args.worker}", 0, Path(args.model_dir), runs, args, strategy=args.worker)
+    distributed.teardown()
 
 
 if __name__ == "__main__":
