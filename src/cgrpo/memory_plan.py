@@ -412,6 +412,8 @@ def check_recipe(recipe: Any, gpus: int, gpu_memory: float | None) -> Verdict:
         )
     setup = Setup.from_recipe(recipe, gpus)
     plan = estimate(shape, setup, gpu_memory)
+    if recipe.critic.name == "local":
+        plan.notes.append("the local critic's own model is not counted: add its weights")
     text = plan.render(f"memory plan for {shape.params / 1e9:.2f}B parameters")
     if gpu_memory is None:
         text += "\n  no GPU visible: pass --gpu-memory (e.g. 80GiB) to check the fit"
