@@ -78,6 +78,24 @@ def test_sigkill_mid_step_then_resume_is_bitwise_identical(reference):
         assert a["loss/total"] == b["loss/total"]
 
 
+def test_kl_reference_survives_resume(reference):
+    """With kl_coef > 0 the reference is the policy after the warm-up, saved in the run
+    directory; a resumed run measures KL against it, not against the checkpoint's weights
+    (as it did before the reference was saved)."""
+    root = reference
+    kl = ("train.save_every=1", "algorithm.loss.kl_coef=0.05")
+    assert run_cli(*args(root, "kl-ref", *kl), cwd=root).returncode == 0
+    crashed = run_cli(*args(root, "kl-kill", *kl), cwd=root, env={"CGRPO_CRASH_AT": "step:4"})
+    assert crashed.returncode == -signal.SIGKILL
+    assert (root / "runs" / "kl-kill" / "reference" / "model.safetensors").is_file()
+    resumed = run_cli(*args(root, "kl-kill", *kl, "resume=auto"), cwd=root)
+    assert resumed.returncode == 0, resumed.stderr
+    assert same_weights(weights(root, "kl-ref"), weights(root, "kl-kill"))
+    ref, res = metric_lines(root, "kl-ref"), metric_lines(root, "kl-kill")
+    assert [m["kl/mean"] for m in ref] == [m["kl/mean"] for m in res]
+    assert ref[-1]["kl/mean"] > 0
+
+
 def test_sigkill_while_writing_a_checkpoint_leaves_no_fake_checkpoint(reference):
     root = reference
     crashed = run_cli(
