@@ -60,3 +60,22 @@ def test_registered_scheme_uses_its_options():
     scheme = get_registries()["advantage"].build("grpo", {"std_scaling": "group"}, None)
     adv = scheme.compute(SEVEN_WRONG_ONE_RIGHT, torch.ones(1, 8, dtype=torch.bool))
     assert adv[0, 7].item() == pytest.approx(2.475, abs=1e-3)
+
+
+@pytest.mark.parametrize("value", [0.7, 0.1, 1 / 3, 0.123456789])
+def test_equal_continuous_rewards_give_exactly_zero_under_every_scheme(value):
+    """A group whose members all have the same (continuous) reward has no signal: exactly
+    zero advantage, also after std scaling (float32 means were an ulp off, which
+    std_scaling=group turned into +0.056)."""
+    rewards = torch.tensor([[value] * 7, [0.0] * 6 + [1.0]])
+    mask = torch.ones_like(rewards, dtype=torch.bool)
+    for scaling in ("none", "group", "batch"):
+        adv = group_advantages(rewards, mask, std_scaling=scaling)
+        assert torch.equal(adv[0], torch.zeros(7)), scaling
+        assert adv[1, -1] > 0
+    assert torch.equal(rloo_advantages(rewards, mask)[0], torch.zeros(7))
+    assert torch.equal(reinforce_pp_advantages(rewards, mask)[0], torch.zeros(7))
+    constant = torch.full((1, 7), value)  # a whole batch of equal rewards
+    for scaling in ("none", "group", "batch"):
+        assert torch.equal(group_advantages(constant, std_scaling=scaling), torch.zeros(1, 7))
+    assert torch.equal(reinforce_pp_advantages(constant), torch.zeros(1, 7))

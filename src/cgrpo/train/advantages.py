@@ -2,8 +2,11 @@
 
 All functions take ``rewards`` (P, N) and a boolean ``mask`` (P, N) that is True where a
 group member exists, and return (P, N) float advantages, zero where ``mask`` is False.
-A group whose members all have the same reward gets all-zero advantages under every
-scheme here, so it contributes no policy gradient.
+A group whose members all have the same reward gets exactly zero advantages under every
+scheme here, so it contributes no policy gradient. "Exactly": rewards are centred in
+float64 and equal-reward groups are zeroed explicitly, because a mean that is one ulp off
+(seven rewards of 0.7 in float32) divided by a zero std + eps would become a full-size
+advantage. Results are float32.
 """
 
 from __future__ import annotations
@@ -30,6 +33,15 @@ def _masked_group_std(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     return var.sqrt()
 
 
+def _centred(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``R - group mean`` in float64, exactly 0 in groups whose present rewards are equal."""
+    rewards = rewards.to(torch.float64)
+    present_max = torch.where(mask, rewards, -torch.inf).amax(dim=1, keepdim=True)
+    present_min = torch.where(mask, rewards, torch.inf).amin(dim=1, keepdim=True)
+    centred = rewards - _masked_group_mean(rewards, mask)
+    return torch.where(present_max == present_min, torch.zeros_like(centred), centred)
+
+
 def group_advantages(
     rewards: torch.Tensor,
     mask: torch.Tensor | None = None,
@@ -48,8 +60,8 @@ def group_advantages(
     """
     if mask is None:
         mask = torch.ones_like(rewards, dtype=torch.bool)
-    rewards = rewards.to(torch.float32)
-    adv = rewards - _masked_group_mean(rewards, mask)
+    adv = _centred(rewards, mask)
+    rewards = rewards.to(torch.float64)
     if std_scaling == "group":
         adv = adv / (_masked_group_std(rewards, mask) + eps)
     elif std_scaling == "batch":
@@ -58,7 +70,7 @@ def group_advantages(
         adv = adv / (std + eps)
     elif std_scaling != "none":
         raise ValueError(f"std_scaling must be 'none', 'group' or 'batch', got {std_scaling!r}")
-    return adv * mask
+    return (adv * mask).to(torch.float32)
 
 
 def rloo_advantages(rewards: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -68,10 +80,9 @@ def rloo_advantages(rewards: torch.Tensor, mask: torch.Tensor | None = None) -> 
     """
     if mask is None:
         mask = torch.ones_like(rewards, dtype=torch.bool)
-    rewards = rewards.to(torch.float32)
-    n = mask.sum(dim=1, keepdim=True).to(rewards.dtype)
+    n = mask.sum(dim=1, keepdim=True).to(torch.float64)
     scale = torch.where(n > 1, n / (n - 1).clamp(min=1), torch.zeros_like(n))
-    return (rewards - _masked_group_mean(rewards, mask)) * scale * mask
+    return (_centred(rewards, mask) * scale * mask).to(torch.float32)
 
 
 def reinforce_pp_advantages(
@@ -86,8 +97,8 @@ def reinforce_pp_advantages(
     """
     if mask is None:
         mask = torch.ones_like(rewards, dtype=torch.bool)
-    centred = group_advantages(rewards, mask, std_scaling="none")
+    centred = _centred(rewards, mask) * mask
     present = centred[mask]
     if present.numel() < 2:
-        return centred
-    return centred / (present.std(unbiased=True) + eps) * mask
+        return centred.to(torch.float32)
+    return (centred / (present.std(unbiased=True) + eps) * mask).to(torch.float32)
