@@ -98,6 +98,17 @@ def test_bad_override_syntax_and_missing_interpolation(tmp_path):
     assert any("interpolation" in p.message for p in found.values())
 
 
+@pytest.mark.parametrize(
+    "override",
+    ["train.steps=[5", 'run.name="unterminated', "algorithm.loss={a: 1", "algorithm={"],
+)
+def test_override_that_is_not_valid_yaml_is_a_recipe_error(tmp_path, override):
+    """Not a yaml ParserError traceback: a recipe error naming the override (exit 2)."""
+    found, _ = problems(tmp_path, GOOD, override)
+    key = override.partition("=")[0]
+    assert key in found and "not valid YAML" in found[key].message
+
+
 def test_missing_file_and_yaml_syntax_error(tmp_path):
     with pytest.raises(RecipeError, match="not found"):
         load_recipe(tmp_path / "absent.yaml")

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -89,6 +90,16 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str], source: str) -> D
             OmegaConf.update(cfg, key.strip(), parsed, merge=not replace, force_add=True)
         except OmegaConfBaseException as exc:
             issues.append(ConfigIssue(key, f"cannot apply override: {exc}"))
+        except yaml.YAMLError as exc:  # the value is not valid YAML
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            issues.append(
+                ConfigIssue(
+                    key.strip(),
+                    f"the value of override {item!r} is not valid YAML: {problem}",
+                    "close brackets, braces and quotes; quote the whole override for the "
+                    "shell, e.g. 'algorithm.loss.clip={mode: symmetric, eps: 0.2}'",
+                )
+            )
     if issues:
         raise RecipeError(issues, source)
     return cfg
