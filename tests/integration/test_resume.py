@@ -117,6 +117,33 @@ def test_sigkill_while_writing_a_checkpoint_leaves_no_fake_checkpoint(reference)
     assert same_weights(weights(root, "ref"), weights(root, "kill-ckpt"))
 
 
+def test_fsdp_killed_while_writing_shards_resumes_bitwise(reference):
+    """The sharded checkpoint (one process under distributed.strategy=fsdp: a process
+    group of one, DCP shards): a kill while it is written leaves no fake checkpoint, and
+    the resumed run ends bitwise equal to an uninterrupted fsdp run."""
+    root = reference
+    fsdp = ("train.save_every=1", "distributed.strategy=fsdp")
+    assert run_cli(*args(root, "fsdp-ref", *fsdp), cwd=root).returncode == 0
+    crashed = run_cli(
+        *args(root, "fsdp-kill", *fsdp), cwd=root, env={"CGRPO_CRASH_AT": "checkpoint:3"}
+    )
+    assert crashed.returncode == -signal.SIGKILL
+    ckpts = root / "runs" / "fsdp-kill" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir() if not p.name.startswith(".")) == [
+        "step-1",
+        "step-2",
+    ]
+    assert (ckpts / "step-2" / "dcp").is_dir()
+    assert not (ckpts / "step-2" / "model.safetensors").exists()  # only the last has it
+    resumed = run_cli(*args(root, "fsdp-kill", *fsdp, "resume=auto"), cwd=root)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "step-2" in resumed.stdout
+    assert not list(ckpts.glob(".tmp-step-*"))
+    assert same_weights(weights(root, "fsdp-ref"), weights(root, "fsdp-kill"))
+    # and one process under fsdp computes what one process under ddp does
+    assert same_weights(weights(root, "ref"), weights(root, "fsdp-ref"))
+
+
 def test_sigterm_saves_a_checkpoint_and_resume_finishes_identically(reference):
     root = reference
     cmd = [sys.executable, "-m", "cgrpo", *args(root, "term")]
