@@ -146,17 +146,37 @@ def test_cache_serves_repeats_without_requests(make_critic, server, tmp_path):
     assert len(server.requests) == 3
 
 
-def test_budget_cap_switches_to_the_fallback(make_critic, server):
-    critic = make_critic(input_price_per_million=10.0, budget_usd=0.0015, cache=False)
-    # each call costs 100 * 10 / 1e6 = 0.001: the second still starts under budget
-    results = critic.critique([request(response=f"answer {i}") for i in range(1)])
-    results += critic.critique([request(response="answer 1")])
-    results += critic.critique([request(response=f"answer {i}") for i in range(2, 5)])
-    assert len(server.requests) == 2
-    assert [c.fallback for c in results] == [False, False, True, True, True]
-    assert all(c.error == "budget exhausted" for c in results[2:])
-    assert critic.telemetry()["budget_fallbacks_total"] == 3
-    assert critic.spent_usd == pytest.approx(0.002)
+@pytest.mark.parametrize("concurrency", [1, 8, 32])
+def test_budget_is_a_hard_cap_at_any_concurrency(make_critic, server, concurrency):
+    """Spend never exceeds budget_usd, however many requests are in flight: each one
+    reserves its worst-case cost before it is sent. (Checking spend before each request
+    without counting those in flight overspent a $0.0015 cap 6x at concurrency 8.)"""
+    critic = make_critic(
+        input_price_per_million=10.0,
+        output_price_per_million=30.0,
+        concurrency=concurrency,
+        cache=False,
+    )
+    worst = critic.worst_case_cost(request(response="answer 0"))
+    actual = (100 * 10.0 + 20 * 30.0) / 1e6  # the fake server's usage: 100 + 20 tokens
+    assert worst > actual
+    critic.options.budget_usd = 3.5 * worst
+    results = critic.critique([request(response=f"answer {i}") for i in range(40)])
+    assert critic.spent_usd <= critic.options.budget_usd
+    paid = [c for c in results if not c.fallback]
+    assert len(paid) == len(server.requests) >= 3  # at least 3 worst cases fit
+    assert critic.spent_usd == pytest.approx(actual * len(paid))
+    refused = [c for c in results if c.fallback]
+    assert refused and all(c.error == "budget exhausted" for c in refused)
+    assert critic.telemetry()["budget_fallbacks_total"] == len(refused)
+    assert critic.reserved_usd == pytest.approx(0.0)
+
+
+def test_budget_without_prices_is_an_options_error():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="input_price_per_million"):
+        OpenAICritic.Options(budget_usd=1.0)
 
 
 def test_concurrency_is_bounded(make_critic, server):

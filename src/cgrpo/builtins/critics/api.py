@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from cgrpo.builtins.critics.cache import CritiqueCache, cache_key
 from cgrpo.builtins.critics.options import CoTOptions
@@ -58,12 +58,29 @@ class OpenAICriticOptions(CoTOptions):
     input_price_per_million: float = Field(0.0, ge=0, description="USD per 1M prompt tokens")
     output_price_per_million: float = Field(0.0, ge=0, description="USD per 1M completion tokens")
     budget_usd: float | None = Field(
-        None, gt=0, description="hard cap on spend; then the fallback critique is used"
+        None,
+        gt=0,
+        description="hard cap on spend (needs the prices): each request reserves its worst "
+        "case before it is sent, so spend never exceeds it; then the fallback critique is used",
     )
     cache: bool = Field(True, description="reuse critiques from the on-disk cache")
     cache_dir: str = Field(
         "~/.cache/cgrpo/critiques", description="where cached critiques live (shareable)"
     )
+
+    @model_validator(mode="after")
+    def _budget_needs_prices(self) -> OpenAICriticOptions:
+        if (
+            self.budget_usd is not None
+            and self.input_price_per_million == 0
+            and self.output_price_per_million == 0
+        ):
+            raise ValueError(
+                "budget_usd is set but input_price_per_million and output_price_per_million "
+                "are both 0, so nothing would ever count against it; set the model's prices "
+                "(USD per million tokens) or remove budget_usd"
+            )
+        return self
 
 
 class _Retryable(Exception):
@@ -98,6 +115,7 @@ class OpenAICritic:
         self._key = key
         self.cache = CritiqueCache(options.cache_dir) if options.cache else None
         self.spent_usd = 0.0
+        self.reserved_usd = 0.0  # worst-case cost of the requests in flight
         self.totals = {
             "requests": 0,
             "retries": 0,
@@ -199,11 +217,30 @@ class OpenAICritic:
             return again
         return result
 
+    def worst_case_cost(self, req: CritiqueRequest) -> float:
+        """The most one request for ``req`` can cost: every prompt byte a token (a
+        byte-level BPE token is at least one byte) plus a few tokens of chat framing per
+        message, and ``max_tokens`` of completion, at the recipe's prices."""
+        o = self.options
+        messages = self.template.messages(req)
+        prompt = sum(len(str(m.get("content", "")).encode()) + 8 for m in messages) + 8
+        return (
+            prompt * o.input_price_per_million + o.max_tokens * o.output_price_per_million
+        ) / 1e6
+
     async def _fresh(self, req: CritiqueRequest, key: str) -> Critique:
-        """One critique from the API (with retries), accounted and cached."""
-        if self.options.budget_usd is not None and self.spent_usd >= self.options.budget_usd:
+        """One critique from the API (with retries), accounted and cached.
+
+        The budget is a hard cap at any concurrency: each request reserves its worst-case
+        cost before it is sent (check and reserve happen without an await between them,
+        so requests in flight are counted), and the actual cost replaces the reservation
+        when the answer arrives. A request that fails is assumed unbilled."""
+        budget = self.options.budget_usd
+        worst = self.worst_case_cost(req) if budget is not None else 0.0
+        if budget is not None and self.spent_usd + self.reserved_usd + worst > budget:
             self.totals["budget_fallbacks"] += 1
             return self._fallback(req, "budget exhausted")
+        self.reserved_usd += worst
         started = time.perf_counter()
         try:
             text, usage = await self._call_with_retries(req)
@@ -213,6 +250,8 @@ class OpenAICritic:
                 "critic openai (%s): giving up on one critique: %s", self.options.model, exc
             )
             return self._fallback(req, str(exc), time.perf_counter() - started)
+        finally:
+            self.reserved_usd -= worst
         cost = (
             usage[0] * self.options.input_price_per_million
             + usage[1] * self.options.output_price_per_million
