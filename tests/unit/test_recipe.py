@@ -109,6 +109,32 @@ def test_override_that_is_not_valid_yaml_is_a_recipe_error(tmp_path, override):
     assert key in found and "not valid YAML" in found[key].message
 
 
+def test_missing_extends_names_the_recipe_that_holds_it(tmp_path):
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: no-such-base.yaml\nrun: {name: t}\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(child)
+    assert err.value.source == str(child)
+    [issue] = err.value.problems
+    assert issue.path == "extends" and "no-such-base.yaml" in issue.message
+
+
+def test_run_rejects_a_bad_recipe_before_importing_torch():
+    """`cgrpo run` validates first: a bad recipe costs about a second, as with `check`."""
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    code = (
+        "import sys; from cgrpo.cli.main import main; "
+        f"rc = main(['run', {str(REPO / 'recipes' / 'quickstart-cpu.yaml')!r}, 'train.steps=-1']); "
+        "print(rc, 'torch' in sys.modules, 'transformers' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.split() == ["2", "False", "False"], out.stdout + out.stderr
+
+
 def test_missing_file_and_yaml_syntax_error(tmp_path):
     with pytest.raises(RecipeError, match="not found"):
         load_recipe(tmp_path / "absent.yaml")

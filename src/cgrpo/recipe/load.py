@@ -38,7 +38,19 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
         raise RecipeError([ConfigIssue("", "a recipe must be a YAML mapping")], str(path))
     base = cfg.pop("extends", None)
     if base is not None:
-        parent = _read_yaml((path.parent / str(base)).resolve(), (*seen, path.resolve()))
+        target = (path.parent / str(base)).resolve()
+        if not target.is_file():
+            raise RecipeError(
+                [
+                    ConfigIssue(
+                        "extends",
+                        f"the recipe it extends, {base!r}, is not a file (looked for {target})",
+                        "extends: takes a path relative to the recipe that holds it",
+                    )
+                ],
+                str(path),
+            )
+        parent = _read_yaml(target, (*seen, path.resolve()))
         cfg = OmegaConf.merge(parent, cfg)
     return cfg
 

@@ -101,10 +101,16 @@ def _check_memory(recipe, source: str) -> None:
 
 
 def run_recipe(path: str, overrides: Sequence[str]) -> int:
-    from transformers.utils import logging as hf_logging
-
     from cgrpo.plugins import get_registries
     from cgrpo.recipe import load_recipe
+
+    # validate before importing torch and transformers: a bad recipe is rejected in about
+    # a second, as by `cgrpo check`
+    registries = get_registries()
+    recipe, resolved = load_recipe(path, overrides, registries=registries)
+
+    from transformers.utils import logging as hf_logging
+
     from cgrpo.recipe.build import build
     from cgrpo.train import distributed
     from cgrpo.train.checkpoint import load_trainer_state
@@ -114,8 +120,6 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
     from cgrpo.train.sft import sft_warmup
 
     hf_logging.disable_progress_bar()
-    registries = get_registries()
-    recipe, resolved = load_recipe(path, overrides, registries=registries)
     _check_memory(recipe, path)
     distributed.setup(recipe.distributed.backend, recipe.distributed.strategy)
     run_dir = Path(recipe.run.output_dir) / recipe.run.name
