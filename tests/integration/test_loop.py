@@ -143,3 +143,28 @@ def test_kl_loads_a_frozen_reference_only_when_asked(tmp_path, tiny_model_dir, t
     assert all(
         torch.equal(a, b) for a, b in zip(ref_before, params_of(trainer.ref_model), strict=False)
     )
+
+
+def test_a_refinement_prompt_that_cannot_fit_is_skipped_and_counted(
+    tmp_path, tiny_model_dir, torch_one_thread
+):
+    """A refinement prompt that cannot fit even without the previous response (a long
+    question under a long template) skips that refinement and counts it; the step goes
+    on. The prompt builder is wrapped to refuse one problem's refinements."""
+    from cgrpo.train.prompts import RefinementTooLong
+
+    trainer, built = make_trainer(tmp_path, tiny_model_dir, "algorithm.refine=all")
+    built.policy = trainer.b.policy = ScriptedPolicy(built.tokenizer, r"\boxed{-1}", r"\boxed{-1}")
+    original = built.prompts.refinement_ids
+    refused = []
+
+    def refinement_ids(problem, response, critique):
+        if not refused or refused[0] == problem.id:
+            refused.append(problem.id)
+            raise RefinementTooLong(f"problem {problem.id}: too long")
+        return original(problem, response, critique)
+
+    built.prompts.refinement_ids = refinement_ids
+    metrics = trainer.step(1)
+    assert metrics["refine/skipped_too_long"] == 7.0  # the 7 critiques of one prompt
+    assert metrics["refine/generated"] == 7.0  # the other prompt's refinements

@@ -8,6 +8,7 @@ the refinement context budget, secrets written into the recipe).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -212,15 +213,20 @@ def cross_issues(r: Recipe) -> list[ConfigIssue]:
         )
     if k >= 1:
         ref = r.refinement
-        need = prompt + ref.max_critique_tokens + ref.min_previous_response_tokens + new
+        # the template's own words and the chat framing, estimated without a tokenizer
+        # (~3 characters per token; a prompt that still does not fit at run time is
+        # skipped and counted in refine/skipped_too_long)
+        fixed = re.sub(r"\{(question|response|critique)\}", "", ref.template)
+        framing = len(fixed) // 3 + (16 if r.data.prompt.chat_template else 0)
+        need = prompt + ref.max_critique_tokens + ref.min_previous_response_tokens + new + framing
         if need > budget:
             out.append(
                 ConfigIssue(
                     "refinement",
                     f"a refinement prompt needs question ({prompt}) + previous "
                     f"response (>= {ref.min_previous_response_tokens}) + critique "
-                    f"({ref.max_critique_tokens}) + refinement ({new}) = {need} "
-                    f"tokens, over model.max_length {budget}",
+                    f"({ref.max_critique_tokens}) + template and chat framing (~{framing}) + "
+                    f"refinement ({new}) = {need} tokens, over model.max_length {budget}",
                     "raise model.max_length or lower refinement.max_critique_tokens"
                     " / min_previous_response_tokens",
                 )

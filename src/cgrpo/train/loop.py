@@ -97,6 +97,7 @@ def merge_rollouts(parts: list[Rollout]) -> Rollout:
         merged.critiques += part.critiques
         merged.groups_all_failed += part.groups_all_failed
         merged.groups_rescued += part.groups_rescued
+        merged.refinements_skipped += part.refinements_skipped
         for stage, secs in part.seconds.items():  # ranks run in parallel: the slowest counts
             merged.seconds[stage] = max(merged.seconds.get(stage, 0.0), secs)
         group_offset += len({r.group for r in part.records})

@@ -38,6 +38,7 @@ def rollout_metrics(ro: Rollout) -> dict[str, float]:
             ro.groups_rescued / ro.groups_all_failed if ro.groups_all_failed else float("nan")
         ),
         "refine/generated": float(len(refs)),
+        "refine/skipped_too_long": float(ro.refinements_skipped),
         "refine/success_rate": _mean([float(r.verdict.correct) for r in refs]),
         "refine/kept": float(len(kept)),
         "reward/refinement_kept_mean": _mean([r.verdict.score for r in kept]),

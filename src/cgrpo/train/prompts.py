@@ -15,6 +15,11 @@ from cgrpo.types import Problem
 ELLIPSIS = "... "
 
 
+class RefinementTooLong(ValueError):
+    """A refinement prompt cannot fit the context even without the previous response (a
+    long question under a long refinement template): the refinement is skipped."""
+
+
 class PromptBuilder:
     """Formats prompts with the recipe's template and the tokenizer's chat template."""
 
@@ -74,7 +79,7 @@ class PromptBuilder:
 
         base = len(build(""))
         if base > budget:
-            raise ValueError(
+            raise RefinementTooLong(
                 f"problem {problem.id}: the refinement prompt without the previous response "
                 f"is {base} tokens, over the budget {budget} (model.max_length - "
                 "sampling.max_new_tokens); lower refinement.max_critique_tokens"

@@ -7,6 +7,7 @@ Shapes: P prompts, G initial samples each, K refinements kept each, N = G + K.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import random
 import time
 from collections.abc import Sequence
@@ -14,8 +15,10 @@ from dataclasses import dataclass, field
 
 from cgrpo.interfaces import Critic, PolicyBackend, Verifier
 from cgrpo.train.mixing import TrainRow, build_group, select_refinements
-from cgrpo.train.prompts import PromptBuilder
+from cgrpo.train.prompts import PromptBuilder, RefinementTooLong
 from cgrpo.types import Completion, Critique, CritiqueRequest, Problem, SamplingParams, Verdict
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class Rollout:
     critiques: list[Critique] = field(default_factory=list)
     groups_all_failed: int = 0
     groups_rescued: int = 0
+    refinements_skipped: int = 0  # critiqued, but the refinement prompt could not fit
 
 
 def _timed(seconds: dict[str, float], stage: str):
@@ -139,6 +143,7 @@ def rollout(
     ]
     kept: list[list[int]] = [[] for _ in problems]  # record indices of kept refinements
     critiques: list[Critique] = []
+    skipped = 0
     if s.refinements_per_prompt > 0 and critic is not None:
         targets = refinement_targets(verdicts, s.refine, s.max_refinements_generated)
         with _timed(secs, "critique"):  # 3. critique the chosen responses
@@ -151,10 +156,18 @@ def rollout(
         for (p, i), crit in zip(targets, critiques, strict=True):
             records[p * s.samples_per_prompt + i].critique = crit
         with _timed(secs, "refine"):  # 4. one refinement per critique, same policy
-            ref_prompts = [
-                prompts.refinement_ids(problems[p], initial[p][i].text, c.text)
-                for (p, i), c in zip(targets, critiques, strict=True)
-            ]
+            ref_prompts, fitting = [], []
+            for (p, i), c in zip(targets, critiques, strict=True):
+                try:
+                    ref_prompts.append(
+                        prompts.refinement_ids(problems[p], initial[p][i].text, c.text)
+                    )
+                    fitting.append(((p, i), c))
+                except RefinementTooLong as exc:  # skipped and counted, never a crash
+                    skipped += 1
+                    log.warning("refinement skipped: %s", exc)
+            targets = [t for t, _ in fitting]
+            used = [c for _, c in fitting]
             one = dataclasses.replace(s.sampling, n=1)
             ref_seeds = seeds(*[(1, prompt_offset + p, i) for p, i in targets])
             refined = (
@@ -186,7 +199,7 @@ def rollout(
                         "refinement",
                         refined[j],
                         ref_verdicts[j],
-                        critiques[j],
+                        used[j],
                         kept=local in picks,
                     )
                 )
@@ -211,4 +224,4 @@ def rollout(
             [records[i].verdict.score for i in kept[p]],
             eos_ids,
         )
-    return Rollout(rows, records, secs, critiques, all_failed, rescued)
+    return Rollout(rows, records, secs, critiques, all_failed, rescued, skipped)

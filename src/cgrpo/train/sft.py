@@ -24,7 +24,7 @@ from cgrpo.train import distributed
 from cgrpo.train.logprobs import DEFAULT_CHUNK_TOKENS, forward_response
 from cgrpo.train.mixing import TrainRow, collate
 from cgrpo.train.precision import FULL, Precision
-from cgrpo.train.prompts import PromptBuilder
+from cgrpo.train.prompts import PromptBuilder, RefinementTooLong
 from cgrpo.train.sharding import is_sharded
 from cgrpo.types import CritiqueRequest, Problem, Verdict
 
@@ -59,14 +59,19 @@ def sft_warmup(
     if share > 0 and critic is None:
         raise ValueError("sft.refinement_share > 0 needs the recipe's critic")
 
-    def refinement_row(prob: Problem) -> TrainRow:
+    def refinement_row(prob: Problem) -> TrainRow | None:
+        """A refinement example, or None when its prompt cannot fit (then the plain
+        example is used)."""
         other = rng.choice(with_solution)
         while other.answer == prob.answer and len(with_solution) > 1:
             other = rng.choice(with_solution)
         wrong = Verdict(0.0, False, other.answer)
         crit = critic.critique([CritiqueRequest(prob, other.solution, wrong)])[0]
         ids = [*tokenizer.encode(prob.solution, add_special_tokens=False), eos]
-        prompt = prompts.refinement_ids(prob, other.solution, crit.text)
+        try:
+            prompt = prompts.refinement_ids(prob, other.solution, crit.text)
+        except RefinementTooLong:
+            return None
         return TrainRow(0, prompt, ids, None, True, 0.0)
 
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
@@ -76,8 +81,8 @@ def sft_warmup(
     for step in range(1, cfg.steps + 1):
         batch_rows = []
         for prob in rng.sample(with_solution, min(cfg.batch_size, len(with_solution))):
-            if share > 0 and rng.random() < share:
-                batch_rows.append(refinement_row(prob))
+            if share > 0 and rng.random() < share and (row := refinement_row(prob)):
+                batch_rows.append(row)
                 continue
             if prob.id not in rows:
                 ids = [*tokenizer.encode(prob.solution, add_special_tokens=False), eos]
