@@ -50,6 +50,7 @@ def test_shortened_quickstart_runs_and_leaves_a_complete_run_dir(tmp_path):
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "step 3/3" in out.stdout
+    assert "creating a tiny random one there" in out.stdout  # said, not silent
     run = tmp_path / "runs" / "quickstart"
     assert (run / "recipe.yaml").is_file()
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

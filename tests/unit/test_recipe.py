@@ -135,6 +135,23 @@ def test_run_rejects_a_bad_recipe_before_importing_torch():
     assert out.stdout.split() == ["2", "False", "False"], out.stdout + out.stderr
 
 
+def test_model_create_never_builds_at_a_mistyped_path_outside(tmp_path, monkeypatch):
+    """model.path=/nonexistent on the quickstart used to create and train a random tiny
+    model at the filesystem root; now it is a recipe error unless asked for."""
+    from tests.helpers import REPO
+
+    quickstart = REPO / "recipes" / "quickstart-cpu.yaml"
+    monkeypatch.chdir(tmp_path)
+    outside = tmp_path.parent / "elsewhere-model"
+    with pytest.raises(RecipeError) as err:
+        load_recipe(quickstart, [f"model.path={outside}"])
+    [issue] = err.value.problems
+    assert issue.path == "model.path" and "model.create.anywhere" in issue.hint
+    load_recipe(quickstart, [f"model.path={outside}", "model.create.anywhere=true"])
+    load_recipe(quickstart, ["model.path=./models/tiny"])  # under the working directory
+    load_recipe(quickstart, ["run.output_dir=/tmp/x-runs", "model.path=/tmp/x-runs/tiny"])
+
+
 def test_missing_file_and_yaml_syntax_error(tmp_path):
     with pytest.raises(RecipeError, match="not found"):
         load_recipe(tmp_path / "absent.yaml")

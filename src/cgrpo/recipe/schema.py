@@ -44,6 +44,11 @@ class TinyModelSpec(Section):
     intermediate_size: int = Field(256, ge=8, description="MLP width")
     max_position_embeddings: int = Field(1024, ge=64, description="longest sequence")
     seed: int = Field(0, description="initialisation seed")
+    anywhere: bool = Field(
+        False,
+        description="allow creating it outside the working directory and run.output_dir "
+        "(off: a mistyped absolute model.path is an error, not a new random model)",
+    )
 
     @model_validator(mode="after")
     def _heads(self) -> TinyModelSpec:

@@ -287,6 +287,7 @@ def cross_issues(r: Recipe) -> list[ConfigIssue]:
                 "base), or remove model.lora to shard full training",
             )
         )
+    out += _creation_issues(r)
     path = r.model.path
     local = path.startswith((".", "/", "~")) or Path(path).exists()
     if local and r.model.create is None and not Path(path).expanduser().is_dir():
@@ -298,6 +299,30 @@ def cross_issues(r: Recipe) -> list[ConfigIssue]:
             )
         )
     return out
+
+
+def _creation_issues(r: Recipe) -> list[ConfigIssue]:
+    """``model.create`` builds a random model where none exists: only under the working
+    directory or ``run.output_dir`` (unless ``model.create.anywhere``), so a mistyped
+    ``model.path=/models/Qwen3-8b`` is an error instead of a new random model."""
+    create = r.model.create
+    target = Path(r.model.path).expanduser()
+    if create is None or create.anywhere or (target / "config.json").exists():
+        return []
+    here = Path.cwd().resolve()
+    allowed = [here, (here / r.run.output_dir).resolve()]
+    resolved = (here / target).resolve()
+    if any(resolved == a or a in resolved.parents for a in allowed):
+        return []
+    return [
+        ConfigIssue(
+            "model.path",
+            f"{r.model.path} holds no model, and model.create would build a random tiny "
+            f"one there, outside the working directory {here} and run.output_dir",
+            "fix model.path if it names an existing model; to create a tiny model there on "
+            "purpose set model.create.anywhere=true",
+        )
+    ]
 
 
 def validate_recipe(

@@ -57,7 +57,9 @@ def load_policy(
         from cgrpo.tiny import create_tiny_model
 
         log.info("creating a tiny model at %s", path)
-        create_tiny_model(path, **model_cfg.create.model_dump())
+        print(f"cgrpo: model.path {path} has no model: creating a tiny random one there "
+              "(model.create)", flush=True)  # fmt: skip
+        create_tiny_model(path, **model_cfg.create.model_dump(exclude={"anywhere"}))
     source = str(path) if path.exists() else model_cfg.path
     device = resolve_device(device or model_cfg.device)
     try:
