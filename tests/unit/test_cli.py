@@ -35,6 +35,7 @@ def test_list_shows_builtins_by_kind():
     ):
         assert name in out.stdout
     assert "timeout_s=5" in out.stdout  # options with defaults
+    assert "'cgrpo[data]'" in out.stdout  # install hints keep their extras (not markup)
 
 
 def test_list_unknown_kind_is_a_usage_error():
@@ -81,3 +82,13 @@ def test_list_and_check_do_not_import_torch():
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_the_resume_hint_names_resume_once():
+    from cgrpo.train.run import resume_command
+
+    assert resume_command("r.yaml", ["a=1"]) == "cgrpo run r.yaml a=1 resume=auto"
+    assert resume_command("r.yaml", ["resume=auto", "a=1"]) == "cgrpo run r.yaml a=1 resume=auto"
+    assert resume_command("r.yaml", ["resume=runs/x/checkpoints/step-2"]) == (
+        "cgrpo run r.yaml resume=auto"
+    )

@@ -104,6 +104,7 @@ def cmd_check(
 
 def cmd_list(kind: str | None) -> int:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from cgrpo.plugins import get_registries
@@ -131,7 +132,9 @@ def cmd_list(kind: str | None) -> int:
                     else repr(field.get_default(call_default_factory=True))
                 )
                 opts.append(f"{fname}={default}")
-            table.add_row(comp.name, comp.plugin, "\n".join(opts) or "-", comp.summary)
+            # escaped: rich would read "[data]" in "pip install 'cgrpo[data]'" as markup
+            cells = (comp.name, comp.plugin, "\n".join(opts) or "-", comp.summary)
+            table.add_row(*(escape(str(c)) for c in cells))
         console.print(table)
     return EXIT_OK
 

@@ -63,6 +63,12 @@ def _start_on_rank0(recipe, resolved, run_dir: Path, source: str) -> str | None:
     return outcome[1]  # type: ignore[return-value]
 
 
+def resume_command(path: str, overrides: Sequence[str]) -> str:
+    """The command that continues this run (``resume=`` given once, whatever was given)."""
+    kept = [o for o in overrides if not o.startswith("resume=")]
+    return f"cgrpo run {' '.join([path, *kept])} resume=auto"
+
+
 def _check_memory(recipe, source: str) -> None:
     """On GPU, the memory plan before anything is loaded: stop (exit 2) naming fixes when
     it does not fit, unless ``run.memory_check: warn``."""
@@ -203,7 +209,7 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
         if status == "interrupted":
             say(
                 f"cgrpo: interrupted; checkpoint saved at step {trainer.step_done}. Continue "
-                f"with: cgrpo run {path} {' '.join(overrides)} resume=auto".rstrip()
+                f"with: {resume_command(path, overrides)}"
             )
             return EXIT_INTERRUPTED
         say(
