@@ -168,3 +168,33 @@ def test_a_refinement_prompt_that_cannot_fit_is_skipped_and_counted(
     metrics = trainer.step(1)
     assert metrics["refine/skipped_too_long"] == 7.0  # the 7 critiques of one prompt
     assert metrics["refine/generated"] == 7.0  # the other prompt's refinements
+
+
+def test_samples_link_each_refinement_to_the_response_and_critique_it_refined(
+    tmp_path, tiny_model_dir, torch_one_thread
+):
+    from cgrpo.train.metrics import sample_lines
+
+    trainer, built = make_trainer(tmp_path, tiny_model_dir, "algorithm.refine=all")
+    built.policy = trainer.b.policy = ScriptedPolicy(built.tokenizer, r"\boxed{-1}", r"\boxed{-1}")
+    captured = {}
+    original = trainer._rollout
+
+    def keep(*a):
+        captured["ro"] = original(*a)
+        return captured["ro"]
+
+    trainer._rollout = keep
+    trainer.step(1)
+    lines = sample_lines(1, captured["ro"], limit=10_000)
+    by_id = {line["id"]: line for line in lines}
+    assert len(by_id) == len(lines)  # ids are unique
+    refinements = [line for line in lines if line["kind"] == "refinement"]
+    assert len(refinements) == 14
+    for ref in refinements:
+        parent = by_id[ref["parent_id"]]
+        assert parent["kind"] == "initial" and parent["group"] == ref["group"]
+        assert parent["critique"] == ref["critique"] and parent["critique"]
+    # with a limit, the refined responses come right after the refinements
+    first = sample_lines(1, captured["ro"], limit=28)
+    assert {line["parent_id"] for line in first[:14]} == {line["id"] for line in first[14:]}

@@ -86,12 +86,13 @@ def merge_rollouts(parts: list[Rollout]) -> Rollout:
     merged = Rollout(rows=[], records=[], seconds={}, critiques=[])
     group_offset = 0
     for part in parts:
-        row_offset = len(merged.rows)
+        row_offset, record_offset = len(merged.rows), len(merged.records)
         for row in part.rows:
             row.group += group_offset
         for rec in part.records:
             rec.group += group_offset
             rec.row = None if rec.row is None else rec.row + row_offset
+            rec.parent = None if rec.parent is None else rec.parent + record_offset
         merged.rows += part.rows
         merged.records += part.records
         merged.critiques += part.critiques

@@ -119,13 +119,18 @@ class JsonlWriter:
 
 
 def sample_lines(step: int, ro: Rollout, limit: int) -> list[dict[str, Any]]:
-    """samples.jsonl entries of a step (at most ``limit``, refinements first)."""
+    """samples.jsonl entries of a step (at most ``limit``, refinements first).
+
+    ``id`` is ``"STEP-N"`` (unique in the run); a refinement's ``parent_id`` is the id of
+    the response it refined, whose line holds the critique that prompted it."""
     lines = []
-    for rec in ro.records:
+    for index, rec in enumerate(ro.records):
         crit = rec.critique
         lines.append(
             {
                 "step": step,
+                "id": f"{step}-{index}",
+                "parent_id": None if rec.parent is None else f"{step}-{rec.parent}",
                 "prompt_id": rec.problem.id,
                 "group": rec.group,
                 "kind": rec.kind,
@@ -144,7 +149,13 @@ def sample_lines(step: int, ro: Rollout, limit: int) -> list[dict[str, Any]]:
                 "critique_fallback": crit.fallback if crit else None,
             }
         )
-    lines.sort(key=lambda x: (x["kind"] != "refinement", x["group"]))
+    parents = {line["parent_id"] for line in lines if line["parent_id"] is not None}
+
+    def order(line: dict[str, Any]) -> tuple[int, int]:  # refinements, what they refined, rest
+        rank = 0 if line["kind"] == "refinement" else 1 if line["id"] in parents else 2
+        return rank, line["group"]
+
+    lines.sort(key=order)
     return lines[:limit]
 
 

@@ -45,6 +45,7 @@ class Record:
     critique: Critique | None = None
     kept: bool = True
     row: int | None = None  # index into Rollout.rows when this sequence is trained on
+    parent: int | None = None  # a refinement's: index (in records) of the response it refined
 
 
 @dataclass
@@ -201,6 +202,7 @@ def rollout(
                         ref_verdicts[j],
                         used[j],
                         kept=local in picks,
+                        parent=p * s.samples_per_prompt + targets[j][1],
                     )
                 )
             kept[p] = [first + k for k in picks]
