@@ -84,3 +84,7 @@ class Critique:
     completion_tokens: int = 0
     cost: float = 0.0
     latency_s: float = 0.0
+
+
+# Critique.error of a fallback used because a critic's budget is spent (not a failure)
+BUDGET_EXHAUSTED = "budget exhausted"

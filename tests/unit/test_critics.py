@@ -223,3 +223,22 @@ def test_requests_per_minute_limit_waits(make_critic, server, monkeypatch):
     critic.critique([request(response=f"r{i}") for i in range(3)])
     assert len(server.requests) == 3
     assert any(s > 50 for s in sleeps)  # the third request waited for the window
+
+
+def test_failed_and_budget_fallbacks_are_counted_apart():
+    """critique/failed counts what the API critic's failures_total counts (requests that
+    gave up); refusals by the budget are critique/budget_fallbacks (they were in one count
+    and not the other)."""
+    from cgrpo.train.metrics import critique_metrics
+    from cgrpo.types import BUDGET_EXHAUSTED, Critique
+
+    crits = [
+        Critique("ok", "openai"),
+        Critique("fb", "openai", fallback=True, error="server error 500 (after 5 attempts)"),
+        Critique("fb", "openai", fallback=True, error=BUDGET_EXHAUSTED),
+        Critique("fb", "openai", fallback=True, error="disagreement"),
+    ]
+    m = critique_metrics(crits)
+    assert m["critique/failed"] == 1
+    assert m["critique/budget_fallbacks"] == 1
+    assert m["critique/fallbacks"] == 3

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cgrpo.train.rollout import Rollout
+from cgrpo.types import BUDGET_EXHAUSTED
 
 
 def _mean(xs: list[float]) -> float:
@@ -84,12 +85,18 @@ def critique_metrics(crits: list) -> dict[str, float]:
     if not crits:
         return {}
     with_verdict = [c for c in crits if c.critic_verdict is not None]
-    failed = [c for c in crits if c.fallback and c.error not in (None, "disagreement")]
+    # the same things the API critic's critique/failures_total counts: requests that gave
+    # up (budget refusals are counted apart, as critique/budget_fallbacks)
+    over_budget = [c for c in crits if c.fallback and c.error == BUDGET_EXHAUSTED]
+    failed = [
+        c for c in crits if c.fallback and c.error not in (None, "disagreement", BUDGET_EXHAUSTED)
+    ]
     m = {
         "critique/requested": float(len(crits)),
         "critique/cached": float(sum(c.cached for c in crits)),
         "critique/fallbacks": float(sum(c.fallback for c in crits)),
         "critique/failed": float(len(failed)),
+        "critique/budget_fallbacks": float(len(over_budget)),
         "critique/disagreements": float(sum(c.error == "disagreement" for c in crits)),
         "critique/verdict_missing": float(len(crits) - len(with_verdict)),
         "critique/length_chars_mean": _mean([float(len(c.text)) for c in crits]),

@@ -36,7 +36,7 @@ from cgrpo.builtins.critics.options import CoTOptions
 from cgrpo.builtins.critics.prompts import parse_verdict, resolve_template
 from cgrpo.builtins.critics.rule import ground_truth_text
 from cgrpo.errors import CgrpoError
-from cgrpo.types import Critique, CritiqueRequest
+from cgrpo.types import BUDGET_EXHAUSTED, Critique, CritiqueRequest
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ class OpenAICritic:
         worst = self.worst_case_cost(req) if budget is not None else 0.0
         if budget is not None and self.spent_usd + self.reserved_usd + worst > budget:
             self.totals["budget_fallbacks"] += 1
-            return self._fallback(req, "budget exhausted")
+            return self._fallback(req, BUDGET_EXHAUSTED)
         self.reserved_usd += worst
         started = time.perf_counter()
         try:
