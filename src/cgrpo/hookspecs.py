@@ -42,7 +42,8 @@ def register_policy_backends(register: Register) -> None:
 
 @hookspec
 def register_critics(register: Register) -> None:
-    """Register critics (built-ins: ``indicative``, ``ground_truth``).
+    """Register critics (built-ins: ``ground_truth``, ``indicative``, ``self``, ``local``,
+    ``openai``).
 
     :param register: ``register(name, factory, options=None)``; the factory returns a
         :class:`cgrpo.interfaces.Critic`.

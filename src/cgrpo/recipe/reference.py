@@ -3,7 +3,7 @@ documentation cannot drift from the code: ``python -m cgrpo.recipe.reference > F
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel
 
@@ -30,7 +30,26 @@ def _default(field: Any) -> str:
     return f"`{value!r}`"
 
 
+def _choices(annotation: Any) -> list[Any]:
+    """The values of a Literal field (also inside Optional)."""
+    if get_origin(annotation) is Literal:
+        return list(get_args(annotation))
+    return [v for a in get_args(annotation) for v in _choices(a)]
+
+
+def _builtin_names() -> dict[str, list[str]]:
+    """kind -> names of the components cgrpo itself ships (plugins add more)."""
+    from cgrpo.plugins import get_registries
+
+    regs = get_registries()
+    return {
+        kind: sorted(c.name for c in regs[kind] if c.plugin.startswith("builtins"))
+        for kind in ("policy", "critic", "verifier", "advantage", "task")
+    }
+
+
 def render() -> str:
+    builtins = _builtin_names()
     lines = [
         "# Recipe reference",
         "",
@@ -38,6 +57,15 @@ def render() -> str:
         "a test keeps it current. Component options (`options:` under `policy`, "
         "`critic`, `verifier`, `algorithm.advantage`, `data.task`) are listed by "
         "`cgrpo list`.",
+        "",
+        "A recipe may start from another one: `extends: other.yaml` (a path relative to "
+        "the recipe that holds the line) loads that recipe first and merges this one over "
+        "it, key by key; chains are allowed, cycles are an error. Command-line overrides "
+        "(`key=value`, values in YAML) apply last.",
+        "",
+        "Built-in components: "
+        + "; ".join(f"{kind}: {', '.join(names)}" for kind, names in builtins.items())
+        + ".",
         "",
     ]
 
@@ -59,6 +87,9 @@ def render() -> str:
             desc = field.description or next(
                 ((m.__doc__ or "").strip().splitlines()[0] for m in subs if m.__doc__), ""
             )
+            choices = _choices(field.annotation)
+            if choices:
+                desc += " (one of: " + ", ".join(f"`{c}`" for c in choices) + ")"
             desc = desc.replace("|", "\\|")
             lines.append(f"| `{name}` | {_default(field).replace('|', chr(92) + '|')} | {desc} |")
             for sub in subs:

@@ -386,9 +386,7 @@ class Recipe(Section):
     model: ModelConfig
     data: DataConfig
     policy: ComponentSpec = component("hf", "sampling backend (`cgrpo list policy`)")
-    critic: ComponentSpec = component(
-        "ground_truth", "who writes critiques: indicative, ground_truth, plugins"
-    )
+    critic: ComponentSpec = component("ground_truth", "who writes critiques (`cgrpo list critic`)")
     verifier: ComponentSpec = component("math", "reward function: math, exact, choice, plugins")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
