@@ -421,6 +421,33 @@ def check_recipe(recipe: Any, gpus: int, gpu_memory: float | None) -> Verdict:
     return Verdict(text, plan.fits, found)
 
 
+def partial_recipe(raw: dict[str, Any]) -> Any | None:
+    """The sections the plan reads (model, algorithm, policy, critic, distributed), each
+    validated on its own, from a recipe that failed validation elsewhere (a data path
+    that exists only on the training machine, say): the plan can still be printed. None
+    when one of those sections is itself invalid."""
+    from types import SimpleNamespace
+
+    from pydantic import ValidationError
+
+    from cgrpo.recipe.schema import AlgorithmConfig, DistributedConfig, ModelConfig
+
+    def spec(value: Any, default: str) -> SimpleNamespace:
+        value = {"name": value} if isinstance(value, str) else dict(value or {"name": default})
+        return SimpleNamespace(name=value.get("name", default), options=value.get("options") or {})
+
+    try:
+        return SimpleNamespace(
+            model=ModelConfig(**raw["model"]),
+            algorithm=AlgorithmConfig(**raw.get("algorithm", {})),
+            distributed=DistributedConfig(**raw.get("distributed", {})),
+            policy=spec(raw.get("policy"), "hf"),
+            critic=spec(raw.get("critic"), "ground_truth"),
+        )
+    except (ValidationError, KeyError, TypeError):
+        return None
+
+
 def fixes_text(found: list[str]) -> str:
     if not found:
         return "no single change found that makes it fit: use more or larger GPUs"

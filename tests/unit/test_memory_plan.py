@@ -150,3 +150,21 @@ def test_cgrpo_check_bad_gpu_memory_is_a_usage_error(capsys):
     recipe = str(REPO / "recipes" / "quickstart-cpu.yaml")
     code, text = _check(capsys, recipe, "--gpu-memory", "lots")
     assert code == 2 and "--gpu-memory" in text
+
+
+def test_the_plan_is_printed_even_when_the_data_path_is_elsewhere(qwen3_8b_dir, capsys):
+    """The issue's own command: only model.path given, the recipe's data path is a
+    placeholder. The plan is still printed (planning from a laptop that holds only the
+    config.json), then the data problem, exit 2."""
+    recipe = str(REPO / "recipes" / "paper-qwen3-8b.yaml")
+    code, text = _check(
+        capsys, recipe, f"model.path={qwen3_8b_dir}", "--gpus", "8", "--gpu-memory", "80GiB"
+    )
+    assert code == 2
+    assert "8.19B parameters" in text and "80.0 GiB: fits" in text
+    assert "data.task.options.path" in text and "not found" in text
+    code, text = _check(
+        capsys, recipe, f"model.path={qwen3_8b_dir}", "--gpus", "1", "--gpu-memory", "80GiB"
+    )
+    assert code == 2 and "does NOT fit" in text
+    assert "model.lora" in text and "distributed.strategy=fsdp" in text

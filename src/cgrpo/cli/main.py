@@ -82,17 +82,34 @@ def cmd_check(
     except ValueError as exc:
         print(f"cgrpo check: --gpu-memory: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    recipe, resolved = load_recipe(recipe_path, overrides)
     console = Console()
+    gpus = gpus or memory_plan.default_gpus()
+    memory = memory if memory is not None else memory_plan.visible_gpu_memory()
+
+    def show_plan(recipe) -> bool:
+        """Print the plan; False when it does not fit."""
+        verdict = memory_plan.check_recipe(recipe, gpus, memory)
+        console.print(escape(verdict.text), highlight=False)
+        if verdict.fits is False:
+            console.print(escape(memory_plan.fixes_text(verdict.fixes)), highlight=False)
+        return verdict.fits is not False
+
+    try:
+        recipe, resolved = load_recipe(recipe_path, overrides)
+    except RecipeError:
+        # the plan needs only the model, algorithm, policy and distributed sections: show
+        # it even when, say, the data path exists only on the training machine
+        try:
+            from cgrpo.recipe.load import load_raw
+
+            partial = memory_plan.partial_recipe(load_raw(recipe_path, overrides))
+        except CgrpoError:
+            partial = None
+        if partial is not None:
+            show_plan(partial)
+        raise
     console.print(Syntax(OmegaConf.to_yaml(resolved), "yaml", background_color="default"))
-    verdict = memory_plan.check_recipe(
-        recipe,
-        gpus or memory_plan.default_gpus(),
-        memory if memory is not None else memory_plan.visible_gpu_memory(),
-    )
-    console.print(escape(verdict.text), highlight=False)
-    if verdict.fits is False:
-        console.print(escape(memory_plan.fixes_text(verdict.fixes)), highlight=False)
+    if not show_plan(recipe):
         print(
             f"cgrpo check: {recipe_path}: the memory plan does not fit (see above)",
             file=sys.stderr,
