@@ -50,6 +50,26 @@ def test_bad_rows_name_file_and_line(tmp_path):
     assert any(":4: field 'question' (question) is empty" in s for s in task.skipped)
 
 
+def test_bytes_that_are_not_utf8_name_file_and_line(tmp_path):
+    """A latin-1 byte on line 2 used to crash `cgrpo run` with a UnicodeDecodeError
+    traceback naming neither the file nor the line."""
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(
+        b'{"question": "ok", "answer": "1"}\n'
+        b'{"question": "caf\xe9?", "answer": "2"}\n'
+        b'{"question": "fine", "answer": "3"}\n'
+    )
+    with pytest.raises(DataError, match=r"d.jsonl:2: not UTF-8 \(byte 0xe9 at column 18\)"):
+        JSONLTask(JSONLTask.Options(path=str(path))).load()
+    task = JSONLTask(JSONLTask.Options(path=str(path), bad_rows="skip"))
+    assert [p.question for p in task.load()] == ["ok", "fine"]
+    assert task.skipped and ":2: not UTF-8" in task.skipped[0]
+    csv_path = tmp_path / "d.csv"
+    csv_path.write_bytes(b"question,answer\nok,1\ncaf\xe9,2\n")
+    with pytest.raises(DataError, match=r"d.csv:3: not UTF-8"):
+        CSVTask(CSVTask.Options(path=str(csv_path))).load()
+
+
 def test_missing_file_is_a_recipe_error_at_check_time(tmp_path):
     from cgrpo.errors import RecipeError
     from cgrpo.recipe import load_recipe

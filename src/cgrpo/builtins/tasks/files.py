@@ -121,16 +121,22 @@ class JSONLTask(_FileTask):
     Options = FileOptions
 
     def rows(self):
-        with self.path.open(encoding="utf-8") as fh:
-            for line_no, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
+        with self.path.open("rb") as fh:  # decoded line by line: a bad byte names its line
+            for line_no, raw in enumerate(fh, 1):
                 try:
+                    line = raw.decode("utf-8")
+                    if not line.strip():
+                        continue
                     yield line_no, json.loads(line)
+                except UnicodeDecodeError as exc:
+                    self._bad(f"{self.path}:{line_no}: {_not_utf8(exc)}")
                 except json.JSONDecodeError as exc:
-                    if self.options.bad_rows == "error":
-                        raise DataError(f"{self.path}:{line_no}: invalid JSON: {exc.msg}") from None
-                    self.skipped.append(f"{self.path}:{line_no}: invalid JSON: {exc.msg}")
+                    self._bad(f"{self.path}:{line_no}: invalid JSON: {exc.msg}")
+
+    def _bad(self, message: str) -> None:
+        if self.options.bad_rows == "error":
+            raise DataError(message + " (set bad_rows: skip to drop such rows)")
+        self.skipped.append(message)
 
 
 class CSVTask(_FileTask):
@@ -139,9 +145,31 @@ class CSVTask(_FileTask):
     Options = FileOptions
 
     def rows(self):
+        bad = _first_non_utf8_line(self.path)
+        if bad is not None:  # csv reads across lines: refuse the file, naming the line
+            raise DataError(f"{self.path}:{bad[0]}: {bad[1]}")
         with self.path.open(encoding="utf-8", newline="") as fh:
             for i, row in enumerate(csv.DictReader(fh)):
                 yield i + 2, row  # line 1 is the header
+
+
+def _not_utf8(exc: UnicodeDecodeError) -> str:
+    byte = exc.object[exc.start : exc.start + 1].hex()
+    return (
+        f"not UTF-8 (byte 0x{byte} at column {exc.start + 1}); re-save the file as UTF-8 "
+        "(e.g. iconv -f latin1 -t utf-8)"
+    )
+
+
+def _first_non_utf8_line(path: Path) -> tuple[int, str] | None:
+    """(line number, message) of the first line that is not UTF-8, or None."""
+    with path.open("rb") as fh:
+        for line_no, raw in enumerate(fh, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return line_no, _not_utf8(exc)
+    return None
 
 
 class ParquetTask(_FileTask):
