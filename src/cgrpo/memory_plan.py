@@ -185,8 +185,9 @@ class Setup:
         tokens = a.micro_batch_size * m.max_length
         if a.max_tokens_per_micro_batch is not None:
             tokens = min(tokens, a.max_tokens_per_micro_batch)
+        # a dict: defaults filled by validation, or raw (partial_recipe); the fallbacks
+        # are the hf / vllm backends' defaults, also assumed for a plugin backend
         opts = recipe.policy.options or {}
-        get = opts.get if isinstance(opts, dict) else lambda k, d=None: getattr(opts, k, d)
         return cls(
             strategy=recipe.distributed.strategy,
             gpus=gpus,
@@ -198,10 +199,10 @@ class Setup:
             micro_tokens=tokens,
             chunk_tokens=a.logprob_chunk_tokens,
             backend=recipe.policy.name,
-            generation_batch=int(get("generation_batch_size", 64) or 64),
+            generation_batch=int(opts.get("generation_batch_size", 64)),
             sample_len=m.max_length,
-            vllm_fraction=float(get("gpu_memory_utilization", 0.5) or 0.5),
-            vllm_sleep=int(get("sleep_level", 1) if get("sleep_level", 1) is not None else 1),
+            vllm_fraction=float(opts.get("gpu_memory_utilization", 0.5)),
+            vllm_sleep=int(opts.get("sleep_level", 1)),
         )
 
 
@@ -300,7 +301,7 @@ def fixes(shape: ModelShape, s: Setup, gpu_memory: float) -> list[str]:
         candidates.append(
             (
                 "model.lora={r: 16} (train LoRA adapters on a frozen base)",
-                replace(s, lora_r=16, lora_targets="all-linear", kl=s.kl),
+                replace(s, lora_r=16, lora_targets="all-linear"),
             )
         )
     if not s.checkpointing:
@@ -430,21 +431,22 @@ def partial_recipe(raw: dict[str, Any]) -> Any | None:
 
     from pydantic import ValidationError
 
-    from cgrpo.recipe.schema import AlgorithmConfig, DistributedConfig, ModelConfig
-
-    def spec(value: Any, default: str) -> SimpleNamespace:
-        value = {"name": value} if isinstance(value, str) else dict(value or {"name": default})
-        return SimpleNamespace(name=value.get("name", default), options=value.get("options") or {})
+    from cgrpo.errors import UnknownComponentError
+    from cgrpo.plugins import get_registries
+    from cgrpo.recipe.schema import AlgorithmConfig, ComponentSpec, DistributedConfig, ModelConfig
 
     try:
+        policy = ComponentSpec.model_validate(raw.get("policy", "hf"))
+        options = get_registries()["policy"].get(policy.name).options
+        policy.options = options.model_validate(policy.options).model_dump()  # defaults filled
         return SimpleNamespace(
             model=ModelConfig(**raw["model"]),
             algorithm=AlgorithmConfig(**raw.get("algorithm", {})),
             distributed=DistributedConfig(**raw.get("distributed", {})),
-            policy=spec(raw.get("policy"), "hf"),
-            critic=spec(raw.get("critic"), "ground_truth"),
+            policy=policy,
+            critic=ComponentSpec.model_validate(raw.get("critic", "ground_truth")),
         )
-    except (ValidationError, KeyError, TypeError):
+    except (ValidationError, UnknownComponentError, KeyError, TypeError):
         return None
 
 

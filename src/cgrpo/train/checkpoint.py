@@ -128,12 +128,7 @@ def save_sharded_checkpoint(
     the full float32 weights as ``model.safetensors`` (gathered to rank 0's CPU), so the
     checkpoint loads in plain transformers. The run directory must be on a filesystem
     every rank sees (one machine, or a shared filesystem)."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        get_model_state_dict,
-        get_optimizer_state_dict,
-    )
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     from cgrpo.train import distributed
 
@@ -145,12 +140,7 @@ def save_sharded_checkpoint(
             shutil.rmtree(tmp)
         tmp.mkdir()
     distributed.barrier()
-    state = {
-        "model": get_model_state_dict(model),
-        "optimizer": get_optimizer_state_dict(model, optimizer),
-    }
-    dcp.save(state, checkpoint_id=str(tmp / DCP_DIR))
-    del state
+    save_shards(tmp / DCP_DIR, model, optimizer)
     full = None
     if hf_weights:
         full = get_model_state_dict(
@@ -189,23 +179,45 @@ def is_sharded_checkpoint(path: Path) -> bool:
     return (path / DCP_DIR).is_dir()
 
 
-def load_sharded_checkpoint(path: Path, model: Any, optimizer: Any) -> None:
-    """Load the model and optimizer shards of ``path`` into a sharded model (collective)."""
-    import torch.distributed.checkpoint as dcp
+def _shard_state(model: Any, optimizer: Any = None) -> dict[str, Any]:
+    """This rank's shards of the model (and optimizer) state, as DCP saves and loads them."""
     from torch.distributed.checkpoint.state_dict import (
         get_model_state_dict,
         get_optimizer_state_dict,
+    )
+
+    state = {"model": get_model_state_dict(model)}
+    if optimizer is not None:
+        state["optimizer"] = get_optimizer_state_dict(model, optimizer)
+    return state
+
+
+def save_shards(where: Path, model: Any, optimizer: Any = None) -> None:
+    """Write a sharded model's state (and its optimizer's) to ``where`` with
+    ``torch.distributed.checkpoint``; every rank writes its own shards (collective)."""
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save(_shard_state(model, optimizer), checkpoint_id=str(where))
+
+
+def load_shards(where: Path, model: Any, optimizer: Any = None) -> None:
+    """Load what :func:`save_shards` wrote into a sharded model (and optimizer)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
         set_model_state_dict,
         set_optimizer_state_dict,
     )
 
-    state = {
-        "model": get_model_state_dict(model),
-        "optimizer": get_optimizer_state_dict(model, optimizer),
-    }
-    dcp.load(state, checkpoint_id=str(path / DCP_DIR))
+    state = _shard_state(model, optimizer)
+    dcp.load(state, checkpoint_id=str(where))
     set_model_state_dict(model, state["model"])
-    set_optimizer_state_dict(model, optimizer, state["optimizer"])
+    if optimizer is not None:
+        set_optimizer_state_dict(model, optimizer, state["optimizer"])
+
+
+def load_sharded_checkpoint(path: Path, model: Any, optimizer: Any) -> None:
+    """Load the model and optimizer shards of checkpoint ``path`` (collective)."""
+    load_shards(path / DCP_DIR, model, optimizer)
 
 
 def load_full_weights(path: Path, model: Any) -> None:

@@ -68,25 +68,24 @@ def local_device() -> str | None:
     return None
 
 
-def sum_scalar(value: float) -> float:
+def _reduce_scalar(value: float, op: Any) -> float:
     if not active():
         return value
     t = torch.tensor([value], dtype=torch.float64)
     if dist.get_backend() == "nccl":
         t = t.cuda()
-    dist.all_reduce(t)
+    dist.all_reduce(t, op=op)
     return float(t.item())
+
+
+def sum_scalar(value: float) -> float:
+    """The sum of ``value`` over the ranks."""
+    return _reduce_scalar(value, dist.ReduceOp.SUM)
 
 
 def max_scalar(value: float) -> float:
     """The largest ``value`` over the ranks."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
-    if dist.get_backend() == "nccl":
-        t = t.cuda()
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return float(t.item())
+    return _reduce_scalar(value, dist.ReduceOp.MAX)
 
 
 def all_reduce_gradients(params: list[torch.nn.Parameter]) -> None:

@@ -54,9 +54,9 @@ from cgrpo.train.rollout import Rollout, RolloutSettings, rollout
 from cgrpo.train.sharding import is_sharded
 from cgrpo.train.update import (
     UpdateSettings,
-    collective_count,
     make_optimizer,
     micro_batches,
+    padding_to_match_ranks,
     update_policy,
 )
 from cgrpo.types import SamplingParams
@@ -199,7 +199,7 @@ class Trainer:
         initial = [r for r in rows if not r.is_refinement]
         plan = micro_batches(initial, settings, self.pad_id)
         if is_sharded(self.b.model):  # as many forward calls on every rank (see sharding.py)
-            plan += [([], plan[-1][1])] * (collective_count(len(plan)) - len(plan))
+            plan += [([], plan[-1][1])] * padding_to_match_ranks(len(plan))
         with torch.no_grad(), settings.precision.autocast():
             for chunk, batch in plan:
                 lp, _ = forward_response(

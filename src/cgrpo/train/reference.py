@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from cgrpo.errors import TrainingError
+from cgrpo.train.checkpoint import load_shards, save_shards
 from cgrpo.train.sharding import is_sharded
 
 DIRNAME = "reference"
@@ -71,10 +72,7 @@ def save_reference(run_dir: Path, ref: Any, model: Any) -> None:
         tmp.mkdir(parents=True)
     distributed.barrier()
     if is_sharded(ref):
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict
-
-        dcp.save({"model": get_model_state_dict(ref)}, checkpoint_id=str(tmp))
+        save_shards(tmp, ref)
     elif distributed.is_main():
         from safetensors.torch import save_model
 
@@ -97,15 +95,7 @@ def load_reference(run_dir: Path, ref: Any, model: Any) -> None:
             "checkpoint instead. Start the run again (run.overwrite=true)"
         )
     if is_sharded(ref):
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import (
-            get_model_state_dict,
-            set_model_state_dict,
-        )
-
-        state = {"model": get_model_state_dict(ref)}
-        dcp.load(state, checkpoint_id=str(where))
-        set_model_state_dict(ref, state["model"])
+        load_shards(where, ref)
         return
     from safetensors.torch import load_model
 

@@ -113,7 +113,8 @@ def full_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
             yield name, tensor.detach()
         return
     wanted = set(model.state_dict().keys())  # shards only: nothing is gathered here
-    layers = {name + ".": m for name, m in model.named_modules() if m in units(model)[:-1]}
+    layer_units = units(model)[:-1]
+    layers = {name + ".": m for name, m in model.named_modules() if m in layer_units}
     for prefix, unit in [*layers.items(), ("", model)]:
         unit.unshard()  # the root's unshard gathers only its own parameters
         try:

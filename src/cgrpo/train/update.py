@@ -75,9 +75,10 @@ def _sampler_mismatch(logprobs: torch.Tensor, micro: Batch, dev: Any) -> dict[st
     }
 
 
-def collective_count(count: int) -> int:
-    """The largest ``count`` over the ranks (``count`` itself for one process)."""
-    return int(distributed.max_scalar(float(count)))
+def padding_to_match_ranks(count: int) -> int:
+    """How many calls this rank must add so it makes as many as the rank with the most
+    (0 for one process): under FSDP every forward and backward is collective."""
+    return int(distributed.max_scalar(float(count))) - count
 
 
 def split_groups(rows: Sequence[TrainRow], parts: int) -> list[list[TrainRow]]:
@@ -127,12 +128,11 @@ def update_policy(
         micro_metrics: list[dict[str, float]] = []
         optimizer.zero_grad(set_to_none=True)
         micros = [m for _, m in micro_batches(mini_rows, settings, pad_id)]
-        weights = [1.0] * len(micros)
+        real = len(micros)  # beyond it: zero-weight copies of the last one
         if sharded:  # every rank runs as many forward/backward calls (each all-gathers)
-            padding = collective_count(len(micros)) - len(micros)
-            micros += [micros[-1]] * padding
-            weights += [0.0] * padding
-        for micro, weight in zip(micros, weights, strict=True):
+            micros += [micros[-1]] * padding_to_match_ranks(real)
+        for index, micro in enumerate(micros):
+            padding = index >= real
             with settings.precision.autocast():
                 logprobs, entropy = forward_response(
                     model, micro, settings.temperature, entropy_mode, chunk
@@ -145,7 +145,7 @@ def update_policy(
                         )
             dev = logprobs.device
             # same weights as the sampler's (a padding copy is not measured)
-            if mini_index == 0 and not mismatch_measured and weight:
+            if mini_index == 0 and not mismatch_measured and not padding:
                 mismatch = _sampler_mismatch(logprobs, micro, dev)
                 if mismatch:  # (a micro-batch of refinement rows only has nothing to compare)
                     micro_metrics.append(mismatch)
@@ -165,7 +165,7 @@ def update_policy(
                 num_tokens=num_tokens,
                 num_seqs=num_seqs,
             )
-            if weight == 0.0:  # a padding copy: same collectives, no gradient, no metrics
+            if padding:  # a padding copy: same collectives, no gradient, no metrics
                 (out.loss * 0.0).backward()
                 continue
             out.loss.backward()
