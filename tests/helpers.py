@@ -47,3 +47,63 @@ def run_cli(
         cwd=cwd,
         timeout=timeout,
     )
+
+
+def plan_setup(**overrides):
+    """A :class:`cgrpo.memory_plan.Setup` with the paper recipe's settings on one GPU
+    (bf16, checkpointing, 16k-token micro-batches, vLLM at 0.5), changed by ``overrides``."""
+    from cgrpo.memory_plan import Setup
+
+    base = dict(
+        strategy="ddp",
+        gpus=1,
+        compute="bfloat16",
+        lora_r=None,
+        lora_targets=None,
+        kl=False,
+        checkpointing=True,
+        micro_tokens=16384,
+        chunk_tokens=512,
+        backend="vllm",
+        generation_batch=64,
+        sample_len=8192,
+        vllm_fraction=0.5,
+        vllm_sleep=1,
+    )
+    return Setup(**{**base, **overrides})
+
+
+def update_batch(rows: int, length: int, prompt: int = 4) -> tuple[list, object, object]:
+    """``(rows, UpdateSettings, plan Setup)`` of one update on ``rows`` fixed sequences of
+    ``length`` response tokens, all in one micro-batch: for measuring an update's peak
+    memory against the memory plan (``plan_setup`` for the hf backend, ``compute`` and
+    ``checkpointing`` still to choose)."""
+    from cgrpo.train.loss import LossConfig
+    from cgrpo.train.mixing import TrainRow
+    from cgrpo.train.update import UpdateSettings
+
+    data = [
+        TrainRow(
+            i // 2,
+            list(range(5, 5 + prompt)),
+            [(i * 7 + j) % 300 + 3 for j in range(length)],
+            [-1.0] * length,
+            False,
+            0.5 - (i % 2),
+        )
+        for i in range(rows)
+    ]
+    settings = UpdateSettings(
+        updates_per_step=1,
+        micro_batch_size=rows,
+        temperature=1.0,
+        loss=LossConfig(entropy_coef=0.001, normalizer=float(length)),
+        grad_clip=1.0,
+    )
+    setup = plan_setup(
+        backend="hf",
+        generation_batch=1,
+        micro_tokens=rows * (prompt + length),
+        sample_len=prompt + length,
+    )
+    return data, settings, setup

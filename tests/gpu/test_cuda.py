@@ -153,45 +153,29 @@ def test_cuda_memory_plan_vs_measured_update(tmp_path):
     """The memory plan's update phase vs torch.cuda.max_memory_allocated of a real bf16
     update at Qwen3's vocabulary (printed; within 30%, CUDA runtime line excluded)."""
     import sys
+    from dataclasses import replace
 
-    from cgrpo.memory_plan import CUDA_RUNTIME, Setup, estimate, read_shape
-    from cgrpo.train.loss import LossConfig
-    from cgrpo.train.mixing import TrainRow
+    from cgrpo.memory_plan import CUDA_RUNTIME, estimate, read_shape
     from cgrpo.train.precision import Precision
-    from cgrpo.train.update import UpdateSettings, update_policy
+    from cgrpo.train.update import update_policy
+    from tests.helpers import update_batch
 
     sys.path.insert(0, str(REPO / "benchmarks"))
     from memory import create_model
     from transformers import AutoModelForCausalLM
 
     model_dir = create_model(tmp_path / "q3")
-    rows, length = 8, 1024
-    data = [
-        TrainRow(i // 2, [5, 6, 7, 8], [(i * 7 + j) % 300 + 3 for j in range(length)],
-                 [-1.0] * length, False, 0.5 - (i % 2))
-        for i in range(rows)
-    ]  # fmt: skip
+    data, settings, setup = update_batch(8, 1024)
+    settings = replace(settings, precision=Precision.from_recipe("bfloat16", "cuda"))
+    setup = replace(setup, checkpointing=False)
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).cuda()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
-    settings = UpdateSettings(
-        updates_per_step=1,
-        micro_batch_size=rows,
-        temperature=1.0,
-        loss=LossConfig(entropy_coef=0.001, normalizer=float(length)),
-        grad_clip=1.0,
-        precision=Precision.from_recipe("bfloat16", "cuda"),
-    )
     for _ in range(2):
         update_policy(model, opt, None, data, settings, pad_id=0)
     measured = torch.cuda.max_memory_allocated() - base
-    setup = Setup(
-        strategy="ddp", gpus=1, compute="bfloat16", lora_r=None, lora_targets=None, kl=False,
-        checkpointing=False, micro_tokens=rows * (length + 4), chunk_tokens=512, backend="hf",
-        generation_batch=1, sample_len=length + 4, vllm_fraction=0.5, vllm_sleep=1,
-    )  # fmt: skip
     planned = estimate(read_shape(str(model_dir)), setup, 80 * 2**30).update - CUDA_RUNTIME
     print(f"\nmemory plan, update at Qwen3 vocabulary, 8 x 1024 tokens, bf16: planned "
           f"{planned / 2**20:.0f} MiB, measured {measured / 2**20:.0f} MiB "

@@ -27,9 +27,8 @@ def measure(model_dir: str, checkpointing: bool) -> int:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from cgrpo.train.loss import LossConfig
-    from cgrpo.train.mixing import TrainRow
-    from cgrpo.train.update import UpdateSettings, update_policy
+    from cgrpo.train.update import update_policy
+    from tests.helpers import update_batch
 
     torch.set_num_threads(1)
 
@@ -37,54 +36,26 @@ def measure(model_dir: str, checkpointing: bool) -> int:
         with open("/proc/self/status") as fh:
             return next(int(x.split()[1]) * 1024 for x in fh if x.startswith("VmRSS"))
 
-    rows = [
-        TrainRow(
-            i // 2,
-            list(range(5, 5 + PROMPT)),
-            [(i * 7 + j) % 300 + 3 for j in range(LENGTH)],
-            [-1.0] * LENGTH,
-            False,
-            0.5 - (i % 2),
-        )
-        for i in range(ROWS)
-    ]
+    rows, settings, _ = update_batch(ROWS, LENGTH, PROMPT)
     base = rss()
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
-    settings = UpdateSettings(
-        updates_per_step=1,
-        micro_batch_size=ROWS,
-        temperature=1.0,
-        loss=LossConfig(entropy_coef=0.001, normalizer=float(LENGTH)),
-        grad_clip=1.0,
-    )
     for _ in range(2):
         update_policy(model, opt, None, rows, settings, pad_id=0)
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
 
 
 def planned(model_dir: Path, checkpointing: bool) -> float:
-    from cgrpo.memory_plan import Setup, estimate, read_shape
+    from dataclasses import replace
 
-    setup = Setup(
-        strategy="ddp",
-        gpus=1,
-        compute="float32",
-        lora_r=None,
-        lora_targets=None,
-        kl=False,
-        checkpointing=checkpointing,
-        micro_tokens=ROWS * (PROMPT + LENGTH),
-        chunk_tokens=512,
-        backend="hf",
-        generation_batch=1,
-        sample_len=PROMPT + LENGTH,
-        vllm_fraction=0.5,
-        vllm_sleep=1,
-    )
+    from cgrpo.memory_plan import estimate, read_shape
+    from tests.helpers import update_batch
+
+    _, _, setup = update_batch(ROWS, LENGTH, PROMPT)
+    setup = replace(setup, compute="float32", checkpointing=checkpointing)
     return estimate(read_shape(str(model_dir)), setup, None, on_gpu=False).update
 
 

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from cgrpo.memory_plan import GIB, ModelShape, Setup, estimate, fixes, parse_memory
-from tests.helpers import REPO
+from cgrpo.memory_plan import GIB, ModelShape, estimate, fixes, parse_memory
+from tests.helpers import REPO, plan_setup
 
 QWEN3_8B = {
     "architectures": ["Qwen3ForCausalLM"],
@@ -65,30 +65,10 @@ def test_tied_qwen2_counts_the_embedding_once_and_has_qkv_bias(tiny_model_dir):
     assert ModelShape.from_config(json.loads((tiny_model_dir / "config.json").read_text())) == shape
 
 
-def _setup(**kw):
-    base = dict(
-        strategy="ddp",
-        gpus=1,
-        compute="bfloat16",
-        lora_r=None,
-        lora_targets=None,
-        kl=False,
-        checkpointing=True,
-        micro_tokens=16384,
-        chunk_tokens=512,
-        backend="vllm",
-        generation_batch=64,
-        sample_len=8192,
-        vllm_fraction=0.5,
-        vllm_sleep=1,
-    )
-    return Setup(**{**base, **kw})
-
-
 def test_sharding_divides_the_training_state_by_the_gpus():
     shape = ModelShape.from_config(QWEN3_8B)
-    one = estimate(shape, _setup(), 80 * GIB)
-    eight = estimate(shape, _setup(strategy="fsdp", gpus=8), 80 * GIB)
+    one = estimate(shape, plan_setup(), 80 * GIB)
+    eight = estimate(shape, plan_setup(strategy="fsdp", gpus=8), 80 * GIB)
     state = {w: (s, u) for w, s, u in one.lines}
     assert state["weights (float32 masters)"][0] == pytest.approx(shape.params * 4)
     assert state["AdamW moments (float32)"][0] == pytest.approx(shape.params * 8)
@@ -102,10 +82,10 @@ def test_sharding_divides_the_training_state_by_the_gpus():
 
 def test_fixes_for_one_gpu_name_lora_and_fsdp():
     shape = ModelShape.from_config(QWEN3_8B)
-    found = fixes(shape, _setup(), 80 * GIB)
+    found = fixes(shape, plan_setup(), 80 * GIB)
     assert any("model.lora" in f for f in found)
     assert any("distributed.strategy=fsdp over at least 4 GPUs" in f for f in found)
-    assert estimate(shape, _setup(lora_r=16, lora_targets="all-linear"), 80 * GIB).fits
+    assert estimate(shape, plan_setup(lora_r=16, lora_targets="all-linear"), 80 * GIB).fits
 
 
 def test_parse_memory():
