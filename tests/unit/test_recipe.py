@@ -152,6 +152,12 @@ def test_model_create_never_builds_at_a_mistyped_path_outside(tmp_path, monkeypa
     load_recipe(quickstart, ["run.output_dir=/tmp/x-runs", "model.path=/tmp/x-runs/tiny"])
 
 
+def test_memory_check_on_cpu_is_an_error_not_ignored(tmp_path):
+    found, _ = problems(tmp_path, GOOD, "model.device=cpu", "run.memory_check=warn")
+    assert "run.memory_check" in found and "only on GPU" in found["run.memory_check"].message
+    load_recipe(write(tmp_path, GOOD), ["run.memory_check=warn"])  # auto: a GPU may be there
+
+
 def test_missing_file_and_yaml_syntax_error(tmp_path):
     with pytest.raises(RecipeError, match="not found"):
         load_recipe(tmp_path / "absent.yaml")

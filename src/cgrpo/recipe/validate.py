@@ -287,6 +287,15 @@ def cross_issues(r: Recipe) -> list[ConfigIssue]:
                 "base), or remove model.lora to shard full training",
             )
         )
+    if "memory_check" in r.run.model_fields_set and r.model.device == "cpu":
+        out.append(
+            ConfigIssue(
+                "run.memory_check",
+                "the memory plan is checked only on GPU; with model.device: cpu it would "
+                "be ignored",
+                "remove run.memory_check, or train on a GPU (model.device: auto or cuda)",
+            )
+        )
     out += _creation_issues(r)
     path = r.model.path
     local = path.startswith((".", "/", "~")) or Path(path).exists()
