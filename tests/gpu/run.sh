@@ -3,9 +3,9 @@
 # borrowed for a short time. Prints every measurement (-s) and ends with pytest's summary.
 #
 # The machine needs torch with CUDA and transformers. Packages it lacks (cgrpo's other
-# dependencies: pydantic, omegaconf, pluggy, openai, math-verify, rich, ...) can be carried
-# as wheels in ./.whl (downloaded on a machine with internet access); they are installed into
-# /tmp/site first. cgrpo itself runs from src/ without installation.
+# dependencies: pydantic, omegaconf, openai, math-verify, ...) can be carried as wheels in
+# ./.whl (tests/gpu/fetch_wheels.sh downloads them on a machine with internet access); they
+# are installed into /tmp/site first. cgrpo itself runs from src/ without installation.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -19,5 +19,12 @@ python3 - <<'PY'
 import torch, transformers
 print("torch", torch.__version__, "transformers", transformers.__version__)
 print("device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "NO CUDA")
+try:
+    import vllm
+    print("vllm", vllm.__version__)
+except ImportError:
+    print("vllm: not installed here; tests/vllm (sleep/wake on GPU) skipped")
 PY
-python3 -m pytest -q -s -p no:cacheprovider tests/gpu
+# the vLLM tests run on the GPU too where vLLM is installed (its wheel, ~400 MB, is too big
+# to carry to a borrowed machine; they are skipped otherwise)
+python3 -m pytest -q -s -p no:cacheprovider tests/gpu tests/vllm
