@@ -289,3 +289,83 @@ def test_component_shorthand_then_options_override(tmp_path):
     )
     assert recipe.verifier.name == "exact" and recipe.verifier.options["case_sensitive"] is True
     assert recipe.critic.name == "indicative"
+
+
+@pytest.mark.parametrize(
+    "overrides, path",
+    [
+        (["algorithm.loss.clip={mode: symmetric, eps_high: 0.28}"], "algorithm.loss.clip.eps_high"),
+        (["algorithm.loss.clip.eps_low=0.1"], "algorithm.loss.clip.eps_low"),
+        (["algorithm.loss.clip={mode: asymmetric, eps: 0.3}"], "algorithm.loss.clip.eps"),
+        (["algorithm.loss.clip={mode: none, eps: 0.3}"], "algorithm.loss.clip.eps"),
+        (["algorithm.loss.shaping={mode: none, gamma: 0.5}"], "algorithm.loss.shaping.gamma"),
+        (["eval.size=16"], "eval.size"),
+        (["eval.task=arithmetic"], "eval.task"),
+    ],
+)
+def test_a_setting_the_others_make_meaningless_is_an_error(tmp_path, overrides, path):
+    """Each of these was accepted and silently ignored before (DAPO's clip-higher asked
+    for as clip.eps_high under the default symmetric mode got symmetric 0.2)."""
+    found, _ = problems(tmp_path, GOOD, *overrides)
+    assert list(found) == [path], found
+    assert found[path].hint  # names the mode to set or says to remove it
+
+
+def test_a_setting_that_its_mode_uses_is_fine_and_defaults_never_count(tmp_path):
+    recipe, resolved = load_recipe(
+        write(tmp_path, GOOD),
+        ["algorithm.loss.clip={mode: asymmetric, eps_low: 0.2, eps_high: 0.28}", "eval.every=5"],
+    )
+    assert recipe.algorithm.loss.clip.bounds() == (0.2, 0.28)
+    assert resolved["algorithm"]["loss"]["clip"] == {
+        "mode": "asymmetric",
+        "eps_low": 0.2,
+        "eps_high": 0.28,
+    }
+
+
+def test_the_resolved_recipe_a_run_saves_validates_again(tmp_path):
+    """recipe.yaml in a run directory holds every default but none that its settings make
+    meaningless, so running it as it is reproduces the run instead of failing."""
+    import yaml
+
+    from tests.helpers import REPO
+
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"problem": "1+1?", "answer": "2"}\n')
+    _, resolved = load_recipe(
+        REPO / "recipes" / "released-code-qwen3-8b.yaml",
+        ["model.path=org/model", f"data.task.options.path={data}"],
+    )
+    assert resolved["algorithm"]["loss"]["clip"] == {"mode": "none"}
+    assert "size" not in resolved["eval"]
+    again, _ = load_recipe(write(tmp_path, yaml.safe_dump(resolved), "resolved.yaml"))
+    assert again.algorithm.loss.clip.mode == "none"
+
+
+def test_extends_switching_a_mode_or_a_name_drops_what_belonged_to_the_old_one(tmp_path):
+    write(tmp_path, GOOD, "base0.yaml")
+    write(
+        tmp_path,
+        "extends: base0.yaml\n"
+        "algorithm: {loss: {clip: {mode: asymmetric, eps_low: 0.1, eps_high: 0.3}}}\n"
+        "critic: {name: openai, options: {model: gpt-x, max_tokens: 100}}\n",
+        "base.yaml",
+    )
+    child = write(
+        tmp_path,
+        "extends: base.yaml\nalgorithm: {loss: {clip: {mode: symmetric}}}\n"
+        "critic: {name: ground_truth}\n",
+        "c.yaml",
+    )
+    recipe, _ = load_recipe(child)
+    assert recipe.algorithm.loss.clip.bounds() == (0.2, 0.2)
+    assert recipe.critic.name == "ground_truth"
+    same = write(tmp_path, "extends: base.yaml\nalgorithm: {loss: {clip: {eps_high: 0.4}}}\n")
+    assert load_recipe(same)[0].algorithm.loss.clip.bounds() == (0.1, 0.4)  # merged as before
+
+
+def test_unknown_component_name_and_unknown_key_are_both_reported(tmp_path):
+    found, _ = problems(tmp_path, GOOD + "verifier: {name: mathh, bogus_option: 3}\n")
+    assert "verifier.name" in found and "math" in found["verifier.name"].hint
+    assert "verifier.bogus_option" in found

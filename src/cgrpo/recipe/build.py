@@ -83,15 +83,8 @@ def build(
         recipe.sampling.max_new_tokens,
     )
     limit = recipe.data.prompt.max_prompt_tokens
-    fitting = [p for p in problems if len(prompts.prompt_ids(p)) <= limit]
+    fitting = fitting_problems(problems, prompts, limit, "data.task")
     skipped = len(problems) - len(fitting)
-    if skipped:
-        log.warning(
-            "%d of %d problems have prompts over data.prompt.max_prompt_tokens=%d and are skipped",
-            skipped,
-            len(problems),
-            limit,
-        )
     if not fitting:
         raise DataError(
             f"every problem's prompt is longer than data.prompt.max_prompt_tokens="
@@ -121,6 +114,30 @@ def build(
     )
 
 
+def fitting_problems(
+    problems: list[Problem], prompts: PromptBuilder, limit: int, what: str
+) -> list[Problem]:
+    """The problems whose prompts fit ``limit`` tokens. The rest are named on the console
+    (file:line for file tasks, the first few) with the count."""
+    fitting, over = [], []
+    for p in problems:
+        (fitting if len(prompts.prompt_ids(p)) <= limit else over).append(p)
+    if over:
+        named = ", ".join(str(p.metadata.get("source", f"id {p.id}")) for p in over[:3])
+        more = f" and {len(over) - 3} more" if len(over) > 3 else ""
+        log.warning(
+            "%s: %d of %d problems have prompts over data.prompt.max_prompt_tokens=%d and "
+            "are skipped: %s%s",
+            what,
+            len(over),
+            len(problems),
+            limit,
+            named,
+            more,
+        )
+    return fitting
+
+
 def _split_eval(
     recipe: Recipe,
     registries: Any,
@@ -128,24 +145,39 @@ def _split_eval(
     problems: list[Problem],
     prompts: PromptBuilder,
 ) -> tuple[list[Problem], list[Problem]]:
-    """(training problems, evaluation problems). Without ``eval.task`` a seeded hold-out of
-    ``eval.size`` problems is removed from training."""
+    """(training problems, evaluation problems). ``eval.task``: its problems (the first
+    ``eval.size`` when set), those whose prompts fit; the console says how many were
+    dropped or left out. Without it a seeded hold-out of ``eval.size`` problems (64) is
+    removed from training."""
     ev = recipe.eval
     if ev.every == 0:
         return problems, []
     if ev.task is not None:
         task = registries["task"].build(ev.task.name, ev.task.options, ctx)
-        limit = recipe.data.prompt.max_prompt_tokens
-        held = [p for p in task.load() if len(prompts.prompt_ids(p)) <= limit][: ev.size]
+        loaded = task.load()
+        held = fitting_problems(loaded, prompts, recipe.data.prompt.max_prompt_tokens, "eval.task")
+        if not held:
+            raise DataError(
+                f"no problem of eval.task fits data.prompt.max_prompt_tokens="
+                f"{recipe.data.prompt.max_prompt_tokens}; raise it (and model.max_length)"
+            )
+        if ev.size is not None and ev.size < len(held):
+            log.warning(
+                "eval.task: evaluating the first %d of its %d problems (eval.size)",
+                ev.size,
+                len(held),
+            )
+            held = held[: ev.size]
         return problems, held
-    if len(problems) <= ev.size:
+    size = ev.holdout_size
+    if len(problems) <= size:
         raise DataError(
-            f"eval.size={ev.size} would hold out all {len(problems)} problems; "
+            f"eval.size={size} would hold out all {len(problems)} problems; "
             "lower eval.size or give eval.task"
         )
     order = list(range(len(problems)))
     random.Random(f"holdout:{recipe.run.seed}").shuffle(order)
-    held = set(order[: ev.size])
+    held = set(order[:size])
     return (
         [p for i, p in enumerate(problems) if i not in held],
         [problems[i] for i in sorted(held)],

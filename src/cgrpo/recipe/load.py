@@ -51,8 +51,27 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
                 str(path),
             )
         parent = _read_yaml(target, (*seen, path.resolve()))
+        _drop_switched(parent, cfg)
         cfg = OmegaConf.merge(parent, cfg)
     return cfg
+
+
+def _drop_switched(parent: DictConfig, child: DictConfig) -> None:
+    """Before ``extends:`` merges ``child`` over ``parent``: where the child switches a
+    section's ``mode`` (``clip: {mode: none}``), the parent's other keys there belong to the
+    old mode and are dropped; where it switches a component's ``name``, the parent's
+    ``options`` are dropped (as ``critic.name=...`` on the command line does). Otherwise
+    they would be set for a mode that does not use them, which validation refuses."""
+    for key, value in child.items():
+        old = parent.get(key)
+        if not (isinstance(value, DictConfig) and isinstance(old, DictConfig)):
+            continue
+        if "mode" in value and old.get("mode") != value.get("mode"):
+            parent[key] = {}
+        elif "name" in value and old.get("name") != value.get("name"):
+            old.pop("options", None)
+        else:
+            _drop_switched(old, value)
 
 
 def _expand_shorthand(cfg: DictConfig, key: str) -> None:
@@ -146,8 +165,8 @@ def load_recipe(
 
     Raises :class:`RecipeError` listing every problem found. Nothing heavy is built.
     """
-    from cgrpo.recipe.validate import validate_recipe
+    from cgrpo.recipe.validate import applicable_dump, validate_recipe
 
     raw = load_raw(path, overrides)
     recipe = validate_recipe(raw, registries=registries, source=str(path))
-    return recipe, recipe.model_dump(mode="json")
+    return recipe, applicable_dump(recipe)

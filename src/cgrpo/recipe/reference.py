@@ -60,8 +60,15 @@ def render() -> str:
         "",
         "A recipe may start from another one: `extends: other.yaml` (a path relative to "
         "the recipe that holds the line) loads that recipe first and merges this one over "
-        "it, key by key; chains are allowed, cycles are an error. Command-line overrides "
-        "(`key=value`, values in YAML) apply last.",
+        "it, key by key; chains are allowed, cycles are an error. Where it switches a "
+        "section's `mode` (`clip: {mode: none}`) the extended recipe's other keys in that "
+        "section are dropped, and where it switches a component's `name` its `options` "
+        "are. Command-line overrides (`key=value`, values in YAML) apply last.",
+        "",
+        "A setting that the others make meaningless is an error, not ignored: "
+        "`clip.eps` needs `clip.mode: symmetric`, `eps_low`/`eps_high` need `asymmetric`, "
+        "`shaping.gamma` needs a shaping mode, `eval.size`/`eval.task` need `eval.every`; "
+        "the resolved recipe a run saves leaves such fields out.",
         "",
         "Built-in components: "
         + "; ".join(f"{kind}: {', '.join(names)}" for kind, names in builtins.items())

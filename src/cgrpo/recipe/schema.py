@@ -16,6 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
+    def ignored_settings(self) -> dict[str, str]:
+        """Fields that this section's other settings make meaningless, each with the reason
+        and the fix. A recipe that sets one is a validation error naming its dotted path
+        (:func:`cgrpo.recipe.validate.ignored_setting_issues`), and the resolved recipe
+        leaves them out: no setting is accepted and then silently ignored. Component
+        ``Options`` models (plugins too) may define the same method."""
+        return {}
+
 
 class ComponentSpec(Section):
     """A registered component by name, with its options."""
@@ -160,6 +168,15 @@ class ClipConfig(Section):
     eps_low: float = Field(0.2, gt=0, lt=1, description="lower clip for 'asymmetric'")
     eps_high: float = Field(0.28, gt=0, description="upper clip for 'asymmetric'")
 
+    def ignored_settings(self) -> dict[str, str]:
+        owner = {"eps": "symmetric", "eps_low": "asymmetric", "eps_high": "asymmetric"}
+        return {
+            name: f"is used only with clip.mode: {mode} (here mode: {self.mode}); set "
+            f"mode: {mode}, or remove {name}"
+            for name, mode in owner.items()
+            if mode != self.mode
+        }
+
     def bounds(self) -> tuple[float | None, float | None]:
         if self.mode == "none":
             return None, None
@@ -176,6 +193,12 @@ class ShapingConfig(Section):
         description="'p_over_p_plus_gamma' (paper, LUFFY) or 'none' (plain policy gradient)",
     )
     gamma: float = Field(0.1, gt=0, description="gamma of f(p) = p/(p+gamma) (paper: 0.1)")
+
+    def ignored_settings(self) -> dict[str, str]:
+        if self.mode == "none":
+            return {"gamma": "has no effect with shaping.mode: none; remove gamma, or set "
+                    "mode: p_over_p_plus_gamma"}  # fmt: skip
+        return {}
 
 
 class LossSection(Section):
@@ -327,12 +350,28 @@ class EvalConfig(Section):
     """Greedy pass@1 on held-out problems during training (no critique at evaluation)."""
 
     every: int = Field(0, ge=0, description="evaluate every N steps and at the end; 0 = off")
-    size: int = Field(64, ge=1, description="problems evaluated")
+    size: int | None = Field(
+        None,
+        ge=1,
+        description="problems evaluated: with eval.task its first N (None = all of them); "
+        "without, N problems of data.task held out of training (None = 64)",
+    )
     task: ComponentSpec | None = Field(
         None,
         description="a task to evaluate on; None = hold out `size` problems of data.task "
         "(removed from training)",
     )
+
+    def ignored_settings(self) -> dict[str, str]:
+        if self.every == 0:
+            why = "has no effect while evaluation is off (eval.every: 0); set eval.every"
+            return {"size": why, "task": why}
+        return {}
+
+    @property
+    def holdout_size(self) -> int:
+        """Problems of data.task held out when there is no eval.task."""
+        return 64 if self.size is None else self.size
 
 
 class DistributedConfig(Section):

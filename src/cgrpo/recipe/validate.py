@@ -3,12 +3,15 @@
 Three passes, all run even when an earlier one found problems, so a user fixes a recipe
 in one edit: (1) the schema (pydantic), (2) each component's name and own ``Options``,
 (3) cross-field checks that GRPO users keep tripping over (group sizes, batch divisions,
-the refinement context budget, secrets written into the recipe).
+the refinement context budget, secrets written into the recipe), and settings that the
+others make meaningless (``ignored_settings()`` of each section and component options):
+a setting is either used or refused, never accepted and ignored.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,19 +105,76 @@ def component_issues(raw: dict[str, Any], registries: Any) -> tuple[list[ConfigI
         try:
             spec = ComponentSpec.model_validate(spec)
         except ValidationError:
-            continue  # the schema pass reports it
-        try:
-            comp = registries[kind].get(spec.name)
-        except UnknownComponentError as exc:
-            hint = f"did you mean {exc.suggestion!r}? " if exc.suggestion else ""
-            hint += f"available: {', '.join(exc.available) or '(none)'}"
-            issues.append(ConfigIssue(f"{path}.name", f"unknown {kind} {spec.name!r}", hint))
+            # the schema pass reports the section's own problem (an unknown key, ...); the
+            # name is still checked, so that every problem is reported at once
+            name = spec.get("name") if isinstance(spec, dict) else None
+            if isinstance(name, str):
+                issues += _unknown_name_issues(registries, kind, path, name)
             continue
+        name_issues = _unknown_name_issues(registries, kind, path, spec.name)
+        if name_issues:
+            issues += name_issues
+            continue
+        comp = registries[kind].get(spec.name)
         try:
             validated[path] = comp.options.model_validate(spec.options)
         except ValidationError as exc:
             issues += issues_from_validation(exc, comp.options, prefix=f"{path}.options")
+            continue
+        issues += ignored_setting_issues(validated[path], f"{path}.options")
     return issues, validated
+
+
+def _unknown_name_issues(registries: Any, kind: str, path: str, name: str) -> list[ConfigIssue]:
+    try:
+        registries[kind].get(name)
+    except UnknownComponentError as exc:
+        hint = f"did you mean {exc.suggestion!r}? " if exc.suggestion else ""
+        hint += f"available: {', '.join(exc.available) or '(none)'}"
+        return [ConfigIssue(f"{path}.name", f"unknown {kind} {name!r}", hint)]
+    return []
+
+
+def _ignored(model: BaseModel) -> dict[str, str]:
+    rules = getattr(model, "ignored_settings", None)
+    return rules() if callable(rules) else {}
+
+
+def _sub_models(model: BaseModel) -> Iterator[tuple[str, BaseModel]]:
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            yield name, value
+
+
+def ignored_setting_issues(model: BaseModel, path: str = "") -> list[ConfigIssue]:
+    """Every field the recipe sets (explicitly, or through ``extends:``) that the model's
+    ``ignored_settings()`` says its other settings make meaningless, in the whole tree."""
+    issues = []
+    for name, why in _ignored(model).items():
+        if name in model.model_fields_set:
+            where = f"{path}.{name}" if path else name
+            reason, _, fix = why.partition("; ")
+            issues.append(ConfigIssue(where, f"{name} {reason}", fix))
+    for name, sub in _sub_models(model):
+        issues += ignored_setting_issues(sub, f"{path}.{name}" if path else name)
+    return issues
+
+
+def applicable_dump(model: BaseModel) -> dict[str, Any]:
+    """``model.model_dump(mode="json")`` without the fields its settings make meaningless:
+    the resolved recipe a run saves, which validates again when run as it is."""
+    data = model.model_dump(mode="json")
+    _prune(model, data)
+    return data
+
+
+def _prune(model: BaseModel, data: dict[str, Any]) -> None:
+    for name in _ignored(model):
+        data.pop(name, None)
+    for name, sub in _sub_models(model):
+        if isinstance(data.get(name), dict):
+            _prune(sub, data[name])
 
 
 def _secret_issues(data: Any, path: str = "") -> list[ConfigIssue]:
@@ -353,6 +413,7 @@ def validate_recipe(
     issues += comp_issues
     if recipe is not None:
         issues += cross_issues(recipe)
+        issues += ignored_setting_issues(recipe)
     if issues or recipe is None:
         secret_paths = {i.path for i in issues if i.message.startswith("secrets")}
         issues = [
@@ -363,7 +424,7 @@ def validate_recipe(
         spec = recipe
         for part in path.split("."):
             spec = getattr(spec, part)
-        spec.options = opts.model_dump(mode="json")
+        spec.options = applicable_dump(opts)
     return recipe
 
 
