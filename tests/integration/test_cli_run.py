@@ -64,6 +64,10 @@ def test_shortened_quickstart_runs_and_leaves_a_complete_run_dir(tmp_path):
     )
     assert json.loads((run / "status.json").read_text())["status"] == "completed"
     assert len((run / "sft_metrics.jsonl").read_text().splitlines()) == 10
+    assert "sft 10/10" in out.stdout and "eta" in out.stdout.split("sft 1/10")[1]
+    log = (run / "train.log").read_text()  # what the console said, kept beside the run
+    for said in ("creating a tiny random one there", "cgrpo: run directory", "cgrpo: done"):
+        assert said in log, said
 
     # checkpoints: every save_every steps and at the end, loadable by plain transformers
     for step in (2, 3):
@@ -172,3 +176,36 @@ def test_observer_plugin_sees_start_steps_and_end(tmp_path):
     events = [json.loads(x) for x in log.read_text().splitlines()]
     assert [e["event"] for e in events] == ["start", "step", "step", "step", "end"]
     assert events[0]["steps"] == 3 and events[-1]["status"] == "completed"
+
+
+def test_prompts_over_the_limit_are_named_on_the_console_with_file_and_line(tmp_path):
+    """Training and evaluation rows whose prompts do not fit are skipped, and the console
+    says which (file:line), not only train.log; eval.task is evaluated whole (no eval.size
+    cut) and the metrics say how many problems were evaluated."""
+    row = '{{"question": "What is {a} + {b}?", "answer": "{c}"}}\n'
+    long = '{"question": "' + "very long question " * 40 + '", "answer": "1"}\n'
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(row.format(a=i, b=1, c=i + 1) for i in range(4)) + long)
+    evals = tmp_path / "eval.jsonl"
+    evals.write_text(long + "".join(row.format(a=i, b=2, c=i + 2) for i in range(70)))
+    out = run_cli(
+        "run",
+        QUICKSTART,
+        "sft.steps=0",
+        "train.steps=1",
+        "algorithm.prompts_per_step=2",
+        "algorithm.micro_batch_size=16",
+        "run.console=plain",
+        "data.task.name=jsonl",
+        f"data.task.options.path={data}",
+        "eval.every=1",
+        f"eval.task={{name: jsonl, options: {{path: {evals}}}}}",
+        f"model.path={tmp_path / 'tiny'}",
+        f"run.output_dir={tmp_path / 'runs'}",
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "cgrpo: warning: data.task: 1 of 5 problems" in out.stdout
+    assert f"{data}:5" in out.stdout and f"{evals}:1" in out.stdout
+    metrics = json.loads((tmp_path / "runs" / "quickstart" / "metrics.jsonl").read_text())
+    assert metrics["eval/problems"] == 70  # all that fit, not the hold-out default of 64

@@ -313,6 +313,7 @@ class Trainer:
             ]
             result = {
                 "eval/accuracy": sum(correct) / len(correct),
+                "eval/problems": float(len(correct)),
                 "eval/length_mean": sum(len(o[0].token_ids) for o in outs) / len(outs),
                 "time/eval": time.perf_counter() - started,
             }
@@ -358,7 +359,7 @@ class Trainer:
         if callable(critic_load) and "critic" in state:
             critic_load(state["critic"])
         restore_rng(state["rng"])
-        self.console.start_step = self.step_done
+        self.console.resume_at(self.step_done)
 
     def save(self, step: int) -> None:
         if is_sharded(self.b.model):  # every rank writes its shards

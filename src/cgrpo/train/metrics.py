@@ -9,14 +9,18 @@ otherwise (CI logs, ``nohup``).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from cgrpo.train.rollout import Rollout
 from cgrpo.types import BUDGET_EXHAUSTED
+
+log = logging.getLogger("cgrpo.console")
 
 
 def _mean(xs: list[float]) -> float:
@@ -221,14 +225,50 @@ class Console:
             flush=True,
         )
 
+    def resume_at(self, step: int) -> None:
+        """A resumed run: the bar starts at ``step`` and the ETA counts from the next one."""
+        self.start_step = step
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step)
+
     def message(self, text: str) -> None:
+        """A line on the console (above the bar), also written to train.log."""
+        log.info("%s", text)
+        self.print_only(text)
+
+    def print_only(self, text: str) -> None:
         if self.off:
             return
-        if self._progress is not None:
-            self._progress.console.print(text)
+        if self._progress is not None:  # as it is: no rich markup ("[data]" stays)
+            self._progress.console.print(text, markup=False, highlight=False)
         else:
             print(text, flush=True)
 
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
+
+
+class ConsoleLogHandler(logging.Handler):
+    """Shows cgrpo's logged warnings on the console as ``cgrpo: warning: ...``, so what
+    train.log says went wrong is also seen live. A warning logged from the same place
+    over and over (a critic that keeps failing) is shown ``repeats`` times, then only
+    counted in train.log, with one line saying so."""
+
+    def __init__(self, console: Console, repeats: int = 3):
+        super().__init__(logging.WARNING)
+        self.console = console
+        self.repeats = repeats
+        self.seen: Counter[tuple[str, int]] = Counter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name == log.name or getattr(record, "console", True) is False:
+            return  # the console's own lines (already shown), or marked train.log only
+        where = (record.pathname, record.lineno)
+        self.seen[where] += 1
+        if self.seen[where] > self.repeats:
+            return
+        text = f"cgrpo: warning: {record.getMessage()}"
+        if self.seen[where] == self.repeats:
+            text += " (further warnings like this one go to train.log only)"
+        self.console.print_only(text)

@@ -56,9 +56,9 @@ def load_policy(
     if model_cfg.create is not None and not (path / "config.json").exists():
         from cgrpo.tiny import create_tiny_model
 
-        log.info("creating a tiny model at %s", path)
-        print(f"cgrpo: model.path {path} has no model: creating a tiny random one there "
-              "(model.create)", flush=True)  # fmt: skip
+        # a warning: on the console (and in train.log) wherever it happens
+        log.warning("model.path %s has no model: creating a tiny random one there "
+                    "(model.create)", path)  # fmt: skip
         create_tiny_model(path, **model_cfg.create.model_dump(exclude={"anywhere"}))
     source = str(path) if path.exists() else model_cfg.path
     device = resolve_device(device or model_cfg.device)

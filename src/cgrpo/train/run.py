@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from cgrpo.errors import CgrpoError, TrainingError
 
@@ -30,12 +32,21 @@ def _check_writable(run_dir: Path) -> None:
         ) from exc
 
 
-def _setup_logging(run_dir: Path) -> None:
+def _setup_logging(run_dir: Path, console: Any) -> list[logging.Handler]:
+    """Everything cgrpo logs goes to RUN_DIR/train.log (console lines included, so it
+    records starts, resumes, interrupts and the end); warnings also to the console.
+    Returns the handlers, removed when the run ends (a second run in the same process
+    must not write into the first one's log)."""
+    from cgrpo.train.metrics import ConsoleLogHandler
+
     handler = logging.FileHandler(run_dir / "train.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("cgrpo")
     root.setLevel(logging.INFO)
-    root.addHandler(handler)
+    handlers = [handler, ConsoleLogHandler(console)]
+    for h in handlers:
+        root.addHandler(h)
+    return handlers
 
 
 def _start_on_rank0(recipe, resolved, run_dir: Path, source: str) -> str | None:
@@ -131,9 +142,8 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
     run_dir = Path(recipe.run.output_dir) / recipe.run.name
     ckpt = _start_on_rank0(recipe, resolved, run_dir, path)
     main = distributed.is_main()
-    if main:
-        _setup_logging(run_dir)
     console = Console(recipe.train.steps, recipe.run.console if main else "off")
+    handlers = _setup_logging(run_dir, console) if main else []
     say = console.message
     say(
         f"cgrpo: run directory {run_dir}"
@@ -164,11 +174,16 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
         if recipe.sft.steps and ckpt is None:
             out = JsonlWriter(run_dir / "sft_metrics.jsonl") if main else None
 
+            sft_started = time.monotonic()
+
             def on_sft(step, m):
                 if out is not None:
                     out.write({"step": step, **m})
-                if step == 1 or step % max(1, recipe.sft.steps // 5) == 0:
-                    say(f"sft {step}/{recipe.sft.steps}  loss {m['sft/loss']:.3f}")
+                n = recipe.sft.steps
+                if step == 1 or step % max(1, n // 10) == 0 or step == n:
+                    per_step = (time.monotonic() - sft_started) / step
+                    say(f"sft {step}/{n}  loss {m['sft/loss']:.3f}  ({per_step:.2f}s/step, "
+                        f"eta {per_step * (n - step):.0f}s)")  # fmt: skip
 
             sft_problems = built.problems
             if recipe.sft.task is not None:
@@ -219,6 +234,11 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
         return 0
     except KeyboardInterrupt:
         status = "interrupted"
+        log.info("interrupted (KeyboardInterrupt)")
+        raise
+    except Exception as exc:  # the CLI shows it; train.log keeps it beside the run
+        log.error("run failed: %s", exc, exc_info=not isinstance(exc, CgrpoError),
+                  extra={"console": False})  # fmt: skip
         raise
     finally:
         console.close()
@@ -230,4 +250,7 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
         if main:
             hooks.on_run_end(run_dir=str(run_dir), status=status)
             (run_dir / "status.json").write_text(json.dumps({"status": status}))
+        for h in handlers:
+            logging.getLogger("cgrpo").removeHandler(h)
+            h.close()
         distributed.teardown()

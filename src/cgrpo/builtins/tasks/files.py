@@ -100,7 +100,11 @@ class _RowTask:
         solution = row.get(o.solution_field) if o.solution_field else None
         pid = str(row[o.id_field]) if o.id_field and row.get(o.id_field) is not None else str(line)
         return Problem(
-            pid, values["question"], values["answer"], None if solution is None else str(solution)
+            pid,
+            values["question"],
+            values["answer"],
+            None if solution is None else str(solution),
+            metadata={"source": at},  # file:line, for messages about this problem
         )
 
 
