@@ -242,3 +242,22 @@ def test_failed_and_budget_fallbacks_are_counted_apart():
     assert m["critique/failed"] == 1
     assert m["critique/budget_fallbacks"] == 1
     assert m["critique/fallbacks"] == 3
+
+
+def test_system_message_replaces_the_templates_without_template_text():
+    """critic.options.system alone was ignored before (it worked only with template_text);
+    the changed template gets its own version, so cached critiques are not reused."""
+    from cgrpo.builtins.critics.prompts import TEMPLATES, resolve_template
+    from cgrpo.types import CritiqueRequest, Problem, Verdict
+
+    plain = resolve_template("cot", None, None)
+    strict = resolve_template("cot", None, "You are a strict examiner.")
+    assert plain is TEMPLATES["cot"]
+    assert strict.user == plain.user and strict.version != plain.version
+    request = CritiqueRequest(Problem("1", "1+1?", "2"), "3", Verdict(0.0, False))
+    assert strict.messages(request)[0] == {
+        "role": "system",
+        "content": "You are a strict examiner.",
+    }
+    both = resolve_template("cot", "Grade: {question} {answer} {response}", "S")
+    assert (both.system, both.name) == ("S", "custom")

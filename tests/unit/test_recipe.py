@@ -369,3 +369,32 @@ def test_unknown_component_name_and_unknown_key_are_both_reported(tmp_path):
     found, _ = problems(tmp_path, GOOD + "verifier: {name: mathh, bogus_option: 3}\n")
     assert "verifier.name" in found and "math" in found["verifier.name"].hint
     assert "verifier.bogus_option" in found
+
+
+@pytest.mark.parametrize(
+    "critic, path",
+    [
+        ("{name: self, options: {on_disagreement: retry}}", "critic.options.on_disagreement"),
+        ("{name: local, options: {path: m, max_model_len: 2048}}", "critic.options.max_model_len"),
+        (
+            "{name: local, options: {path: m, backend: vllm, batch_size: 8}}",
+            "critic.options.batch_size",
+        ),
+        (
+            "{name: local, options: {path: m, backend: vllm, device: 'cuda:1'}}",
+            "critic.options.device",
+        ),
+    ],
+)
+def test_critic_options_that_would_be_ignored_are_errors(tmp_path, critic, path):
+    found, _ = problems(tmp_path, GOOD + f"critic: {critic}\n")
+    assert list(found) == [path], found
+
+
+def test_critic_options_that_apply_are_fine(tmp_path):
+    for critic in (
+        "{name: self, options: {on_disagreement: retry, temperature: 0.7}}",
+        "{name: local, options: {path: m, backend: vllm, max_model_len: 2048, device: cuda}}",
+        "{name: local, options: {path: m, batch_size: 8, device: 'cuda:1'}}",
+    ):
+        load_recipe(write(tmp_path, GOOD + f"critic: {critic}\n"))

@@ -308,11 +308,18 @@ class OptimConfig(Section):
 
 
 class SFTConfig(Section):
-    """Optional supervised warm-up on reference solutions before RL (a paper baseline)."""
+    """Optional supervised warm-up on reference solutions before RL (a paper baseline).
+    AdamW with the recipe's ``optim`` betas, eps, weight decay and gradient clipping, at
+    the constant ``sft.lr``; ``optim.lr``, ``schedule`` and ``warmup_steps`` are RL's."""
 
     steps: int = Field(0, ge=0, description="optimizer steps of warm-up; 0 = none")
     batch_size: int = Field(16, ge=1, description="problems per warm-up step")
-    lr: float = Field(1e-3, gt=0, description="warm-up learning rate")
+    lr: float = Field(
+        1e-3,
+        gt=0,
+        description="warm-up learning rate, constant (betas, eps, weight decay and "
+        "grad_clip come from optim)",
+    )
     refinement_share: float = Field(
         0.0,
         ge=0,

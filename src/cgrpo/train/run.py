@@ -203,6 +203,7 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
                 critic=built.critic,
                 precision=built.precision,
                 chunk_tokens=recipe.algorithm.logprob_chunk_tokens,
+                optim=recipe.optim,
             )
             if out is not None:
                 out.close()

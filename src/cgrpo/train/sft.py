@@ -25,7 +25,8 @@ from cgrpo.train.logprobs import DEFAULT_CHUNK_TOKENS, forward_response
 from cgrpo.train.mixing import TrainRow, collate
 from cgrpo.train.precision import FULL, Precision
 from cgrpo.train.prompts import PromptBuilder, RefinementTooLong
-from cgrpo.train.sharding import is_sharded
+from cgrpo.train.sharding import grad_norm_value, is_sharded
+from cgrpo.train.update import adamw
 from cgrpo.types import CritiqueRequest, Problem, Verdict
 
 
@@ -40,8 +41,12 @@ def sft_warmup(
     critic: Any = None,
     precision: Precision = FULL,
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    optim: Any = None,
 ) -> list[dict[str, float]]:
     """Run ``cfg.steps`` AdamW steps of supervised fine-tuning; returns per-step metrics.
+
+    The optimizer is the recipe's (``optim``: betas, eps, weight decay, gradient clipping)
+    at the warm-up's own constant learning rate ``cfg.lr``.
 
     Forward passes run under ``precision``'s autocast, projecting ``chunk_tokens`` tokens
     to the vocabulary at a time; the parameters and AdamW state stay in their (float32
@@ -74,7 +79,12 @@ def sft_warmup(
             return None
         return TrainRow(0, prompt, ids, None, True, 0.0)
 
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
+    if optim is None:
+        from cgrpo.recipe.schema import OptimConfig
+
+        optim = OptimConfig()
+    opt = adamw(model, optim, cfg.lr)
+    max_norm = optim.grad_clip if optim.grad_clip is not None else float("inf")
     sharded = is_sharded(model)
     history = []
     model.train()
@@ -96,9 +106,10 @@ def sft_warmup(
         opt.zero_grad(set_to_none=True)
         # every rank runs the same warm-up batch; FSDP sums the ranks' gradients
         (loss / (distributed.world_size() if sharded else 1)).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        norm = grad_norm_value(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
         opt.step()
-        metrics = {"sft/loss": float(loss.detach())}
+        metrics = {"sft/loss": float(loss.detach()), "sft/grad_norm": norm}
         history.append(metrics)
         if on_step is not None:
             on_step(step, metrics)

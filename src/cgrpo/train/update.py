@@ -200,15 +200,21 @@ def update_policy(
     return result
 
 
-def make_optimizer(model: Any, optim_cfg: Any, total_updates: int, lr: float | None = None):
-    """AdamW and a LambdaLR schedule (linear warm-up, then constant / linear / cosine)."""
-    opt = torch.optim.AdamW(
+def adamw(model: Any, optim_cfg: Any, lr: float) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters with the recipe's betas, eps and weight decay
+    (``optim``), for RL and for the SFT warm-up alike."""
+    return torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad],
-        lr=lr if lr is not None else optim_cfg.lr,
+        lr=lr,
         betas=tuple(optim_cfg.betas),
         eps=optim_cfg.eps,
         weight_decay=optim_cfg.weight_decay,
     )
+
+
+def make_optimizer(model: Any, optim_cfg: Any, total_updates: int, lr: float | None = None):
+    """AdamW and a LambdaLR schedule (linear warm-up, then constant / linear / cosine)."""
+    opt = adamw(model, optim_cfg, lr if lr is not None else optim_cfg.lr)
     warm, kind = optim_cfg.warmup_steps, optim_cfg.schedule
 
     def factor(step: int) -> float:

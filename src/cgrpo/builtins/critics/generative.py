@@ -113,7 +113,25 @@ class LocalCriticOptions(CoTOptions):
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="dtype")
     device: str = Field("auto", description="'auto', 'cpu', 'cuda:1', ...")
-    batch_size: int = Field(32, ge=1, description="critiques generated per generate() call")
+    batch_size: int = Field(
+        32, ge=1, description="hf: critiques generated per generate() call (vLLM batches itself)"
+    )
+
+    def ignored_settings(self) -> dict[str, str]:
+        out = super().ignored_settings()
+        if self.backend == "hf":
+            for name in ("max_model_len", "gpu_memory_utilization", "kv_cache_memory_bytes"):
+                out[name] = "is a vLLM engine setting (backend: hf); set backend: vllm or remove it"
+        else:
+            out["batch_size"] = ("has no effect with backend: vllm (the engine batches all "
+                                 "requests itself); remove it")  # fmt: skip
+            if self.device not in ("auto", "cpu", "cuda"):
+                out["device"] = (
+                    f"{self.device!r} cannot be honoured with backend: vllm (the engine runs on "
+                    "the process's current GPU); use auto, cpu or cuda, and choose the GPU "
+                    "with CUDA_VISIBLE_DEVICES"
+                )
+        return out
 
 
 class LocalCritic(_GenerativeCritic):

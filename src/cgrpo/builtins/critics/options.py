@@ -24,6 +24,15 @@ class CoTOptions(BaseModel):
         "critique, retry once, or use the ground-truth fallback critique",
     )
 
+    def ignored_settings(self) -> dict[str, str]:
+        if self.on_disagreement == "retry" and self.temperature == 0:
+            return {
+                "on_disagreement": "retry re-asks the critic, which at temperature 0 answers "
+                "the same way again (an API critic bills the second request too); set "
+                "temperature > 0, or on_disagreement: fallback"
+            }
+        return {}
+
     @field_validator("template")
     @classmethod
     def _known(cls, v: str) -> str:

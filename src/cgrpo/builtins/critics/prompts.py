@@ -76,15 +76,20 @@ def parse_verdict(text: str) -> bool | None:
 
 
 def resolve_template(name: str, text: str | None, system: str | None) -> CritiqueTemplate:
-    """The named template, or a custom one versioned by the hash of its text."""
-    if text is None:
-        if name not in TEMPLATES:
-            raise ValueError(f"unknown critique template {name!r}; known: {sorted(TEMPLATES)}")
-        return TEMPLATES[name]
+    """The named template; with ``text`` a custom user message, with ``system`` another
+    system message (either alone or both). A changed template is versioned by the hash of
+    its messages, so cached critiques of the original are never reused for it."""
+    if text is None and name not in TEMPLATES:
+        raise ValueError(f"unknown critique template {name!r}; known: {sorted(TEMPLATES)}")
     base = TEMPLATES.get(name, COT_V1)
+    if text is None and system is None:
+        return base
     sys_text = base.system if system is None else system
-    digest = hashlib.sha256(f"{sys_text}\n{text}".encode()).hexdigest()[:12]
-    return CritiqueTemplate("custom", f"custom-{digest}", sys_text, text)
+    user = base.user if text is None else text
+    digest = hashlib.sha256(f"{sys_text}\n{user}".encode()).hexdigest()[:12]
+    if text is None:  # the named template's user message under another system message
+        return CritiqueTemplate(base.name, f"{base.version}-system-{digest}", sys_text, user)
+    return CritiqueTemplate("custom", f"custom-{digest}", sys_text, user)
 
 
 def check_template_text(text: str) -> str:
