@@ -92,3 +92,44 @@ def test_the_resume_hint_names_resume_once():
     assert resume_command("r.yaml", ["resume=runs/x/checkpoints/step-2"]) == (
         "cgrpo run r.yaml resume=auto"
     )
+
+
+def test_check_reads_the_data_and_lists_every_bad_row_with_file_and_line(tmp_path):
+    """`cgrpo check` used to test only that a data file exists; it now reads it (as the run
+    would, but listing every bad row instead of stopping at the first) and exits 2."""
+    long = "many words " * 60
+    data = tmp_path / "d.jsonl"
+    data.write_text(
+        '{"question": "What is 1 + 1?", "answer": "2"}\n'
+        '{"question": "x"}\n'
+        "not json\n"
+        f'{{"question": "{long}", "answer": "3"}}\n'
+        '{"question": "What is 2 + 2?", "answer": ""}\n'
+    )
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    args = [
+        "check",
+        str(REPO / "recipes" / "quickstart-cpu.yaml"),
+        "data.task.name=jsonl",
+        f"data.task.options.path={data}",
+        "eval.every=5",
+        f"eval.task={{name: jsonl, options: {{path: {empty}}}}}",
+        f"model.path={tmp_path / 'tiny'}",
+    ]
+    out = run_cli(*args, cwd=tmp_path)
+    assert out.returncode == 2, out.stdout + out.stderr
+    text = " ".join(out.stdout.split())  # rich wraps long lines
+    for needle in (
+        f"{data}:2: missing field 'answer'",
+        f"{data}:3: invalid JSON",
+        f"{data}:4: prompt of",
+        f"{data}:5: field 'answer' (answer) is empty",
+        f"{empty}: no usable rows",
+    ):
+        assert needle in text, needle
+    assert "the data has problems" in out.stderr and "recipe OK" not in out.stdout
+    skipped = run_cli(*args, "--data-rows", "0", cwd=tmp_path)
+    assert skipped.returncode == 0, skipped.stderr
+    first = run_cli(*args[:-3], args[-1], "--data-rows", "1", cwd=tmp_path)
+    assert first.returncode == 0 and "data.task (jsonl): 1 usable rows read" in first.stdout

@@ -39,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--gpu-memory", help="memory of each GPU, e.g. 80GiB (default: the visible GPU's)"
     )
+    check.add_argument(
+        "--data-rows",
+        type=int,
+        metavar="N",
+        help="read only the first N usable rows of each task (default: all; 0: skip the data)",
+    )
 
     crit = sub.add_parser(
         "critique", help="run the recipe's critic on a few samples and show cost and latency"
@@ -64,7 +70,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_check(
-    recipe_path: str, overrides: Sequence[str], gpus: int | None, gpu_memory: str | None
+    recipe_path: str,
+    overrides: Sequence[str],
+    gpus: int | None,
+    gpu_memory: str | None,
+    data_rows: int | None = None,
 ) -> int:
     from omegaconf import OmegaConf
     from rich.console import Console
@@ -76,6 +86,9 @@ def cmd_check(
 
     if gpus is not None and gpus < 1:
         print("cgrpo check: --gpus must be 1 or more", file=sys.stderr)
+        return EXIT_USAGE
+    if data_rows is not None and data_rows < 0:
+        print("cgrpo check: --data-rows must be 0 (skip the data) or more", file=sys.stderr)
         return EXIT_USAGE
     try:
         memory = memory_plan.parse_memory(gpu_memory) if gpu_memory else None
@@ -109,14 +122,32 @@ def cmd_check(
             show_plan(partial)
         raise
     console.print(Syntax(OmegaConf.to_yaml(resolved), "yaml", background_color="default"))
-    if not show_plan(recipe):
+    fits = show_plan(recipe)
+    data_ok = data_rows == 0 or _show_data(console, recipe, data_rows)
+    if not fits:
         print(
             f"cgrpo check: {recipe_path}: the memory plan does not fit (see above)",
             file=sys.stderr,
         )
+    if not data_ok:
+        print(f"cgrpo check: {recipe_path}: the data has problems (see above)", file=sys.stderr)
+    if not (fits and data_ok):
         return EXIT_USAGE
     console.print(f"[green]recipe OK[/green]: {recipe_path}")
     return EXIT_OK
+
+
+def _show_data(console, recipe, data_rows: int | None) -> bool:
+    """Read the recipe's tasks, print what was found; False when there are problems."""
+    from rich.markup import escape
+
+    from cgrpo.data_check import check_data
+    from cgrpo.plugins import get_registries
+
+    reports = check_data(recipe, get_registries(), data_rows)
+    for report in reports:
+        console.print(escape("\n".join(report.lines())), highlight=False)
+    return not any(r.problems for r in reports)
 
 
 def cmd_list(kind: str | None) -> int:
@@ -172,7 +203,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.command == "check":
-            return cmd_check(args.recipe, args.overrides, args.gpus, args.gpu_memory)
+            return cmd_check(
+                args.recipe, args.overrides, args.gpus, args.gpu_memory, args.data_rows
+            )
         if args.command == "list":
             return cmd_list(args.kind)
         if args.command == "run":

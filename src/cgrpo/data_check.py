@@ -1,0 +1,145 @@
+"""``cgrpo check`` reads the data: every row of every task a recipe uses, before any GPU.
+
+A run stops at the first bad row of a file task (``bad_rows: error``, the default) and
+skips rows whose prompts are over ``data.prompt.max_prompt_tokens``; both are better
+learned from ``check`` on a laptop than an hour into a job. The check lists *every* bad
+row (file:line): malformed JSON, bytes that are not UTF-8, missing or empty fields, an
+empty file, and prompts that do not fit. Only the tokenizer is loaded (no weights).
+
+Rows a task skips by the user's choice (``bad_rows: skip``) are reported as warnings; all
+the rest are problems, and ``check`` exits 2 on any.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from cgrpo.errors import CgrpoError
+
+log = logging.getLogger(__name__)
+
+SHOWN = 10  # rows listed per task and kind; the rest are counted
+
+
+@dataclass
+class TaskReport:
+    """What reading one task found."""
+
+    section: str  # the recipe path of the task: data.task, eval.task, sft.task
+    name: str
+    rows: int = 0  # usable problems read
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    note: str = ""  # what was not checked, and why
+    loaded: list[Any] = field(default_factory=list, repr=False)  # the usable problems
+
+    def lines(self) -> list[str]:
+        head = f"{self.section} ({self.name}): {self.rows} usable rows read"
+        if self.note:
+            head += f"; {self.note}"
+        out = [head]
+        for kind, items in (("problem", self.problems), ("warning", self.warnings)):
+            out += [f"  {kind}: {text}" for text in items[:SHOWN]]
+            if len(items) > SHOWN:
+                out.append(f"  ... and {len(items) - SHOWN} more {kind}s")
+        return out
+
+
+def tasks_of(recipe: Any) -> list[tuple[str, Any]]:
+    """``(recipe path, ComponentSpec)`` of every task the run would read."""
+    out = [("data.task", recipe.data.task)]
+    if recipe.eval.every and recipe.eval.task is not None:
+        out.append(("eval.task", recipe.eval.task))
+    if recipe.sft.steps and recipe.sft.task is not None:
+        out.append(("sft.task", recipe.sft.task))
+    return out
+
+
+def read_task(section: str, spec: Any, registries: Any, max_rows: int | None) -> TaskReport:
+    """Load one task as the run would, but collecting every bad row instead of stopping
+    at the first (``bad_rows: skip`` for the check itself), reading at most ``max_rows``
+    usable rows where the task has a ``limit`` option."""
+    report = TaskReport(section, spec.name)
+    comp = registries["task"].get(spec.name)
+    fields = comp.options.model_fields
+    options = dict(spec.options)
+    skip_is_chosen = options.get("bad_rows", "error") == "skip"
+    if "bad_rows" in fields:
+        options["bad_rows"] = "skip"
+    if max_rows is not None and "limit" in fields:
+        options["limit"] = min(max_rows, options.get("limit") or max_rows)
+    quiet = logging.getLogger("cgrpo")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # the task's own "skipped N rows" warning: listed below
+    try:
+        task = registries["task"].build(spec.name, options, None)
+        problems = task.load()
+    except CgrpoError as exc:  # an empty file, a missing one, a file that is not UTF-8
+        report.problems.append(str(exc))
+        return report
+    finally:
+        quiet.setLevel(level)
+    if max_rows is not None:
+        problems = problems[:max_rows]
+    skipped = list(getattr(task, "skipped", []))
+    (report.warnings if skip_is_chosen else report.problems).extend(skipped)
+    report.rows, report.loaded = len(problems), problems
+    return report
+
+
+def prompt_builder(recipe: Any) -> tuple[Any, str]:
+    """``(PromptBuilder, "")`` with the recipe's tokenizer, or ``(None, why not)``."""
+    from pathlib import Path
+
+    from cgrpo.train.prompts import PromptBuilder
+
+    m = recipe.model
+    path = Path(m.path).expanduser()
+    try:
+        if (path / "tokenizer_config.json").is_file() or (path / "tokenizer.json").is_file():
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(
+                str(path), trust_remote_code=m.trust_remote_code
+            )
+        elif m.create is not None:  # the tiny model's tokenizer, built offline
+            from cgrpo.tiny import build_tokenizer
+
+            tokenizer = build_tokenizer()
+        else:
+            return None, f"prompt lengths not checked: no tokenizer at model.path {m.path}"
+    except (OSError, ValueError) as exc:
+        return None, f"prompt lengths not checked: cannot load the tokenizer ({exc})"
+    builder = PromptBuilder(
+        tokenizer,
+        recipe.data.prompt,
+        recipe.refinement,
+        m.max_length,
+        recipe.sampling.max_new_tokens,
+    )
+    return builder, ""
+
+
+def check_data(recipe: Any, registries: Any, max_rows: int | None = None) -> list[TaskReport]:
+    """Read every task of ``recipe`` (the first ``max_rows`` usable rows of each when
+    given) and check that each prompt fits ``data.prompt.max_prompt_tokens``."""
+    builder, why = prompt_builder(recipe)
+    limit = recipe.data.prompt.max_prompt_tokens
+    reports = []
+    for section, spec in tasks_of(recipe):
+        report = read_task(section, spec, registries, max_rows)
+        if builder is None:
+            report.note = why
+        else:
+            for p in report.loaded:
+                n = len(builder.prompt_ids(p))
+                if n > limit:
+                    where = p.metadata.get("source", f"problem id {p.id}")
+                    report.problems.append(
+                        f"{where}: prompt of {n} tokens is over data.prompt.max_prompt_tokens="
+                        f"{limit} (cgrpo run would skip it; raise the limit or drop the row)"
+                    )
+        reports.append(report)
+    return reports
