@@ -73,18 +73,20 @@ def read_task(section: str, spec: Any, registries: Any, max_rows: int | None) ->
     quiet = logging.getLogger("cgrpo")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # the task's own "skipped N rows" warning: listed below
+    task, problems, failure = None, [], None
     try:
         task = registries["task"].build(spec.name, options, None)
         problems = task.load()
-    except CgrpoError as exc:  # an empty file, a missing one, a file that is not UTF-8
-        report.problems.append(str(exc))
-        return report
+    except CgrpoError as exc:  # an empty file, a missing one, no usable row at all
+        failure = str(exc)
     finally:
         quiet.setLevel(level)
     if max_rows is not None:
         problems = problems[:max_rows]
     skipped = list(getattr(task, "skipped", []))
-    (report.warnings if skip_is_chosen else report.problems).extend(skipped)
+    (report.warnings if skip_is_chosen and failure is None else report.problems).extend(skipped)
+    if failure is not None:
+        report.problems.append(failure)
     report.rows, report.loaded = len(problems), problems
     return report
 

@@ -100,14 +100,34 @@ def test_critique_command_shows_critiques_and_cost(tmp_path):
             "-n",
             "4",
             *overrides(tmp_path, server.base_url, "c"),
-            env={"CGRPO_TEST_KEY": "k", "COLUMNS": "200"},
+            env={"CGRPO_TEST_KEY": "k", "COLUMNS": "80"},
             cwd=tmp_path,
         )
         assert out.returncode == 0, out.stderr
         assert len(server.requests) == 4
+    lines = out.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80  # readable in an 80-column terminal
     assert "Conclusion: incorrect" in out.stdout
+    assert sum(line.startswith("question: What is") for line in lines) == 4
+    assert sum(line.startswith("response: ") for line in lines) == 4
     assert "cost_usd 0.0004" in out.stdout
     assert "verdict_agreement 2/4" in out.stdout  # the server always says incorrect
+
+
+def test_critique_command_exits_non_zero_when_every_critique_failed(tmp_path):
+    with FakeOpenAI() as server:
+        server.default = "400"  # every request refused: the critic is misconfigured
+        out = run_cli(
+            "critique",
+            QUICKSTART,
+            "-n",
+            "2",
+            *overrides(tmp_path, server.base_url, "e"),
+            env={"CGRPO_TEST_KEY": "k"},
+            cwd=tmp_path,
+        )
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "every critique failed" in out.stderr and "failed 2" in out.stdout
 
 
 def test_missing_api_key_fails_before_training(tmp_path):

@@ -147,7 +147,7 @@ def test_cache_serves_repeats_without_requests(make_critic, server, tmp_path):
 
 
 @pytest.mark.parametrize("concurrency", [1, 8, 32])
-def test_budget_is_a_hard_cap_at_any_concurrency(make_critic, server, concurrency):
+def test_budget_is_a_hard_cap_at_any_concurrency(make_critic, server, concurrency, caplog):
     """Spend never exceeds budget_usd, however many requests are in flight: each one
     reserves its worst-case cost before it is sent. (Checking spend before each request
     without counting those in flight overspent a $0.0015 cap 6x at concurrency 8.)"""
@@ -170,6 +170,8 @@ def test_budget_is_a_hard_cap_at_any_concurrency(make_critic, server, concurrenc
     assert refused and all(c.error == "budget exhausted" for c in refused)
     assert critic.telemetry()["budget_fallbacks_total"] == len(refused)
     assert critic.reserved_usd == pytest.approx(0.0)
+    reached = [r for r in caplog.records if "budget_usd" in r.getMessage()]
+    assert len(reached) == 1 and reached[0].levelname == "WARNING"  # said once, in train.log
 
 
 def test_budget_without_prices_is_an_options_error():

@@ -252,6 +252,8 @@ def test_shipped_recipes_validate(tmp_path, name):
     )
     if name == "quickstart-lora-cpu":  # its base is the quickstart's warm-up checkpoint
         overrides = [f"model.path={tmp_path}"]
+    if name == "weak-to-strong":  # the small critic's directory is a placeholder too
+        overrides.append(f"critic.options.path={tmp_path}")
     recipe, _ = load_recipe(REPO / "recipes" / f"{name}.yaml", overrides)
     assert recipe.algorithm.refinements_per_prompt == 1
 
@@ -398,3 +400,17 @@ def test_critic_options_that_apply_are_fine(tmp_path):
         "{name: local, options: {path: m, batch_size: 8, device: 'cuda:1'}}",
     ):
         load_recipe(write(tmp_path, GOOD + f"critic: {critic}\n"))
+
+
+def test_the_weak_to_strong_placeholder_critic_path_is_flagged(tmp_path):
+    from tests.helpers import REPO
+
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"problem": "1+1?", "answer": "2"}\n')
+    with pytest.raises(RecipeError) as err:
+        load_recipe(
+            REPO / "recipes" / "weak-to-strong.yaml",
+            [f"model.path={tmp_path}", f"data.task.options.path={data}"],
+        )
+    (problem,) = err.value.problems
+    assert problem.path == "critic.options.path" and "/path/to/small" in problem.message

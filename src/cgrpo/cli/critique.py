@@ -3,18 +3,21 @@
 Inputs are either lines of a run's ``samples.jsonl`` (``--samples``) or problems from the
 recipe's task, each paired once with its reference solution (a response the verifier
 should accept) and once with another problem's solution (one it should reject). Prints
-each critique with the critic's verdict, latency, tokens and cost, then totals.
+each sample's question, response and critique with the verifier's and the critic's
+verdicts, latency, tokens and cost, then totals. Exits 1 when every critique failed (the
+critic is misconfigured: a run would train on fallback critiques only).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from cgrpo.errors import DataError
-from cgrpo.types import CritiqueRequest, Problem
+from cgrpo.types import BUDGET_EXHAUSTED, CritiqueRequest, Problem
 
 
 def _from_samples(path: Path, n: int) -> list[tuple[Problem, str]]:
@@ -50,7 +53,6 @@ def _from_task(problems: list[Problem], n: int) -> list[tuple[Problem, str]]:
 
 def run_critique(recipe_path: str, overrides: list[str], samples: str | None, n: int) -> int:
     from rich.console import Console
-    from rich.table import Table
 
     from cgrpo.interfaces import BuildContext
     from cgrpo.plugins import get_registries
@@ -77,44 +79,62 @@ def run_critique(recipe_path: str, overrides: list[str], samples: str | None, n:
     critiques = critic.critique(requests)
     wall = time.perf_counter() - started
 
-    table = Table(
-        title=f"critic {recipe.critic.name!r} on {len(requests)} samples", show_lines=True
-    )
-    for col in ("#", "verifier", "critic", "source", "latency", "tokens", "cost", "critique"):
-        table.add_column(col, overflow="fold")
     for i, (req, c) in enumerate(zip(requests, critiques, strict=True), 1):
-        source = "cache" if c.cached else c.critic
-        if c.fallback:
-            source = f"fallback ({c.error})"
-        critic_verdict = {None: "-", True: "correct", False: "incorrect"}[c.critic_verdict]
-        table.add_row(
-            str(i),
-            "correct" if req.verdict.correct else "incorrect",
-            critic_verdict,
-            source,
-            f"{c.latency_s:.2f}s",
-            f"{c.prompt_tokens}+{c.completion_tokens}",
-            f"${c.cost:.5f}",
-            _clip(c.text),
-        )
-    console.print(table)
+        _show(console, i, len(requests), req, c)
     agree = [
         c.critic_verdict == r.verdict.correct
         for r, c in zip(requests, critiques, strict=True)
         if c.critic_verdict is not None
     ]
+    failed = [c for c in critiques if c.fallback and c.error != BUDGET_EXHAUSTED]
     summary: dict[str, Any] = {
         "wall_s": round(wall, 2),
         "cost_usd": round(sum(c.cost for c in critiques), 6),
         "cached": sum(c.cached for c in critiques),
-        "fallbacks": sum(c.fallback for c in critiques),
+        "failed": len(failed),
+        "budget_fallbacks": sum(c.error == BUDGET_EXHAUSTED for c in critiques),
         "verdict_agreement": f"{sum(agree)}/{len(agree)}" if agree else "no verdict lines",
     }
-    console.print("totals: " + "  ".join(f"{k} {v}" for k, v in summary.items()))
+    console.print("totals: " + "  ".join(f"{k} {v}" for k, v in summary.items()), markup=False)
     close = getattr(critic, "close", None)
     if callable(close):
         close()
+    if critiques and len(failed) == len(critiques):
+        print(
+            f"cgrpo critique: every critique failed (first: {failed[0].error}); a run would "
+            "train on ground-truth fallback critiques only. Check the critic's settings.",
+            file=sys.stderr,
+        )
+        return 1
     return 0
+
+
+def _show(console: Any, i: int, total: int, req: CritiqueRequest, c: Any) -> None:
+    """One sample as a block that reads at 80 columns: a header line with the verdicts
+    and costs, then the question, the response and the critique, each wrapped."""
+    from rich.rule import Rule
+    from rich.text import Text
+
+    source = "cache" if c.cached else c.critic
+    if c.fallback:
+        source = f"fallback ({c.error})"
+    critic_says = {None: "-", True: "correct", False: "incorrect"}[c.critic_verdict]
+    console.print(Rule(f"{i}/{total}", align="left"))
+    console.print(
+        Text(
+            f"verifier {'correct' if req.verdict.correct else 'incorrect'} · critic "
+            f"{critic_says} · {source} · {c.latency_s:.2f}s · "
+            f"{c.prompt_tokens}+{c.completion_tokens} tokens · ${c.cost:.5f}"
+        )
+    )
+    for label, text in (
+        ("question", f"{req.problem.question}  (reference answer: {req.problem.answer})"),
+        ("response", req.response),
+        ("critique", c.text),
+    ):
+        line = Text(f"{label}: ", style="bold")
+        line.append(_clip(text))
+        console.print(line)
 
 
 def _clip(text: str, limit: int = 400) -> str:

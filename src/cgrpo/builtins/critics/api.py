@@ -238,6 +238,15 @@ class OpenAICritic:
         budget = self.options.budget_usd
         worst = self.worst_case_cost(req) if budget is not None else 0.0
         if budget is not None and self.spent_usd + self.reserved_usd + worst > budget:
+            if not self.totals["budget_fallbacks"]:
+                log.warning(
+                    "critic openai: budget_usd %.4f reached (spent %.4f, %.4f reserved by "
+                    "requests in flight); critiques fall back to the ground-truth critique "
+                    "(counted in critique/budget_fallbacks)",
+                    budget,
+                    self.spent_usd,
+                    self.reserved_usd,
+                )
             self.totals["budget_fallbacks"] += 1
             return self._fallback(req, BUDGET_EXHAUSTED)
         self.reserved_usd += worst

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from cgrpo.builtins.critics.options import CoTOptions
 from cgrpo.builtins.critics.prompts import parse_verdict, resolve_template
@@ -116,6 +117,18 @@ class LocalCriticOptions(CoTOptions):
     batch_size: int = Field(
         32, ge=1, description="hf: critiques generated per generate() call (vLLM batches itself)"
     )
+
+    @field_validator("path")
+    @classmethod
+    def _local_path_exists(cls, v: str) -> str:
+        """A path that is meant to be local (/, ., ~) must exist: a placeholder such as the
+        weak-to-strong recipe's /path/to/small-instruct-model is caught by ``check``."""
+        if v.startswith((".", "/", "~")) and not Path(v).expanduser().is_dir():
+            raise ValueError(
+                f"critic model directory not found: {v}; give the small critic model's "
+                "directory (or a hub id reachable from this machine)"
+            )
+        return v
 
     def ignored_settings(self) -> dict[str, str]:
         out = super().ignored_settings()
