@@ -179,6 +179,12 @@ class LocalCritic(_GenerativeCritic):
         super().__init__(options, sampler, tokenizer)
         self.model = model
 
+    def close(self) -> None:
+        """Release the critic's own model or engine (a ``self`` critic owns neither)."""
+        if self.sampler is not None:
+            self.sampler.close()
+        self.sampler = self.model = None
+
     @staticmethod
     def _vllm_sampler(options: LocalCriticOptions, tokenizer: Any) -> Any:
         import torch

@@ -134,6 +134,19 @@ class VLLMSampler:
         self.tokenizer, self.eos_ids = tokenizer, eos_ids
         self.last: tuple[list[int], list[int]] | None = None  # a sampled (prompt, completion)
 
+    def close(self) -> None:
+        """Shut the engine down now, while the process groups it uses still exist. Left
+        to vLLM's exit-time finalizer, it ran after the trainer had torn torch.distributed
+        down and printed a ValueError traceback after ``cgrpo: done``."""
+        llm, self.llm = self.llm, None
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if core is None:
+            return
+        try:
+            core.shutdown()  # detaches vLLM's finalizer: it will not run again at exit
+        except Exception as exc:  # shutting down: say so in train.log, never fail the run
+            log.info("vLLM engine shutdown: %s", exc)
+
     def _params(self, params: SamplingParams, seed: int) -> Any:
         from vllm import SamplingParams as VSP
 
@@ -328,4 +341,6 @@ class VLLMPolicy:
         return dict(self.stats)
 
     def close(self) -> None:
+        if self.sampler is not None:
+            self.sampler.close()
         self.llm = self.sampler = None
