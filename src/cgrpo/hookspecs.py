@@ -79,6 +79,16 @@ def register_tasks(register: Register) -> None:
 
 
 @hookspec
+def register_observers(register: Register) -> None:
+    """Register observers: trackers a recipe names in its ``observers:`` list (no
+    built-ins; ``plugins/cgrpo-tensorboard`` and ``plugins/cgrpo-wandb`` are examples).
+
+    An observer is built with its ``Options`` and a build context, on the main process
+    only, and implements :class:`cgrpo.interfaces.Observer`.
+    """
+
+
+@hookspec
 def on_run_start(run_dir: str, recipe: dict[str, Any]) -> None:
     """Observe the start of a training run (loggers, trackers).
 

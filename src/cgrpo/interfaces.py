@@ -94,3 +94,22 @@ class TaskSource(Protocol):
     """A finite, ordered list of problems; the trainer owns shuffling and position."""
 
     def load(self) -> list[Problem]: ...
+
+
+@runtime_checkable
+class Observer(Protocol):
+    """A tracker named in a recipe's ``observers:`` list (TensorBoard, W&B, ...). Built on
+    the main process only; it sees what metrics.jsonl and samples.jsonl receive."""
+
+    def start(self, run_dir: str, recipe: dict[str, Any], resumed_step: int) -> None:
+        """Before the first step: the resolved recipe; ``resumed_step`` > 0 when the run
+        resumes from a checkpoint (steps after it are logged again)."""
+        ...
+
+    def step(self, step: int, metrics: dict[str, float], samples: list[dict[str, Any]]) -> None:
+        """After each step: its metrics and the sequences written to samples.jsonl."""
+        ...
+
+    def end(self, status: str) -> None:
+        """At the end: ``"completed"``, ``"interrupted"`` or ``"failed"``."""
+        ...

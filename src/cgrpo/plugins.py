@@ -40,6 +40,7 @@ _REGISTRATION_HOOKS = {
     "verifier": "register_verifiers",
     "advantage": "register_advantage_schemes",
     "task": "register_tasks",
+    "observer": "register_observers",
 }
 
 

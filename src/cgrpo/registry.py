@@ -14,7 +14,7 @@ from cgrpo.errors import PluginError, UnknownComponentError
 
 T = TypeVar("T")
 
-KINDS = ("policy", "critic", "verifier", "advantage", "task")
+KINDS = ("policy", "critic", "verifier", "advantage", "task", "observer")
 
 
 class NoOptions(BaseModel):

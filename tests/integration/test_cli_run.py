@@ -209,3 +209,71 @@ def test_prompts_over_the_limit_are_named_on_the_console_with_file_and_line(tmp_
     assert f"{data}:5" in out.stdout and f"{evals}:1" in out.stdout
     metrics = json.loads((tmp_path / "runs" / "quickstart" / "metrics.jsonl").read_text())
     assert metrics["eval/problems"] == 70  # all that fit, not the hold-out default of 64
+
+
+def test_the_live_view_on_a_terminal(tmp_path):
+    """Under a pseudo-terminal `run.console: auto` draws the rich view: the bar, the key
+    numbers of the step and the latest evaluation."""
+    import os
+    import subprocess
+    import sys
+
+    leader, follower = os.openpty()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "COLUMNS": "120"}
+    cmd = [
+        sys.executable, "-m", "cgrpo", "run", QUICKSTART, *SHORT[:-1], "run.console=auto",
+        "eval.every=2", "eval.size=8", f"model.path={tmp_path / 'tiny'}",
+        f"run.output_dir={tmp_path / 'runs'}",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, stdin=follower, stdout=follower, stderr=subprocess.PIPE, env=env, cwd=tmp_path
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    assert proc.wait(timeout=600) == 0, proc.stderr.read().decode()[-3000:]
+    screen = b"".join(chunks).decode(errors="replace")
+    assert "\x1b[" in screen  # drawn with terminal control sequences, not plain lines
+    for shown in ("step 3/3", "reward", "refine_ok", "grad", "tok/s", "eval (step 2): accuracy"):
+        assert shown in screen, shown
+
+
+def test_report_of_two_real_runs_matches_their_metrics(tmp_path):
+    """`cgrpo report` on two quickstart-scale runs (Critique-GRPO and plain GRPO): the
+    figures decode and are not blank, and the summary's numbers are metrics.jsonl's."""
+    pytest.importorskip("matplotlib")
+    base = [*SHORT[:-2], "sft.steps=2", "train.steps=2", f"model.path={tmp_path / 'tiny'}",
+            f"run.output_dir={tmp_path / 'runs'}"]  # fmt: skip
+    for name, extra in (
+        ("critique-grpo", []),
+        ("grpo", ["algorithm.refinements_per_prompt=0", "algorithm.samples_per_prompt=8"]),
+    ):
+        out = run_cli("run", QUICKSTART, *base, f"run.name={name}", *extra, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-3000:]
+    runs = [tmp_path / "runs" / n for n in ("critique-grpo", "grpo")]
+    rep = run_cli("report", *map(str, runs), "--out", str(tmp_path / "rep"), cwd=tmp_path)
+    assert rep.returncode == 0, rep.stderr
+    from matplotlib.image import imread
+
+    pngs = sorted((tmp_path / "rep").glob("*.png"))
+    assert {"reward", "refinement", "time"} <= {p.stem for p in pngs}
+    for png in pngs:
+        assert imread(png).std() > 0.01, png
+    md = (tmp_path / "rep" / "report.md").read_text().splitlines()
+    header = [c.strip() for c in md[2].strip("|").split("|")]
+    for run in runs:
+        metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        row = next(line for line in md if line.startswith(f"| {run.name} |"))
+        cells = dict(zip(header, [c.strip() for c in row.strip("|").split("|")], strict=True))
+        final = metrics[-1]["reward/initial_mean"]
+        assert float(cells["reward/initial_mean final"]) == pytest.approx(final, abs=5e-5)
+        best = max(m["loss/total"] for m in metrics)
+        assert float(cells["loss/total best"]) == pytest.approx(best, rel=1e-3, abs=1e-4)
+    assert (tmp_path / "rep" / "report.html").stat().st_size > 10_000

@@ -64,6 +64,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     exp.add_argument("--base", help="base model directory of a LoRA checkpoint (default: saved)")
 
+    rep = sub.add_parser("report", help="plot one or several runs: PNGs, report.html, report.md")
+    rep.add_argument("runs", nargs="+", help="run directories (overlaid on every panel)")
+    rep.add_argument(
+        "--out", help="output directory (default: RUN/report, or ./report for several)"
+    )
+    rep.add_argument(
+        "--metrics", help="comma-separated metrics, one panel each, instead of the defaults"
+    )
+    rep.add_argument("--smooth", type=int, default=1, help="moving-average window in steps")
+
     lst = sub.add_parser("list", help="list registered components")
     lst.add_argument("kind", nargs="?", help="policy, critic, verifier, advantage or task")
     return p
@@ -187,6 +197,25 @@ def cmd_list(kind: str | None) -> int:
     return EXIT_OK
 
 
+def cmd_report(runs: Sequence[str], out: str | None, metrics: str | None, smoothing: int) -> int:
+    from pathlib import Path
+
+    from cgrpo.report import read_run, write_report
+
+    if smoothing < 1:
+        print("cgrpo report: --smooth must be 1 or more", file=sys.stderr)
+        return EXIT_USAGE
+    loaded = [read_run(r) for r in runs]
+    target = Path(out) if out else (Path(runs[0]) / "report" if len(runs) == 1 else Path("report"))
+    only = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
+    pngs = write_report(loaded, target, only, smoothing)
+    empty = [r.name for r in loaded if not r.rows]
+    if empty:
+        print(f"cgrpo report: no steps logged yet in {', '.join(empty)}", file=sys.stderr)
+    print(f"cgrpo report: {len(pngs)} figures, {target / 'report.html'}, {target / 'report.md'}")
+    return EXIT_OK
+
+
 def cmd_run(recipe_path: str, overrides: Sequence[str]) -> int:
     from cgrpo.train.run import run_recipe
 
@@ -210,6 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_list(args.kind)
         if args.command == "run":
             return cmd_run(args.recipe, args.overrides)
+        if args.command == "report":
+            return cmd_report(args.runs, args.out, args.metrics, args.smooth)
         if args.command == "export":
             from cgrpo.cli.export import run_export
 

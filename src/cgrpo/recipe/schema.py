@@ -413,6 +413,12 @@ class RunConfig(Section):
     console: Literal["auto", "rich", "plain"] = Field(
         "auto", description="live display: 'auto' = rich on a terminal, plain lines otherwise"
     )
+    log_every: int = Field(
+        1,
+        ge=1,
+        description="plain console: a line every N steps (and the last step, and any step "
+        "with a warning); the rich view refreshes every step",
+    )
     memory_check: Literal["enforce", "warn"] = Field(
         "enforce",
         description="on GPU, before loading: 'enforce' stops (exit 2) when the memory plan "
@@ -442,6 +448,10 @@ class Recipe(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    observers: list[ComponentSpec] = Field(
+        default_factory=list,
+        description="trackers from plugins, e.g. [{name: tensorboard}] (`cgrpo list observer`)",
+    )
 
 
 # dotted recipe path -> component kind, for options validation and `cgrpo check`

@@ -96,8 +96,10 @@ def component_issues(raw: dict[str, Any], registries: Any) -> tuple[list[ConfigI
     """Check every component name and its options; returns issues and validated options."""
     issues: list[ConfigIssue] = []
     validated: dict[str, BaseModel] = {}
-    for path, kind in COMPONENT_PATHS.items():
-        spec = _get(raw, path)
+    observers = raw.get("observers") if isinstance(raw, dict) else None
+    listed = [(f"observers[{i}]", "observer", spec) for i, spec in enumerate(observers or [])]
+    fixed = [(path, kind, _get(raw, path)) for path, kind in COMPONENT_PATHS.items()]
+    for path, kind, spec in fixed + (listed if isinstance(observers, list) else []):
         if spec is None:
             spec = _default_spec(path)
             if spec is None:
@@ -421,11 +423,18 @@ def validate_recipe(
         ]
         raise RecipeError(_dedupe(issues), source)
     for path, opts in options.items():
-        spec = recipe
-        for part in path.split("."):
-            spec = getattr(spec, part)
-        spec.options = applicable_dump(opts)
+        _spec_at(recipe, path).options = applicable_dump(opts)
     return recipe
+
+
+def _spec_at(recipe: Recipe, path: str) -> ComponentSpec:
+    """The component section at ``path`` (``data.task``, ``observers[1]``)."""
+    if path.startswith("observers["):
+        return recipe.observers[int(path[len("observers[") : -1])]
+    spec: Any = recipe
+    for part in path.split("."):
+        spec = getattr(spec, part)
+    return spec
 
 
 def _dedupe(issues: list[ConfigIssue]) -> list[ConfigIssue]:

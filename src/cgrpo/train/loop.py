@@ -122,7 +122,7 @@ class Trainer:
         recipe: Recipe,
         built: Built,
         run_dir: Path,
-        hooks: Any = None,
+        hooks: Any = None,  # cgrpo.train.observers.Observers
         console: Console | None = None,
     ):
         r, a = recipe, recipe.algorithm
@@ -173,6 +173,7 @@ class Trainer:
         self.console = console or Console(r.train.steps, r.run.console if self.main else "off")
         self.metrics_out = JsonlWriter(run_dir / "metrics.jsonl") if self.main else None
         self.samples_out = JsonlWriter(run_dir / "samples.jsonl") if self.main else None
+        self.logged_samples: list[dict[str, Any]] = []  # the last step's samples.jsonl lines
 
     # -- one step -------------------------------------------------------------------------
     def assign_advantages(self, rows: list[TrainRow]) -> None:
@@ -286,9 +287,11 @@ class Trainer:
                 metrics.update({f"{area}/{k}": v for k, v in telemetry().items()})
         if r.eval.every and (step % r.eval.every == 0 or step == r.train.steps):
             metrics.update(self.evaluate())
+        self.logged_samples = []
         if self.main:
             self.metrics_out.write(metrics)
-            for line in sample_lines(step, ro, r.train.log_samples):
+            self.logged_samples = list(sample_lines(step, ro, r.train.log_samples))
+            for line in self.logged_samples:
                 self.samples_out.write(line)
         return metrics
 
@@ -430,7 +433,7 @@ class Trainer:
                 self.step_done = step
                 self.console.step(step, metrics)
                 if self.hooks is not None and self.main:
-                    self.hooks.on_step_end(step=step, metrics=metrics)
+                    self.hooks.step(step=step, metrics=metrics, samples=self.logged_samples)
                 self._guard_nonfinite(metrics)
                 stop = distributed.sum_scalar(float(self.stop_signal is not None)) > 0
                 new_best = self._track_best(step, metrics)

@@ -128,11 +128,13 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
 
     from transformers.utils import logging as hf_logging
 
+    from cgrpo.interfaces import BuildContext
     from cgrpo.recipe.build import build
     from cgrpo.train import distributed
     from cgrpo.train.checkpoint import load_trainer_state
     from cgrpo.train.loop import Trainer
     from cgrpo.train.metrics import Console, JsonlWriter
+    from cgrpo.train.observers import Observers, build_observers
     from cgrpo.train.resume import check_disk
     from cgrpo.train.sft import sft_warmup
 
@@ -142,7 +144,12 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
     run_dir = Path(recipe.run.output_dir) / recipe.run.name
     ckpt = _start_on_rank0(recipe, resolved, run_dir, path)
     main = distributed.is_main()
-    console = Console(recipe.train.steps, recipe.run.console if main else "off")
+    console = Console(
+        recipe.train.steps,
+        recipe.run.console if main else "off",
+        log_every=recipe.run.log_every,
+        budget_usd=(recipe.critic.options or {}).get("budget_usd"),
+    )
     handlers = _setup_logging(run_dir, console) if main else []
     say = console.message
     say(
@@ -151,7 +158,7 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
         + (f", {distributed.world_size()} processes" if distributed.active() else "")
     )
     hooks = registries.hook
-    status, built = "failed", None
+    status, built, observers = "failed", None, None
     if main:
         hooks.on_run_start(run_dir=str(run_dir), recipe=resolved)
     try:
@@ -218,9 +225,12 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
                 load_reference(origin, built.ref_model, built.model)
                 if origin != run_dir.resolve():
                     save_reference(run_dir, built.ref_model, built.model)
-        trainer = Trainer(recipe, built, run_dir, hooks=hooks, console=console)
+        context = BuildContext(run_dir=run_dir, seed=recipe.run.seed, recipe=recipe)
+        observers = Observers(hooks, build_observers(recipe, registries, context) if main else [])
+        trainer = Trainer(recipe, built, run_dir, hooks=observers, console=console)
         if ckpt is not None:
             trainer.load_state(load_trainer_state(Path(ckpt)), Path(ckpt))
+        observers.start(str(run_dir), resolved, trainer.step_done)
         status = trainer.fit()
         if status == "interrupted":
             say(
@@ -248,6 +258,8 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
                 close = getattr(part, "close", None)
                 if callable(close):
                     close()
+        if observers is not None:
+            observers.end(status)
         if main:
             hooks.on_run_end(run_dir=str(run_dir), status=status)
             (run_dir / "status.json").write_text(json.dumps({"status": status}))
