@@ -28,6 +28,7 @@ class Panel:
     metrics: tuple[str, ...]  # exact keys; a key ending in "/" takes every key under it
     cumulative: tuple[str, ...] = ()  # drawn as running sums (e.g. money spent)
     stacked: bool = False  # one stacked area per run (seconds per stage)
+    exclude: tuple[str, ...] = ()  # key endings a prefix entry leaves out
 
 
 PANELS = (
@@ -40,7 +41,7 @@ PANELS = (
     Panel(
         "zero_advantage", "Share of groups with zero advantage", ("advantage/zero_groups_share",)
     ),
-    Panel("eval", "Evaluation accuracy", ("eval/accuracy",)),
+    Panel("eval", "Evaluation", ("eval/",), exclude=("problems", "length_mean")),
     Panel(
         "entropy",
         "Entropy of initial and refinement tokens",
@@ -130,7 +131,7 @@ def expand(panel: Panel, keys: set[str]) -> list[str]:
     out: list[str] = []
     for m in panel.metrics:
         if m.endswith("/"):
-            found = sorted(k for k in keys if k.startswith(m))
+            found = sorted(k for k in keys if k.startswith(m) and not k.endswith(panel.exclude))
             if panel.stacked:
                 found = [k for k in found if k not in _NOT_A_STAGE]
             out += [k for k in found if k not in out]

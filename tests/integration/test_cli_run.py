@@ -128,8 +128,11 @@ def test_eval_keep_last_and_keep_best(tmp_path):
     run = tmp_path / "runs" / "quickstart"
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     evals = {m["step"]: m["eval/accuracy"] for m in lines if "eval/accuracy" in m}
-    assert sorted(evals) == [2, 4]
-    best_step = max(evals, key=lambda s: (evals[s], -s))
+    assert sorted(evals) == [0, 2, 4]  # step 0: before any RL step (eval.at_start)
+    assert set(lines[0]) == {"step", "eval/accuracy", "eval/problems", "eval/length_mean",
+                             "time/eval"}  # fmt: skip
+    trained = {s: v for s, v in evals.items() if s > 0}
+    best_step = max(trained, key=lambda s: (trained[s], -s))
     kept = sorted(p.name for p in (run / "checkpoints").glob("step-*"))
     assert kept == sorted({f"step-{best_step}", "step-4"})
 
@@ -207,7 +210,8 @@ def test_prompts_over_the_limit_are_named_on_the_console_with_file_and_line(tmp_
     assert out.returncode == 0, out.stdout + out.stderr
     assert "cgrpo: warning: data.task: 1 of 5 problems" in out.stdout
     assert f"{data}:5" in out.stdout and f"{evals}:1" in out.stdout
-    metrics = json.loads((tmp_path / "runs" / "quickstart" / "metrics.jsonl").read_text())
+    lines = (tmp_path / "runs" / "quickstart" / "metrics.jsonl").read_text().splitlines()
+    metrics = json.loads(lines[-1])
     assert metrics["eval/problems"] == 70  # all that fit, not the hold-out default of 64
 
 
@@ -277,3 +281,24 @@ def test_report_of_two_real_runs_matches_their_metrics(tmp_path):
         best = max(m["loss/total"] for m in metrics)
         assert float(cells["loss/total best"]) == pytest.approx(best, rel=1e-3, abs=1e-4)
     assert (tmp_path / "rep" / "report.html").stat().st_size > 10_000
+
+
+def test_eval_with_k_samples_leaves_training_untouched(tmp_path):
+    """eval.k > 1 adds pass@k, avg@k and maj@k; its sampling is seeded apart from
+    training, so the training numbers are those of the same run with greedy eval only."""
+    base = [*SHORT[:-1], "run.console=plain", "train.steps=2", "sft.steps=3", "eval.every=1",
+            "eval.size=6", f"model.path={tmp_path / 'tiny'}",
+            f"run.output_dir={tmp_path / 'runs'}"]  # fmt: skip
+    lines = {}
+    for name, k in (("greedy", 1), ("sampled", 4)):
+        out = run_cli("run", QUICKSTART, *base, f"run.name={name}", f"eval.k={k}", cwd=tmp_path)
+        assert out.returncode == 0, out.stderr[-3000:]
+        text = (tmp_path / "runs" / name / "metrics.jsonl").read_text()
+        lines[name] = [json.loads(x) for x in text.splitlines()]
+    sampled = lines["sampled"]
+    assert [m["step"] for m in sampled] == [0, 1, 2]
+    for m in sampled:
+        assert m["eval/pass@4"] >= m["eval/avg@4"] >= 0.0 and 0.0 <= m["eval/maj@4"] <= 1.0
+    for a, b in zip(lines["greedy"], sampled, strict=True):
+        for key in ("reward/initial_mean", "loss/total", "eval/accuracy"):
+            assert a.get(key) == b.get(key), key

@@ -303,6 +303,8 @@ def test_component_shorthand_then_options_override(tmp_path):
         (["algorithm.loss.shaping={mode: none, gamma: 0.5}"], "algorithm.loss.shaping.gamma"),
         (["eval.size=16"], "eval.size"),
         (["eval.task=arithmetic"], "eval.task"),
+        (["eval.at_start=false"], "eval.at_start"),
+        (["eval.every=5", "eval.temperature=1.0"], "eval.temperature"),
     ],
 )
 def test_a_setting_the_others_make_meaningless_is_an_error(tmp_path, overrides, path):

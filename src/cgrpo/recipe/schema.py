@@ -369,10 +369,25 @@ class EvalConfig(Section):
         "(removed from training)",
     )
 
+    at_start: bool = Field(
+        True, description="also evaluate before the first step (step 0: every curve's baseline)"
+    )
+    k: int = Field(
+        1,
+        ge=1,
+        description="samples per problem beyond the greedy one: with k > 1 also pass@k "
+        "(unbiased estimator), avg@k and maj@k at eval.temperature",
+    )
+    temperature: float = Field(0.6, gt=0, description="sampling temperature of the k samples")
+    top_p: float = Field(0.95, gt=0, le=1, description="top-p of the k samples")
+
     def ignored_settings(self) -> dict[str, str]:
         if self.every == 0:
             why = "has no effect while evaluation is off (eval.every: 0); set eval.every"
-            return {"size": why, "task": why}
+            return {name: why for name in ("size", "task", "at_start", "k", "temperature", "top_p")}
+        if self.k == 1:
+            why = "applies to the k samples per problem (eval.k: 1 = greedy only); set eval.k"
+            return {"temperature": why, "top_p": why}
         return {}
 
     @property

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from cgrpo.errors import TrainingError
+from cgrpo.eval_metrics import summarize
 from cgrpo.recipe.build import Built
 from cgrpo.recipe.schema import Recipe
 from cgrpo.train import distributed
@@ -295,6 +296,17 @@ class Trainer:
                 self.samples_out.write(line)
         return metrics
 
+    def _evaluate_at_start(self) -> None:
+        """Step 0: the policy before any RL step, the baseline of every eval curve. Written
+        to metrics.jsonl and shown to the recipe's observers (not to the plugins' global
+        ``on_step_end``, whose implementations expect a training step's metrics)."""
+        metrics = {"step": 0, **self.evaluate()}
+        if self.main:
+            self.metrics_out.write(metrics)
+            self.console.evaluated(0, metrics)
+            if self.hooks is not None:
+                self.hooks.step(step=0, metrics=metrics, samples=[], training=False)
+
     def evaluate(self) -> dict[str, float]:
         """Greedy pass@1 on the evaluation problems (rank 0 computes, all ranks receive)."""
         with self.sampling_weights():  # every rank gathers; rank 0 alone generates
@@ -302,14 +314,16 @@ class Trainer:
         return distributed.broadcast(result)
 
     def _evaluate_on_main(self) -> dict[str, float]:
+        """Greedy accuracy (pass@1) and, with ``eval.k`` > 1, pass@k / avg@k / maj@k over k
+        samples per problem."""
         result: dict[str, float] = {}
         if self.main and self.b.eval_problems:
-            started = time.perf_counter()
+            ev, started = self.recipe.eval, time.perf_counter()
             probs = self.b.eval_problems
-            params = SamplingParams(
-                n=1, greedy=True, max_new_tokens=self.recipe.sampling.max_new_tokens
-            )
-            outs = self.b.policy.generate([self.b.prompts.prompt_ids(p) for p in probs], params)
+            prompts = [self.b.prompts.prompt_ids(p) for p in probs]
+            longest = self.recipe.sampling.max_new_tokens
+            params = SamplingParams(n=1, greedy=True, max_new_tokens=longest)
+            outs = self.b.policy.generate(prompts, params)
             correct = [
                 self.b.verifier.verify(o[0].text, p).correct
                 for p, o in zip(probs, outs, strict=True)
@@ -318,8 +332,27 @@ class Trainer:
                 "eval/accuracy": sum(correct) / len(correct),
                 "eval/problems": float(len(correct)),
                 "eval/length_mean": sum(len(o[0].token_ids) for o in outs) / len(outs),
-                "time/eval": time.perf_counter() - started,
             }
+            if ev.k > 1:
+                sampled = SamplingParams(
+                    n=ev.k, temperature=ev.temperature, top_p=ev.top_p, max_new_tokens=longest
+                )
+                # seeded apart from training: evaluating neither reads nor moves its RNG
+                devices = [self.b.device] if torch.device(self.b.device).type == "cuda" else []
+                with torch.random.fork_rng(devices=devices):
+                    torch.manual_seed(self.recipe.run.seed * 1_000_003 + self.step_done)
+                    groups = self.b.policy.generate(prompts, sampled)
+                verdicts = [
+                    [self.b.verifier.verify(c.text, p) for c in group]
+                    for p, group in zip(probs, groups, strict=True)
+                ]
+                scores = summarize(
+                    [[v.correct for v in vs] for vs in verdicts],
+                    [[v.extracted for v in vs] for vs in verdicts],
+                    ev.k,
+                )
+                result.update({f"eval/{name}": value for name, value in scores.items()})
+            result["time/eval"] = time.perf_counter() - started
         return result
 
     # -- state, checkpoints, guards ----------------------------------------------------------
@@ -428,6 +461,8 @@ class Trainer:
         }
         self.b.policy.sync_weights(self.b.model)  # a separate sampler starts from these weights
         try:
+            if r.eval.every and r.eval.at_start and self.step_done == 0:
+                self._evaluate_at_start()
             for step in range(self.step_done + 1, r.train.steps + 1):
                 metrics = self.step(step)
                 self.step_done = step

@@ -261,6 +261,11 @@ class Console:
             parts.append(f"critic ${self.spent_usd:.4f}")
         return "  ".join(parts)
 
+    def evaluated(self, step: int, metrics: dict[str, float]) -> None:
+        """An evaluation outside a training step (step 0): one line, kept for the view."""
+        self.last_eval = (step, {k: v for k, v in metrics.items() if k.startswith("eval/")})
+        self.message(self._eval_line())
+
     def _eval_line(self) -> str:
         if self.last_eval is None:
             return ""

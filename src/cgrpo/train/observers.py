@@ -37,8 +37,15 @@ class Observers:
                     "options under observers:, or remove it"
                 ) from exc
 
-    def step(self, step: int, metrics: dict[str, float], samples: list[dict[str, Any]]) -> None:
-        if self.hooks is not None:
+    def step(
+        self,
+        step: int,
+        metrics: dict[str, float],
+        samples: list[dict[str, Any]],
+        training: bool = True,
+    ) -> None:
+        """``training=False``: the evaluation before step 1 (step 0), for observers only."""
+        if self.hooks is not None and training:
             self.hooks.on_step_end(step=step, metrics=metrics)
         for name, observer in list(self.observers):
             try:
