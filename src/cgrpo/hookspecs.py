@@ -52,7 +52,8 @@ def register_critics(register: Register) -> None:
 
 @hookspec
 def register_verifiers(register: Register) -> None:
-    """Register verifiers (built-ins: ``math``, ``exact``, ``choice``).
+    """Register verifiers (built-ins: ``math``, ``exact``, ``choice``, ``python``,
+    ``weighted``).
 
     :param register: ``register(name, factory, options=None)``; the factory returns a
         :class:`cgrpo.interfaces.Verifier`.

@@ -302,3 +302,28 @@ def test_eval_with_k_samples_leaves_training_untouched(tmp_path):
     for a, b in zip(lines["greedy"], sampled, strict=True):
         for key in ("reward/initial_mean", "loss/total", "eval/accuracy"):
             assert a.get(key) == b.get(key), key
+
+
+def test_a_reward_from_a_python_file_weighted_with_math_end_to_end(tmp_path):
+    """verifier: weighted (math + a format reward from a file): the rewards the run logs
+    are the weighted sums."""
+    rewards = tmp_path / "my_rewards.py"
+    rewards.write_text(
+        "def has_digit(response, problem):\n    return any(c.isdigit() for c in response)\n"
+    )
+    verifier = (
+        "verifier={name: weighted, options: {parts: [{name: math}, {name: python, weight: 0.5, "
+        f"options: {{path: {rewards}, function: has_digit}}}}]}}}}"
+    )
+    out = run_cli(
+        "run", QUICKSTART, *SHORT[:-2], "train.steps=2", "sft.steps=3", verifier,
+        f"model.path={tmp_path / 'tiny'}", f"run.output_dir={tmp_path / 'runs'}", cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = tmp_path / "runs" / "quickstart"
+    samples = [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
+    seen = {s["reward"] for s in samples}
+    assert seen <= {0.0, 0.5, 1.0, 1.5} and seen & {0.5, 1.5}, seen
+    for s in samples:  # 0.5 exactly when the response has a digit, +1 when it is right
+        digit = any(c.isdigit() for c in s["response"])
+        assert s["reward"] - 0.5 * digit in (0.0, 1.0), s
