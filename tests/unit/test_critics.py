@@ -263,3 +263,35 @@ def test_system_message_replaces_the_templates_without_template_text():
     }
     both = resolve_template("cot", "Grade: {question} {answer} {response}", "S")
     assert (both.system, both.name) == ("S", "custom")
+
+
+def test_rule_critics_render_exactly_the_configured_template():
+    from cgrpo.plugins import get_registries
+    from cgrpo.types import CritiqueRequest, Problem, Verdict
+
+    build = get_registries()["critic"].build
+    req = CritiqueRequest(Problem("1", "7+5?", "12"), "13", Verdict(0.0, False, "13"))
+    ok = CritiqueRequest(Problem("2", "1+1?", "2"), "2", Verdict(1.0, True, "2"))
+    # the defaults are the paper's sentences, unchanged
+    assert build("ground_truth", {}, None).critique([req])[0].text == (
+        "The generated solution is incorrect, the ground truth is 12."
+    )
+    assert (
+        build("indicative", {}, None).critique([ok])[0].text == "The generated solution is correct."
+    )
+    tiny = build(
+        "ground_truth", {"template": "{verdict} {answer}", "correct": "y", "incorrect": "n"}, None
+    )
+    assert [c.text for c in tiny.critique([req, ok])] == ["n 12", "y 2"]
+    full = build("indicative", {"template": "{question} you said {extracted}: {verdict}"}, None)
+    assert full.critique([req])[0].text == "7+5? you said 13: incorrect"
+    assert tiny.version != build("ground_truth", {}, None).version
+
+
+def test_a_rule_template_with_an_unknown_field_is_refused():
+    import pydantic
+
+    from cgrpo.builtins.critics.rule import RuleOptions
+
+    with pytest.raises(pydantic.ValidationError, match=r"\{verdict\}, \{answer\}"):
+        RuleOptions(template="{verdict} {reference}")
