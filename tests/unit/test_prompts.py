@@ -47,3 +47,68 @@ def test_impossible_budget_is_a_clear_error(tiny):
     b = PromptBuilder(tok, PromptConfig(), RefinementConfig(), max_length=40, max_new_tokens=20)
     with pytest.raises(ValueError, match="max_critique_tokens"):
         b.refinement_ids(Problem("1", "What is 6 * 7?", "42"), "x", "bad")
+
+
+THINKING_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}[no-think]{% endif %}"
+    "{% endif %}"
+)
+
+
+def test_chat_template_kwargs_reach_the_template(tiny):
+    """Like Qwen3's `enable_thinking`: the template reads the variable the recipe sets."""
+    import copy
+
+    _, tok = tiny
+    tok = copy.deepcopy(tok)
+    tok.chat_template = THINKING_TEMPLATE
+    problem = Problem("1", "What is 2 + 3?", "5")
+
+    def render(**kwargs):
+        cfg = PromptConfig(chat_template_kwargs=kwargs)
+        return tok.decode(PromptBuilder(tok, cfg, RefinementConfig(), 200, 40).prompt_ids(problem))
+
+    assert render(enable_thinking=False).endswith("<|im_start|>assistant\n[no-think]")
+    assert render().endswith("<|im_start|>assistant\n")
+
+
+def test_chat_template_kwargs_without_a_chat_template_are_refused(tiny):
+    from cgrpo.errors import DataError
+
+    _, tok = tiny
+    cfg = PromptConfig(chat_template=False, chat_template_kwargs={"enable_thinking": False})
+    with pytest.raises(DataError, match="would be ignored"):
+        PromptBuilder(tok, cfg, RefinementConfig(), 200, 40)
+
+
+def test_prompts_given_as_chat_messages(tiny, tmp_path):
+    """messages_field: a dataset whose prompt is a list of chat messages, used as it is
+    (its own system message wins over data.prompt.system)."""
+    import json
+
+    from cgrpo.builtins.tasks.files import FileOptions, JSONLTask
+    from cgrpo.errors import DataError
+
+    _, tok = tiny
+    rows = [
+        {"messages": [{"role": "system", "content": "Terse."}, {"role": "user", "content": "2+2?"}],
+         "answer": "4"},
+        {"messages": [{"role": "user", "content": "3+3?"}], "answer": "6"},
+    ]  # fmt: skip
+    path = tmp_path / "chat.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    problems = JSONLTask(FileOptions(path=str(path), messages_field="messages")).load()
+    assert [p.question for p in problems] == ["2+2?", "3+3?"]  # the last user message
+    builder = PromptBuilder(tok, PromptConfig(system="Be brief."), RefinementConfig(), 200, 40)
+    first, second = (tok.decode(builder.prompt_ids(p)) for p in problems)
+    expected = "<|im_start|>system\nTerse.<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n"
+    assert first == expected + "<|im_start|>assistant\n"
+    assert second.startswith("<|im_start|>system\nBe brief.<|im_end|>") and "3+3?" in second
+    plain = PromptBuilder(tok, PromptConfig(chat_template=False), RefinementConfig(), 200, 40)
+    with pytest.raises(DataError, match=r"chat\.jsonl:1: a prompt given as chat messages"):
+        plain.prompt_ids(problems[0])
+    path.write_text('{"messages": "2+2?", "answer": "4"}\n')
+    with pytest.raises(DataError, match="must be a non-empty list of chat messages"):
+        JSONLTask(FileOptions(path=str(path), messages_field="messages")).load()

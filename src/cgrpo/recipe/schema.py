@@ -125,18 +125,34 @@ class ModelConfig(Section):
 class PromptConfig(Section):
     """How a problem becomes the model's prompt."""
 
-    system: str | None = Field(None, description="system message (chat template only)")
+    system: str | None = Field(
+        None,
+        description="system message (in the chat template; before the text without one)",
+    )
     template: str = Field("{question}", description="user message; {question} is replaced")
     suffix: str = Field(
         " Please reason step by step, and put your final answer within \\boxed{}.",
         description="appended to the user message",
     )
     chat_template: bool = Field(
-        True, description="wrap with the tokenizer's chat template (when it has one)"
+        True,
+        description="wrap with the tokenizer's chat template (when it has one); false = the "
+        "plain text of system + template + suffix, as base models are usually prompted",
+    )
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="passed to the tokenizer's chat template, e.g. {enable_thinking: false} "
+        "for Qwen3",
     )
     max_prompt_tokens: int = Field(
         256, ge=1, description="longest prompt; longer problems are skipped and reported"
     )
+
+    def ignored_settings(self) -> dict[str, str]:
+        if not self.chat_template:
+            return {"chat_template_kwargs": "is for the chat template (data.prompt."
+                    "chat_template: false); set chat_template: true or remove it"}  # fmt: skip
+        return {}
 
 
 class DataConfig(Section):

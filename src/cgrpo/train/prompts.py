@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cgrpo.errors import DataError
 from cgrpo.types import Problem
 
 ELLIPSIS = "... "
@@ -37,19 +38,27 @@ class PromptBuilder:
         self.max_length = max_length
         self.max_new_tokens = max_new_tokens
         self._cache: dict[str, list[int]] = {}
+        self._message_cache: dict[tuple, list[int]] = {}
         self.chat = bool(prompt_cfg.chat_template and getattr(tokenizer, "chat_template", None))
+        self.chat_kwargs = dict(getattr(prompt_cfg, "chat_template_kwargs", None) or {})
+        if self.chat_kwargs and not self.chat:
+            raise DataError(
+                "data.prompt.chat_template_kwargs is set but the tokenizer has no chat "
+                "template: it would be ignored; remove it (or use a tokenizer with one)"
+            )
+
+    def _render(self, messages: list[dict[str, str]]) -> list[int]:
+        if self.cfg.system and not any(m["role"] == "system" for m in messages):
+            messages = [{"role": "system", "content": self.cfg.system}, *messages]
+        text = self.tok.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, **self.chat_kwargs
+        )
+        return self.tok.encode(text, add_special_tokens=False)
 
     def _encode_user(self, user: str) -> list[int]:
         if self.chat:
-            messages = []
-            if self.cfg.system:
-                messages.append({"role": "system", "content": self.cfg.system})
-            messages.append({"role": "user", "content": user})
-            text = self.tok.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True
-            )
-        else:
-            text = (self.cfg.system + "\n\n" if self.cfg.system else "") + user
+            return self._render([{"role": "user", "content": user}])
+        text = (self.cfg.system + "\n\n" if self.cfg.system else "") + user
         return self.tok.encode(text, add_special_tokens=False)
 
     def user_text(self, problem: Problem) -> str:
@@ -59,6 +68,18 @@ class PromptBuilder:
         """Token ids of the training prompt of ``problem`` (cached by question: build()
         measures every prompt once, and the loop, warm-up and evaluation reuse them; ids
         of a training and an evaluation task can collide, questions map to prompts)."""
+        messages = problem.metadata.get("messages")
+        if messages is not None:  # a chat-format row: its messages as they are
+            if not self.chat:
+                raise DataError(
+                    f"{problem.metadata.get('source', problem.id)}: a prompt given as chat "
+                    "messages (messages_field) needs the tokenizer's chat template; set "
+                    "data.prompt.chat_template: true, or map question_field instead"
+                )
+            key = tuple((m["role"], m["content"]) for m in messages)
+            if key not in self._message_cache:
+                self._message_cache[key] = self._render(list(messages))
+            return self._message_cache[key]
         ids = self._cache.get(problem.question)
         if ids is None:
             ids = self._cache[problem.question] = self._encode_user(self.user_text(problem))

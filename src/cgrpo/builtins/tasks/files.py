@@ -30,6 +30,11 @@ class FieldMap(BaseModel):
         None, description="optional column with a worked solution (used by the SFT warm-up)"
     )
     id_field: str | None = Field(None, description="optional id column (default: row number)")
+    messages_field: str | None = Field(
+        None,
+        description="column holding the prompt as chat messages ([{role, content}, ...]); "
+        "used as they are instead of question_field (needs the chat template)",
+    )
     bad_rows: Literal["error", "skip"] = Field(
         "error", description="'error' stops with the file and line; 'skip' drops and reports"
     )
@@ -89,6 +94,12 @@ class _RowTask:
         if not isinstance(row, dict):
             raise DataError(f"{at}: expected an object with fields, got {type(row).__name__}")
         values = {}
+        metadata: dict[str, Any] = {"source": at}  # file:line, for messages about it
+        if o.messages_field is not None:
+            messages = _messages(row.get(o.messages_field), o.messages_field, at)
+            metadata["messages"] = messages
+            users = [m["content"] for m in messages if m["role"] == "user"]
+            row = {**row, o.question_field: row.get(o.question_field) or users[-1]}
         for role, key in (("question", o.question_field), ("answer", o.answer_field)):
             if key not in row or row[key] is None:
                 have = ", ".join(map(str, row)) or "none"
@@ -104,8 +115,22 @@ class _RowTask:
             values["question"],
             values["answer"],
             None if solution is None else str(solution),
-            metadata={"source": at},  # file:line, for messages about this problem
+            metadata=metadata,
         )
+
+
+def _messages(value: Any, field: str, at: str) -> list[dict[str, str]]:
+    """A row's chat messages, checked: a non-empty list of {role, content} strings with at
+    least one user message."""
+    if not isinstance(value, list) or not value:
+        raise DataError(f"{at}: field {field!r} must be a non-empty list of chat messages")
+    for i, m in enumerate(value):
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str)
+                and isinstance(m.get("content"), str)):  # fmt: skip
+            raise DataError(f"{at}: {field}[{i}] must be {{role: ..., content: ...}} strings")
+    if not any(m["role"] == "user" for m in value):
+        raise DataError(f"{at}: {field!r} has no user message")
+    return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
 class _FileTask(_RowTask):
