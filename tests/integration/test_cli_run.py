@@ -327,3 +327,33 @@ def test_a_reward_from_a_python_file_weighted_with_math_end_to_end(tmp_path):
     for s in samples:  # 0.5 exactly when the response has a digit, +1 when it is right
         digit = any(c.isdigit() for c in s["response"])
         assert s["reward"] - 0.5 * digit in (0.0, 1.0), s
+
+
+def test_a_warm_up_only_run_writes_a_checkpoint_to_start_rl_from(tmp_path):
+    """train.steps: 0 with sft.steps > 0 runs only the warm-up and saves it as step-0 (it
+    was rejected before; warm-up stages needed an RL step at lr 1e-12)."""
+    common = [
+        "run.console=plain",
+        "data.task.options.size=30",
+        f"run.output_dir={tmp_path / 'runs'}",
+    ]
+    out = run_cli(
+        "run", QUICKSTART, *common, "train.steps=0", "sft.steps=4", "run.name=warm",
+        f"model.path={tmp_path / 'tiny'}", cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    warm = tmp_path / "runs" / "warm"
+    assert len((warm / "sft_metrics.jsonl").read_text().splitlines()) == 4
+    step0 = warm / "checkpoints" / "step-0"
+    assert (step0 / "model.safetensors").is_file() and "step-0" in out.stdout
+    again = run_cli("run", QUICKSTART, *common, "train.steps=0", "sft.steps=4", "run.name=warm",
+                    f"model.path={tmp_path / 'tiny'}", "resume=auto", cwd=tmp_path)  # fmt: skip
+    assert again.returncode == 0 and "sft 1/4" not in again.stdout  # nothing left to do
+    rl = run_cli(
+        "run", QUICKSTART, *common, "train.steps=1", "sft.steps=0", "run.name=rl",
+        "algorithm.prompts_per_step=2", "algorithm.micro_batch_size=16", f"model.path={step0}",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert rl.returncode == 0, rl.stderr[-3000:]
+    nothing = run_cli("check", QUICKSTART, "train.steps=0", "sft.steps=0")
+    assert nothing.returncode == 2 and "nothing to do" in nothing.stderr

@@ -351,7 +351,12 @@ class SFTConfig(Section):
 class TrainConfig(Section):
     """Length of the run and what it writes."""
 
-    steps: int = Field(100, ge=1, description="training steps (one rollout each)")
+    steps: int = Field(
+        100,
+        ge=0,
+        description="training steps (one rollout each); 0 = only the SFT warm-up, saved as "
+        "checkpoints/step-0",
+    )
     save_every: int = Field(0, ge=0, description="checkpoint every N steps; 0 = only at the end")
     log_samples: int = Field(
         64, ge=0, description="sequences per step written to samples.jsonl (0 = none)"

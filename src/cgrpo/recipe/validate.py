@@ -358,6 +358,14 @@ def cross_issues(r: Recipe) -> list[ConfigIssue]:
                 "remove run.memory_check, or train on a GPU (model.device: auto or cuda)",
             )
         )
+    if r.train.steps == 0 and r.sft.steps == 0:
+        out.append(
+            ConfigIssue(
+                "train.steps",
+                "train.steps: 0 runs only the SFT warm-up, but sft.steps is 0 too: nothing to do",
+                "set sft.steps > 0 (a warm-up-only run), or train.steps > 0",
+            )
+        )
     out += _creation_issues(r)
     path = r.model.path
     local = path.startswith((".", "/", "~")) or Path(path).exists()
