@@ -130,7 +130,7 @@ def test_eval_keep_last_and_keep_best(tmp_path):
     evals = {m["step"]: m["eval/accuracy"] for m in lines if "eval/accuracy" in m}
     assert sorted(evals) == [0, 2, 4]  # step 0: before any RL step (eval.at_start)
     assert set(lines[0]) == {"step", "eval/accuracy", "eval/problems", "eval/length_mean",
-                             "time/eval"}  # fmt: skip
+                             "eval/truncated_share", "time/eval"}  # fmt: skip
     trained = {s: v for s, v in evals.items() if s > 0}
     best_step = max(trained, key=lambda s: (trained[s], -s))
     kept = sorted(p.name for p in (run / "checkpoints").glob("step-*"))
@@ -357,3 +357,18 @@ def test_a_warm_up_only_run_writes_a_checkpoint_to_start_rl_from(tmp_path):
     assert rl.returncode == 0, rl.stderr[-3000:]
     nothing = run_cli("check", QUICKSTART, "train.steps=0", "sft.steps=0")
     assert nothing.returncode == 2 and "nothing to do" in nothing.stderr
+
+    # cgrpo eval on the warm run (its newest checkpoint): files and numbers agree
+    out_dir = tmp_path / "ev"
+    ev = run_cli("eval", QUICKSTART, *common, "eval.size=8", "--model", str(warm), "--k", "3",
+                 "--limit", "5",
+                 "--out", str(out_dir), cwd=tmp_path)  # fmt: skip
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    report = json.loads((out_dir / "eval.json").read_text())
+    assert report["model"] == str(step0) and report["problems"] == 5
+    assert report["sampling"]["k"] == 3 and report["held_out_of_training_data"]
+    generations = [json.loads(x) for x in (out_dir / "generations.jsonl").read_text().splitlines()]
+    assert len(generations) == 5 * (1 + 3)
+    greedy = [g for g in generations if g["mode"] == "greedy"]
+    assert report["metrics"]["eval/accuracy"] == sum(g["correct"] for g in greedy) / 5
+    assert "pass@3" in (out_dir / "eval.md").read_text() and "pass@3" in ev.stdout

@@ -64,6 +64,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     exp.add_argument("--base", help="base model directory of a LoRA checkpoint (default: saved)")
 
+    ev = sub.add_parser(
+        "eval", help="evaluate a model, checkpoint or run on the recipe's evaluation problems"
+    )
+    ev.add_argument("recipe", help="path to a YAML recipe (its data, prompt, verifier, eval)")
+    ev.add_argument("overrides", nargs="*", help="key=value overrides")
+    ev.add_argument("--model", help="model directory, checkpoint, or run (newest checkpoint)")
+    ev.add_argument("--k", type=int, help="samples per problem for pass@k/avg@k/maj@k")
+    ev.add_argument("--temperature", type=float, help="temperature of the k samples")
+    ev.add_argument("--limit", type=int, help="evaluate only the first N problems")
+    ev.add_argument("--out", help="output directory (default: eval/MODEL_NAME)")
+
     rep = sub.add_parser("report", help="plot one or several runs: PNGs, report.html, report.md")
     rep.add_argument("runs", nargs="+", help="run directories (overlaid on every panel)")
     rep.add_argument(
@@ -239,6 +250,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_list(args.kind)
         if args.command == "run":
             return cmd_run(args.recipe, args.overrides)
+        if args.command == "eval":
+            from cgrpo.cli.evaluate import run_eval
+
+            return run_eval(
+                args.recipe, args.overrides, args.model, args.k, args.temperature, args.limit,
+                args.out,
+            )  # fmt: skip
         if args.command == "report":
             return cmd_report(args.runs, args.out, args.metrics, args.smooth)
         if args.command == "export":

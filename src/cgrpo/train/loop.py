@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from cgrpo.errors import TrainingError
-from cgrpo.eval_metrics import summarize
+from cgrpo.evaluation import evaluate_problems
 from cgrpo.recipe.build import Built
 from cgrpo.recipe.schema import Recipe
 from cgrpo.train import distributed
@@ -315,45 +315,22 @@ class Trainer:
 
     def _evaluate_on_main(self) -> dict[str, float]:
         """Greedy accuracy (pass@1) and, with ``eval.k`` > 1, pass@k / avg@k / maj@k over k
-        samples per problem."""
-        result: dict[str, float] = {}
-        if self.main and self.b.eval_problems:
-            ev, started = self.recipe.eval, time.perf_counter()
-            probs = self.b.eval_problems
-            prompts = [self.b.prompts.prompt_ids(p) for p in probs]
-            longest = self.recipe.sampling.max_new_tokens
-            params = SamplingParams(n=1, greedy=True, max_new_tokens=longest)
-            outs = self.b.policy.generate(prompts, params)
-            correct = [
-                self.b.verifier.verify(o[0].text, p).correct
-                for p, o in zip(probs, outs, strict=True)
-            ]
-            result = {
-                "eval/accuracy": sum(correct) / len(correct),
-                "eval/problems": float(len(correct)),
-                "eval/length_mean": sum(len(o[0].token_ids) for o in outs) / len(outs),
-            }
-            if ev.k > 1:
-                sampled = SamplingParams(
-                    n=ev.k, temperature=ev.temperature, top_p=ev.top_p, max_new_tokens=longest
-                )
-                # seeded apart from training: evaluating neither reads nor moves its RNG
-                devices = [self.b.device] if torch.device(self.b.device).type == "cuda" else []
-                with torch.random.fork_rng(devices=devices):
-                    torch.manual_seed(self.recipe.run.seed * 1_000_003 + self.step_done)
-                    groups = self.b.policy.generate(prompts, sampled)
-                verdicts = [
-                    [self.b.verifier.verify(c.text, p) for c in group]
-                    for p, group in zip(probs, groups, strict=True)
-                ]
-                scores = summarize(
-                    [[v.correct for v in vs] for vs in verdicts],
-                    [[v.extracted for v in vs] for vs in verdicts],
-                    ev.k,
-                )
-                result.update({f"eval/{name}": value for name, value in scores.items()})
-            result["time/eval"] = time.perf_counter() - started
-        return result
+        samples per problem (:func:`cgrpo.evaluation.evaluate_problems`)."""
+        if not (self.main and self.b.eval_problems):
+            return {}
+        ev = self.recipe.eval
+        return evaluate_problems(
+            self.b.policy,
+            self.b.verifier,
+            self.b.prompts,
+            self.b.eval_problems,
+            max_new_tokens=self.recipe.sampling.max_new_tokens,
+            k=ev.k,
+            temperature=ev.temperature,
+            top_p=ev.top_p,
+            seed=self.recipe.run.seed * 1_000_003 + self.step_done,
+            device=self.b.device,
+        ).metrics
 
     # -- state, checkpoints, guards ----------------------------------------------------------
     def state(self) -> dict[str, Any]:
