@@ -325,8 +325,9 @@ class OptimConfig(Section):
 
 class SFTConfig(Section):
     """Optional supervised warm-up on reference solutions before RL (a paper baseline).
-    AdamW with the recipe's ``optim`` betas, eps, weight decay and gradient clipping, at
-    the constant ``sft.lr``; ``optim.lr``, ``schedule`` and ``warmup_steps`` are RL's."""
+    Its optimizer: ``sft.optim`` when given (lr, betas, weight decay, warm-up, schedule over
+    the warm-up's steps, grad clip); otherwise AdamW with ``optim``'s betas, eps, weight
+    decay and gradient clipping at the constant ``sft.lr``."""
 
     steps: int = Field(0, ge=0, description="optimizer steps of warm-up; 0 = none")
     batch_size: int = Field(16, ge=1, description="problems per warm-up step")
@@ -346,6 +347,16 @@ class SFTConfig(Section):
     task: ComponentSpec | None = Field(
         None, description="warm-up data; None = the training task (data.task)"
     )
+    optim: OptimConfig | None = Field(
+        None,
+        description="the warm-up's own optimizer and schedule (same keys as optim; the "
+        "schedule spans sft.steps); None = optim's AdamW settings at sft.lr, constant",
+    )
+
+    def ignored_settings(self) -> dict[str, str]:
+        if self.optim is not None:
+            return {"lr": "is replaced by sft.optim.lr when sft.optim is given; remove it"}
+        return {}
 
 
 class TrainConfig(Section):

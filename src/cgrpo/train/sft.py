@@ -26,7 +26,7 @@ from cgrpo.train.mixing import TrainRow, collate
 from cgrpo.train.precision import FULL, Precision
 from cgrpo.train.prompts import PromptBuilder, RefinementTooLong
 from cgrpo.train.sharding import grad_norm_value, is_sharded
-from cgrpo.train.update import adamw
+from cgrpo.train.update import adamw, make_optimizer
 from cgrpo.types import CritiqueRequest, Problem, Verdict
 
 
@@ -45,8 +45,8 @@ def sft_warmup(
 ) -> list[dict[str, float]]:
     """Run ``cfg.steps`` AdamW steps of supervised fine-tuning; returns per-step metrics.
 
-    The optimizer is the recipe's (``optim``: betas, eps, weight decay, gradient clipping)
-    at the warm-up's own constant learning rate ``cfg.lr``.
+    The optimizer is ``cfg.optim`` when given (its own lr and schedule over ``cfg.steps``),
+    else the recipe's ``optim`` AdamW settings and clipping at the constant ``cfg.lr``.
 
     Forward passes run under ``precision``'s autocast, projecting ``chunk_tokens`` tokens
     to the vocabulary at a time; the parameters and AdamW state stay in their (float32
@@ -79,11 +79,16 @@ def sft_warmup(
             return None
         return TrainRow(0, prompt, ids, None, True, 0.0)
 
-    if optim is None:
-        from cgrpo.recipe.schema import OptimConfig
+    own = getattr(cfg, "optim", None)
+    if own is not None:  # the warm-up's own optimizer and schedule
+        optim = own
+        opt, scheduler = make_optimizer(model, own, total_updates=cfg.steps)
+    else:
+        if optim is None:
+            from cgrpo.recipe.schema import OptimConfig
 
-        optim = OptimConfig()
-    opt = adamw(model, optim, cfg.lr)
+            optim = OptimConfig()
+        opt, scheduler = adamw(model, optim, cfg.lr), None
     max_norm = optim.grad_clip if optim.grad_clip is not None else float("inf")
     sharded = is_sharded(model)
     history = []
@@ -109,7 +114,10 @@ def sft_warmup(
         trainable = [p for p in model.parameters() if p.requires_grad]
         norm = grad_norm_value(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
         opt.step()
-        metrics = {"sft/loss": float(loss.detach()), "sft/grad_norm": norm}
+        metrics = {"sft/loss": float(loss.detach()), "sft/grad_norm": norm,
+                   "sft/lr": float(opt.param_groups[0]["lr"])}  # fmt: skip
+        if scheduler is not None:
+            scheduler.step()
         history.append(metrics)
         if on_step is not None:
             on_step(step, metrics)
