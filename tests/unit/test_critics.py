@@ -235,12 +235,20 @@ def test_failed_and_budget_fallbacks_are_counted_apart():
     from cgrpo.types import BUDGET_EXHAUSTED, Critique
 
     crits = [
-        Critique("ok", "openai"),
-        Critique("fb", "openai", fallback=True, error="server error 500 (after 5 attempts)"),
+        Critique("ok", "openai", latency_s=1.5),
+        Critique(
+            "fb",
+            "openai",
+            fallback=True,
+            error="server error 500 (after 5 attempts)",
+            latency_s=2.0,
+        ),
         Critique("fb", "openai", fallback=True, error=BUDGET_EXHAUSTED),
         Critique("fb", "openai", fallback=True, error="disagreement"),
+        Critique("cached", "openai", cached=True, latency_s=9.0),  # no request was made
     ]
     m = critique_metrics(crits)
+    assert m["critique/latency_s_sum"] == 3.5
     assert m["critique/failed"] == 1
     assert m["critique/budget_fallbacks"] == 1
     assert m["critique/fallbacks"] == 3

@@ -105,6 +105,9 @@ def critique_metrics(crits: list) -> dict[str, float]:
         "critique/verdict_missing": float(len(crits) - len(with_verdict)),
         "critique/length_chars_mean": _mean([float(len(c.text)) for c in crits]),
         "critique/latency_s_mean": _mean([c.latency_s for c in crits if not c.cached]),
+        # summed request latency: against time/critique (wall) it shows the concurrency
+        # at work, and whether the critic is the step's bottleneck
+        "critique/latency_s_sum": float(sum(c.latency_s for c in crits if not c.cached)),
         "critique/prompt_tokens": float(sum(c.prompt_tokens for c in crits)),
         "critique/completion_tokens": float(sum(c.completion_tokens for c in crits)),
         "critique/cost": float(sum(c.cost for c in crits)),
