@@ -27,4 +27,5 @@ except ImportError:
 PY
 # the vLLM tests run on the GPU too where vLLM is installed (its wheel, ~400 MB, is too big
 # to carry to a borrowed machine; they are skipped otherwise)
-python3 -m pytest -q -s -p no:cacheprovider tests/gpu tests/vllm
+# only what needs the GPU (the CPU bf16 test of tests/gpu runs in CI anyway)
+python3 -m pytest -q -s -p no:cacheprovider -m "gpu or vllm" tests/gpu tests/vllm

@@ -125,13 +125,16 @@ def test_cuda_bf16_masters_move_every_weight_and_track_float32(tiny_model_dir, t
 @pytest.mark.gpu
 def test_cuda_peak_memory_at_qwen3_vocabulary():
     """benchmarks/memory.py on CUDA (bf16 compute): peak allocated memory of sampling
-    16 x 1024 tokens and of one update on 8 x 1024 tokens, old paths vs new. Printed for the
-    record; the new paths must take at most a quarter of the old ones' extra memory."""
+    16 x T tokens and of one update on 8 x T tokens (T = 256, 512), old paths vs new.
+    Printed for the record; the new paths must take at most a quarter of the old ones' extra
+    memory."""
     import re
 
-    out = _benchmark("memory.py", "--device", "cuda")
+    # T = 512, not 1024: the hf sampler's ~50 ms per step on GPU made T = 1024 take ~2.5 of
+    # the check's 8 minutes (measured on an H200: ratios 0.012 / 0.047 at T = 1024)
+    out = _benchmark("memory.py", "--device", "cuda", "--tokens", "256,512")
     ratios = [float(r) for r in re.findall(r"new/old above base: ([0-9.]+)", out.stdout)]
-    assert len(ratios) == 4, out.stdout  # (a) and (b) at T = 256 and 1024
+    assert len(ratios) == 4, out.stdout  # (a) and (b) at T = 256 and 512
     assert all(r <= 0.25 for r in ratios), ratios
 
 
