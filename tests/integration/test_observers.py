@@ -125,3 +125,19 @@ def test_wandb_observer_round_trips_config_scalars_and_samples_offline(tmp_path)
     files = sorted(run.glob(f"wandb/offline-run-*-{run_id}/run-{run_id}.wandb"))
     assert len(files) == 2
     assert [h["_step"] for h in history(files[-1])] == [3]
+
+
+def test_tracker_samples_size_without_samples_is_refused():
+    """Each plugin's Options say what they would ignore, like the built-ins'."""
+    import sys
+
+    from cgrpo.recipe.validate import ignored_setting_issues
+
+    sys.path[:0] = [str(TB_SRC), str(WANDB_SRC)]
+    from cgrpo_tensorboard import TensorBoardObserver
+    from cgrpo_wandb import WandbObserver
+
+    for observer in (TensorBoardObserver, WandbObserver):
+        options = observer.Options(samples_every=0, samples=2)
+        assert [i.path for i in ignored_setting_issues(options, "o")] == ["o.samples"]
+        assert ignored_setting_issues(observer.Options(samples=2), "o") == []

@@ -305,6 +305,12 @@ def test_component_shorthand_then_options_override(tmp_path):
         (["eval.task=arithmetic"], "eval.task"),
         (["eval.at_start=false"], "eval.at_start"),
         (["eval.every=5", "eval.temperature=1.0"], "eval.temperature"),
+        (["run.console=rich", "run.log_every=10"], "run.log_every"),
+        (["sft.optim={lr: 0.001}"], "sft.optim"),
+        (
+            ["critic={name: ground_truth, options: {template: 'ans {answer}', correct: y}}"],
+            "critic.options.correct",
+        ),
     ],
 )
 def test_a_setting_the_others_make_meaningless_is_an_error(tmp_path, overrides, path):

@@ -354,6 +354,8 @@ class SFTConfig(Section):
     )
 
     def ignored_settings(self) -> dict[str, str]:
+        if self.steps == 0:
+            return {"optim": "has no effect without a warm-up (sft.steps: 0); set sft.steps"}
         if self.optim is not None:
             return {"lr": "is replaced by sft.optim.lr when sft.optim is given; remove it"}
         return {}
@@ -471,6 +473,12 @@ class RunConfig(Section):
         description="on GPU, before loading: 'enforce' stops (exit 2) when the memory plan "
         "says the run will not fit the GPU, naming fixes; 'warn' prints the plan and goes on",
     )
+
+    def ignored_settings(self) -> dict[str, str]:
+        if self.console == "rich":
+            return {"log_every": "has no effect with run.console: rich (the rich view refreshes "
+                    "every step); remove it, or use console: auto or plain"}  # fmt: skip
+        return {}
 
 
 class Recipe(Section):

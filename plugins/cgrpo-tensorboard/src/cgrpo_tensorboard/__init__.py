@@ -24,6 +24,11 @@ class TensorBoardObserver:
         )
         samples: int = Field(4, ge=1, description="sequences per samples table")
 
+        def ignored_settings(self) -> dict[str, str]:
+            if self.samples_every == 0:
+                return {"samples": "has no effect with samples_every: 0; remove it"}
+            return {}
+
     def __init__(self, options: Options, context: Any = None):
         self.options = options
         self.writer = None

@@ -38,6 +38,11 @@ class WandbObserver:
         )
         samples: int = Field(16, ge=1, description="rows per samples table")
 
+        def ignored_settings(self) -> dict[str, str]:
+            if self.samples_every == 0:
+                return {"samples": "has no effect with samples_every: 0; remove it"}
+            return {}
+
     def __init__(self, options: Options, context: Any = None):
         self.options = options
         self.run = None

@@ -67,6 +67,12 @@ class RuleOptions(BaseModel):
     def _fills(cls, v: str | None) -> str | None:
         return None if v is None else check_rule_template(v)
 
+    def ignored_settings(self) -> dict[str, str]:
+        if self.template is not None and "{verdict}" not in self.template:
+            why = "is the text of {verdict}, which the template does not use; add it or remove this"
+            return {"correct": why, "incorrect": why}
+        return {}
+
 
 class _RuleCritic:
     name = ""
