@@ -209,7 +209,8 @@ def write_report(
         fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
         if panel.stacked:
             for i, run in enumerate(runs):
-                stages = [(m, *run.series(m)) for m in metrics if run.series(m)[0]]
+                stages = [(m, *run.series(m)) for m in metrics]
+                stages = [(m, xs, smooth(ys, smoothing)) for m, xs, ys in stages if xs]
                 if not stages:
                     continue
                 steps = stages[0][1]

@@ -14,6 +14,7 @@ is counted by the trainer like any verifier's.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import inspect
 import logging
@@ -29,21 +30,30 @@ from cgrpo.types import Problem, Verdict
 log = logging.getLogger(__name__)
 
 
+@functools.cache
+def _import_file(resolved: str, shown: str, mtime_ns: int) -> Any:
+    """The module of a reward file, executed once per version of the file (validation and
+    building the verifier, and every ``weighted`` part naming it, share it)."""
+    module_name = f"cgrpo_reward_{abs(hash(resolved))}"
+    spec = importlib.util.spec_from_file_location(module_name, resolved)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"{shown} cannot be imported as a Python file")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise ValueError(f"importing {shown} failed: {type(exc).__name__}: {exc}") from exc
+    sys.modules[module_name] = module
+    return module
+
+
 def load_function(path: str, name: str) -> Any:
     """``name`` from the Python file at ``path``; ValueError saying what is wrong."""
     file = Path(path).expanduser()
     if not file.is_file():
         raise ValueError(f"reward file not found: {path}")
-    module_name = f"cgrpo_reward_{abs(hash(str(file.resolve())))}"
-    spec = importlib.util.spec_from_file_location(module_name, file)
-    if spec is None or spec.loader is None:
-        raise ValueError(f"{path} cannot be imported as a Python file")
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    except Exception as exc:
-        raise ValueError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
-    sys.modules[module_name] = module
+    module = _import_file(str(file.resolve()), path, file.stat().st_mtime_ns)
+    module_name = module.__name__
     function = getattr(module, name, None)
     if not callable(function):
         found = sorted(
