@@ -52,6 +52,10 @@ class UnknownComponentError(CgrpoError):
         super().__init__(msg)
 
 
+class UsageError(CgrpoError):
+    """A command line that cannot work as given (exit 2, like a bad recipe)."""
+
+
 class DataError(CgrpoError):
     """A data file or row is unusable (names the file and line)."""
 

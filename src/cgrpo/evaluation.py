@@ -1,8 +1,19 @@
-"""Evaluate a policy on problems: greedy pass@1 and, with k > 1, pass@k / avg@k / maj@k.
+"""Evaluate a policy on evaluation sets: greedy pass@1 and, with k > 1, pass@k / avg@k /
+maj@k, per set and macro-averaged.
 
-One function serves evaluation during training (``eval.every``) and ``cgrpo eval``. The k
-samples are drawn under a torch RNG of their own, seeded from ``seed``: evaluating neither
-reads nor moves the training RNG, so a run trains the same whatever its evaluation does.
+One function serves evaluation during training (``eval.every``) and ``cgrpo eval``. All
+sets' greedy responses are generated in one batch, and the sampled ones in one batch per
+sampling setting, so that nine small benchmarks keep the sampler as busy as one big one.
+The k samples are drawn under a torch RNG of their own, seeded from ``seed``: evaluating
+neither reads nor moves the training RNG, so a run trains the same whatever its
+evaluation does. Responses are verified in worker processes when the verifier opts in
+(:mod:`cgrpo.verify_pool`).
+
+Metric names: a set named ``""`` (the recipe's eval task) writes ``eval/<metric>``; a
+benchmark writes ``eval/<name>/<metric>``; with benchmarks, ``eval/avg/<metric>`` and
+``eval/avg_math/<metric>`` are the macro averages of ``score`` and ``accuracy`` over all
+and over the math benchmarks. ``score`` is what the paper's table reports: avg@k where the
+set samples k responses (AIME, AMC), greedy accuracy otherwise.
 """
 
 from __future__ import annotations
@@ -13,12 +24,155 @@ from typing import Any
 
 from cgrpo.eval_metrics import summarize
 from cgrpo.types import Problem, SamplingParams
+from cgrpo.verify_pool import VerifyPool
+
+
+@dataclass
+class EvalSet:
+    """One benchmark (or the recipe's evaluation task), ready to evaluate."""
+
+    name: str  # "" = the recipe's eval task (metrics eval/<metric>)
+    problems: list[Problem]
+    verifier: Any
+    verifier_spec: tuple[str, dict[str, Any]] | None = None  # to rebuild it in a worker
+    k: int = 1
+    temperature: float = 0.6
+    top_p: float = 0.95
+    category: str = "math"
+    description: dict[str, Any] = field(default_factory=dict)
+
+    def key(self, metric: str) -> str:
+        return f"eval/{self.name}/{metric}" if self.name else f"eval/{metric}"
 
 
 @dataclass
 class EvalResult:
-    metrics: dict[str, float]  # eval/... keys, time/eval
+    metrics: dict[str, float]  # eval/... keys, time/eval, time/eval_verify
     generations: list[dict[str, Any]] = field(default_factory=list)  # one per response
+
+
+def evaluate_sets(
+    policy: Any,
+    prompts: Any,
+    sets: list[EvalSet],
+    *,
+    max_new_tokens: int,
+    seed: int = 0,
+    device: Any = "cpu",
+    pool: VerifyPool | None = None,
+) -> EvalResult:
+    """Every set's greedy responses (``accuracy``, ``length_mean``, ``truncated_share``)
+    and, for sets with ``k > 1``, k sampled responses per problem (``pass@k``, ``avg@k``,
+    ``maj@k``). ``generations`` holds every response with its verdict."""
+    import torch
+
+    started = time.perf_counter()
+    pool = pool or VerifyPool(1)
+    ids = [[prompts.prompt_ids(p) for p in s.problems] for s in sets]
+    greedy = _generate_flat(
+        policy, ids, SamplingParams(n=1, greedy=True, max_new_tokens=max_new_tokens)
+    )
+    sampled: list[list[list[Any]] | None] = [None] * len(sets)
+    settings = sorted({(s.k, s.temperature, s.top_p) for s in sets if s.k > 1})
+    for index, (k, temperature, top_p) in enumerate(settings):
+        members = [
+            i
+            for i, s in enumerate(sets)
+            if (s.k, s.temperature, s.top_p) == (k, temperature, top_p)
+        ]
+        params = SamplingParams(n=k, temperature=temperature, top_p=top_p,
+                                max_new_tokens=max_new_tokens)  # fmt: skip
+        devices = [device] if torch.device(device).type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed + index)
+            groups = _generate_flat(policy, [ids[i] for i in members], params)
+        for i, g in zip(members, groups, strict=True):
+            sampled[i] = g
+
+    verify_started = time.perf_counter()
+    metrics: dict[str, float] = {}
+    generations: list[dict[str, Any]] = []
+    for s, outs, samples in zip(sets, greedy, sampled, strict=True):
+        completions = [(p, g[0], "greedy") for p, g in zip(s.problems, outs, strict=True)]
+        for p, group in zip(s.problems, samples or [], strict=False):
+            completions += [(p, c, f"sample{i}") for i, c in enumerate(group)]
+        verdicts = pool.verify(
+            s.verifier, s.verifier_spec, [(c.text, p) for p, c, _ in completions]
+        )
+        for (p, c, mode), v in zip(completions, verdicts, strict=True):
+            generations.append(_generation(s.name, p, c, mode, v))
+        metrics.update(_set_metrics(s, [g[0] for g in outs], verdicts, samples))
+    metrics.update(macro_averages(sets, metrics))
+    now = time.perf_counter()
+    metrics["time/eval"] = now - started
+    metrics["time/eval_verify"] = now - verify_started
+    return EvalResult(metrics, generations)
+
+
+def _generate_flat(policy: Any, ids: list[list[list[int]]], params: SamplingParams):
+    """One ``generate`` call for every set's prompts, split back per set."""
+    flat = [p for per_set in ids for p in per_set]
+    out = policy.generate(flat, params) if flat else []
+    split, at = [], 0
+    for per_set in ids:
+        split.append(out[at : at + len(per_set)])
+        at += len(per_set)
+    return split
+
+
+def _generation(name: str, p: Problem, c: Any, mode: str, v: Any) -> dict[str, Any]:
+    return {
+        **({"benchmark": name} if name else {}),
+        "problem_id": p.id,
+        "mode": mode,
+        "question": p.question,
+        "answer": p.answer,
+        "response": c.text,
+        "extracted": v.extracted,
+        "correct": v.correct,
+        "reward": v.score,
+        "reason": v.reason,
+        "finish_reason": c.finish_reason,
+        "tokens": len(c.token_ids),
+    }
+
+
+def _set_metrics(s: EvalSet, outs: list[Any], verdicts: list[Any], samples) -> dict[str, float]:
+    n = len(outs)
+    greedy, rest = verdicts[:n], verdicts[n:]
+    accuracy = sum(v.correct for v in greedy) / n
+    out = {
+        s.key("accuracy"): accuracy,
+        s.key("problems"): float(n),
+        s.key("length_mean"): sum(len(o.token_ids) for o in outs) / n,
+        s.key("truncated_share"): sum(o.finish_reason == "length" for o in outs) / n,
+    }
+    score = accuracy
+    if samples is not None:
+        per_problem = [rest[i * s.k : (i + 1) * s.k] for i in range(n)]
+        scores = summarize(
+            [[v.correct for v in vs] for vs in per_problem],
+            [[v.extracted for v in vs] for vs in per_problem],
+            s.k,
+        )
+        out.update({s.key(name): value for name, value in scores.items()})
+        score = scores[f"avg@{s.k}"]
+    out[s.key("score")] = score
+    return out
+
+
+def macro_averages(sets: list[EvalSet], metrics: dict[str, float]) -> dict[str, float]:
+    """``eval/avg/{score,accuracy}`` over the named sets, ``eval/avg_math/...`` over the
+    math ones (nothing when no set is named: the eval task's numbers are the only ones)."""
+    named = [s for s in sets if s.name]
+    out: dict[str, float] = {}
+    math = [s for s in named if s.category == "math"]
+    for label, members in (("avg", named), ("avg_math", math)):
+        if members:
+            for metric in ("score", "accuracy"):
+                values = [metrics[s.key(metric)] for s in members]
+                out[f"eval/{label}/{metric}"] = sum(values) / len(values)
+    return out
 
 
 def evaluate_problems(
@@ -34,58 +188,8 @@ def evaluate_problems(
     seed: int = 0,
     device: Any = "cpu",
 ) -> EvalResult:
-    """Greedy responses (``eval/accuracy``, ``eval/length_mean``, ``eval/truncated_share``)
-    and, with ``k > 1``, k sampled responses per problem (``eval/pass@k``, ``avg@k``,
-    ``maj@k``). ``generations`` holds every response with its verdict."""
-    import torch
-
-    started = time.perf_counter()
-    ids = [prompts.prompt_ids(p) for p in problems]
-    greedy = policy.generate(ids, SamplingParams(n=1, greedy=True, max_new_tokens=max_new_tokens))
-    generations: list[dict[str, Any]] = []
-
-    def record(problem: Problem, completion: Any, mode: str) -> Any:
-        verdict = verifier.verify(completion.text, problem)
-        generations.append(
-            {
-                "problem_id": problem.id,
-                "mode": mode,
-                "question": problem.question,
-                "answer": problem.answer,
-                "response": completion.text,
-                "extracted": verdict.extracted,
-                "correct": verdict.correct,
-                "reward": verdict.score,
-                "finish_reason": completion.finish_reason,
-                "tokens": len(completion.token_ids),
-            }
-        )
-        return verdict
-
-    verdicts = [record(p, g[0], "greedy") for p, g in zip(problems, greedy, strict=True)]
-    outs = [g[0] for g in greedy]
-    metrics = {
-        "eval/accuracy": sum(v.correct for v in verdicts) / len(verdicts),
-        "eval/problems": float(len(verdicts)),
-        "eval/length_mean": sum(len(o.token_ids) for o in outs) / len(outs),
-        "eval/truncated_share": sum(o.finish_reason == "length" for o in outs) / len(outs),
-    }
-    if k > 1:
-        params = SamplingParams(n=k, temperature=temperature, top_p=top_p,
-                                max_new_tokens=max_new_tokens)  # fmt: skip
-        devices = [device] if torch.device(device).type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            groups = policy.generate(ids, params)
-        sampled = [
-            [record(p, c, f"sample{i}") for i, c in enumerate(group)]
-            for p, group in zip(problems, groups, strict=True)
-        ]
-        scores = summarize(
-            [[v.correct for v in vs] for vs in sampled],
-            [[v.extracted for v in vs] for vs in sampled],
-            k,
-        )
-        metrics.update({f"eval/{name}": value for name, value in scores.items()})
-    metrics["time/eval"] = time.perf_counter() - started
-    return EvalResult(metrics, generations)
+    """One unnamed set (metrics ``eval/<metric>``): the recipe's evaluation task."""
+    only = EvalSet("", problems, verifier, k=k, temperature=temperature, top_p=top_p)
+    return evaluate_sets(
+        policy, prompts, [only], max_new_tokens=max_new_tokens, seed=seed, device=device
+    )

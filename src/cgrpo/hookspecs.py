@@ -80,6 +80,20 @@ def register_tasks(register: Register) -> None:
 
 
 @hookspec
+def register_benchmarks(register: Register) -> None:
+    """Register benchmarks: named evaluation sets for ``cgrpo eval --benchmarks`` and
+    ``eval.benchmarks`` (built-ins: the paper's nine presets ``math-500``, ``minerva-math``,
+    ``olympiadbench``, ``amc23``, ``aime24``, ``aime25``, ``gpqa-diamond``, ``mmlu-pro``,
+    ``theoremqa``; ``rows`` for any file; ``arithmetic-test``).
+
+    :param register: ``register(name, factory, options=None)``; the factory returns a
+        :class:`cgrpo.interfaces.Benchmark`. A preset is usually
+        :class:`cgrpo.builtins.benchmarks.benchmark.RowBenchmark` with its own defaults
+        (``preset_options``), docs/evaluation.md shows one.
+    """
+
+
+@hookspec
 def register_observers(register: Register) -> None:
     """Register observers: trackers a recipe names in its ``observers:`` list (no
     built-ins; ``plugins/cgrpo-tensorboard`` and ``plugins/cgrpo-wandb`` are examples).

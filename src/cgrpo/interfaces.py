@@ -97,6 +97,29 @@ class TaskSource(Protocol):
 
 
 @runtime_checkable
+class Benchmark(Protocol):
+    """A named evaluation set with the settings its published numbers use.
+
+    ``name`` labels its metrics (``eval/<name>/accuracy``); ``category`` is ``"math"`` or
+    ``"general"`` (which macro average it joins); ``verifier`` is a registered verifier's
+    name and options; ``k``, ``temperature``, ``top_p`` are its default sampling (k = 1:
+    greedy only). ``describe()`` says which data and version were read, for eval.json
+    (valid after ``load()``).
+    """
+
+    name: str
+    category: str
+    verifier: tuple[str, dict[str, Any]]
+    k: int
+    temperature: float
+    top_p: float
+
+    def load(self) -> list[Problem]: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+@runtime_checkable
 class Observer(Protocol):
     """A tracker named in a recipe's ``observers:`` list (TensorBoard, W&B, ...). Built on
     the main process only; it sees what metrics.jsonl and samples.jsonl receive."""

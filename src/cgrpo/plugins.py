@@ -31,6 +31,7 @@ BUILTIN_PLUGINS = {
     "builtins.verifiers": "cgrpo.builtins.verifiers",
     "builtins.advantages": "cgrpo.builtins.advantages",
     "builtins.tasks": "cgrpo.builtins.tasks",
+    "builtins.benchmarks": "cgrpo.builtins.benchmarks",
 }
 
 # kind -> the registration hook that fills its registry
@@ -40,6 +41,7 @@ _REGISTRATION_HOOKS = {
     "verifier": "register_verifiers",
     "advantage": "register_advantage_schemes",
     "task": "register_tasks",
+    "benchmark": "register_benchmarks",
     "observer": "register_observers",
 }
 

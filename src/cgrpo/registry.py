@@ -14,7 +14,7 @@ from cgrpo.errors import PluginError, UnknownComponentError
 
 T = TypeVar("T")
 
-KINDS = ("policy", "critic", "verifier", "advantage", "task", "observer")
+KINDS = ("policy", "critic", "verifier", "advantage", "task", "benchmark", "observer")
 
 
 class NoOptions(BaseModel):
@@ -83,6 +83,17 @@ class Registry(Generic[T]):
         except KeyError:
             names = self.names()
             raise UnknownComponentError(self.kind, name, names, closest(name, names)) from None
+
+    def problem_with(self, name: str, options: Mapping[str, Any]) -> str | None:
+        """Why ``name`` with ``options`` cannot be built (unknown name, bad options), or
+        None: for components that name other components inside their own options."""
+        if name not in self._items:
+            return f"unknown {self.kind} {name!r}; available: {', '.join(self.names())}"
+        try:
+            self._items[name].options.model_validate(dict(options))
+        except Exception as exc:
+            return f"{self.kind} {name} options: {exc}"
+        return None
 
     def names(self) -> list[str]:
         return sorted(self._items)

@@ -130,7 +130,8 @@ def test_eval_keep_last_and_keep_best(tmp_path):
     evals = {m["step"]: m["eval/accuracy"] for m in lines if "eval/accuracy" in m}
     assert sorted(evals) == [0, 2, 4]  # step 0: before any RL step (eval.at_start)
     assert set(lines[0]) == {"step", "eval/accuracy", "eval/problems", "eval/length_mean",
-                             "eval/truncated_share", "time/eval"}  # fmt: skip
+                             "eval/truncated_share", "eval/score", "time/eval",
+                             "time/eval_verify"}  # fmt: skip
     trained = {s: v for s, v in evals.items() if s > 0}
     best_step = max(trained, key=lambda s: (trained[s], -s))
     kept = sorted(p.name for p in (run / "checkpoints").glob("step-*"))
@@ -371,4 +372,5 @@ def test_a_warm_up_only_run_writes_a_checkpoint_to_start_rl_from(tmp_path):
     assert len(generations) == 5 * (1 + 3)
     greedy = [g for g in generations if g["mode"] == "greedy"]
     assert report["metrics"]["eval/accuracy"] == sum(g["correct"] for g in greedy) / 5
-    assert "pass@3" in (out_dir / "eval.md").read_text() and "pass@3" in ev.stdout
+    assert "| eval | 5 |" in (out_dir / "eval.md").read_text() and "pass@k" in ev.stdout
+    assert report["metrics"]["eval/pass@3"] >= report["metrics"]["eval/avg@3"]

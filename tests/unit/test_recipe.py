@@ -422,3 +422,40 @@ def test_the_weak_to_strong_placeholder_critic_path_is_flagged(tmp_path):
         )
     (problem,) = err.value.problems
     assert problem.path == "critic.options.path" and "/path/to/small" in problem.message
+
+
+@pytest.mark.parametrize(
+    "overrides, path, needle",
+    [
+        (["eval.every=5", "eval.benchmarks=[math-50]"], "eval.benchmarks[0].name",
+         "did you mean 'math-500'"),
+        (["eval.every=5", "eval.benchmarks=[{name: aime24, options: {k: 0}}]"],
+         "eval.benchmarks[0].options.k", "greater than or equal to 1"),
+        (["eval.every=5", "eval.benchmarks=[{name: aime24, options: {k: 1, temperature: 1}}]"],
+         "eval.benchmarks[0].options.temperature", "k: 1"),
+        (["eval.every=5", "eval.benchmarks=[aime24, aime24]"], "eval.benchmarks[1]",
+         "listed twice"),
+        (["eval.every=5", "eval.benchmarks=[aime24]", "eval.task=arithmetic"], "eval.task",
+         "replaced by eval.benchmarks"),
+        (["eval.every=5", "eval.benchmarks=[aime24]", "train.keep_best=eval/aime25/score"],
+         "train.keep_best", "eval/avg/score"),
+        (["train.keep_best=eval/accuracy"], "train.keep_best", "evaluation is off"),
+        (["eval.benchmarks=[aime24]"], "eval.benchmarks", "evaluation is off"),
+    ],
+)  # fmt: skip
+def test_benchmark_lists_are_checked_before_anything_runs(tmp_path, overrides, path, needle):
+    found, _ = problems(tmp_path, GOOD, *overrides)
+    assert path in found, found
+    assert needle in found[path].message + " " + (found[path].hint or ""), found[path]
+
+
+def test_benchmarks_resolve_with_their_preset_defaults(tmp_path):
+    recipe, resolved = load_recipe(
+        write(tmp_path, GOOD),
+        ["eval.every=5", "eval.benchmarks=[aime24, {name: rows, options: {path: x.jsonl, "
+         "label: mine}}]", "train.keep_best=eval/mine/accuracy"],
+    )  # fmt: skip
+    first, second = resolved["eval"]["benchmarks"]
+    assert first["options"]["k"] == 16 and first["options"]["question_field"] == "problem"
+    assert "temperature" not in second["options"]  # k 1: pruned from the saved recipe
+    assert recipe.eval.task_sampling() == (1, 0.6, 0.95)

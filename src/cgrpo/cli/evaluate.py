@@ -1,10 +1,16 @@
-"""``cgrpo eval``: evaluate a model, a checkpoint or a run's newest checkpoint on the
-recipe's evaluation problems, as training would (same prompts, verifier, hold-out split).
+"""``cgrpo eval``: evaluate a model, a checkpoint or a run's newest checkpoint on named
+benchmarks or on a recipe's evaluation problems, as training would (same prompts,
+verifiers, sampling code).
 
-Writes ``eval.json`` (every number; the model; the data with a file hash; the prompt
-settings and their hash; the sampling settings), ``eval.md`` (a table) and
-``generations.jsonl`` (every response with its verdict). The recipe's critic is not
-built (evaluation never critiques), so an API critic needs no key here.
+The target is a recipe (its ``eval:`` section, ``--model`` for the weights), a run
+directory (its saved recipe and newest checkpoint), a checkpoint (its run's recipe when it
+sits in one) or a plain HF model directory (default prompt settings; needs
+``--benchmarks``). Writes ``eval.json`` (every number; the model; each benchmark's data
+with its file hash or dataset revision and template version; the prompt settings and
+their hash; the sampling settings), ``eval.md`` (a table like the paper's) and
+``generations.jsonl`` (every response with its verdict). The critic is never built
+(evaluation never critiques), so an API critic needs no key here.
+``cgrpo eval --compare A B`` puts two such results side by side.
 """
 
 from __future__ import annotations
@@ -16,7 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cgrpo.errors import CgrpoError
+from cgrpo.errors import CgrpoError, UsageError
+
+SHOWN = ("score", "accuracy", "avg@", "pass@", "maj@", "length_mean", "truncated_share")
 
 
 def resolve_model(path: str) -> tuple[Path, bool]:
@@ -31,125 +39,299 @@ def resolve_model(path: str) -> tuple[Path, bool]:
             raise CgrpoError(f"{p}: a run directory without a complete checkpoint")
         p = found[-1][1]
     if not p.is_dir():
-        raise CgrpoError(f"--model {path}: not a directory (a model, a checkpoint or a run)")
+        raise CgrpoError(f"{path}: not a directory (a model, a checkpoint or a run)")
     return p, (p / "adapter_config.json").is_file()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _run_recipe(target: Path) -> Path | None:
+    """The recipe saved by the run that holds ``target`` (a run or one of its checkpoints)."""
+    for candidate in (target, target.parent.parent):
+        if (candidate / "recipe.yaml").is_file() and (candidate / "checkpoints").is_dir():
+            return candidate / "recipe.yaml"
+    return None
 
 
-def _data_description(spec: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {"task": spec.name, "options": spec.options}
-    path = (spec.options or {}).get("path")
-    if path and Path(path).expanduser().is_file():
-        out["sha256"] = _sha256(Path(path).expanduser())
-    return out
+def benchmark_overrides(spec: str) -> list[str]:
+    """``--benchmarks a,b=PATH`` as recipe overrides: each name, with a local copy when
+    ``=PATH`` follows it."""
+    items = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, sep, path = part.partition("=")
+        entry = {"name": name.strip()}
+        if sep:
+            entry["options"] = {"path": path.strip()}
+        items.append(json.dumps(entry))
+    if not items:
+        raise UsageError("--benchmarks: name at least one benchmark (cgrpo list benchmark)")
+    return [f"eval.benchmarks=[{', '.join(items)}]", "eval.task=null"]
+
+
+def load_eval_recipe(
+    target: str, overrides: list[str], model: str | None
+) -> tuple[Any, str, Path | None]:
+    """``(recipe, where it came from, weights)``: see the module docstring."""
+    from omegaconf import OmegaConf
+
+    from cgrpo.plugins import get_registries
+    from cgrpo.recipe import load_recipe
+    from cgrpo.recipe.load import apply_overrides
+    from cgrpo.recipe.validate import validate_recipe
+
+    registries = get_registries()
+    path = Path(target).expanduser()
+    if path.is_file():
+        recipe, _ = load_recipe(path, overrides, registries=registries)
+        return recipe, str(path), None if model is None else Path(model)
+    if model is not None:
+        raise UsageError("--model goes with a recipe; here the target is already the model")
+    if not path.is_dir():
+        raise UsageError(f"{target}: neither a recipe file nor a model, checkpoint or run")
+    saved = _run_recipe(path)
+    if saved is not None:
+        recipe, _ = load_recipe(saved, overrides, registries=registries)
+        return recipe, str(saved), path
+    # a plain model: default prompt and sampling settings; data.task is required by the
+    # schema but never read (benchmarks are required here, checked by the caller)
+    base = OmegaConf.create({"model": {"path": str(path)}, "data": {"task": "arithmetic"}})
+    raw = OmegaConf.to_container(apply_overrides(base, overrides, str(path)), resolve=True)
+    return validate_recipe(raw, registries, source=str(path)), "(defaults)", path
 
 
 def run_eval(
-    recipe_path: str,
+    target: str,
     overrides: list[str],
     model: str | None,
     k: int | None,
     temperature: float | None,
     limit: int | None,
     out: str | None,
+    benchmarks: str | None = None,
+    backend: str | None = None,
+    verify_workers: int | None = None,
 ) -> int:
-    from rich.console import Console
-    from rich.table import Table
+    from transformers.utils import logging as hf_logging
 
-    from cgrpo.evaluation import evaluate_problems
+    from cgrpo.evaluation import evaluate_sets
     from cgrpo.plugins import get_registries
-    from cgrpo.recipe import load_recipe
-    from cgrpo.recipe.schema import ComponentSpec
+    from cgrpo.recipe.build import build
+    from cgrpo.verify_pool import VerifyPool, auto_workers
 
-    # evaluation on: the eval section's settings apply (the user's overrides come after)
-    extra = [f"eval.k={k}"] if k is not None else []
-    if temperature is not None:
-        extra.append(f"eval.temperature={temperature}")
-    registries = get_registries()
-    settings = ["eval.every=1", *overrides, *extra]
-    recipe, _ = load_recipe(recipe_path, settings, registries=registries)
+    settings = ["eval.every=1", *overrides]  # evaluation on; the user's settings after it
+    settings += benchmark_overrides(benchmarks) if benchmarks else []
+    settings += [f"eval.k={k}"] if k is not None else []
+    settings += [f"eval.temperature={temperature}"] if temperature is not None else []
+    settings += [f"policy={backend}"] if backend else []
+    settings += [f"eval.verify_workers={verify_workers}"] if verify_workers is not None else []
+    recipe, source, weights = load_eval_recipe(target, settings, model)
+    if source == "(defaults)" and not recipe.eval.benchmarks:
+        raise UsageError(
+            f"{target} is a model without a recipe: name --benchmarks (cgrpo list benchmark) "
+            "or give a recipe with an eval section"
+        )
     adapters = None
-    if model is not None:
-        directory, is_adapter = resolve_model(model)
+    if weights is not None:
+        directory, is_adapter = resolve_model(str(weights))
         if is_adapter:
             adapters = directory  # the base stays the recipe's model.path
         else:
             recipe.model.path, recipe.model.create = str(directory), None
-    recipe.critic = ComponentSpec(name="ground_truth")  # evaluation never critiques
-    from transformers.utils import logging as hf_logging
-
-    from cgrpo.recipe.build import build
-
     hf_logging.disable_progress_bar()
-    built = build(recipe, registries, None, adapter_dir=adapters)
-    problems = built.eval_problems[:limit] if limit else built.eval_problems
-    ev = recipe.eval
+    built = build(recipe, get_registries(), None, adapter_dir=adapters, evaluation_only=True)
+    sets = built.eval_sets
+    for s in sets:
+        s.problems = s.problems[:limit] if limit else s.problems
+    pool = VerifyPool(auto_workers(recipe.eval.verify_workers))
     started = time.time()
-    result = evaluate_problems(
-        built.policy,
-        built.verifier,
-        built.prompts,
-        problems,
-        max_new_tokens=recipe.sampling.max_new_tokens,
-        k=ev.k,
-        temperature=ev.temperature,
-        top_p=ev.top_p,
-        seed=recipe.run.seed,
-        device=built.device,
-    )
-    target = Path(out) if out else Path("eval") / Path(recipe.model.path).name
-    target.mkdir(parents=True, exist_ok=True)
+    try:
+        result = evaluate_sets(
+            built.policy,
+            built.prompts,
+            sets,
+            max_new_tokens=recipe.sampling.max_new_tokens,
+            seed=recipe.run.seed,
+            device=built.device,
+            pool=pool,
+        )
+    finally:
+        pool.close()
+        close = getattr(built.policy, "close", None)
+        if callable(close):
+            close()
+    model_name = str(adapters or recipe.model.path)
+    target_dir = Path(out) if out else Path("eval") / Path(model_name).name
+    target_dir.mkdir(parents=True, exist_ok=True)
     prompt = recipe.data.prompt.model_dump(mode="json")
     report = {
-        "model": str(adapters or recipe.model.path),
+        "model": model_name,
         "base_model": recipe.model.path if adapters else None,
-        "recipe": recipe_path,
-        "data": _data_description(ev.task or recipe.data.task),
-        "held_out_of_training_data": ev.task is None,
-        "problems": len(problems),
-        "prompt": prompt,
-        "prompt_version": hashlib.sha256(json.dumps(prompt, sort_keys=True).encode()).hexdigest()[
-            :12
-        ],
-        "sampling": {
-            "greedy": True,
-            "k": ev.k,
-            "temperature": ev.temperature,
-            "top_p": ev.top_p,
-            "max_new_tokens": recipe.sampling.max_new_tokens,
-            "seed": recipe.run.seed,
-        },
+        "recipe": source,
         "policy_backend": recipe.policy.name,
-        "verifier": {"name": recipe.verifier.name, "options": recipe.verifier.options},
+        "prompt": prompt,
+        "prompt_version": _hash(prompt),
+        "max_new_tokens": recipe.sampling.max_new_tokens,
+        "seed": recipe.run.seed,
+        "problems": sum(len(s.problems) for s in sets),
+        "sets": [_set_report(s, recipe) for s in sets],
         "metrics": result.metrics,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "host": platform.node(),
     }
-    (target / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
-    with (target / "generations.jsonl").open("w", encoding="utf-8") as fh:
+    if len(sets) == 1 and not sets[0].name:  # the recipe's eval task: as before, flat
+        first = report["sets"][0]
+        report["data"], report["sampling"] = first["data"], first["sampling"]
+        report["held_out_of_training_data"] = first["data"]["held_out_of_training_data"]
+    (target_dir / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    with (target_dir / "generations.jsonl").open("w", encoding="utf-8") as fh:
         for line in result.generations:
             fh.write(json.dumps(line) + "\n")
-    names = [k for k in result.metrics if k.startswith("eval/")]
-    (target / "eval.md").write_text(
-        f"# cgrpo eval: {report['model']}\n\n| metric | value |\n|---|---|\n"
-        + "".join(f"| {n[5:]} | {result.metrics[n]:.4g} |\n" for n in names)
+    header, rows = results_table(report)
+    (target_dir / "eval.md").write_text(
+        f"# cgrpo eval: {model_name}\n\n" + markdown_table(header, rows) + "\n"
     )
-    table = Table(title=f"eval of {report['model']} on {len(problems)} problems")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for n in names:
-        table.add_row(n[5:], f"{result.metrics[n]:.4g}")
-    Console().print(table)
-    files = ", ".join(str(target / n) for n in ("eval.json", "eval.md", "generations.jsonl"))
+    print_table(f"eval of {model_name}", header, rows)
+    verify = result.metrics["time/eval_verify"]
+    print(
+        f"{report['problems']} problems in {result.metrics['time/eval']:.1f}s "
+        f"({verify:.1f}s verifying)"
+    )
+    files = ", ".join(str(target_dir / n) for n in ("eval.json", "eval.md", "generations.jsonl"))
     print(f"cgrpo eval: {files}")
-    close = getattr(built.policy, "close", None)
-    if callable(close):
-        close()
+    return 0
+
+
+def _hash(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _set_report(s: Any, recipe: Any) -> dict[str, Any]:
+    description = s.description or _task_description(recipe)
+    return {
+        "name": s.name or "eval",
+        "category": s.category,
+        "problems": len(s.problems),
+        "data": description,
+        "verifier": {"name": s.verifier_spec[0], "options": s.verifier_spec[1]},
+        "sampling": {"greedy": True, "k": s.k, "temperature": s.temperature, "top_p": s.top_p},
+    }
+
+
+def _task_description(recipe: Any) -> dict[str, Any]:
+    """The recipe's evaluation task (eval.task, or data.task's held-out problems)."""
+    from cgrpo.builtins.benchmarks.sources import sha256_of
+
+    spec = recipe.eval.task or recipe.data.task
+    out: dict[str, Any] = {"task": spec.name, "options": spec.options,
+                           "held_out_of_training_data": recipe.eval.task is None}  # fmt: skip
+    path = (spec.options or {}).get("path")
+    if path and Path(path).expanduser().is_file():
+        out["sha256"] = sha256_of([Path(path).expanduser()])
+    return out
+
+
+def results_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """One row per set (and the macro averages), the paper's headline ``score`` first;
+    percentages with one decimal, as papers print them (eval.json keeps fractions)."""
+    metrics = report["metrics"]
+    header = [
+        "benchmark",
+        "n",
+        "score",
+        "greedy",
+        "k",
+        "avg@k",
+        "pass@k",
+        "maj@k",
+        "length",
+        "cut",
+    ]  # fmt: skip  (cut: share of greedy responses cut at max_new_tokens)
+    rows = []
+    for s in report["sets"]:
+        legacy = s["name"] == "eval" and "eval/accuracy" in metrics  # the recipe's eval task
+        prefix = "eval/" if legacy else f"eval/{s['name']}/"
+        k = s["sampling"]["k"]
+
+        def value(metric: str, prefix: str = prefix) -> str:
+            v = metrics.get(prefix + metric)
+            return "" if v is None else _pct(v)
+
+        rows.append([
+            s["name"], str(s["problems"]), value("score"), value("accuracy"), str(k),
+            value(f"avg@{k}"), value(f"pass@{k}"), value(f"maj@{k}"),
+            f"{metrics.get(prefix + 'length_mean', 0):.1f}", value("truncated_share"),
+        ])  # fmt: skip
+    for label, title in (("avg_math", "avg (math)"), ("avg", "avg (all)")):
+        if f"eval/{label}/score" in metrics:
+            score, greedy = (_pct(metrics[f"eval/{label}/{m}"]) for m in ("score", "accuracy"))
+            rows.append([title, "", score, greedy, *[""] * 6])
+    return header, rows
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=title,
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+        caption="scores and cut in %, length in tokens; eval.json has every number",
+    )
+    for i, name in enumerate(header):
+        table.add_column(name, justify="left" if i == 0 else "right", no_wrap=i == 0)
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+
+
+def run_compare(a: str, b: str, out: str | None) -> int:
+    """Two ``cgrpo eval`` results side by side: per benchmark, score and greedy pass@1 of
+    each and B - A."""
+    reports = []
+    for d in (a, b):
+        path = Path(d).expanduser() / "eval.json"
+        if not path.is_file():
+            raise CgrpoError(f"{d}: no eval.json (a `cgrpo eval --out` directory)")
+        reports.append(json.loads(path.read_text()))
+    names_a = [s["name"] for s in reports[0]["sets"]]
+    names_b = [s["name"] for s in reports[1]["sets"]]
+    names = names_a + [n for n in names_b if n not in names_a]
+    for label in ("avg_math", "avg"):
+        if any(f"eval/{label}/score" in r["metrics"] for r in reports):
+            names.append(label)
+    header = ["benchmark", "score A", "score B", "delta", "pass@1 A", "pass@1 B", "delta"]
+    rows = []
+    for name in names:
+        row = [name]
+        for metric in ("score", "accuracy"):
+            key = f"eval/{metric}" if name == "eval" else f"eval/{name}/{metric}"
+            va, vb = (r["metrics"].get(key) for r in reports)
+            delta = "" if va is None or vb is None else f"{100 * (vb - va):+.1f}"
+            row += ["-" if va is None else _pct(va), "-" if vb is None else _pct(vb), delta]
+        rows.append(row)
+    title = f"A = {reports[0]['model']}, B = {reports[1]['model']}"
+    warn = []
+    for field in ("prompt_version", "max_new_tokens", "policy_backend"):
+        if reports[0].get(field) != reports[1].get(field):
+            warn.append(f"{field} differs ({reports[0].get(field)} vs {reports[1].get(field)})")
+    print_table(title, header, rows)
+    for line in warn:
+        print(f"! {line}: the numbers may not be comparable")
+    if out:
+        target = Path(out)
+        target.mkdir(parents=True, exist_ok=True)
+        notes = "".join(f"\n! {line}\n" for line in warn)
+        (target / "compare.md").write_text(f"# {title}\n\n{markdown_table(header, rows)}{notes}")
+        print(f"cgrpo eval --compare: {target / 'compare.md'}")
     return 0

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from cgrpo import __version__
-from cgrpo.errors import CgrpoError, DataError, PluginError, RecipeError
+from cgrpo.errors import CgrpoError, DataError, PluginError, RecipeError, UsageError
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -65,15 +65,32 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--base", help="base model directory of a LoRA checkpoint (default: saved)")
 
     ev = sub.add_parser(
-        "eval", help="evaluate a model, checkpoint or run on the recipe's evaluation problems"
+        "eval",
+        help="evaluate a model, checkpoint or run on benchmarks or a recipe's eval problems",
     )
-    ev.add_argument("recipe", help="path to a YAML recipe (its data, prompt, verifier, eval)")
-    ev.add_argument("overrides", nargs="*", help="key=value overrides")
-    ev.add_argument("--model", help="model directory, checkpoint, or run (newest checkpoint)")
+    ev.add_argument(
+        "target",
+        nargs="?",
+        help="a YAML recipe (its eval section; --model for the weights), a run directory "
+        "(its recipe and newest checkpoint), a checkpoint, or an HF model directory",
+    )
+    ev.add_argument("overrides", nargs="*", help="key=value recipe overrides")
+    ev.add_argument("--model", help="with a recipe: model directory, checkpoint, or run")
+    ev.add_argument(
+        "--benchmarks",
+        help="comma-separated benchmarks (cgrpo list benchmark), each optionally NAME=PATH "
+        "to a local copy, e.g. math-500=data/math500.jsonl,aime24",
+    )
     ev.add_argument("--k", type=int, help="samples per problem for pass@k/avg@k/maj@k")
     ev.add_argument("--temperature", type=float, help="temperature of the k samples")
-    ev.add_argument("--limit", type=int, help="evaluate only the first N problems")
+    ev.add_argument("--backend", choices=["hf", "vllm"], help="sampling backend (policy)")
+    ev.add_argument("--limit", type=int, help="evaluate only the first N problems of each set")
+    ev.add_argument("--verify-workers", type=int, help="verifying processes (0 = auto, 1 = none)")
     ev.add_argument("--out", help="output directory (default: eval/MODEL_NAME)")
+    ev.add_argument(
+        "--compare", nargs=2, metavar=("DIR_A", "DIR_B"),
+        help="instead: two eval output directories side by side, with B - A per benchmark",
+    )  # fmt: skip
 
     rep = sub.add_parser("report", help="plot one or several runs: PNGs, report.html, report.md")
     rep.add_argument("runs", nargs="+", help="run directories (overlaid on every panel)")
@@ -86,7 +103,9 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--smooth", type=int, default=1, help="moving-average window in steps")
 
     lst = sub.add_parser("list", help="list registered components")
-    lst.add_argument("kind", nargs="?", help="policy, critic, verifier, advantage or task")
+    lst.add_argument(
+        "kind", nargs="?", help="policy, critic, verifier, advantage, task, benchmark or observer"
+    )
     return p
 
 
@@ -172,6 +191,7 @@ def _show_data(console, recipe, data_rows: int | None) -> bool:
 
 
 def cmd_list(kind: str | None) -> int:
+    from pydantic import BaseModel
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -195,11 +215,14 @@ def cmd_list(kind: str | None) -> int:
         for comp in regs[k]:
             opts = []
             for fname, field in comp.options.model_fields.items():
-                default = (
-                    "required"
-                    if field.is_required()
-                    else repr(field.get_default(call_default_factory=True))
+                value = (
+                    None if field.is_required() else field.get_default(call_default_factory=True)
                 )
+                if k == "benchmark" and value in (None, []) and not field.is_required():
+                    continue  # a preset's long option list: the unset ones are noise here
+                if isinstance(value, BaseModel):
+                    value = value.model_dump()
+                default = "required" if field.is_required() else repr(value)
                 opts.append(f"{fname}={default}")
             # escaped: rich would read "[data]" in "pip install 'cgrpo[data]'" as markup
             cells = (comp.name, comp.plugin, "\n".join(opts) or "-", comp.summary)
@@ -251,11 +274,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return cmd_run(args.recipe, args.overrides)
         if args.command == "eval":
-            from cgrpo.cli.evaluate import run_eval
+            from cgrpo.cli.evaluate import run_compare, run_eval
 
+            if args.compare:
+                if args.target:
+                    raise UsageError("--compare takes two eval directories and no target")
+                return run_compare(*args.compare, args.out)
+            if not args.target:
+                raise UsageError("name what to evaluate: a recipe, run, checkpoint or model")
             return run_eval(
-                args.recipe, args.overrides, args.model, args.k, args.temperature, args.limit,
-                args.out,
+                args.target, args.overrides, args.model, args.k, args.temperature, args.limit,
+                args.out, args.benchmarks, args.backend, args.verify_workers,
             )  # fmt: skip
         if args.command == "report":
             return cmd_report(args.runs, args.out, args.metrics, args.smooth)
@@ -269,6 +298,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_critique(args.recipe, args.overrides, args.samples, args.n)
     except RecipeError as exc:
         print(exc.render(), file=sys.stderr)
+        return EXIT_USAGE
+    except UsageError as exc:
+        print(f"cgrpo {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (PluginError, DataError, CgrpoError) as exc:
         print(f"cgrpo {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)

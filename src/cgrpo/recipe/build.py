@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +36,20 @@ class Built:
     eval_problems: list[Problem]
     precision: Any  # cgrpo.train.precision.Precision: autocast for the trainer's model
     ref_model: Any = None  # the KL reference (None when kl_coef == 0): train/reference.py
+    eval_sets: list[Any] = field(default_factory=list)  # cgrpo.evaluation.EvalSet
 
 
 def build(
-    recipe: Recipe, registries: Any, run_dir: Path | None, adapter_dir: Path | None = None
+    recipe: Recipe,
+    registries: Any,
+    run_dir: Path | None,
+    adapter_dir: Path | None = None,
+    evaluation_only: bool = False,
 ) -> Built:
     """Build everything a run needs, in dependency order. ``adapter_dir``: LoRA adapters to
-    resume from (a checkpoint of a ``model.lora`` run)."""
+    resume from (a checkpoint of a ``model.lora`` run). ``evaluation_only`` (``cgrpo
+    eval``): no KL reference, critic or advantage scheme, and data.task is read only when
+    its held-out problems are what is evaluated."""
     from cgrpo.train import distributed
     from cgrpo.train.model import load_policy
     from cgrpo.train.precision import Precision
@@ -55,7 +62,7 @@ def build(
     )
     precision = Precision.from_recipe(recipe.model.dtype, device)
     ref_model = None
-    if recipe.algorithm.loss.kl_coef > 0:  # KL 0 loads no reference model
+    if recipe.algorithm.loss.kl_coef > 0 and not evaluation_only:  # KL 0: no reference
         from cgrpo.train.reference import make_reference
 
         ref_model = make_reference(model, precision)  # before sharding: a plain copy
@@ -73,8 +80,13 @@ def build(
         recipe=recipe,
         precision=precision,
     )
-    task = registries["task"].build(recipe.data.task.name, recipe.data.task.options, ctx)
-    problems = task.load()
+    ev = recipe.eval
+    holdout = ev.every > 0 and not ev.benchmarks and ev.task is None
+    if evaluation_only and not holdout:
+        problems = []  # the evaluation problems come from elsewhere
+    else:
+        task = registries["task"].build(recipe.data.task.name, recipe.data.task.options, ctx)
+        problems = task.load()
     prompts = PromptBuilder(
         tokenizer,
         recipe.data.prompt,
@@ -85,18 +97,21 @@ def build(
     limit = recipe.data.prompt.max_prompt_tokens
     fitting = fitting_problems(problems, prompts, limit, "data.task")
     skipped = len(problems) - len(fitting)
-    if not fitting:
+    if not fitting and problems:
         raise DataError(
             f"every problem's prompt is longer than data.prompt.max_prompt_tokens="
             f"{limit}; raise it (and model.max_length)"
         )
     fitting, eval_problems = _split_eval(recipe, registries, ctx, fitting, prompts)
     ctx.policy = registries["policy"].build(recipe.policy.name, recipe.policy.options, ctx)
-    critic = registries["critic"].build(recipe.critic.name, recipe.critic.options, ctx)
+    critic = advantage = None
+    if not evaluation_only:
+        critic = registries["critic"].build(recipe.critic.name, recipe.critic.options, ctx)
+        advantage = registries["advantage"].build(
+            recipe.algorithm.advantage.name, recipe.algorithm.advantage.options, ctx
+        )
     verifier = registries["verifier"].build(recipe.verifier.name, recipe.verifier.options, ctx)
-    advantage = registries["advantage"].build(
-        recipe.algorithm.advantage.name, recipe.algorithm.advantage.options, ctx
-    )
+    sets = build_eval_sets(recipe, registries, ctx, prompts, verifier, eval_problems)
     return Built(
         model,
         tokenizer,
@@ -111,7 +126,67 @@ def build(
         eval_problems,
         precision,
         ref_model,
+        sets,
     )
+
+
+def build_eval_sets(
+    recipe: Recipe,
+    registries: Any,
+    ctx: BuildContext,
+    prompts: PromptBuilder,
+    verifier: Any,
+    held_out: list[Problem],
+) -> list[Any]:
+    """What evaluation runs on: each of ``eval.benchmarks`` (its problems whose prompts fit,
+    the first ``eval.size`` with a warning when that cuts it; its own verifier and sampling
+    unless eval.k/temperature/top_p are set), or else one unnamed set of the eval task or
+    held-out problems with the recipe's verifier."""
+    from cgrpo.evaluation import EvalSet
+
+    ev = recipe.eval
+    if ev.every == 0:
+        return []
+    if not ev.benchmarks:
+        if not held_out:
+            return []
+        k, temperature, top_p = ev.task_sampling()
+        spec = (recipe.verifier.name, dict(recipe.verifier.options))
+        return [EvalSet("", held_out, verifier, spec, k, temperature, top_p)]
+    sets = []
+    limit = recipe.data.prompt.max_prompt_tokens
+    for i, spec in enumerate(ev.benchmarks):
+        bench = registries["benchmark"].build(spec.name, spec.options, ctx)
+        where = f"eval.benchmarks[{i}] ({bench.name})"
+        problems = fitting_problems(bench.load(), prompts, limit, where)
+        if not problems:
+            raise DataError(
+                f"{where}: no problem fits data.prompt.max_prompt_tokens={limit}; raise it "
+                "(and model.max_length)"
+            )
+        if ev.size is not None and ev.size < len(problems):
+            log.warning(
+                "%s: evaluating the first %d of its %d problems (eval.size)",
+                where,
+                ev.size,
+                len(problems),
+            )
+            problems = problems[: ev.size]
+        name, options = bench.verifier
+        sets.append(
+            EvalSet(
+                bench.name,
+                problems,
+                registries["verifier"].build(name, options, ctx),
+                (name, dict(options)),
+                ev.k or bench.k,
+                ev.temperature or bench.temperature,
+                ev.top_p or bench.top_p,
+                bench.category,
+                {"benchmark": spec.name, "options": spec.options, **bench.describe()},
+            )
+        )
+    return sets
 
 
 def fitting_problems(
@@ -150,7 +225,7 @@ def _split_eval(
     dropped or left out. Without it a seeded hold-out of ``eval.size`` problems (64) is
     removed from training."""
     ev = recipe.eval
-    if ev.every == 0:
+    if ev.every == 0 or ev.benchmarks:
         return problems, []
     if ev.task is not None:
         task = registries["task"].build(ev.task.name, ev.task.options, ctx)

@@ -388,14 +388,16 @@ class TrainConfig(Section):
 
 
 class EvalConfig(Section):
-    """Greedy pass@1 on held-out problems during training (no critique at evaluation)."""
+    """Evaluation during training and by ``cgrpo eval``: named benchmarks, or held-out
+    problems of data.task / an eval.task (no critique at evaluation; docs/evaluation.md)."""
 
     every: int = Field(0, ge=0, description="evaluate every N steps and at the end; 0 = off")
     size: int | None = Field(
         None,
         ge=1,
-        description="problems evaluated: with eval.task its first N (None = all of them); "
-        "without, N problems of data.task held out of training (None = 64)",
+        description="problems evaluated: of each benchmark or of eval.task its first N, with a "
+        "warning when that cuts it (None = all); without either, N problems of data.task "
+        "held out of training (None = 64)",
     )
     task: ComponentSpec | None = Field(
         None,
@@ -403,26 +405,53 @@ class EvalConfig(Section):
         "(removed from training)",
     )
 
+    benchmarks: list[ComponentSpec] = Field(
+        default_factory=list,
+        description="registered benchmarks (cgrpo list benchmark), e.g. [math-500, {name: "
+        "aime24, options: {path: data/aime24.parquet}}]; metrics eval/<name>/<metric> and "
+        "the macro averages eval/avg/..., eval/avg_math/...",
+    )
     at_start: bool = Field(
         True, description="also evaluate before the first step (step 0: every curve's baseline)"
     )
-    k: int = Field(
-        1,
+    k: int | None = Field(
+        None,
         ge=1,
         description="samples per problem beyond the greedy one: with k > 1 also pass@k "
-        "(unbiased estimator), avg@k and maj@k at eval.temperature",
+        "(unbiased estimator), avg@k and maj@k; None = each benchmark's own (1 for eval.task "
+        "and held-out problems)",
     )
-    temperature: float = Field(0.6, gt=0, description="sampling temperature of the k samples")
-    top_p: float = Field(0.95, gt=0, le=1, description="top-p of the k samples")
+    temperature: float | None = Field(
+        None, gt=0, description="temperature of the k samples (None = the benchmark's; 0.6)"
+    )
+    top_p: float | None = Field(
+        None, gt=0, le=1, description="top-p of the k samples (None = the benchmark's; 0.95)"
+    )
+    verify_workers: int = Field(
+        0,
+        ge=0,
+        description="processes verifying responses for verifiers that opt in (math); 0 = one "
+        "per core up to 8, 1 = in the trainer's process",
+    )
 
     def ignored_settings(self) -> dict[str, str]:
+        names = ("size", "task", "benchmarks", "at_start", "k", "temperature", "top_p",
+                 "verify_workers")  # fmt: skip
         if self.every == 0:
             why = "has no effect while evaluation is off (eval.every: 0); set eval.every"
-            return {name: why for name in ("size", "task", "at_start", "k", "temperature", "top_p")}
-        if self.k == 1:
+            return {name: why for name in names}
+        out: dict[str, str] = {}
+        if self.benchmarks and self.task is not None:
+            out["task"] = ("is replaced by eval.benchmarks; list the file as a benchmark "
+                           "(name: rows, options: {path: ...}) or remove one")  # fmt: skip
+        if self.k == 1 or (self.k is None and not self.benchmarks):
             why = "applies to the k samples per problem (eval.k: 1 = greedy only); set eval.k"
-            return {"temperature": why, "top_p": why}
-        return {}
+            out.update(temperature=why, top_p=why)
+        return out
+
+    def task_sampling(self) -> tuple[int, float, float]:
+        """k, temperature and top-p for eval.task or held-out problems."""
+        return self.k or 1, self.temperature or 0.6, self.top_p or 0.95
 
     @property
     def holdout_size(self) -> int:

@@ -97,9 +97,16 @@ def component_issues(raw: dict[str, Any], registries: Any) -> tuple[list[ConfigI
     issues: list[ConfigIssue] = []
     validated: dict[str, BaseModel] = {}
     observers = raw.get("observers") if isinstance(raw, dict) else None
-    listed = [(f"observers[{i}]", "observer", spec) for i, spec in enumerate(observers or [])]
+    listed = (
+        [(f"observers[{i}]", "observer", spec) for i, spec in enumerate(observers)]
+        if isinstance(observers, list)
+        else []
+    )
+    benchmarks = _get(raw, "eval.benchmarks")
+    if isinstance(benchmarks, list):
+        listed += [(f"eval.benchmarks[{i}]", "benchmark", s) for i, s in enumerate(benchmarks)]
     fixed = [(path, kind, _get(raw, path)) for path, kind in COMPONENT_PATHS.items()]
-    for path, kind, spec in fixed + (listed if isinstance(observers, list) else []):
+    for path, kind, spec in fixed + listed:
         if spec is None:
             spec = _default_spec(path)
             if spec is None:
@@ -201,9 +208,36 @@ def _secret_issues(data: Any, path: str = "") -> list[ConfigIssue]:
     return issues
 
 
+def _eval_issues(r: Recipe) -> list[ConfigIssue]:
+    """Benchmarks listed twice under one name, and a train.keep_best that no evaluation
+    would ever log (the best checkpoint would silently never be kept)."""
+    out: list[ConfigIssue] = []
+    labels = [str(b.options.get("label") or b.name) for b in r.eval.benchmarks]
+    for i, label in enumerate(labels):
+        if label in labels[:i]:
+            out.append(ConfigIssue(
+                f"eval.benchmarks[{i}]", f"{label} is listed twice (its metrics would mix)",
+                "give one options.label"))  # fmt: skip
+    key = r.train.keep_best
+    if key is None or not key.startswith("eval/"):
+        return out
+    if r.eval.every == 0:
+        out.append(ConfigIssue("train.keep_best", f"{key} is never logged: evaluation is off",
+                               "set eval.every"))  # fmt: skip
+    elif labels:
+        name, _, metric = key[len("eval/") :].partition("/")
+        known = [*labels, "avg", *(["avg_math"] if labels else [])]
+        if not metric or name not in known:
+            out.append(ConfigIssue(
+                "train.keep_best", f"{key} is not an evaluation metric of this recipe",
+                f"use eval/<benchmark>/<metric> with a benchmark among {', '.join(known)}, "
+                "e.g. eval/avg/score"))  # fmt: skip
+    return out
+
+
 def cross_issues(r: Recipe) -> list[ConfigIssue]:
     """Checks that need several fields at once."""
-    out: list[ConfigIssue] = []
+    out: list[ConfigIssue] = _eval_issues(r)
     a = r.algorithm
     g, k = a.samples_per_prompt, a.refinements_per_prompt
     n = g + k
@@ -439,6 +473,8 @@ def _spec_at(recipe: Recipe, path: str) -> ComponentSpec:
     """The component section at ``path`` (``data.task``, ``observers[1]``)."""
     if path.startswith("observers["):
         return recipe.observers[int(path[len("observers[") : -1])]
+    if path.startswith("eval.benchmarks["):
+        return recipe.eval.benchmarks[int(path[len("eval.benchmarks[") : -1])]
     spec: Any = recipe
     for part in path.split("."):
         spec = getattr(spec, part)

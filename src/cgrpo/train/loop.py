@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from cgrpo.errors import TrainingError
-from cgrpo.evaluation import evaluate_problems
+from cgrpo.evaluation import evaluate_sets
 from cgrpo.recipe.build import Built
 from cgrpo.recipe.schema import Recipe
 from cgrpo.train import distributed
@@ -61,6 +61,7 @@ from cgrpo.train.update import (
     update_policy,
 )
 from cgrpo.types import SamplingParams
+from cgrpo.verify_pool import VerifyPool, auto_workers
 
 
 def loss_config(recipe: Recipe) -> LossConfig:
@@ -169,6 +170,7 @@ class Trainer:
         self.step_done = 0
         self.nonfinite_in_a_row = 0
         self.best: tuple[float, int] | None = None  # (value of train.keep_best, step)
+        self.verify_pool: VerifyPool | None = None  # started at the first evaluation
         self.stop_signal: str | None = None
         self.main = distributed.is_main()
         self.console = console or Console(r.train.steps, r.run.console if self.main else "off")
@@ -314,22 +316,20 @@ class Trainer:
         return distributed.broadcast(result)
 
     def _evaluate_on_main(self) -> dict[str, float]:
-        """Greedy accuracy (pass@1) and, with ``eval.k`` > 1, pass@k / avg@k / maj@k over k
-        samples per problem (:func:`cgrpo.evaluation.evaluate_problems`)."""
-        if not (self.main and self.b.eval_problems):
+        """Greedy accuracy (pass@1) and, where a set samples k > 1, pass@k / avg@k / maj@k,
+        per benchmark and macro-averaged (:func:`cgrpo.evaluation.evaluate_sets`)."""
+        if not (self.main and self.b.eval_sets):
             return {}
-        ev = self.recipe.eval
-        return evaluate_problems(
+        if self.verify_pool is None:
+            self.verify_pool = VerifyPool(auto_workers(self.recipe.eval.verify_workers))
+        return evaluate_sets(
             self.b.policy,
-            self.b.verifier,
             self.b.prompts,
-            self.b.eval_problems,
+            self.b.eval_sets,
             max_new_tokens=self.recipe.sampling.max_new_tokens,
-            k=ev.k,
-            temperature=ev.temperature,
-            top_p=ev.top_p,
             seed=self.recipe.run.seed * 1_000_003 + self.step_done,
             device=self.b.device,
+            pool=self.verify_pool,
         ).metrics
 
     # -- state, checkpoints, guards ----------------------------------------------------------
@@ -465,6 +465,8 @@ class Trainer:
             for sig, old in handlers.items():
                 signal.signal(sig, old)
             self.console.close()
+            if self.verify_pool is not None:
+                self.verify_pool.close()
             for out in (self.metrics_out, self.samples_out):
                 if out is not None:
                     out.close()

@@ -273,6 +273,12 @@ class Console:
         if self.last_eval is None:
             return ""
         step, ev = self.last_eval
+        scores = {k[len("eval/") : -len("/score")]: v for k, v in ev.items()
+                  if k.count("/") == 2 and k.endswith("/score")}  # fmt: skip
+        if scores:  # benchmarks: each one's headline number (the rest is in metrics.jsonl)
+            first = [n for n in ("avg", "avg_math") if n in scores]
+            order = first + sorted(n for n in scores if n not in first)
+            return f"eval (step {step}) score: " + "  ".join(f"{n} {scores[n]:.3f}" for n in order)
         shown = "  ".join(f"{k[len('eval/'):]} {v:.3f}" for k, v in sorted(ev.items())
                           if not k.endswith("problems"))  # fmt: skip
         return f"eval (step {step}): {shown}"

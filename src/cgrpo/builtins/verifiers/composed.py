@@ -143,15 +143,9 @@ class WeightedVerifier:
             for i, part in enumerate(parts):
                 if part.name == "weighted":
                     raise ValueError(f"parts[{i}]: a weighted verifier cannot nest another")
-                if part.name not in registry.names():
-                    raise ValueError(
-                        f"parts[{i}].name: unknown verifier {part.name!r}; available: "
-                        f"{', '.join(registry.names())}"
-                    )
-                try:
-                    registry.get(part.name).options.model_validate(part.options)
-                except Exception as exc:
-                    raise ValueError(f"parts[{i}].options ({part.name}): {exc}") from exc
+                problem = registry.problem_with(part.name, part.options)
+                if problem:
+                    raise ValueError(f"parts[{i}]: {problem}")
             return parts
 
     def __init__(self, options: Options, context: Any = None):

@@ -5,6 +5,8 @@ response has no box, ``fallback="expression"`` (default) lets math-verify find t
 LaTeX or plain-number expression in the response's tail; ``fallback="none"`` scores it 0
 (the paper's strict rule). Comparison: ``math_verify.verify(gold, prediction)``, which
 treats 0.5, 1/2 and \\frac{1}{2} as equal and rounds numbers to ``float_rounding`` places.
+A reference that is not mathematics (TheoremQA's ``True``/``False``) is compared word for
+word with the boxed answer, ignoring case.
 
 Timeouts: a pathological expression (``2^{2^{2^{2^{2^{2}}}}}``) can keep sympy busy for
 minutes. On the main thread math-verify's own alarm-based timeout bounds each call; off
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
+import re
 import threading
 import time
 from typing import Any
@@ -28,6 +31,7 @@ from cgrpo.types import Problem, Verdict
 
 _TAIL_CHARS = 400  # the fallback only looks at the end, where a final answer is written
 _TIMED_OUT = object()
+_TRUTH = {"true", "false"}  # math-verify reads them as symbols, case-sensitively
 
 
 def _child(conn, fn, args):  # pragma: no cover - runs in the forked child
@@ -73,9 +77,11 @@ def _compare(gold_text: str, pred_text: str, boxed: bool, timeout: int | None, r
     """Parse both sides and verify; returns (correct, extracted_string)."""
     from math_verify import parse, verify
 
-    gold = list(_parse_gold(gold_text, timeout))
-    if not gold:
-        raise ValueError(f"reference answer {gold_text!r} cannot be parsed by math-verify")
+    gold = [] if _words(gold_text) in _TRUTH else list(_parse_gold(gold_text, timeout))
+    if not gold:  # not mathematics (TheoremQA's True/False, a name): compare the words
+        if not boxed:
+            return False, None
+        return _words(pred_text) == _words(gold_text), pred_text
     pred = parse(f"\\boxed{{{pred_text}}}" if boxed else pred_text, parsing_timeout=timeout)
     if not pred:
         return False, None
@@ -84,8 +90,14 @@ def _compare(gold_text: str, pred_text: str, boxed: bool, timeout: int | None, r
     return ok, extracted
 
 
+def _words(text: str) -> str:
+    return " ".join(re.sub(r"\\text\{([^}]*)\}", r"\1", text).casefold().strip(" .$").split())
+
+
 class MathVerifier:
     """Last \\boxed{} answer vs. the reference, by symbolic equivalence (math-verify)."""
+
+    verify_in_processes = True  # sympy-bound: evaluation spreads it over processes
 
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")

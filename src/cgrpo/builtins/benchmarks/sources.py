@@ -1,0 +1,145 @@
+"""Where a benchmark's rows come from: a local file, a local directory (a hub snapshot
+copied by hand), or a ``datasets`` name when the hub is reachable.
+
+Every source also says which version of the data it read (``describe``): the SHA-256 of
+the files, or the dataset's name, revision and fingerprint, so that two evaluations can be
+told apart when their numbers differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from cgrpo.builtins.tasks.files import CSVTask, FileOptions, JSONLTask, ParquetTask
+from cgrpo.errors import DataError
+
+DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+
+
+def sha256_of(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def file_rows(path: Path) -> Iterator[tuple[str, Any]]:
+    """``(file:line, row)`` of one data file, by its suffix (a ``.json`` file holding one
+    array is read as that array; otherwise as JSON lines)."""
+    suffix = path.suffix.lower()
+    options = FileOptions(path=str(path))
+    if suffix == ".json" and path.read_bytes().lstrip()[:1] == b"[":
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DataError(f"{path}: not a JSON array of rows: {exc}") from None
+        for i, row in enumerate(rows):
+            yield f"{path}[{i}]", row
+        return
+    reader = {".jsonl": JSONLTask, ".json": JSONLTask, ".csv": CSVTask, ".parquet": ParquetTask}
+    if suffix not in reader:
+        raise DataError(f"{path}: unknown data file type; use one of {', '.join(DATA_SUFFIXES)}")
+    for line, row in reader[suffix](options).rows():
+        yield f"{path}:{line}", row
+
+
+def data_files(path: Path, subset: str | None, split: str) -> list[Path]:
+    """The data files of ``path``: the file itself, or the files under a directory whose
+    relative path names the subset (when set) and the split. A directory with a single data
+    file uses it whatever its name."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise DataError(f"{path}: no such file or directory")
+    found = sorted(
+        p for p in path.rglob("*")
+        if p.suffix.lower() in DATA_SUFFIXES and p.is_file() and ".cache" not in p.parts
+    )  # fmt: skip
+    if len(found) == 1:
+        return found
+
+    def names(p: Path, word: str) -> bool:
+        return word.lower() in str(p.relative_to(path)).lower()
+
+    of_subset = [p for p in found if subset is None or names(p, subset)]
+    # the split's files; a subset held in one file whatever the split (GPQA's csv) is used
+    chosen = [p for p in of_subset if names(p, split)] or (of_subset if subset else [])
+    if not chosen:
+        listed = ", ".join(str(p.relative_to(path)) for p in found[:8]) or "none"
+        want = f"subset {subset!r} and split {split!r}" if subset else f"split {split!r}"
+        raise DataError(
+            f"{path}: no data file whose path names {want} (data files: {listed}); set "
+            "path to the file itself"
+        )
+    return chosen
+
+
+class Source:
+    """Rows from ``path`` (file or directory) or, without one, the ``datasets`` hub."""
+
+    def __init__(
+        self,
+        path: str | None,
+        dataset: str | None,
+        subset: str | None,
+        split: str,
+        revision: str | None,
+        benchmark: str,
+    ):
+        self.path = Path(path).expanduser() if path else None
+        self.dataset, self.subset, self.split, self.revision = dataset, subset, split, revision
+        self.benchmark = benchmark
+        self._described: dict[str, Any] = {}
+
+    def rows(self) -> Iterator[tuple[str, Any]]:
+        if self.path is not None:
+            files = data_files(self.path, self.subset, self.split)
+            self._described = {
+                "path": str(self.path),
+                "files": [str(f) for f in files],
+                "sha256": sha256_of(files),
+            }
+            for f in files:
+                yield from file_rows(f)
+            return
+        yield from self._hub_rows()
+
+    def _hub_rows(self) -> Iterator[tuple[str, Any]]:
+        if not self.dataset:
+            raise DataError(
+                f"benchmark {self.benchmark}: no data: set its path (a local file or directory)"
+            )
+        hint = (
+            f"benchmark {self.benchmark}: {self.dataset} ({self.subset or 'default'} subset, "
+            f"split {self.split}) could not be loaded from the hub"
+        )
+        fix = "; download it where the hub is reachable and set the benchmark's path=..."
+        try:
+            import datasets
+        except ImportError:
+            raise DataError(f"{hint}: `datasets` is not installed{fix}") from None
+        try:
+            ds = datasets.load_dataset(
+                self.dataset, self.subset, split=self.split, revision=self.revision
+            )
+        except Exception as exc:  # offline, gated, renamed: all end the same way
+            raise DataError(f"{hint}: {type(exc).__name__}: {str(exc)[:300]}{fix}") from None
+        self._described = {
+            "dataset": self.dataset,
+            "subset": self.subset,
+            "split": self.split,
+            "revision": self.revision or "main",
+            "fingerprint": getattr(ds, "_fingerprint", None),
+        }
+        for i, row in enumerate(ds):
+            yield f"{self.dataset}[{self.split}][{i}]", row
+
+    def describe(self) -> dict[str, Any]:
+        """Where the rows came from and which version (valid after :meth:`rows`)."""
+        return dict(self._described)

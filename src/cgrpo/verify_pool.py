@@ -1,0 +1,80 @@
+"""Verify many responses in worker processes, so that evaluating 500 problems x 8 samples
+is not dominated by sympy.
+
+A verifier opts in with a class attribute ``verify_in_processes = True`` (the ``math``
+verifier: math-verify parses with sympy, milliseconds to seconds per response). Workers are
+spawned (not forked: the parent holds torch's threads, maybe CUDA or a vLLM engine) and
+rebuild the verifier from its registered name and options, through the same plugins as the
+parent. Each worker verifies on its own main thread, where math-verify's alarm-based
+timeout bounds every call: a pathological expression scores 0 with reason ``timeout``, as
+it does in a single process.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+from cgrpo.types import Problem, Verdict
+
+MIN_RESPONSES = 256  # below this, starting workers (~1 s each) costs more than it saves
+CHUNK = 16  # responses per task sent to a worker
+
+_built: dict[str, Any] = {}  # in a worker: verifiers by (name, options)
+
+
+def _verify_chunk(name: str, options: dict[str, Any], pairs: list[tuple[str, Problem]]):
+    key = name + json.dumps(options, sort_keys=True, default=str)
+    if key not in _built:
+        from cgrpo.interfaces import BuildContext
+        from cgrpo.plugins import get_registries
+
+        _built[key] = get_registries()["verifier"].build(name, options, BuildContext())
+    verifier = _built[key]
+    return [verifier.verify(response, problem) for response, problem in pairs]
+
+
+def auto_workers(setting: int) -> int:
+    """``setting`` workers, or with 0 one per core up to 8."""
+    return setting if setting > 0 else min(8, os.cpu_count() or 1)
+
+
+class VerifyPool:
+    """A lazily started pool of ``workers`` processes (1 = verify in this process)."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    def verify(
+        self,
+        verifier: Any,
+        spec: tuple[str, dict[str, Any]] | None,
+        pairs: list[tuple[str, Problem]],
+    ) -> list[Verdict]:
+        """Verdicts of ``pairs`` (response, problem), in order. In this process when the
+        verifier has not opted in, ``spec`` is None, there is one worker or few pairs."""
+        parallel = (
+            getattr(verifier, "verify_in_processes", False)
+            and spec is not None
+            and self.workers > 1
+            and len(pairs) >= MIN_RESPONSES
+        )
+        if not parallel:
+            return [verifier.verify(response, problem) for response, problem in pairs]
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("spawn")
+            )
+        name, options = spec
+        chunks = [pairs[i : i + CHUNK] for i in range(0, len(pairs), CHUNK)]
+        futures = [self._pool.submit(_verify_chunk, name, options, c) for c in chunks]
+        return [verdict for f in futures for verdict in f.result()]
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None

@@ -1,0 +1,95 @@
+"""evaluate_sets: per-benchmark and macro-averaged metrics, one generate call per sampling
+setting across sets, and verification in worker processes that gives the same verdicts."""
+
+from __future__ import annotations
+
+import pytest
+
+from cgrpo.builtins.verifiers.choice import ChoiceVerifier
+from cgrpo.builtins.verifiers.math import MathVerifier
+from cgrpo.evaluation import EvalSet, evaluate_sets
+from cgrpo.types import Completion, Problem
+from cgrpo.verify_pool import MIN_RESPONSES, VerifyPool
+
+
+class ScriptedPolicy:
+    """A sampler that answers from a script (problem id -> greedy text, sampled texts):
+    the model is not what these tests are about, the bookkeeping around it is."""
+
+    def __init__(self, problems, script):
+        self.by_prompt = {(i,): p.id for i, p in enumerate(problems)}
+        self.script = script
+        self.calls = []
+
+    def generate(self, prompts, params, seeds=None):
+        self.calls.append((len(prompts), params.n, params.greedy))
+        out = []
+        for ids in prompts:
+            greedy, sampled = self.script[self.by_prompt[tuple(ids)]]
+            texts = [greedy] if params.greedy else sampled[: params.n]
+            out.append([Completion([1] * 3, None, t, "stop") for t in texts])
+        return out
+
+
+class Prompts:
+    def __init__(self, problems):
+        self.index = {p.id: i for i, p in enumerate(problems)}
+
+    def prompt_ids(self, p):
+        return [self.index[p.id]]
+
+
+def test_metrics_per_benchmark_macro_averages_and_batched_generation():
+    math = [Problem("m1", "1+1?", "2"), Problem("m2", "2+2?", "4")]
+    mc = [Problem("c1", "pick", "B"), Problem("c2", "pick", "C")]
+    script = {
+        "m1": ("\\boxed{2}", ["\\boxed{2}", "\\boxed{3}", "\\boxed{2}", "\\boxed{2}"]),
+        "m2": ("\\boxed{5}", ["\\boxed{5}", "\\boxed{5}", "\\boxed{4}", "\\boxed{5}"]),
+        "c1": ("\\boxed{B}", []),
+        "c2": ("\\boxed{A}", []),
+    }
+    policy = ScriptedPolicy(math + mc, script)
+    sets = [
+        EvalSet("algebra", math, MathVerifier(), ("math", {}), k=4, category="math"),
+        EvalSet("quiz", mc, ChoiceVerifier(), ("choice", {}), k=1, category="general"),
+    ]
+    m = evaluate_sets(policy, Prompts(math + mc), sets, max_new_tokens=8).metrics
+    assert policy.calls == [(4, 1, True), (2, 4, False)]  # one greedy call for both sets
+    assert m["eval/algebra/accuracy"] == 0.5 and m["eval/quiz/accuracy"] == 0.5
+    # m1: 3 of 4 right, m2: 1 of 4 -> avg@4 = 0.5; pass@4 = 1; maj@4: m1 yes, m2 no
+    assert m["eval/algebra/avg@4"] == 0.5 and m["eval/algebra/pass@4"] == 1.0
+    assert m["eval/algebra/maj@4"] == 0.5
+    assert m["eval/algebra/score"] == 0.5  # avg@k for a sampled set
+    assert m["eval/quiz/score"] == 0.5  # greedy accuracy otherwise
+    assert m["eval/avg/score"] == 0.5 and m["eval/avg_math/score"] == 0.5
+    assert m["eval/avg/accuracy"] == 0.5 and m["time/eval_verify"] >= 0
+
+
+def test_worker_processes_give_the_same_verdicts_and_keep_the_timeout_rule():
+    """The same 300 responses verified in this process and in 2 spawned workers; a
+    pathological expression times out in a worker instead of hanging it."""
+    problems = [Problem(str(i), "q", str(i % 7)) for i in range(MIN_RESPONSES + 44)]
+    pairs = [(f"\\boxed{{{(i * 3) % 7}}}", p) for i, p in enumerate(problems)]
+    pairs[5] = ("\\boxed{2^{2^{2^{2^{2^{2^{2^{2}}}}}}}}", problems[5])
+    verifier = MathVerifier(MathVerifier.Options(timeout_s=1))
+    inline = VerifyPool(1).verify(verifier, ("math", {"timeout_s": 1}), pairs)
+    pool = VerifyPool(2)
+    try:
+        parallel = pool.verify(verifier, ("math", {"timeout_s": 1}), pairs)
+        assert pool._pool is not None  # it did use the workers
+    finally:
+        pool.close()
+    assert [(v.correct, v.extracted) for v in parallel] == [
+        (v.correct, v.extracted) for v in inline
+    ]
+    assert parallel[5].reason == inline[5].reason == "timeout"
+    right = [i for i in range(len(pairs)) if i != 5 and (i * 3) % 7 == i % 7]
+    assert sum(v.correct for v in parallel) == len(right)
+
+
+@pytest.mark.parametrize("workers,count", [(1, 400), (2, 10)])
+def test_few_responses_or_one_worker_stay_in_this_process(workers, count):
+    pool = VerifyPool(workers)
+    pairs = [("\\boxed{1}", Problem("1", "q", "1"))] * count
+    assert all(v.correct for v in pool.verify(MathVerifier(), ("math", {}), pairs))
+    assert pool._pool is None
