@@ -101,7 +101,7 @@ def test_a_missing_field_names_the_file_line_and_the_option_to_map_it(tmp_path):
 
 def test_without_a_local_copy_or_the_hub_the_error_says_to_set_path(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(DataError, match=r"aime24: HuggingFaceH4/aime_2024.*set the benchmark.s path="):
+    with pytest.raises(DataError, match=r"aime24: HuggingFaceH4/aime_2024.*benchmark's path="):
         build("aime24").load()
 
 

@@ -72,6 +72,36 @@ def test_third_party_entry_point_shows_in_list_and_can_be_blocked(tmp_path):
     assert "gsm8k" in only.stdout and "math" in only.stdout  # built-ins always load
 
 
+def test_a_plugin_benchmark_lists_reads_rows_and_scores_with_its_plugin_verifier(
+    tmp_path, monkeypatch
+):
+    """The example plugin's ``gsm8k`` benchmark: a preset of the row benchmark scored by
+    the plugin's own verifier, listed like the built-ins."""
+    site = fake_distribution(tmp_path / "site", "cgrpo-gsm8k", {"gsm8k": "cgrpo_gsm8k"})
+    shown = run_cli("list", "benchmark", paths=[site, GSM8K_SRC], env={"COLUMNS": "200"})
+    assert shown.returncode == 0 and "gsm8k" in shown.stdout and "openai/gsm8k" in shown.stdout
+    monkeypatch.syspath_prepend(str(GSM8K_SRC))
+    import cgrpo_gsm8k
+
+    from cgrpo.interfaces import BuildContext
+
+    pm = build_plugin_manager()
+    pm.register(cgrpo_gsm8k, name="gsm8k-test")
+    regs = collect_registries(pm)
+    data = tmp_path / "test.jsonl"
+    data.write_text(
+        '{"question": "Ann has 3 bags of 24 apples. How many apples?", '
+        '"answer": "3 bags x 24 = 72 apples.\\n#### 72"}\n'
+    )
+    bench = regs["benchmark"].build("gsm8k", {"path": str(data)}, BuildContext())
+    (problem,) = bench.load()
+    name, options = bench.verifier
+    verifier = regs["verifier"].build(name, options, BuildContext())
+    assert name == "gsm8k" and regs["benchmark"].get("gsm8k").plugin == "gsm8k-test"
+    assert verifier.verify("so \\boxed{72}", problem).correct
+    assert not verifier.verify("so \\boxed{71}", problem).correct
+
+
 def test_misspelt_hook_is_reported(tmp_path):
     (tmp_path / "typo_plugin.py").write_text(
         "from cgrpo import hookimpl\n\n@hookimpl\ndef register_verifier(register):\n    pass\n"

@@ -348,7 +348,8 @@ def test_the_resolved_recipe_a_run_saves_validates_again(tmp_path):
         ["model.path=org/model", f"data.task.options.path={data}"],
     )
     assert resolved["algorithm"]["loss"]["clip"] == {"mode": "none"}
-    assert "size" not in resolved["eval"]
+    math500 = resolved["eval"]["benchmarks"][0]["options"]
+    assert "temperature" not in math500 and "dataset" not in math500  # k 1; a local path
     again, _ = load_recipe(write(tmp_path, yaml.safe_dump(resolved), "resolved.yaml"))
     assert again.algorithm.loss.clip.mode == "none"
 

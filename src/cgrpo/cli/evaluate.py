@@ -116,11 +116,12 @@ def run_eval(
     from cgrpo.recipe.build import build
     from cgrpo.verify_pool import VerifyPool, auto_workers
 
-    settings = ["eval.every=1", *overrides]  # evaluation on; the user's settings after it
+    # evaluation on and the backend first, so that the user's settings (policy.options...)
+    # apply on top of them
+    settings = ["eval.every=1", *([f"policy={backend}"] if backend else []), *overrides]
     settings += benchmark_overrides(benchmarks) if benchmarks else []
     settings += [f"eval.k={k}"] if k is not None else []
     settings += [f"eval.temperature={temperature}"] if temperature is not None else []
-    settings += [f"policy={backend}"] if backend else []
     settings += [f"eval.verify_workers={verify_workers}"] if verify_workers is not None else []
     recipe, source, weights = load_eval_recipe(target, settings, model)
     if source == "(defaults)" and not recipe.eval.benchmarks:

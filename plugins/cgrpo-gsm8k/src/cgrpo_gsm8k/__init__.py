@@ -1,4 +1,5 @@
-"""cgrpo plugin: the ``gsm8k`` numeric verifier."""
+"""cgrpo plugin: the ``gsm8k`` numeric verifier and the ``gsm8k`` benchmark (a preset of
+cgrpo's row benchmark: the public dataset's names and fields, scored by this verifier)."""
 
 from __future__ import annotations
 
@@ -61,3 +62,26 @@ class GSM8KVerifier:
 @hookimpl
 def register_verifiers(register):
     register("gsm8k", GSM8KVerifier)
+
+
+def gsm8k_benchmark(options: Any, context: Any = None):
+    """GSM8K test set (openai/gsm8k, main): 1,319 grade-school problems, greedy."""
+    from cgrpo.builtins.benchmarks.benchmark import RowBenchmark
+
+    return RowBenchmark(options, context, name="gsm8k")
+
+
+@hookimpl
+def register_benchmarks(register):
+    from cgrpo.builtins.benchmarks.benchmark import preset_options
+
+    options = preset_options(
+        "gsm8k",
+        dataset="openai/gsm8k",
+        subset="main",
+        split="test",
+        question_field="question",
+        answer_field="answer",  # a worked solution ending in '#### 42': the verifier reads it
+        verifier={"name": "gsm8k", "options": {}},
+    )
+    register("gsm8k", gsm8k_benchmark, options=options)

