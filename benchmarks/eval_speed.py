@@ -1,19 +1,22 @@
 """Evaluation speed: problems per second of ``cgrpo eval`` with the hf and vllm backends,
 the share of time spent verifying, and math verification in one process vs worker
-processes on 500 problems x 8 samples.
+processes on 1,024 responses (128 problems x 8 samples).
 
     python benchmarks/eval_speed.py [--problems 200] [--k 4] [--new-tokens 32]
-                                    [--verify-problems 500] [--verify-k 8] [--workers 0]
-                                    [--reps 2] [--skip-vllm]
+                                    [--verify-problems 128] [--verify-k 8] [--workers 2]
+                                    [--reps 2] [--skip-vllm] [--skip-cli]
 
 Part 1 runs the real CLI (``cgrpo eval MODEL --benchmarks arithmetic-test``) on a tiny
 model created offline, alternating the backends over ``--reps`` repetitions, and reads
 ``time/eval`` and ``time/eval_verify`` from each eval.json. The tiny model's responses are
 junk, so verification is cheap there; part 2 measures verification alone on MATH-style
-responses (fractions, radicals, intervals, some wrong, a few pathological) with the
-``math`` verifier, in this process and in ``--workers`` spawned workers (0 = one per core
-up to 8), wall and CPU seconds each. Needs vLLM for the vllm rows (skipped without it).
-Run it alone on the machine.
+responses (fractions, radicals, intervals, half of them wrong; the timeout path is
+tests/unit/test_evaluation.py's) with the
+``math`` verifier, in this process and in ``--workers`` spawned workers already started
+(as in a training run, where they start once), wall and CPU seconds each, alternating; and
+the same with the verifier's fast path off (every pair through sympy), which is what the
+verifier cost before it. Needs vLLM for the vllm rows (skipped without it). Run it alone on
+the machine.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import json
 import os
 import random
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -68,8 +72,6 @@ def synthetic_pairs(problems: int, k: int, seed: int = 0):
         for _ in range(k):
             roll = rng.random()
             pred = gold if roll < 0.5 else rng.choice(ANSWERS)
-            if roll > 0.998:  # rare pathological towers: the timeout path
-                pred = "2^{2^{2^{2^{2^{2^{2}}}}}}"
             text = "Some reasoning ... so the final answer is \\boxed{" + pred + "}."
             pairs.append((text, problem))
     return pairs
@@ -82,27 +84,46 @@ def cpu_seconds() -> float:
 
 
 def verify_timing(args) -> None:
-    from cgrpo.builtins.verifiers.math import MathVerifier
-    from cgrpo.verify_pool import VerifyPool, auto_workers
+    from cgrpo.builtins.verifiers import math as math_verifier
+    from cgrpo.verify_pool import VerifyPool
 
     pairs = synthetic_pairs(args.verify_problems, args.verify_k)
-    verifier = MathVerifier()
-    workers = auto_workers(args.workers)
+    verifier = math_verifier.MathVerifier()
     print(f"\nverification of {len(pairs)} MATH-style responses "
           f"({args.verify_problems} problems x {args.verify_k}), math verifier")  # fmt: skip
-    print(f"{'mode':<22}{'wall s':>9}{'cpu s':>9}{'responses/s':>14}")
-    results = {}
+    print(f"{'mode':<34}{'wall s':>9}{'cpu s':>9}{'responses/s':>14}")
+    pool = VerifyPool(args.workers)
+    # warm: workers started and every reference parsed once (cached), in both modes, as
+    # in a run after its first step
+    pool.verify(verifier, ("math", {}), pairs)
+    VerifyPool(1).verify(verifier, ("math", {}), pairs)
+    fast = math_verifier.quick_compare
+    modes = [
+        ("one process", VerifyPool(1), fast),
+        (f"{args.workers} workers", pool, fast),
+        ("one process, no fast path", VerifyPool(1), lambda gold, pred: None),
+    ]
+    counts: dict[str, set[int]] = {}
+    times: dict[str, list[float]] = {}
     for rep in range(args.reps):
-        for label, n in (("one process", 1), (f"{workers} worker processes", workers)):
-            pool = VerifyPool(n)
+        for label, runner, quick in modes:
+            math_verifier.quick_compare = quick  # this process only: workers keep theirs
             wall, cpu = time.perf_counter(), cpu_seconds()
-            verdicts = pool.verify(verifier, ("math", {}), pairs)
-            pool.close()
+            verdicts = runner.verify(verifier, ("math", {}), pairs)
             wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
-            results.setdefault(label, []).append(sum(v.correct for v in verdicts))
-            print(f"{label:<22}{wall:>9.2f}{cpu:>9.2f}{len(pairs) / wall:>14.0f}  (rep {rep + 1})")
-    agree = {label: set(counts) for label, counts in results.items()}
-    print(f"correct counts per mode (must agree): {agree}")
+            math_verifier.quick_compare = fast
+            counts.setdefault(label, set()).add(sum(v.correct for v in verdicts))
+            times.setdefault(label, []).append(wall)
+            rate = len(pairs) / wall
+            print(f"{label:<34}{wall:>9.2f}{cpu:>9.2f}{rate:>14.0f}  (rep {rep + 1})")
+    pool.close()
+    medians = {label: statistics.median(ts) for label, ts in times.items()}
+    serial, parallel = medians["one process"], medians[f"{args.workers} workers"]
+    print(f"median wall s: {', '.join(f'{k} {v:.2f}' for k, v in medians.items())}; "
+          f"pool speed-up {serial / parallel:.2f}x")  # fmt: skip
+    print(f"correct counts per mode (must agree): {counts}")
+    print("(workers' cpu seconds are counted when they exit: the 'cpu s' of worker rows is "
+          "this process's share only)")  # fmt: skip
 
 
 def main() -> None:
@@ -110,12 +131,16 @@ def main() -> None:
     p.add_argument("--problems", type=int, default=200)
     p.add_argument("--k", type=int, default=4)
     p.add_argument("--new-tokens", type=int, default=32)
-    p.add_argument("--verify-problems", type=int, default=500)
+    p.add_argument("--verify-problems", type=int, default=128)
     p.add_argument("--verify-k", type=int, default=8)
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
     p.add_argument("--reps", type=int, default=2)
     p.add_argument("--skip-vllm", action="store_true")
+    p.add_argument("--skip-cli", action="store_true", help="only the verification part")
     args = p.parse_args()
+    if args.skip_cli:
+        verify_timing(args)
+        return
 
     from cgrpo.tiny import create_tiny_model
 

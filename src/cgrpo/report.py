@@ -29,6 +29,9 @@ class Panel:
     cumulative: tuple[str, ...] = ()  # drawn as running sums (e.g. money spent)
     stacked: bool = False  # one stacked area per run (seconds per stage)
     exclude: tuple[str, ...] = ()  # key endings a prefix entry leaves out
+    # with nested keys (eval/<benchmark>/...), a prefix entry keeps only those ending so:
+    # nine benchmarks x eight metrics would bury the one number each is reported by
+    headline: str = ""
 
 
 PANELS = (
@@ -41,7 +44,13 @@ PANELS = (
     Panel(
         "zero_advantage", "Share of groups with zero advantage", ("advantage/zero_groups_share",)
     ),
-    Panel("eval", "Evaluation", ("eval/",), exclude=("problems", "length_mean")),
+    Panel(
+        "eval",
+        "Evaluation",
+        ("eval/",),
+        exclude=("problems", "length_mean"),
+        headline="/score",
+    ),
     Panel(
         "entropy",
         "Entropy of initial and refinement tokens",
@@ -71,12 +80,13 @@ PANELS = (
     Panel("time", "Seconds per stage", ("time/",), stacked=True),
 )
 # time/step is the sum of the stages; time/eval is drawn with evaluation's own cadence
-_NOT_A_STAGE = {"time/step", "time/eval"}
+_NOT_A_STAGE = {"time/step", "time/eval", "time/eval_verify"}
 SUMMARY_KEYS = (
     "reward/initial_mean",
     "refine/success_rate",
     "groups/rescued_share",
     "eval/accuracy",
+    "eval/avg/score",
     "loss/total",
     "time/step",
 )
@@ -132,6 +142,11 @@ def expand(panel: Panel, keys: set[str]) -> list[str]:
     for m in panel.metrics:
         if m.endswith("/"):
             found = sorted(k for k in keys if k.startswith(m) and not k.endswith(panel.exclude))
+            nested = [
+                k for k in found if k.count("/") > m.count("/") and k.endswith(panel.headline)
+            ]
+            if panel.headline and nested:
+                found = nested
             if panel.stacked:
                 found = [k for k in found if k not in _NOT_A_STAGE]
             out += [k for k in found if k not in out]

@@ -13,6 +13,7 @@ it does in a single process.
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -20,9 +21,13 @@ from typing import Any
 
 from cgrpo.types import Problem, Verdict
 
-MIN_RESPONSES = 256  # below this, starting workers (~1 s each) costs more than it saves
-CHUNK = 16  # responses per task sent to a worker
+# fewer go inline: a chunk's round trip to a worker (pickling problems, ~1 ms) would not pay
+# off; the workers start once, at the first batch this large (~2 s), and stay for the run
+MIN_RESPONSES = 64
+TASKS_PER_WORKER = 4  # a batch is cut into this many tasks per worker: few round trips,
+# yet a worker that drew slow responses (sympy on a long expression) is not left alone
 
+log = logging.getLogger(__name__)
 _built: dict[str, Any] = {}  # in a worker: verifiers by (name, options)
 
 
@@ -37,9 +42,11 @@ def _verify_chunk(name: str, options: dict[str, Any], pairs: list[tuple[str, Pro
     return [verifier.verify(response, problem) for response, problem in pairs]
 
 
-def auto_workers(setting: int) -> int:
-    """``setting`` workers, or with 0 one per core up to 8."""
-    return setting if setting > 0 else min(8, os.cpu_count() or 1)
+def auto_workers(setting: int, processes: int = 1) -> int:
+    """``setting`` workers, or with 0 this process's share of the cores (``processes``
+    trainers under torchrun share them) minus one for itself, at least 1, at most 8."""
+    share = (os.cpu_count() or 1) // max(1, processes)
+    return setting if setting > 0 else max(1, min(8, share - 1))
 
 
 class VerifyPool:
@@ -69,8 +76,10 @@ class VerifyPool:
             self._pool = ProcessPoolExecutor(
                 self.workers, mp_context=multiprocessing.get_context("spawn")
             )
+            log.info("verifying %s responses in %d worker processes", spec[0], self.workers)
         name, options = spec
-        chunks = [pairs[i : i + CHUNK] for i in range(0, len(pairs), CHUNK)]
+        size = -(-len(pairs) // (self.workers * TASKS_PER_WORKER))  # ceiling division
+        chunks = [pairs[i : i + size] for i in range(0, len(pairs), size)]
         futures = [self._pool.submit(_verify_chunk, name, options, c) for c in chunks]
         return [verdict for f in futures for verdict in f.result()]
 

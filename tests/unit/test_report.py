@@ -77,3 +77,17 @@ def test_smooth_is_a_trailing_mean():
 
     assert smooth([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
     assert smooth([1.0, 2.0], 1) == [1.0, 2.0]
+
+
+def test_the_evaluation_panel_shows_each_benchmarks_score_not_every_metric():
+    from cgrpo.report import PANELS, expand
+
+    panel = next(p for p in PANELS if p.name == "eval")
+    benchmarks = {f"eval/{b}/{m}" for b in ("aime24", "math-500", "avg")
+                  for m in ("score", "accuracy", "avg@16", "problems")}  # fmt: skip
+    assert expand(panel, benchmarks) == ["eval/aime24/score", "eval/avg/score",
+                                         "eval/math-500/score"]  # fmt: skip
+    held_out = {"eval/accuracy", "eval/pass@4", "eval/problems", "eval/score"}
+    assert expand(panel, held_out) == ["eval/accuracy", "eval/pass@4", "eval/score"]
+    time = next(p for p in PANELS if p.name == "time")
+    assert expand(time, {"time/sample", "time/eval", "time/eval_verify"}) == ["time/sample"]

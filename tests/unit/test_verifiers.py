@@ -126,3 +126,24 @@ def test_choice_verifier_checks_letter_range_and_reference():
         v.verify("A", prob("Z"))
     with pytest.raises(ValueError):
         ChoiceVerifier.Options(letters="abc")
+
+
+@pytest.mark.parametrize(
+    "gold,pred",
+    [
+        ("5", "5"), ("5", "6"), ("-3", "-3"), ("-0", "0"), ("007", "7"), ("12", "-12"),
+        ("123456789012345678901234567890", "123456789012345678901234567890"),
+        ("123456789012345678901234567890", "123456789012345678901234567891"),
+        ("\\frac{1}{2}", "\\frac{1}{2}"), ("\\sqrt{2}", "\\sqrt{2}"), ("[1, 5)", "[1, 5)"),
+        ("x^2 + 1", "x^2 + 1"), ("10", "10.0"), ("0.5", "\\frac{1}{2}"), ("1000", "1,000"),
+    ],
+)  # fmt: skip
+def test_the_fast_path_agrees_with_math_verify(gold, pred):
+    """Same text or two integers are decided without sympy; math-verify's own verdict on
+    the same pair is identical (where the fast path declines, nothing changes)."""
+    from cgrpo.builtins.verifiers.math import _compare, quick_compare
+
+    full, _ = _compare(gold, pred, True, 5, 6)
+    quick = quick_compare(gold, pred)
+    assert quick is None or quick == full, (gold, pred, quick, full)
+    assert MathVerifier().verify(f"\\boxed{{{pred}}}", prob(gold)).correct == full

@@ -118,11 +118,15 @@ def run_eval(
 
     # evaluation on and the backend first, so that the user's settings (policy.options...)
     # apply on top of them
-    settings = ["eval.every=1", *([f"policy={backend}"] if backend else []), *overrides]
+    # train.keep_best off: it names a training metric, and may name a benchmark that
+    # --benchmarks replaces (its check would refuse an evaluation it has nothing to do with)
+    settings = ["eval.every=1", "train.keep_best=null"]
+    settings += [f"policy={backend}"] if backend else []
+    settings += overrides
     settings += benchmark_overrides(benchmarks) if benchmarks else []
     settings += [f"eval.k={k}"] if k is not None else []
     settings += [f"eval.temperature={temperature}"] if temperature is not None else []
-    settings += [f"eval.verify_workers={verify_workers}"] if verify_workers is not None else []
+    settings += [f"run.verify_workers={verify_workers}"] if verify_workers is not None else []
     recipe, source, weights = load_eval_recipe(target, settings, model)
     if source == "(defaults)" and not recipe.eval.benchmarks:
         raise UsageError(
@@ -141,7 +145,7 @@ def run_eval(
     sets = built.eval_sets
     for s in sets:
         s.problems = s.problems[:limit] if limit else s.problems
-    pool = VerifyPool(auto_workers(recipe.eval.verify_workers))
+    pool = VerifyPool(auto_workers(recipe.run.verify_workers))
     started = time.time()
     try:
         result = evaluate_sets(

@@ -427,16 +427,9 @@ class EvalConfig(Section):
     top_p: float | None = Field(
         None, gt=0, le=1, description="top-p of the k samples (None = the benchmark's; 0.95)"
     )
-    verify_workers: int = Field(
-        0,
-        ge=0,
-        description="processes verifying responses for verifiers that opt in (math); 0 = one "
-        "per core up to 8, 1 = in the trainer's process",
-    )
 
     def ignored_settings(self) -> dict[str, str]:
-        names = ("size", "task", "benchmarks", "at_start", "k", "temperature", "top_p",
-                 "verify_workers")  # fmt: skip
+        names = ("size", "task", "benchmarks", "at_start", "k", "temperature", "top_p")
         if self.every == 0:
             why = "has no effect while evaluation is off (eval.every: 0); set eval.every"
             return {name: why for name in names}
@@ -479,6 +472,12 @@ class RunConfig(Section):
     name: str = Field("run", pattern=r"^[A-Za-z0-9._-]+$", description="run directory name")
     output_dir: str = Field("runs", description="parent directory of run directories")
     seed: int = Field(0, description="seed of sampling, shuffling and the fallback choice")
+    verify_workers: int = Field(
+        0,
+        ge=0,
+        description="processes verifying responses (training and evaluation) for verifiers "
+        "that opt in (math); 0 = the cores minus one, up to 8; 1 = in the trainer's process",
+    )
     overwrite: bool = Field(False, description="replace an existing run directory")
     allow_recipe_change: bool = Field(
         False, description="resume even though the recipe differs from the saved one"

@@ -170,7 +170,8 @@ class Trainer:
         self.step_done = 0
         self.nonfinite_in_a_row = 0
         self.best: tuple[float, int] | None = None  # (value of train.keep_best, step)
-        self.verify_pool: VerifyPool | None = None  # started at the first evaluation
+        # rewards and evaluation verified in worker processes (their start is lazy)
+        self.verify_pool = VerifyPool(auto_workers(self.recipe.run.verify_workers, self.world))
         self.stop_signal: str | None = None
         self.main = distributed.is_main()
         self.console = console or Console(r.train.steps, r.run.console if self.main else "off")
@@ -228,6 +229,12 @@ class Trainer:
             return gathered(self.b.model)
         return contextlib.nullcontext()
 
+    def verify_many(self, pairs: list) -> list:
+        """Verdicts of (response, problem) pairs: in the worker processes when the
+        verifier opts in and there are enough of them (:mod:`cgrpo.verify_pool`)."""
+        spec = (self.recipe.verifier.name, dict(self.recipe.verifier.options))
+        return self.verify_pool.verify(self.b.verifier, spec, pairs)
+
     def _rollout(self, step: int, mine: list, share: int) -> Rollout:
         r = self.recipe
         return rollout(  # 1-6
@@ -238,6 +245,7 @@ class Trainer:
             critic=self.b.critic if r.algorithm.refinements_per_prompt else None,
             prompts=self.b.prompts,
             settings=self.rollout_settings,
+            verify_many=self.verify_many,
             eos_ids=self.eos_ids,
             rng_key=f"{r.run.seed}:{step}",
             prompt_offset=self.rank * share,
@@ -320,8 +328,6 @@ class Trainer:
         per benchmark and macro-averaged (:func:`cgrpo.evaluation.evaluate_sets`)."""
         if not (self.main and self.b.eval_sets):
             return {}
-        if self.verify_pool is None:
-            self.verify_pool = VerifyPool(auto_workers(self.recipe.eval.verify_workers))
         return evaluate_sets(
             self.b.policy,
             self.b.prompts,
@@ -465,8 +471,7 @@ class Trainer:
             for sig, old in handlers.items():
                 signal.signal(sig, old)
             self.console.close()
-            if self.verify_pool is not None:
-                self.verify_pool.close()
+            self.verify_pool.close()
             for out in (self.metrics_out, self.samples_out):
                 if out is not None:
                     out.close()

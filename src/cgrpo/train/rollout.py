@@ -10,7 +10,7 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from cgrpo.interfaces import Critic, PolicyBackend, Verifier
@@ -111,6 +111,7 @@ def rollout(
     rng_key: str,
     seed: int | None = None,
     prompt_offset: int = 0,
+    verify_many: Callable[[list[tuple[str, Problem]]], list[Verdict]] | None = None,
 ) -> Rollout:
     """Produce the mixed training rows of one step (advantages not yet set).
 
@@ -118,10 +119,17 @@ def rollout(
     global index. With ``seed`` set, every generation gets its own seed derived from
     (seed, global prompt index[, response index]), so samples do not depend on batching or
     on how the prompts are split across processes; ``prompt_offset`` is this process's
-    first global prompt index.
+    first global prompt index. ``verify_many`` verifies a batch of (response, problem)
+    pairs at once (the trainer's worker processes); by default one by one with
+    ``verifier``.
     """
     s = settings
     secs: dict[str, float] = {}
+
+    def check(pairs: list[tuple[str, Problem]]) -> list[Verdict]:
+        if verify_many is not None:
+            return verify_many(pairs)
+        return [verifier.verify(text, problem) for text, problem in pairs]
 
     def seeds(*keys: tuple[int, ...]) -> list[int] | None:
         return None if seed is None else [_mix(seed, *k) for k in keys]
@@ -132,11 +140,13 @@ def rollout(
             s.sampling,
             seeds=seeds(*[(0, prompt_offset + p) for p in range(len(prompt_ids))]),
         )
-    with _timed(secs, "verify"):  # 2. reward every sample
-        verdicts = [
-            [verifier.verify(c.text, pb) for c in comps]
-            for pb, comps in zip(problems, initial, strict=True)
-        ]
+    with _timed(secs, "verify"):  # 2. reward every sample (one batch: the pool's unit)
+        pairs = zip(problems, initial, strict=True)
+        flat = check([(c.text, pb) for pb, comps in pairs for c in comps])
+        verdicts, at = [], 0
+        for comps in initial:
+            verdicts.append(flat[at : at + len(comps)])
+            at += len(comps)
     records = [
         Record(p, problems[p], "initial", c, v)
         for p, (comps, vs) in enumerate(zip(initial, verdicts, strict=True))
@@ -177,10 +187,9 @@ def rollout(
                 else []
             )
         with _timed(secs, "verify"):
-            ref_verdicts = [
-                verifier.verify(c.text, problems[p])
-                for (p, _), c in zip(targets, refined, strict=True)
-            ]
+            ref_verdicts = check(
+                [(c.text, problems[p]) for (p, _), c in zip(targets, refined, strict=True)]
+            )
         by_prompt: dict[int, list[int]] = {}
         for j, (p, _) in enumerate(targets):
             by_prompt.setdefault(p, []).append(j)

@@ -64,19 +64,40 @@ def call_with_process_timeout(fn, args: tuple, timeout_s: float):
     return result
 
 
+@functools.cache
+def _math_verify():
+    """math-verify's ``(parse, verify)``, imported once (not at module import: it pulls
+    sympy, ~1 s, which a run with another verifier never needs)."""
+    from math_verify import parse, verify
+
+    return parse, verify
+
+
+_INTEGER = re.compile(r"-?\d+")
+
+
+def quick_compare(gold: str, pred: str) -> bool | None:
+    """The verdict without sympy where it is certain, else None: the same text, or two
+    integers (most AIME/AMC/MATH answers). math-verify agrees on both (tested)."""
+    g, p = gold.strip(), pred.strip()
+    if g and g == p:
+        return True
+    if _INTEGER.fullmatch(g) and _INTEGER.fullmatch(p):
+        return int(g) == int(p)
+    return None
+
+
 @functools.lru_cache(maxsize=8192)
 def _parse_gold(gold_text: str, timeout: int | None) -> tuple:
     """Reference answers repeat G+K times per step: parse each once."""
-    from math_verify import parse
-
+    parse, _ = _math_verify()
     gold = parse(f"\\boxed{{{gold_text}}}", parsing_timeout=timeout)
     return tuple(gold or parse(gold_text, parsing_timeout=timeout))
 
 
 def _compare(gold_text: str, pred_text: str, boxed: bool, timeout: int | None, rounding: int):
     """Parse both sides and verify; returns (correct, extracted_string)."""
-    from math_verify import parse, verify
-
+    parse, verify = _math_verify()
     gold = [] if _words(gold_text) in _TRUTH else list(_parse_gold(gold_text, timeout))
     if not gold:  # not mathematics (TheoremQA's True/False, a name): compare the words
         if not boxed:
@@ -122,6 +143,10 @@ class MathVerifier:
         if not pred.strip():
             return Verdict(0.0, False, None, "no_answer")
         gold = normalize_text(problem.answer)
+        if boxed is not None:
+            quick = quick_compare(gold, boxed)
+            if quick is not None:
+                return Verdict(float(quick), quick, boxed)
         timeout = self.options.timeout_s
         started = time.monotonic()
         try:
