@@ -18,12 +18,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class FakeOpenAI:
     def __init__(
-        self, content: str = "Step 2 is wrong.\nConclusion: incorrect", hang_s: float = 3.0
+        self,
+        content: str = "Step 2 is wrong.\nConclusion: incorrect",
+        hang_s: float = 3.0,
+        latency_s: float = 0.0,
     ):
         self.script: deque[str] = deque()
         self.default = "ok"
         self.content = content
         self.hang_s = hang_s
+        self.latency_s = latency_s  # every answer waits this long (benchmarks)
         self.requests: list[dict] = []
         self.lock = threading.Lock()
         self.in_flight = 0
@@ -47,7 +51,11 @@ class FakeOpenAI:
                     with owner.lock:
                         owner.in_flight -= 1
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 256  # the listen backlog: 64+ clients connect at once
+            daemon_threads = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -71,6 +79,8 @@ class FakeOpenAI:
             time.sleep(self.hang_s)
             behaviour = "ok"
         status, headers, payload = 200, {"Content-Type": "application/json"}, b""
+        if behaviour == "ok" and self.latency_s:
+            time.sleep(self.latency_s)
         if behaviour == "ok":
             payload = json.dumps(
                 {

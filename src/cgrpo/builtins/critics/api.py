@@ -49,7 +49,12 @@ class OpenAICriticOptions(CoTOptions):
     api_key_env: str | None = Field(
         "OPENAI_API_KEY", description="environment variable holding the key (None: no key)"
     )
-    concurrency: int = Field(8, ge=1, description="requests in flight at once")
+    concurrency: int = Field(
+        128,
+        ge=1,
+        description="requests in flight at once: 128 finishes a step's ~500 critiques of ~1 s "
+        "in ~7 s (8 took 66 s); set requests_per_minute to stay under a key's limit",
+    )
     requests_per_minute: int | None = Field(None, ge=1, description="rate limit; None = off")
     timeout_s: float = Field(60.0, gt=0, description="per-request timeout")
     max_retries: int = Field(4, ge=0, description="retries after the first attempt")
