@@ -54,7 +54,24 @@ def tasks_of(recipe: Any) -> list[tuple[str, Any]]:
         out.append(("eval.task", recipe.eval.task))
     if recipe.sft.steps and recipe.sft.task is not None:
         out.append(("sft.task", recipe.sft.task))
-    return out
+    return [item for path, spec in out for item in _sources(path, spec)]
+
+
+def _sources(path: str, spec: Any) -> list[tuple[str, Any]]:
+    """A mixture's sources, each read and reported on its own (its bad rows by file and
+    line); any other task as it is."""
+    if spec.name != "mixture":
+        return [(path, spec)]
+    from cgrpo.recipe.schema import ComponentSpec
+
+    sources = spec.options.get("sources") or []
+    return [
+        (
+            f"{path}.options.sources[{i}]",
+            ComponentSpec(name=s["name"], options=s.get("options") or {}),
+        )
+        for i, s in enumerate(sources)
+    ]
 
 
 def read_task(section: str, spec: Any, registries: Any, max_rows: int | None) -> TaskReport:

@@ -40,6 +40,8 @@ class EvalSet:
     top_p: float = 0.95
     category: str = "math"
     description: dict[str, Any] = field(default_factory=dict)
+    # a mixture source's own verifier for its problems: label -> (verifier, spec)
+    routes: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
     def key(self, metric: str) -> str:
         return f"eval/{self.name}/{metric}" if self.name else f"eval/{metric}"
@@ -96,8 +98,8 @@ def evaluate_sets(
         completions = [(p, g[0], "greedy") for p, g in zip(s.problems, outs, strict=True)]
         for p, group in zip(s.problems, samples or [], strict=False):
             completions += [(p, c, f"sample{i}") for i, c in enumerate(group)]
-        verdicts = pool.verify(
-            s.verifier, s.verifier_spec, [(c.text, p) for p, c, _ in completions]
+        verdicts = pool.verify_routed(
+            (s.verifier, s.verifier_spec), s.routes, [(c.text, p) for p, c, _ in completions]
         )
         for (p, c, mode), v in zip(completions, verdicts, strict=True):
             generations.append(_generation(s.name, p, c, mode, v))

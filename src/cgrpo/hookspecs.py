@@ -72,7 +72,7 @@ def register_advantage_schemes(register: Register) -> None:
 @hookspec
 def register_tasks(register: Register) -> None:
     """Register task sources, i.e. data (built-ins: ``jsonl``, ``csv``, ``parquet``,
-    ``hf_dataset``, ``arithmetic``).
+    ``hf_dataset``, ``arithmetic``, ``mixture``).
 
     :param register: ``register(name, factory, options=None)``; the factory returns a
         :class:`cgrpo.interfaces.TaskSource`.

@@ -83,6 +83,26 @@ class VerifyPool:
         futures = [self._pool.submit(_verify_chunk, name, options, c) for c in chunks]
         return [verdict for f in futures for verdict in f.result()]
 
+    def verify_routed(
+        self,
+        default: tuple[Any, tuple[str, dict[str, Any]] | None],
+        routes: dict[str, tuple[Any, tuple[str, dict[str, Any]]]],
+        pairs: list[tuple[str, Problem]],
+    ) -> list[Verdict]:
+        """Like :meth:`verify`, each pair scored by the verifier of its problem's mixture
+        source (``metadata["task"]`` in ``routes``), else by ``default``; in order."""
+        groups: dict[str | None, list[int]] = {}
+        for i, (_, problem) in enumerate(pairs):
+            key = problem.metadata.get("task")
+            groups.setdefault(key if key in routes else None, []).append(i)
+        out: list[Verdict | None] = [None] * len(pairs)
+        for key, indices in groups.items():
+            verifier, spec = routes[key] if key is not None else default
+            verdicts = self.verify(verifier, spec, [pairs[i] for i in indices])
+            for i, verdict in zip(indices, verdicts, strict=True):
+                out[i] = verdict
+        return out  # type: ignore[return-value]
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(cancel_futures=True)

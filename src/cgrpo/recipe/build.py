@@ -37,6 +37,8 @@ class Built:
     precision: Any  # cgrpo.train.precision.Precision: autocast for the trainer's model
     ref_model: Any = None  # the KL reference (None when kl_coef == 0): train/reference.py
     eval_sets: list[Any] = field(default_factory=list)  # cgrpo.evaluation.EvalSet
+    # mixture sources with a verifier of their own: label -> (verifier, (name, options))
+    verifier_routes: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
 
 def build(
@@ -82,11 +84,13 @@ def build(
     )
     ev = recipe.eval
     holdout = ev.every > 0 and not ev.benchmarks and ev.task is None
+    route_specs: dict[str, tuple[str, dict[str, Any]]] = {}
     if evaluation_only and not holdout:
         problems = []  # the evaluation problems come from elsewhere
     else:
         task = registries["task"].build(recipe.data.task.name, recipe.data.task.options, ctx)
         problems = task.load()
+        route_specs.update(getattr(task, "verifiers", {}))
     prompts = PromptBuilder(
         tokenizer,
         recipe.data.prompt,
@@ -102,7 +106,7 @@ def build(
             f"every problem's prompt is longer than data.prompt.max_prompt_tokens="
             f"{limit}; raise it (and model.max_length)"
         )
-    fitting, eval_problems = _split_eval(recipe, registries, ctx, fitting, prompts)
+    fitting, eval_problems = _split_eval(recipe, registries, ctx, fitting, prompts, route_specs)
     ctx.policy = registries["policy"].build(recipe.policy.name, recipe.policy.options, ctx)
     critic = advantage = None
     if not evaluation_only:
@@ -111,7 +115,11 @@ def build(
             recipe.algorithm.advantage.name, recipe.algorithm.advantage.options, ctx
         )
     verifier = registries["verifier"].build(recipe.verifier.name, recipe.verifier.options, ctx)
-    sets = build_eval_sets(recipe, registries, ctx, prompts, verifier, eval_problems)
+    routes = {
+        label: (registries["verifier"].build(name, options, ctx), (name, options))
+        for label, (name, options) in route_specs.items()
+    }
+    sets = build_eval_sets(recipe, registries, ctx, prompts, verifier, eval_problems, routes)
     return Built(
         model,
         tokenizer,
@@ -127,6 +135,7 @@ def build(
         precision,
         ref_model,
         sets,
+        routes,
     )
 
 
@@ -137,6 +146,7 @@ def build_eval_sets(
     prompts: PromptBuilder,
     verifier: Any,
     held_out: list[Problem],
+    routes: dict[str, tuple[Any, Any]] | None = None,
 ) -> list[Any]:
     """What evaluation runs on: each of ``eval.benchmarks`` (its problems whose prompts fit,
     the first ``eval.size`` with a warning when that cuts it; its own verifier and sampling
@@ -152,7 +162,7 @@ def build_eval_sets(
             return []
         k, temperature, top_p = ev.task_sampling()
         spec = (recipe.verifier.name, dict(recipe.verifier.options))
-        return [EvalSet("", held_out, verifier, spec, k, temperature, top_p)]
+        return [EvalSet("", held_out, verifier, spec, k, temperature, top_p, routes=routes or {})]
     sets = []
     limit = recipe.data.prompt.max_prompt_tokens
     for i, spec in enumerate(ev.benchmarks):
@@ -219,17 +229,25 @@ def _split_eval(
     ctx: BuildContext,
     problems: list[Problem],
     prompts: PromptBuilder,
+    route_specs: dict[str, tuple[str, dict[str, Any]]],
 ) -> tuple[list[Problem], list[Problem]]:
     """(training problems, evaluation problems). ``eval.task``: its problems (the first
     ``eval.size`` when set), those whose prompts fit; the console says how many were
     dropped or left out. Without it a seeded hold-out of ``eval.size`` problems (64) is
-    removed from training."""
+    removed from training. A mixture eval.task adds its sources' verifiers to
+    ``route_specs``."""
     ev = recipe.eval
     if ev.every == 0 or ev.benchmarks:
         return problems, []
     if ev.task is not None:
         task = registries["task"].build(ev.task.name, ev.task.options, ctx)
         loaded = task.load()
+        for label, spec in getattr(task, "verifiers", {}).items():
+            if route_specs.setdefault(label, spec) != spec:
+                raise DataError(
+                    f"mixture source {label!r} has one verifier in data.task and another in "
+                    "eval.task; give one of them another label"
+                )
         held = fitting_problems(loaded, prompts, recipe.data.prompt.max_prompt_tokens, "eval.task")
         if not held:
             raise DataError(

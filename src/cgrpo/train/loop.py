@@ -233,7 +233,9 @@ class Trainer:
         """Verdicts of (response, problem) pairs: in the worker processes when the
         verifier opts in and there are enough of them (:mod:`cgrpo.verify_pool`)."""
         spec = (self.recipe.verifier.name, dict(self.recipe.verifier.options))
-        return self.verify_pool.verify(self.b.verifier, spec, pairs)
+        return self.verify_pool.verify_routed(
+            (self.b.verifier, spec), self.b.verifier_routes, pairs
+        )
 
     def _rollout(self, step: int, mine: list, share: int) -> Rollout:
         r = self.recipe

@@ -27,6 +27,25 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
+def per_task_metrics(init: list[Any], refs: list[Any]) -> dict[str, float]:
+    """For a mixture (problems labelled ``metadata["task"]``): each source's initial reward,
+    group pass rate and refinement success, under ``reward/<label>/...``,
+    ``refine/<label>/...`` (a source absent from a step's batch logs nothing that step)."""
+    out: dict[str, float] = {}
+    labels = sorted({r.problem.metadata.get("task") for r in init} - {None})
+    for label in labels:
+        mine = [r for r in init if r.problem.metadata.get("task") == label]
+        groups: dict[int, list[bool]] = {}
+        for r in mine:
+            groups.setdefault(r.group, []).append(r.verdict.correct)
+        out[f"reward/{label}/initial_mean"] = _mean([r.verdict.score for r in mine])
+        out[f"reward/{label}/group_pass_rate"] = _mean([float(any(g)) for g in groups.values()])
+        refined = [r for r in refs if r.problem.metadata.get("task") == label]
+        if refined:
+            out[f"refine/{label}/success_rate"] = _mean([float(r.verdict.correct) for r in refined])
+    return out
+
+
 def rollout_metrics(ro: Rollout) -> dict[str, float]:
     """The per-step rollout metrics (ALGORITHM.md section 6)."""
     init = [r for r in ro.records if r.kind == "initial"]
@@ -58,6 +77,7 @@ def rollout_metrics(ro: Rollout) -> dict[str, float]:
             sum(not math.isfinite(r.verdict.score) for r in ro.records)
         ),
     }
+    m.update(per_task_metrics(init, refs))
     m.update(critique_metrics(ro.critiques))
     by_source = {
         "critic": [r for r in refs if r.critique and not r.critique.fallback],

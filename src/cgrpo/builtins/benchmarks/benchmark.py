@@ -14,25 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from pydantic_core import PydanticUndefined
 
 from cgrpo.builtins.benchmarks.sources import Source
+from cgrpo.builtins.specs import VerifierChoice
 from cgrpo.errors import DataError
-from cgrpo.recipe.schema import ComponentSpec
 from cgrpo.types import Problem
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 RESERVED_NAMES = ("avg", "avg_math")  # macro averages: eval/avg/..., eval/avg_math/...
-
-
-class VerifierChoice(ComponentSpec):
-    """A registered verifier and its options (checked against the registry)."""
-
-    @model_validator(mode="after")
-    def _known(self) -> VerifierChoice:
-        from cgrpo.plugins import get_registries
-
-        problem = get_registries()["verifier"].problem_with(self.name, self.options)
-        if problem:
-            raise ValueError(problem)
-        return self
 
 
 class BenchmarkOptions(BaseModel):

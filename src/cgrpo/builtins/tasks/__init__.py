@@ -2,6 +2,7 @@
 
 from cgrpo.builtins.tasks.arithmetic import ArithmeticTask
 from cgrpo.builtins.tasks.files import CSVTask, HFDatasetTask, JSONLTask, ParquetTask
+from cgrpo.builtins.tasks.mixture import MixtureTask
 from cgrpo.hookspecs import hookimpl
 
 
@@ -12,3 +13,4 @@ def register_tasks(register):
     register("parquet", ParquetTask)
     register("hf_dataset", HFDatasetTask)
     register("arithmetic", ArithmeticTask)
+    register("mixture", MixtureTask)

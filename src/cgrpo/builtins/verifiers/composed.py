@@ -102,6 +102,10 @@ class PythonVerifier:
             load_function(self.path, self.function)  # ValueError -> a recipe error
             return self
 
+    # a user's function may be slow (sympy, a parser): it runs in the verification pool,
+    # where each worker imports the file itself
+    verify_in_processes = True
+
     def __init__(self, options: Options, context: Any = None):
         self.options = options
         self.function = load_function(options.path, options.function)
@@ -153,6 +157,10 @@ class WeightedVerifier:
 
         registry = get_registries()["verifier"]
         self.parts = [(p.weight, registry.build(p.name, p.options, context)) for p in options.parts]
+        # worth the worker processes when any part is (they rebuild every part there)
+        self.verify_in_processes = any(
+            getattr(v, "verify_in_processes", False) for _, v in self.parts
+        )
 
     def verify(self, response: str, problem: Problem) -> Verdict:
         verdicts = [(w, v.verify(response, problem)) for w, v in self.parts]
