@@ -3,9 +3,9 @@ mixture's tasks), checked against the registry when the recipe is validated."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
-from pydantic import model_validator
+from pydantic import AfterValidator, model_validator
 
 from cgrpo.recipe.schema import ComponentSpec
 
@@ -35,3 +35,13 @@ class TaskChoice(RegisteredSpec):
     """A registered task and its options (checked against the registry)."""
 
     kind = "task"
+
+
+def _has_question(template: str) -> str:
+    if "{question}" not in template:
+        raise ValueError("template must contain {question}")
+    return template
+
+
+# a question template (benchmarks, mixture sources): applied before data.prompt wraps it
+QuestionTemplate = Annotated[str, AfterValidator(_has_question)]

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from pydantic_core import PydanticUndefined
 
 from cgrpo.builtins.benchmarks.sources import Source
-from cgrpo.builtins.specs import VerifierChoice
+from cgrpo.builtins.specs import QuestionTemplate, VerifierChoice
 from cgrpo.errors import DataError
 from cgrpo.types import Problem
 
@@ -56,7 +56,7 @@ class BenchmarkOptions(BaseModel):
         default_factory=list, description="columns holding the distractors (with correct_field)"
     )
     shuffle_seed: int = Field(0, description="seed of the option order (with correct_field)")
-    template: str = Field(
+    template: QuestionTemplate = Field(
         "{question}",
         description="the question as the model sees it, before data.prompt wraps it: "
         "{question} and, for multiple choice, {choices} ('A) ...' lines)",
@@ -84,13 +84,6 @@ class BenchmarkOptions(BaseModel):
     def _label(cls, v: str | None) -> str | None:
         if v in RESERVED_NAMES:
             raise ValueError(f"{v!r} names a macro average (eval/{v}/...); choose another")
-        return v
-
-    @field_validator("template")
-    @classmethod
-    def _template(cls, v: str) -> str:
-        if "{question}" not in v:
-            raise ValueError("template must contain {question}")
         return v
 
     @model_validator(mode="after")

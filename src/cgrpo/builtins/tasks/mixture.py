@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from cgrpo.builtins.specs import TaskChoice, VerifierChoice
+from cgrpo.builtins.specs import QuestionTemplate, TaskChoice, VerifierChoice
 from cgrpo.errors import DataError
 from cgrpo.types import Problem
 
@@ -38,19 +38,12 @@ class MixtureSource(TaskChoice):
         pattern=r"^[A-Za-z0-9._-]+$",
         description="name in metrics (reward/<label>/...); default: the task's name",
     )
-    template: str = Field(
+    template: QuestionTemplate = Field(
         "{question}", description="the question as the model sees it before data.prompt"
     )
     verifier: VerifierChoice | None = Field(
         None, description="scores this source's responses (None: the recipe's verifier)"
     )
-
-    @field_validator("template")
-    @classmethod
-    def _template(cls, v: str) -> str:
-        if "{question}" not in v:
-            raise ValueError("template must contain {question}")
-        return v
 
     @model_validator(mode="after")
     def _not_nested(self) -> MixtureSource:
