@@ -54,6 +54,8 @@ def tasks_of(recipe: Any) -> list[tuple[str, Any]]:
         out.append(("eval.task", recipe.eval.task))
     if recipe.sft.steps and recipe.sft.task is not None:
         out.append(("sft.task", recipe.sft.task))
+    if recipe.sft.steps and recipe.sft.refinement_share and recipe.sft.refinement_task:
+        out.append(("sft.refinement_task", recipe.sft.refinement_task))
     return [item for path, spec in out for item in _sources(path, spec)]
 
 

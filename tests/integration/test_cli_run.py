@@ -374,3 +374,23 @@ def test_a_warm_up_only_run_writes_a_checkpoint_to_start_rl_from(tmp_path):
     assert report["metrics"]["eval/accuracy"] == sum(g["correct"] for g in greedy) / 5
     assert "| eval | 5 |" in (out_dir / "eval.md").read_text() and "pass@k" in ev.stdout
     assert report["metrics"]["eval/pass@3"] >= report["metrics"]["eval/avg@3"]
+
+
+def test_cgrpo_sft_with_refinement_examples_from_another_source(tmp_path):
+    """cgrpo sft: the warm-up alone (train.steps=0), plain examples from data.task and
+    refinement examples from sft.refinement_task with perturbed final answers."""
+    out = run_cli(
+        "sft", QUICKSTART, "run.console=plain", "sft.steps=4", "sft.refinement_share=0.5",
+        "sft.refinement_task={name: arithmetic, options: {size: 30, digits: 2, seed: 9}}",
+        "sft.wrong_answer=perturbed_answer", f"model.path={tmp_path / 'tiny'}",
+        f"run.output_dir={tmp_path / 'runs'}", cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = tmp_path / "runs" / "quickstart"
+    assert len((run / "sft_metrics.jsonl").read_text().splitlines()) == 4
+    assert (run / "checkpoints" / "step-0" / "model.safetensors").is_file()
+    assert not (run / "metrics.jsonl").exists() or not (run / "metrics.jsonl").read_text()
+    refused = run_cli(
+        "check", QUICKSTART, "sft.refinement_share=0", "sft.wrong_answer=perturbed_answer"
+    )
+    assert refused.returncode == 2 and "sft.wrong_answer" in refused.stderr

@@ -69,3 +69,66 @@ def test_sft_lr_beside_sft_optim_is_a_recipe_error(tmp_path):
     with pytest.raises(RecipeError) as err:
         load_recipe(write(tmp_path, GOOD + "sft: {steps: 5, lr: 0.001, optim: {lr: 0.002}}\n"))
     assert [p.path for p in err.value.problems] == ["sft.lr"]
+
+
+class RecordingCritic:
+    """Writes the ground-truth sentence and keeps every request (what the warm-up showed)."""
+
+    def __init__(self):
+        self.requests = []
+
+    def critique(self, requests):
+        from cgrpo.types import Critique
+
+        self.requests += requests
+        return [Critique(f"The answer is {r.problem.answer}.", "rec") for r in requests]
+
+
+@pytest.mark.parametrize("wrong_answer", ["other_solution", "perturbed_answer"])
+def test_refinement_examples_from_their_own_source_with_a_chosen_wrong_answer(
+    tiny_model_dir, tiny, wrong_answer
+):
+    """Plain examples from one source, refinement examples from another; the wrong
+    previous response is another problem's solution or the problem's own solution with its
+    final answer moved."""
+    from transformers import AutoModelForCausalLM
+
+    _, tok = tiny
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    easy = [Problem(f"e{i}", f"What is {i} + 1?", str(i + 1),
+                    f"{i} + 1 = \\boxed{{{i + 1}}}") for i in range(8)]  # fmt: skip
+    hard = [Problem(f"h{i}", f"What is {i} + 57?", str(i + 57),
+                    f"{i} + 57 = \\boxed{{{i + 57}}}") for i in range(8)]  # fmt: skip
+    prompts = PromptBuilder(tok, PromptConfig(), RefinementConfig(), 256, 32)
+    critic = RecordingCritic()
+    cfg = SFTConfig(steps=3, batch_size=4, lr=1e-3, refinement_share=0.5,
+                    wrong_answer=wrong_answer)  # fmt: skip
+    sft_warmup(model, tok, easy, prompts, cfg, 0, critic=critic, refinement_problems=hard)
+    assert critic.requests, "no refinement example was drawn"
+    for r in critic.requests:
+        assert r.problem.id.startswith("h")  # from the refinement source only
+        assert not r.verdict.correct and r.verdict.extracted != r.problem.answer
+        if wrong_answer == "perturbed_answer":
+            bad = int(r.verdict.extracted)
+            assert 1 <= abs(bad - int(r.problem.answer)) <= 10
+            q = r.problem.question.removeprefix("What is ").removesuffix("?")
+            assert r.response == f"{q} = \\boxed{{{bad}}}"  # its own solution, answer moved
+        else:
+            assert r.response != r.problem.solution and r.response.startswith(tuple("01234567"))
+
+
+def test_perturbed_answers_and_replaced_final_answers():
+    import random
+
+    from cgrpo.train.sft import perturbed, with_final_answer
+
+    rng = random.Random(0)
+    pool = [Problem("1", "q", "\\frac{1}{2}"), Problem("2", "q", "x + 1")]
+    for _ in range(20):
+        assert 1 <= abs(int(perturbed("-4", rng, pool)) + 4) <= 10
+    assert perturbed("\\frac{1}{2}", rng, pool) == "x + 1"  # not an integer: another's
+    assert with_final_answer("so \\boxed{7}, done", "7", "9") == "so \\boxed{9}, done"
+    assert with_final_answer("7 + 0 = 7", "7", "8") == "7 + 0 = 8"  # the last occurrence
+    assert (
+        with_final_answer("no answer here", "7", "8") == "no answer here The answer is \\boxed{8}."
+    )

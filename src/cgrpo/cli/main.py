@@ -30,6 +30,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("recipe", help="path to a YAML recipe")
     run.add_argument("overrides", nargs="*", help="key=value overrides")
 
+    sft = sub.add_parser(
+        "sft",
+        help="run only the recipe's supervised warm-up (cgrpo run with train.steps=0): its "
+        "checkpoint is RUN/checkpoints/step-0",
+    )
+    sft.add_argument("recipe", help="path to a YAML recipe with sft.steps > 0")
+    sft.add_argument("overrides", nargs="*", help="key=value overrides")
+
     check = sub.add_parser("check", help="validate a recipe and print it resolved (builds nothing)")
     check.add_argument("recipe", help="path to a YAML recipe")
     check.add_argument("overrides", nargs="*", help="key=value overrides")
@@ -273,6 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_list(args.kind)
         if args.command == "run":
             return cmd_run(args.recipe, args.overrides)
+        if args.command == "sft":  # the warm-up alone, as a run of zero RL steps
+            return cmd_run(args.recipe, [*args.overrides, "train.steps=0"])
         if args.command == "eval":
             from cgrpo.cli.evaluate import run_compare, run_eval
 

@@ -347,6 +347,17 @@ class SFTConfig(Section):
     task: ComponentSpec | None = Field(
         None, description="warm-up data; None = the training task (data.task)"
     )
+    refinement_task: ComponentSpec | None = Field(
+        None,
+        description="data of the refinement examples (question, solution, answer); None = "
+        "the warm-up data. E.g. plain examples of easy problems, refinement examples of hard",
+    )
+    wrong_answer: Literal["other_solution", "perturbed_answer"] = Field(
+        "other_solution",
+        description="the wrong previous response of a refinement example: another problem's "
+        "solution, or the problem's own solution with its final answer changed (integers "
+        "moved by 1-10, others replaced by another problem's answer)",
+    )
     optim: OptimConfig | None = Field(
         None,
         description="the warm-up's own optimizer and schedule (same keys as optim; the "
@@ -355,10 +366,15 @@ class SFTConfig(Section):
 
     def ignored_settings(self) -> dict[str, str]:
         if self.steps == 0:
-            return {"optim": "has no effect without a warm-up (sft.steps: 0); set sft.steps"}
+            why = "has no effect without a warm-up (sft.steps: 0); set sft.steps"
+            return {"optim": why, "refinement_task": why, "wrong_answer": why}
+        out = {}
         if self.optim is not None:
-            return {"lr": "is replaced by sft.optim.lr when sft.optim is given; remove it"}
-        return {}
+            out["lr"] = "is replaced by sft.optim.lr when sft.optim is given; remove it"
+        if self.refinement_share == 0:
+            why = "shapes refinement examples (sft.refinement_share: 0); set refinement_share"
+            out.update(refinement_task=why, wrong_answer=why)
+        return out
 
 
 class TrainConfig(Section):
@@ -546,4 +562,5 @@ COMPONENT_PATHS: dict[str, str] = {
     "data.task": "task",
     "eval.task": "task",
     "sft.task": "task",
+    "sft.refinement_task": "task",
 }

@@ -199,6 +199,10 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
                     .build(recipe.sft.task.name, recipe.sft.task.options, None)
                     .load()
                 )
+            refinement_problems = None
+            if recipe.sft.refinement_task is not None and recipe.sft.refinement_share > 0:
+                spec = recipe.sft.refinement_task
+                refinement_problems = registries["task"].build(spec.name, spec.options, None).load()
             sft_warmup(
                 built.model,
                 built.tokenizer,
@@ -211,6 +215,7 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
                 precision=built.precision,
                 chunk_tokens=recipe.algorithm.logprob_chunk_tokens,
                 optim=recipe.optim,
+                refinement_problems=refinement_problems,
             )
             if out is not None:
                 out.close()

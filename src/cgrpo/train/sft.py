@@ -4,8 +4,12 @@ Cross-entropy on the solution tokens (and a final EOS) given the training prompt
 drawn by a seeded RNG of its own (the RL data position is untouched).
 
 With ``refinement_share > 0`` that share of the examples are *refinement* examples: the
-refinement prompt built from the question, a wrong previous response (another problem's
-solution) and the recipe critic's critique of it, with the correct solution as target.
+refinement prompt built from the question, a wrong previous response and the recipe
+critic's critique of it, with the correct solution as target. The wrong response is
+another problem's solution (``sft.wrong_answer: other_solution``) or the problem's own
+solution with its final answer changed (``perturbed_answer``: a wrong answer near the
+right one, so the model learns to read the critique rather than recompute from scratch).
+Refinement examples come from the warm-up data or from ``sft.refinement_task``.
 Critique-GRPO needs a policy that can act on a critique; strong base models can, a tiny
 model cannot until it has seen a few. Rule-based critics make these examples free; an API
 critic would be called for each, so keep the share 0 there.
@@ -14,6 +18,7 @@ critic would be called for each, so keep the share 0 there.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -42,6 +47,7 @@ def sft_warmup(
     precision: Precision = FULL,
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
     optim: Any = None,
+    refinement_problems: Sequence[Problem] | None = None,
 ) -> list[dict[str, float]]:
     """Run ``cfg.steps`` AdamW steps of supervised fine-tuning; returns per-step metrics.
 
@@ -50,13 +56,23 @@ def sft_warmup(
 
     Forward passes run under ``precision``'s autocast, projecting ``chunk_tokens`` tokens
     to the vocabulary at a time; the parameters and AdamW state stay in their (float32
-    master) dtype."""
+    master) dtype. ``refinement_problems``: where refinement examples come from (default:
+    ``problems``)."""
     with_solution = [p for p in problems if p.solution]
     if not with_solution:
         raise DataError(
             "sft.steps > 0 but no problem has a reference solution; map a "
             "solution field in data.task.options (solution_field) or set sft.steps: 0"
         )
+    ref_pool = None
+    if refinement_problems is not None:
+        ref_pool = [p for p in refinement_problems if p.solution]
+        if not ref_pool:
+            raise DataError(
+                "sft.refinement_task has no problem with a reference solution; map its "
+                "solution_field"
+            )
+    wrong_answer = getattr(cfg, "wrong_answer", "other_solution")
     rng = random.Random(f"sft:{seed}")
     eos = tokenizer.eos_token_id
     rows: dict[str, TrainRow] = {}
@@ -67,14 +83,20 @@ def sft_warmup(
     def refinement_row(prob: Problem) -> TrainRow | None:
         """A refinement example, or None when its prompt cannot fit (then the plain
         example is used)."""
-        other = rng.choice(with_solution)
-        while other.answer == prob.answer and len(with_solution) > 1:
-            other = rng.choice(with_solution)
-        wrong = Verdict(0.0, False, other.answer)
-        crit = critic.critique([CritiqueRequest(prob, other.solution, wrong)])[0]
+        pool = ref_pool or with_solution
+        if wrong_answer == "perturbed_answer":
+            bad = perturbed(prob.answer, rng, pool)
+            previous = with_final_answer(prob.solution or "", prob.answer, bad)
+        else:
+            other = rng.choice(pool)
+            while other.answer == prob.answer and len(pool) > 1:
+                other = rng.choice(pool)
+            bad, previous = other.answer, other.solution or ""
+        wrong = Verdict(0.0, False, bad)
+        crit = critic.critique([CritiqueRequest(prob, previous, wrong)])[0]
         ids = [*tokenizer.encode(prob.solution, add_special_tokens=False), eos]
         try:
-            prompt = prompts.refinement_ids(prob, other.solution, crit.text)
+            prompt = prompts.refinement_ids(prob, previous, crit.text)
         except RefinementTooLong:
             return None
         return TrainRow(0, prompt, ids, None, True, 0.0)
@@ -96,9 +118,11 @@ def sft_warmup(
     for step in range(1, cfg.steps + 1):
         batch_rows = []
         for prob in rng.sample(with_solution, min(cfg.batch_size, len(with_solution))):
-            if share > 0 and rng.random() < share and (row := refinement_row(prob)):
-                batch_rows.append(row)
-                continue
+            if share > 0 and rng.random() < share:
+                source = prob if ref_pool is None else rng.choice(ref_pool)
+                if row := refinement_row(source):
+                    batch_rows.append(row)
+                    continue
             if prob.id not in rows:
                 ids = [*tokenizer.encode(prob.solution, add_special_tokens=False), eos]
                 rows[prob.id] = TrainRow(0, prompts.prompt_ids(prob), ids, None, False, 0.0)
@@ -123,3 +147,32 @@ def sft_warmup(
             on_step(step, metrics)
     opt.zero_grad(set_to_none=True)
     return history
+
+
+def perturbed(answer: str, rng: random.Random, pool: Sequence[Problem]) -> str:
+    """A wrong answer near ``answer``: an integer moved by 1 to 10 either way; anything else
+    replaced by another problem's different answer."""
+    text = answer.strip()
+    if re.fullmatch(r"-?\d+", text):
+        return str(int(text) + rng.choice([-1, 1]) * rng.randint(1, 10))
+    others = [p.answer for p in pool if p.answer.strip() != text]
+    if not others:
+        raise DataError(
+            f"sft.wrong_answer perturbed_answer: {answer!r} is not an integer and no other "
+            "problem has a different answer to put in its place"
+        )
+    return rng.choice(others)
+
+
+def with_final_answer(solution: str, answer: str, wrong: str) -> str:
+    """``solution`` with its final answer ``answer`` replaced by ``wrong``: in its last
+    ``\\boxed{...}`` when it has one, else the last occurrence of the answer; without
+    either, the wrong answer is stated at the end."""
+    boxed = f"\\boxed{{{answer.strip()}}}"
+    at = solution.rfind(boxed)
+    if at >= 0:
+        return solution[:at] + f"\\boxed{{{wrong}}}" + solution[at + len(boxed) :]
+    at = solution.rfind(answer.strip())
+    if answer.strip() and at >= 0:
+        return solution[:at] + wrong + solution[at + len(answer.strip()) :]
+    return f"{solution.rstrip()} The answer is \\boxed{{{wrong}}}."
