@@ -229,3 +229,24 @@ def test_non_finite_updates_are_skipped_then_stop_the_run(tmp_path):
     assert [m["update/skipped_nonfinite"] for m in lines] == [1.0, 1.0]
     before = load_file(tmp_path / "runs" / "nan" / "checkpoints" / "step-1" / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in before.values())
+
+
+def test_sigkill_inside_the_warm_up_then_resume_ends_identically(tmp_path):
+    """A run killed inside the SFT warm-up (two sources, no checkpoint yet) restarts the
+    seeded warm-up on resume=auto and ends with bitwise the same weights; sft_metrics.jsonl
+    holds each warm-up step once."""
+
+    def sft_args(name, *extra):
+        return ["sft", QUICKSTART, "sft.steps=8", "sft.refinement_share=0.5",
+                "sft.refinement_task={name: arithmetic, options: {size: 30, digits: 2, seed: 9}}",
+                "run.console=plain", f"model.path={tmp_path / 'tiny'}",
+                f"run.output_dir={tmp_path / 'runs'}", f"run.name={name}", *extra]  # fmt: skip
+
+    assert run_cli(*sft_args("ref"), cwd=tmp_path).returncode == 0
+    crashed = run_cli(*sft_args("kill"), cwd=tmp_path, env={"CGRPO_CRASH_AT": "sft:5"})
+    assert crashed.returncode == -signal.SIGKILL
+    resumed = run_cli(*sft_args("kill", "resume=auto"), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert same_weights(weights(tmp_path, "ref", 0), weights(tmp_path, "kill", 0))
+    lines = (tmp_path / "runs" / "kill" / "sft_metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == list(range(1, 9))

@@ -179,6 +179,11 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
             f"verifier={recipe.verifier.name}"
         )
         if recipe.sft.steps and ckpt is None:
+            # no checkpoint yet: the warm-up runs from its start (again, after a kill inside
+            # it: it is seeded, so it ends bitwise where the killed one would have), and its
+            # metrics file starts over with it
+            if main:
+                (run_dir / "sft_metrics.jsonl").unlink(missing_ok=True)
             out = JsonlWriter(run_dir / "sft_metrics.jsonl") if main else None
 
             sft_started = time.monotonic()

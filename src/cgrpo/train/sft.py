@@ -26,6 +26,7 @@ import torch
 
 from cgrpo.errors import DataError
 from cgrpo.train import distributed
+from cgrpo.train.checkpoint import maybe_crash
 from cgrpo.train.logprobs import DEFAULT_CHUNK_TOKENS, forward_response
 from cgrpo.train.mixing import TrainRow, collate
 from cgrpo.train.precision import FULL, Precision
@@ -145,6 +146,7 @@ def sft_warmup(
         history.append(metrics)
         if on_step is not None:
             on_step(step, metrics)
+        maybe_crash("sft", step)
     opt.zero_grad(set_to_none=True)
     return history
 
