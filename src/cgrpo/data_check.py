@@ -110,6 +110,22 @@ def read_task(section: str, spec: Any, registries: Any, max_rows: int | None) ->
     return report
 
 
+def read_benchmark(section: str, spec: Any, registries: Any, max_rows: int | None) -> TaskReport:
+    """Load one benchmark as evaluation would (its local copy, or the hub when reachable);
+    a file it cannot read, or a row without its fields, is a problem."""
+    report = TaskReport(section, spec.name)
+    try:
+        bench = registries["benchmark"].build(spec.name, spec.options, None)
+        problems = bench.load()
+    except CgrpoError as exc:
+        report.problems.append(str(exc))
+        problems = []
+    if max_rows is not None:
+        problems = problems[:max_rows]
+    report.rows, report.loaded = len(problems), problems
+    return report
+
+
 def prompt_builder(recipe: Any) -> tuple[Any, str]:
     """``(PromptBuilder, "")`` with the recipe's tokenizer, or ``(None, why not)``."""
     from pathlib import Path
@@ -149,8 +165,13 @@ def check_data(recipe: Any, registries: Any, max_rows: int | None = None) -> lis
     builder, why = prompt_builder(recipe)
     limit = recipe.data.prompt.max_prompt_tokens
     reports = []
-    for section, spec in tasks_of(recipe):
-        report = read_task(section, spec, registries, max_rows)
+    read = [read_task(section, spec, registries, max_rows) for section, spec in tasks_of(recipe)]
+    if recipe.eval.every:
+        read += [
+            read_benchmark(f"eval.benchmarks[{i}]", spec, registries, max_rows)
+            for i, spec in enumerate(recipe.eval.benchmarks)
+        ]
+    for report in read:
         if builder is None:
             report.note = why
         else:

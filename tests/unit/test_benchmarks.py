@@ -125,3 +125,15 @@ def test_arithmetic_test_is_drawn_with_its_own_seed():
 
     train = ArithmeticTask(ArithmeticTask.Options(size=20, digits=2)).load()
     assert [p.question for p in problems] != [p.question for p in train]
+
+
+def test_cgrpo_check_reads_each_benchmark_and_names_the_one_it_cannot():
+    from tests.helpers import run_cli
+
+    math500 = f"{{name: math-500, options: {{path: {FIXTURES / 'math-500'}}}}}"
+    benchmarks = f"eval.benchmarks=[{math500}, {{name: aime24, options: {{path: /no/such/aime}}}}]"
+    out = run_cli("check", str(REPO / "recipes" / "quickstart-cpu.yaml"), "eval.every=5",
+                  benchmarks, "--data-rows", "10", env={"COLUMNS": "200"})  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert "eval.benchmarks[0] (math-500): 3 usable rows read" in out.stdout
+    assert "benchmark aime24: /no/such/aime: no such file or directory" in out.stdout

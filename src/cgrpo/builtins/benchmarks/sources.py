@@ -99,7 +99,10 @@ class Source:
 
     def rows(self) -> Iterator[tuple[str, Any]]:
         if self.path is not None:
-            files = data_files(self.path, self.subset, self.split)
+            try:
+                files = data_files(self.path, self.subset, self.split)
+            except DataError as exc:
+                raise DataError(f"benchmark {self.benchmark}: {exc}") from None
             self._described = {
                 "path": str(self.path),
                 "files": [str(f) for f in files],
