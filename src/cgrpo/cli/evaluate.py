@@ -36,10 +36,15 @@ def resolve_model(path: str) -> tuple[Path, bool]:
     if (p / "checkpoints").is_dir():
         found = complete_checkpoints(p)
         if not found:
-            raise CgrpoError(f"{p}: a run directory without a complete checkpoint")
+            raise UsageError(f"{p}: a run directory without a complete checkpoint")
         p = found[-1][1]
     if not p.is_dir():
-        raise CgrpoError(f"{path}: not a directory (a model, a checkpoint or a run)")
+        raise UsageError(f"{path}: not a directory (a model, a checkpoint or a run)")
+    if (p / "dcp").is_dir() and not any(p.glob("*.safetensors")):
+        raise UsageError(
+            f"{p} holds fsdp shards only (intermediate checkpoints of an fsdp run); gather "
+            f"them first: cgrpo export {p} --out DIR, then cgrpo eval DIR"
+        )
     return p, (p / "adapter_config.json").is_file()
 
 
@@ -120,7 +125,8 @@ def run_eval(
     # apply on top of them
     # train.keep_best off: it names a training metric, and may name a benchmark that
     # --benchmarks replaces (its check would refuse an evaluation it has nothing to do with)
-    settings = ["eval.every=1", "train.keep_best=null"]
+    # one process: an fsdp run's saved recipe is evaluated unsharded (from its HF weights)
+    settings = ["eval.every=1", "train.keep_best=null", "distributed.strategy=ddp"]
     settings += [f"policy={backend}"] if backend else []
     settings += overrides
     settings += benchmark_overrides(benchmarks) if benchmarks else []
