@@ -108,7 +108,8 @@ def _check(capsys, *args):
 
 def test_cgrpo_check_paper_recipe_fits_8_gpus_and_not_1(qwen3_8b_dir, capsys):
     recipe = str(REPO / "recipes" / "paper-qwen3-8b.yaml")
-    over = [f"model.path={qwen3_8b_dir}", f"data.task.options.path={qwen3_8b_dir / 'd.jsonl'}"]
+    over = [f"model.path={qwen3_8b_dir}", f"data.task.options.path={qwen3_8b_dir / 'd.jsonl'}",
+            "eval.every=0", "eval.benchmarks=[]"]  # no local benchmark copies here  # fmt: skip
     code, text = _check(capsys, recipe, *over, "--gpus", "8", "--gpu-memory", "80GiB")
     assert code == 0, text
     assert "8.19B parameters" in text and ": fits" in text
@@ -120,7 +121,8 @@ def test_cgrpo_check_paper_recipe_fits_8_gpus_and_not_1(qwen3_8b_dir, capsys):
 
 def test_cgrpo_check_one_gpu_lora_recipe_fits(qwen3_8b_dir, capsys):
     recipe = str(REPO / "recipes" / "paper-qwen3-8b-lora.yaml")
-    over = [f"model.path={qwen3_8b_dir}", f"data.task.options.path={qwen3_8b_dir / 'd.jsonl'}"]
+    over = [f"model.path={qwen3_8b_dir}", f"data.task.options.path={qwen3_8b_dir / 'd.jsonl'}",
+            "eval.every=0", "eval.benchmarks=[]"]  # no local benchmark copies here  # fmt: skip
     code, text = _check(capsys, recipe, *over, "--gpus", "1", "--gpu-memory", "80GiB")
     assert code == 0, text
     assert "frozen base weights (bfloat16)" in text and ": fits" in text

@@ -56,6 +56,8 @@ def build(
     from cgrpo.train.model import load_policy
     from cgrpo.train.precision import Precision
 
+    # benchmarks first: a missing local copy stops the run before minutes of weight loading
+    benchmarks = load_benchmarks(recipe, registries)
     model, tokenizer, device = load_policy(
         recipe.model,
         device=distributed.local_device(),
@@ -119,7 +121,9 @@ def build(
         label: (registries["verifier"].build(name, options, ctx), (name, options))
         for label, (name, options) in route_specs.items()
     }
-    sets = build_eval_sets(recipe, registries, ctx, prompts, verifier, eval_problems, routes)
+    sets = build_eval_sets(
+        recipe, registries, ctx, prompts, verifier, eval_problems, routes, benchmarks
+    )
     return Built(
         model,
         tokenizer,
@@ -139,6 +143,19 @@ def build(
     )
 
 
+def load_benchmarks(recipe: Recipe, registries: Any) -> list[tuple[Any, list[Problem]]]:
+    """Each of ``eval.benchmarks`` built and read (nothing when evaluation is off)."""
+    if recipe.eval.every == 0:
+        return []
+    out = []
+    for spec in recipe.eval.benchmarks:
+        bench = registries["benchmark"].build(
+            spec.name, spec.options, BuildContext(seed=recipe.run.seed)
+        )
+        out.append((bench, bench.load()))
+    return out
+
+
 def build_eval_sets(
     recipe: Recipe,
     registries: Any,
@@ -147,6 +164,7 @@ def build_eval_sets(
     verifier: Any,
     held_out: list[Problem],
     routes: dict[str, tuple[Any, Any]] | None = None,
+    benchmarks: list[tuple[Any, list[Problem]]] | None = None,
 ) -> list[Any]:
     """What evaluation runs on: each of ``eval.benchmarks`` (its problems whose prompts fit,
     the first ``eval.size`` with a warning when that cuts it; its own verifier and sampling
@@ -165,10 +183,10 @@ def build_eval_sets(
         return [EvalSet("", held_out, verifier, spec, k, temperature, top_p, routes=routes or {})]
     sets = []
     limit = recipe.data.prompt.max_prompt_tokens
-    for i, spec in enumerate(ev.benchmarks):
-        bench = registries["benchmark"].build(spec.name, spec.options, ctx)
+    loaded = benchmarks if benchmarks is not None else load_benchmarks(recipe, registries)
+    for i, (spec, (bench, all_problems)) in enumerate(zip(ev.benchmarks, loaded, strict=True)):
         where = f"eval.benchmarks[{i}] ({bench.name})"
-        problems = fitting_problems(bench.load(), prompts, limit, where)
+        problems = fitting_problems(all_problems, prompts, limit, where)
         if not problems:
             raise DataError(
                 f"{where}: no problem fits data.prompt.max_prompt_tokens={limit}; raise it "

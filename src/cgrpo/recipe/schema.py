@@ -445,10 +445,11 @@ class EvalConfig(Section):
     )
 
     def ignored_settings(self) -> dict[str, str]:
-        names = ("size", "task", "benchmarks", "at_start", "k", "temperature", "top_p")
+        names = ("size", "task", "at_start", "k", "temperature", "top_p")
         if self.every == 0:
             why = "has no effect while evaluation is off (eval.every: 0); set eval.every"
-            return {name: why for name in names}
+            # an empty list is how a recipe's benchmarks are switched off (eval.benchmarks=[])
+            return {name: why for name in (*names, *(["benchmarks"] if self.benchmarks else []))}
         out: dict[str, str] = {}
         if self.benchmarks and self.task is not None:
             out["task"] = ("is replaced by eval.benchmarks; list the file as a benchmark "
