@@ -81,7 +81,18 @@ class VerifyPool:
         size = -(-len(pairs) // (self.workers * TASKS_PER_WORKER))  # ceiling division
         chunks = [pairs[i : i + size] for i in range(0, len(pairs), size)]
         futures = [self._pool.submit(_verify_chunk, name, options, c) for c in chunks]
-        return [verdict for f in futures for verdict in f.result()]
+        try:
+            return [verdict for f in futures for verdict in f.result()]
+        except Exception as exc:  # a worker died (OOM killer, a crash in C) or could not start
+            log.warning(
+                "verification worker processes failed (%s: %s); verifying in the trainer's "
+                "process from now on",
+                type(exc).__name__,
+                exc,
+            )
+            self.close()
+            self.workers = 1
+            return [verifier.verify(response, problem) for response, problem in pairs]
 
     def verify_routed(
         self,

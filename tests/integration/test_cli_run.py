@@ -284,18 +284,25 @@ def test_report_of_two_real_runs_matches_their_metrics(tmp_path):
     assert (tmp_path / "rep" / "report.html").stat().st_size > 10_000
 
 
-def test_eval_with_k_samples_leaves_training_untouched(tmp_path):
+def test_eval_with_k_samples_and_verification_workers_leave_training_untouched(tmp_path):
     """eval.k > 1 adds pass@k, avg@k and maj@k; its sampling is seeded apart from
-    training, so the training numbers are those of the same run with greedy eval only."""
-    base = [*SHORT[:-1], "run.console=plain", "train.steps=2", "sft.steps=3", "eval.every=1",
+    training, so the training numbers are those of the same run with greedy eval only. The
+    sampled run also verifies in 2 worker processes (10 prompts x 7 samples: 70 responses a
+    step, over the pool's 64), which gives the same verdicts as verifying inline."""
+    base = [*SHORT[:-3], "algorithm.prompts_per_step=10", "algorithm.micro_batch_size=40",
+            "run.console=plain", "train.steps=2", "sft.steps=3", "eval.every=1",
             "eval.size=6", f"model.path={tmp_path / 'tiny'}",
             f"run.output_dir={tmp_path / 'runs'}"]  # fmt: skip
     lines = {}
-    for name, k in (("greedy", 1), ("sampled", 4)):
-        out = run_cli("run", QUICKSTART, *base, f"run.name={name}", f"eval.k={k}", cwd=tmp_path)
+    for name, k, workers in (("greedy", 1, 1), ("sampled", 4, 2)):
+        out = run_cli("run", QUICKSTART, *base, f"run.name={name}", f"eval.k={k}",
+                      f"run.verify_workers={workers}", cwd=tmp_path)  # fmt: skip
         assert out.returncode == 0, out.stderr[-3000:]
         text = (tmp_path / "runs" / name / "metrics.jsonl").read_text()
         lines[name] = [json.loads(x) for x in text.splitlines()]
+    logs = {n: (tmp_path / "runs" / n / "train.log").read_text() for n in lines}
+    assert "verifying math responses in 2 worker processes" in logs["sampled"]
+    assert "worker processes" not in logs["greedy"]
     sampled = lines["sampled"]
     assert [m["step"] for m in sampled] == [0, 1, 2]
     for m in sampled:

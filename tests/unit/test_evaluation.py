@@ -93,3 +93,29 @@ def test_few_responses_or_one_worker_stay_in_this_process(workers, count):
     pairs = [("\\boxed{1}", Problem("1", "q", "1"))] * count
     assert all(v.correct for v in pool.verify(MathVerifier(), ("math", {}), pairs))
     assert pool._pool is None
+
+
+def test_a_worker_that_dies_falls_back_to_verifying_here(tmp_path, caplog):
+    """A reward function that kills its process when it runs in a worker (as the OOM killer
+    would): the batch is verified in this process instead, with a warning, and later
+    batches stay here."""
+    from cgrpo.builtins.verifiers.composed import PythonVerifier
+
+    rewards = tmp_path / "dies_in_workers.py"
+    rewards.write_text(
+        "import multiprocessing, os\n"
+        "def score(response, problem):\n"
+        "    if multiprocessing.parent_process() is not None:\n"
+        "        os._exit(3)\n"
+        "    return response == problem.answer\n"
+    )
+    options = {"path": str(rewards), "function": "score"}
+    verifier = PythonVerifier(PythonVerifier.Options(**options))
+    pairs = [(str(i % 2), Problem(str(i), "q", "1")) for i in range(MIN_RESPONSES)]
+    pool = VerifyPool(2)
+    try:
+        verdicts = pool.verify(verifier, ("python", options), pairs)
+    finally:
+        pool.close()
+    assert [v.correct for v in verdicts] == [i % 2 == 1 for i in range(MIN_RESPONSES)]
+    assert "verification worker processes failed" in caplog.text and pool.workers == 1

@@ -60,7 +60,7 @@ def test_cgrpo_eval_with_the_vllm_backend_matches_hf_greedy(tmp_path):
     for backend in ("hf", "vllm"):
         extra = ["policy.options.kv_cache_memory_bytes=134217728"] if backend == "vllm" else []
         out = run_cli("eval", str(run), *extra, "--benchmarks", benchmarks, "--backend", backend,
-                      "--out", str(tmp_path / backend), cwd=tmp_path)  # fmt: skip
+                      "--limit", "40", "--out", str(tmp_path / backend), cwd=tmp_path)  # fmt: skip
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         reports[backend] = json.loads((tmp_path / backend / "eval.json").read_text())
     assert reports["vllm"]["policy_backend"] == "vllm"
