@@ -137,3 +137,21 @@ def test_cgrpo_check_reads_each_benchmark_and_names_the_one_it_cannot():
     assert out.returncode == 2, out.stderr
     assert "eval.benchmarks[0] (math-500): 3 usable rows read" in out.stdout
     assert "benchmark aime24: /no/such/aime: no such file or directory" in out.stdout
+
+
+def test_a_save_to_disk_directory_and_metadata_files_beside_the_data(tmp_path):
+    """datasets' save_to_disk output is read with load_from_disk (its split chosen); a hub
+    snapshot's dataset_infos.json is never taken for data."""
+    import datasets
+
+    rows = {"problem": ["Find 2+2.", "Find 3+3."], "answer": ["4", "6"]}
+    datasets.DatasetDict({"test": datasets.Dataset.from_dict(rows)}).save_to_disk(tmp_path / "dd")
+    problems = build("aime24", path=str(tmp_path / "dd"), split="test").load()
+    assert [p.answer for p in problems] == ["4", "6"]
+    with pytest.raises(DataError, match=r"has splits \['test'\], not 'train'"):
+        build("aime24", path=str(tmp_path / "dd")).load()  # the preset's split is train
+    snapshot = tmp_path / "snap"
+    (snapshot / "data").mkdir(parents=True)
+    (snapshot / "dataset_infos.json").write_text("{}")
+    (snapshot / "data" / "rows.jsonl").write_text('{"problem": "Find 1+1.", "answer": "2"}\n')
+    assert [p.answer for p in build("aime24", path=str(snapshot)).load()] == ["2"]

@@ -18,6 +18,8 @@ from cgrpo.builtins.tasks.files import CSVTask, FileOptions, JSONLTask, ParquetT
 from cgrpo.errors import DataError
 
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+# JSON files a hub snapshot or a save_to_disk directory holds beside the data
+METADATA_FILES = {"dataset_info.json", "dataset_infos.json", "state.json", "dataset_dict.json"}
 
 
 def sha256_of(paths: list[Path]) -> str:
@@ -60,6 +62,7 @@ def data_files(path: Path, subset: str | None, split: str) -> list[Path]:
     found = sorted(
         p for p in path.rglob("*")
         if p.suffix.lower() in DATA_SUFFIXES and p.is_file() and ".cache" not in p.parts
+        and p.name not in METADATA_FILES
     )  # fmt: skip
     if len(found) == 1:
         return found
@@ -98,6 +101,9 @@ class Source:
         self._described: dict[str, Any] = {}
 
     def rows(self) -> Iterator[tuple[str, Any]]:
+        if self.path is not None and _saved_to_disk(self.path):
+            yield from self._disk_rows()
+            return
         if self.path is not None:
             try:
                 files = data_files(self.path, self.subset, self.split)
@@ -112,6 +118,24 @@ class Source:
                 yield from file_rows(f)
             return
         yield from self._hub_rows()
+
+    def _disk_rows(self) -> Iterator[tuple[str, Any]]:
+        """A directory written by ``datasets``' ``save_to_disk`` (a split's or a
+        DatasetDict's, whose split is chosen)."""
+        import datasets
+
+        assert self.path is not None
+        ds = datasets.load_from_disk(str(self.path))
+        if isinstance(ds, datasets.DatasetDict):
+            if self.split not in ds:
+                raise DataError(
+                    f"benchmark {self.benchmark}: {self.path} has splits {sorted(ds)}, not "
+                    f"{self.split!r}; set its split"
+                )
+            ds = ds[self.split]
+        self._described = {"path": str(self.path), "fingerprint": getattr(ds, "_fingerprint", None)}
+        for i, row in enumerate(ds):
+            yield f"{self.path}[{i}]", row
 
     def _hub_rows(self) -> Iterator[tuple[str, Any]]:
         if not self.dataset:
@@ -146,3 +170,7 @@ class Source:
     def describe(self) -> dict[str, Any]:
         """Where the rows came from and which version (valid after :meth:`rows`)."""
         return dict(self._described)
+
+
+def _saved_to_disk(path: Path) -> bool:
+    return path.is_dir() and any((path / n).is_file() for n in ("dataset_dict.json", "state.json"))
