@@ -155,3 +155,14 @@ def test_a_save_to_disk_directory_and_metadata_files_beside_the_data(tmp_path):
     (snapshot / "dataset_infos.json").write_text("{}")
     (snapshot / "data" / "rows.jsonl").write_text('{"problem": "Find 1+1.", "answer": "2"}\n')
     assert [p.answer for p in build("aime24", path=str(snapshot)).load()] == ["2"]
+
+
+def test_the_benchmarks_flag_replaces_the_recipes_eval_problems_and_cut():
+    from cgrpo.cli.evaluate import benchmark_overrides
+
+    assert benchmark_overrides("aime24, math-500=/d/m.jsonl") == [
+        'eval.benchmarks=[{"name": "aime24"}, {"name": "math-500", "options": {"path": '
+        '"/d/m.jsonl"}}]',
+        "eval.task=null",
+        "eval.size=null",
+    ]

@@ -68,7 +68,9 @@ def benchmark_overrides(spec: str) -> list[str]:
         items.append(json.dumps(entry))
     if not items:
         raise UsageError("--benchmarks: name at least one benchmark (cgrpo list benchmark)")
-    return [f"eval.benchmarks=[{', '.join(items)}]", "eval.task=null"]
+    # the recipe's eval.task and eval.size were for its own evaluation problems (a run's
+    # hold-out of 64 would otherwise cut every benchmark to 64); --limit cuts these
+    return [f"eval.benchmarks=[{', '.join(items)}]", "eval.task=null", "eval.size=null"]
 
 
 def load_eval_recipe(
