@@ -19,6 +19,7 @@ set samples k responses (AIME, AMC), greedy accuracy otherwise.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,15 +63,19 @@ def evaluate_sets(
     seed: int = 0,
     device: Any = "cpu",
     pool: VerifyPool | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> EvalResult:
     """Every set's greedy responses (``accuracy``, ``length_mean``, ``truncated_share``)
     and, for sets with ``k > 1``, k sampled responses per problem (``pass@k``, ``avg@k``,
-    ``maj@k``). ``generations`` holds every response with its verdict."""
+    ``maj@k``). ``generations`` holds every response with its verdict. ``say`` receives a
+    line per phase (``cgrpo eval`` prints them: a large evaluation takes minutes)."""
     import torch
 
     started = time.perf_counter()
     pool = pool or VerifyPool(1)
+    say = say or (lambda line: None)
     ids = [[prompts.prompt_ids(p) for p in s.problems] for s in sets]
+    say(f"greedy responses to {sum(map(len, ids))} problems ({len(sets)} sets)")
     greedy = _generate_flat(
         policy, ids, SamplingParams(n=1, greedy=True, max_new_tokens=max_new_tokens)
     )
@@ -85,6 +90,8 @@ def evaluate_sets(
         params = SamplingParams(n=k, temperature=temperature, top_p=top_p,
                                 max_new_tokens=max_new_tokens)  # fmt: skip
         devices = [device] if torch.device(device).type == "cuda" else []
+        count = sum(len(ids[i]) for i in members)
+        say(f"{k} samples at T={temperature}, top-p {top_p} for {count} problems")
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed + index)
             groups = _generate_flat(policy, [ids[i] for i in members], params)
@@ -92,6 +99,7 @@ def evaluate_sets(
             sampled[i] = g
 
     verify_started = time.perf_counter()
+    say("verifying" + (f" (up to {pool.workers} worker processes)" if pool.workers > 1 else ""))
     metrics: dict[str, float] = {}
     generations: list[dict[str, Any]] = []
     for s, outs, samples in zip(sets, greedy, sampled, strict=True):

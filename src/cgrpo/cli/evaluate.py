@@ -164,6 +164,7 @@ def run_eval(
             seed=recipe.run.seed,
             device=built.device,
             pool=pool,
+            say=lambda line: print(f"cgrpo eval: {line}", flush=True),
         )
     finally:
         pool.close()
