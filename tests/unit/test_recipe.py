@@ -307,6 +307,7 @@ def test_component_shorthand_then_options_override(tmp_path):
         (["eval.every=5", "eval.temperature=1.0"], "eval.temperature"),
         (["run.console=rich", "run.log_every=10"], "run.log_every"),
         (["sft.optim={lr: 0.001}"], "sft.optim"),
+        (["verifier=exact", "run.verify_workers=2"], "run.verify_workers"),
         (
             ["critic={name: ground_truth, options: {template: 'ans {answer}', correct: y}}"],
             "critic.options.correct",

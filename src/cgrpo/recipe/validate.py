@@ -226,13 +226,51 @@ def _eval_issues(r: Recipe) -> list[ConfigIssue]:
                                "set eval.every"))  # fmt: skip
     elif labels:
         name, _, metric = key[len("eval/") :].partition("/")
-        known = [*labels, "avg", *(["avg_math"] if labels else [])]
+        known = [*labels, "avg", "avg_math"]
         if not metric or name not in known:
             out.append(ConfigIssue(
                 "train.keep_best", f"{key} is not an evaluation metric of this recipe",
                 f"use eval/<benchmark>/<metric> with a benchmark among {', '.join(known)}, "
                 "e.g. eval/avg/score"))  # fmt: skip
     return out
+
+
+def _verify_workers_issues(
+    r: Recipe, options: dict[str, BaseModel], registries: Any
+) -> list[ConfigIssue]:
+    """run.verify_workers set while none of the recipe's verifiers (its own, a mixture
+    source's, a benchmark's) runs in worker processes: the setting would do nothing."""
+    if "verify_workers" not in r.run.model_fields_set:
+        return []
+    specs = [(r.verifier.name, r.verifier.options)]
+    for path, opts in options.items():
+        if path.startswith("eval.benchmarks[") and r.eval.every == 0:
+            continue
+        nested = [getattr(opts, "verifier", None)]
+        nested += [s.verifier for s in getattr(opts, "sources", None) or []]
+        specs += [(v.name, v.options) for v in nested if v is not None]
+    if any(_in_processes(registries, name, opts) for name, opts in specs):
+        return []
+    return [ConfigIssue(
+        "run.verify_workers",
+        "has no effect: no verifier of this recipe runs in worker processes (those that opt "
+        "in do: math, python, weighted with one of them)",
+        "remove it",
+    )]  # fmt: skip
+
+
+def _in_processes(registries: Any, name: str, options: Any) -> bool:
+    """Whether verifier ``name`` opts in to worker processes; a composed verifier (weighted)
+    does when one of its parts does."""
+    if name not in registries["verifier"]:
+        return False  # reported as an unknown name elsewhere
+    if getattr(registries["verifier"].get(name).factory, "verify_in_processes", False):
+        return True
+    parts = (options or {}).get("parts") if isinstance(options, dict) else None
+    return any(
+        isinstance(p, dict) and _in_processes(registries, p.get("name"), p.get("options"))
+        for p in parts or []
+    )
 
 
 def cross_issues(r: Recipe) -> list[ConfigIssue]:
@@ -458,6 +496,7 @@ def validate_recipe(
     if recipe is not None:
         issues += cross_issues(recipe)
         issues += ignored_setting_issues(recipe)
+        issues += _verify_workers_issues(recipe, options, registries)
     if issues or recipe is None:
         secret_paths = {i.path for i in issues if i.message.startswith("secrets")}
         issues = [
