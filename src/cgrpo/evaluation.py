@@ -183,23 +183,3 @@ def macro_averages(sets: list[EvalSet], metrics: dict[str, float]) -> dict[str, 
                 values = [metrics[s.key(metric)] for s in members]
                 out[f"eval/{label}/{metric}"] = sum(values) / len(values)
     return out
-
-
-def evaluate_problems(
-    policy: Any,
-    verifier: Any,
-    prompts: Any,
-    problems: list[Problem],
-    *,
-    max_new_tokens: int,
-    k: int = 1,
-    temperature: float = 0.6,
-    top_p: float = 0.95,
-    seed: int = 0,
-    device: Any = "cpu",
-) -> EvalResult:
-    """One unnamed set (metrics ``eval/<metric>``): the recipe's evaluation task."""
-    only = EvalSet("", problems, verifier, k=k, temperature=temperature, top_p=top_p)
-    return evaluate_sets(
-        policy, prompts, [only], max_new_tokens=max_new_tokens, seed=seed, device=device
-    )

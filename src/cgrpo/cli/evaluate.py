@@ -24,8 +24,6 @@ from typing import Any
 
 from cgrpo.errors import CgrpoError, UsageError
 
-SHOWN = ("score", "accuracy", "avg@", "pass@", "maj@", "length_mean", "truncated_share")
-
 
 def resolve_model(path: str) -> tuple[Path, bool]:
     """``(directory, is_adapter_checkpoint)`` of a model directory, a checkpoint or a run
@@ -221,6 +219,7 @@ def _set_report(s: Any, recipe: Any) -> dict[str, Any]:
     description = s.description or _task_description(recipe)
     return {
         "name": s.name or "eval",
+        "metric_prefix": s.key(""),  # eval/ for the recipe's eval task, eval/<name>/ else
         "category": s.category,
         "problems": len(s.problems),
         "data": description,
@@ -260,8 +259,7 @@ def results_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     ]  # fmt: skip  (cut: share of greedy responses cut at max_new_tokens)
     rows = []
     for s in report["sets"]:
-        legacy = s["name"] == "eval" and "eval/accuracy" in metrics  # the recipe's eval task
-        prefix = "eval/" if legacy else f"eval/{s['name']}/"
+        prefix = s["metric_prefix"]
         k = s["sampling"]["k"]
 
         def value(metric: str, prefix: str = prefix) -> str:
@@ -318,18 +316,19 @@ def run_compare(a: str, b: str, out: str | None) -> int:
         if not path.is_file():
             raise CgrpoError(f"{d}: no eval.json (a `cgrpo eval --out` directory)")
         reports.append(json.loads(path.read_text()))
-    names_a = [s["name"] for s in reports[0]["sets"]]
-    names_b = [s["name"] for s in reports[1]["sets"]]
-    names = names_a + [n for n in names_b if n not in names_a]
+    prefixes: dict[str, str] = {}  # row name -> its metrics' prefix, A's sets first
+    for r in reports:
+        for s in r["sets"]:
+            prefixes.setdefault(s["name"], s["metric_prefix"])
     for label in ("avg_math", "avg"):
         if any(f"eval/{label}/score" in r["metrics"] for r in reports):
-            names.append(label)
+            prefixes[label] = f"eval/{label}/"
     header = ["benchmark", "score A", "score B", "delta", "pass@1 A", "pass@1 B", "delta"]
     rows = []
-    for name in names:
+    for name, prefix in prefixes.items():
         row = [name]
         for metric in ("score", "accuracy"):
-            key = f"eval/{metric}" if name == "eval" else f"eval/{name}/{metric}"
+            key = prefix + metric
             va, vb = (r["metrics"].get(key) for r in reports)
             delta = "" if va is None or vb is None else f"{100 * (vb - va):+.1f}"
             row += ["-" if va is None else _pct(va), "-" if vb is None else _pct(vb), delta]

@@ -163,8 +163,8 @@ def build_eval_sets(
     prompts: PromptBuilder,
     verifier: Any,
     held_out: list[Problem],
-    routes: dict[str, tuple[Any, Any]] | None = None,
-    benchmarks: list[tuple[Any, list[Problem]]] | None = None,
+    routes: dict[str, tuple[Any, Any]],
+    benchmarks: list[tuple[Any, list[Problem]]],
 ) -> list[Any]:
     """What evaluation runs on: each of ``eval.benchmarks`` (its problems whose prompts fit,
     the first ``eval.size`` with a warning when that cuts it; its own verifier and sampling
@@ -180,11 +180,10 @@ def build_eval_sets(
             return []
         k, temperature, top_p = ev.task_sampling()
         spec = (recipe.verifier.name, dict(recipe.verifier.options))
-        return [EvalSet("", held_out, verifier, spec, k, temperature, top_p, routes=routes or {})]
+        return [EvalSet("", held_out, verifier, spec, k, temperature, top_p, routes=routes)]
     sets = []
     limit = recipe.data.prompt.max_prompt_tokens
-    loaded = benchmarks if benchmarks is not None else load_benchmarks(recipe, registries)
-    for i, (spec, (bench, all_problems)) in enumerate(zip(ev.benchmarks, loaded, strict=True)):
+    for i, (spec, (bench, all_problems)) in enumerate(zip(ev.benchmarks, benchmarks, strict=True)):
         where = f"eval.benchmarks[{i}] ({bench.name})"
         problems = fitting_problems(all_problems, prompts, limit, where)
         if not problems:

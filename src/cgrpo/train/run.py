@@ -179,11 +179,9 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
             f"verifier={recipe.verifier.name}"
         )
         if recipe.sft.steps and ckpt is None:
-            # no checkpoint yet: the warm-up runs from its start (again, after a kill inside
-            # it: it is seeded, so it ends bitwise where the killed one would have), and its
-            # metrics file starts over with it
-            if main:
-                (run_dir / "sft_metrics.jsonl").unlink(missing_ok=True)
+            # no checkpoint yet: the warm-up runs from its start (after a kill inside it,
+            # resume=auto has removed the run directory; the seeded warm-up ends bitwise
+            # where the killed one would have)
             out = JsonlWriter(run_dir / "sft_metrics.jsonl") if main else None
 
             sft_started = time.monotonic()
