@@ -1,7 +1,7 @@
 """Time one GRPO step and one Critique-GRPO step of the hf backend on a fixed tiny model.
 
     python benchmarks/step_time.py [--steps 5] [--prompts 8] [--samples 8] [--new-tokens 32]
-                                   [--lora] [--fsdp]
+                                   [--reproducible] [--lora] [--fsdp]
 
 Prints seconds per step (mean over ``--steps`` after one warm-up step), the split by stage,
 sampled tokens per second and peak memory (process RSS; CUDA peak when on GPU). The model
@@ -38,7 +38,12 @@ def recipe_for(
 
     g = args.samples - refinements
     raw = {
-        "run": {"name": name, "output_dir": str(out), "console": "plain"},
+        "run": {
+            "name": name,
+            "output_dir": str(out),
+            "console": "plain",
+            "reproducible_sampling": args.reproducible,
+        },
         "model": {
             "path": str(model_dir),
             "max_length": 512,
@@ -122,6 +127,11 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--reproducible",
+        action="store_true",
+        help="run.reproducible_sampling: true (each prompt's samples seeded on their own)",
+    )
     p.add_argument("--lora", action="store_true", help="also time a GRPO step with LoRA")
     p.add_argument("--fsdp", action="store_true", help="also time 2 processes, fsdp and ddp")
     p.add_argument("--worker", choices=["fsdp", "ddp"], help=argparse.SUPPRESS)
@@ -171,6 +181,8 @@ def _launch_two(strategy: str, model_dir: Path, args) -> None:
         "--new-tokens", str(args.new_tokens), "--device", args.device,
         "--threads", str(args.threads),
     ]  # fmt: skip
+    if args.reproducible:
+        cmd.append("--reproducible")
     subprocess.run(cmd, check=True)
 
 

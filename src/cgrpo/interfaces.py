@@ -60,7 +60,8 @@ class PolicyBackend(Protocol):
     ``generate`` takes token-id prompts and returns, per prompt, ``params.n`` completions
     with the sampler's per-token log-probabilities. When ``seeds`` is given (one per
     prompt), prompt i's completions must depend only on ``seeds[i]`` and the weights, not
-    on batching (``run.reproducible_sampling``). ``sync_weights`` is called after every
+    on batching (``run.reproducible_sampling``; up to the float rounding a different batch
+    shape can cause in the logits). ``sync_weights`` is called after every
     optimizer step so the sampler uses the weights just trained (a no-op where the sampler
     *is* the training model).
     """

@@ -129,3 +129,23 @@ def test_model_generation_config_cannot_skew_the_sampled_distribution(tiny):
         model.generation_config.repetition_penalty = saved.get("repetition_penalty", 1.0)
         model.generation_config.min_new_tokens = saved.get("min_new_tokens")
     assert max_recompute_difference(model, tok, ps, out, 1.0) < 1e-4
+
+
+def test_seeded_samples_do_not_depend_on_the_batch(backend, tiny):
+    """With seeds, a prompt's samples are the same alone, in a batch split over several
+    generate calls (generation_batch_size 5 < 9 rows, grouped by length) or beside other
+    prompts; the draw uses no global RNG; the log-probs still match the recompute."""
+    model, tok = tiny
+    ps = prompts(tok)
+    params = SamplingParams(n=3, max_new_tokens=10, temperature=0.8, top_p=0.9)
+    state = torch.random.get_rng_state()
+    together = backend.generate(ps, params, seeds=[11, 12, 13])
+    assert torch.equal(torch.random.get_rng_state(), state)
+    for p, seed, group in zip(ps, [11, 12, 13], together, strict=True):
+        alone = backend.generate([p], params, seeds=[seed])[0]
+        assert [c.token_ids for c in alone] == [c.token_ids for c in group]
+    assert len({tuple(c.token_ids) for c in together[1]}) > 1  # each sample its own stream
+    other = backend.generate(ps, params, seeds=[11, 12, 99])
+    assert [c.token_ids for c in other[0]] == [c.token_ids for c in together[0]]
+    assert [c.token_ids for c in other[2]] != [c.token_ids for c in together[2]]
+    assert max_recompute_difference(model, tok, ps, together, 0.8) < 1e-4

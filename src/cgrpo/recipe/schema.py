@@ -502,7 +502,8 @@ class RunConfig(Section):
     reproducible_sampling: bool = Field(
         False,
         description="seed every prompt's samples by (seed, step, prompt) so results do not "
-        "depend on batching or on the number of processes (slower with hf)",
+        "depend on batching or on the number of processes (hf: per-row random streams, "
+        "no slower; vllm: per-request seeds)",
     )
     console: Literal["auto", "rich", "plain"] = Field(
         "auto", description="live display: 'auto' = rich on a terminal, plain lines otherwise"

@@ -14,6 +14,11 @@ autocast (bf16 matmuls over float32 master weights, each weight cast once per ca
 Sampling settings the model's own ``generation_config`` may carry (repetition penalty,
 minimum length, ...) are neutralised: they would sample from a distribution the trainer
 does not compute.
+
+Seeded sampling (``run.reproducible_sampling``) draws each sequence from its own
+counter-based random stream (:mod:`.seeded_sampling`), so it stays one batched call and
+leaves torch's global RNG alone. When a step needs several calls, the sequences are grouped
+by prompt length first.
 """
 
 from __future__ import annotations
@@ -132,48 +137,69 @@ class HFPolicy:
     ) -> list[list[Completion]]:
         """``params.n`` completions per prompt, in prompt order.
 
-        With ``seeds``, each prompt is generated on its own with torch's RNG seeded by its
-        seed (reproducible whatever the batching, at the cost of batching)."""
-        if seeds is not None:
-            import torch
-
-            if len(seeds) != len(prompts):
-                raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
-            out = []
-            for prompt, seed in zip(prompts, seeds, strict=True):
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(seed)
-                    out.append(self._generate_batch([list(prompt)] * params.n, params))
-            return out
+        With ``seeds``, sample j of prompt p draws from its own random stream, a function
+        of (seeds[p], j) alone (:mod:`.seeded_sampling`): the same tokens whatever the
+        batching, and torch's global RNG is left alone. When the sequences need several
+        ``generate`` calls, they are grouped by prompt length, so that short prompts are
+        not padded to the longest one of the step (refinement prompts vary widely)."""
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
         flat = [list(p) for p in prompts for _ in range(params.n)]
-        out: list[Completion] = []
-        step = self.options.generation_batch_size
-        for start in range(0, len(flat), step):
-            out += self._generate_batch(flat[start : start + step], params)
-        return [out[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]
+        row_seeds = None
+        if seeds is not None and not params.greedy:
+            from cgrpo.builtins.policies.seeded_sampling import row_seeds as make_row_seeds
 
-    def _generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Completion]:
+            row_seeds = make_row_seeds(seeds, params.n)
+        step = self.options.generation_batch_size
+        order = list(range(len(flat)))
+        if len(flat) > step:  # several calls: each of similar lengths
+            order.sort(key=lambda i: len(flat[i]))
+        out: list[Completion | None] = [None] * len(flat)
+        for start in range(0, len(order), step):
+            chunk = order[start : start + step]
+            done = self._generate_batch(
+                [flat[i] for i in chunk],
+                params,
+                None if row_seeds is None else row_seeds[chunk],
+            )
+            for i, completion in zip(chunk, done, strict=True):
+                out[i] = completion
+        return [out[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]  # type: ignore[misc]
+
+    def _generate_batch(
+        self, prompts: list[list[int]], params: SamplingParams, seeds: Any = None
+    ) -> list[Completion]:
+        """One ``generate`` call; ``seeds`` (B,) int64 row seeds make it a seeded draw:
+        greedy decoding of the warped scores plus each row's Gumbel noise."""
         import torch
         from transformers import LogitsProcessorList
+
+        from cgrpo.builtins.policies.seeded_sampling import SeededSampler
 
         device = next(self.model.parameters()).device
         ids, mask = left_pad(prompts, self.pad_id)
         width = ids.shape[1]
         sample = not params.greedy
         recorder = SampledLogprobRecorder(params.temperature if sample else 1.0)
+        processors: list[Any] = [recorder]
+        if sample and seeds is not None:  # the draw happens in SeededSampler, not generate
+            processors.append(
+                SeededSampler(seeds.to(device), params.temperature, params.top_p, params.top_k)
+            )
+        own_draw = len(processors) > 1
         kwargs: dict[str, Any] = dict(
             _NEUTRAL_GENERATION,
             max_new_tokens=params.max_new_tokens,
-            do_sample=sample,
+            do_sample=sample and not own_draw,
             pad_token_id=self.pad_id,
             eos_token_id=self.eos_ids,
-            logits_processor=LogitsProcessorList([recorder]),
+            logits_processor=LogitsProcessorList(processors),
             return_dict_in_generate=True,
             # transformers turns this on for FSDP models; the trainer gathers a sharded
             # model before sampling, so each rank decodes alone (no per-token all-reduce)
             synced_gpus=False,
         )
-        if sample:
+        if sample and not own_draw:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
         else:  # avoid warnings about sampling-only settings left in generation_config
             kwargs.update(temperature=None, top_p=None, top_k=None)
