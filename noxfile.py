@@ -58,3 +58,11 @@ def quickstart(session):
     """The full CPU quickstart (a few minutes)."""
     session.install(*CPU, "-e", ".")
     session.run("cgrpo", "run", "recipes/quickstart-cpu.yaml", "run.overwrite=true", env=ENV)
+
+
+@nox.session
+def trl_bench(session):
+    """cgrpo's GRPO step beside TRL's GRPOTrainer (TRL installed here only, never a
+    dependency of cgrpo): benchmarks/trl_side_by_side.py."""
+    session.install(*CPU, "-e", ".", "trl")
+    session.run("python", "benchmarks/trl_side_by_side.py", *session.posargs, env=ENV)

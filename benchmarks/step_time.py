@@ -78,7 +78,7 @@ def bench(
     args,
     lora: bool = False,
     strategy: str = "ddp",
-) -> None:
+) -> float | None:
     import torch
 
     from cgrpo.plugins import get_registries
@@ -98,7 +98,7 @@ def bench(
         if writer is not None:  # rank 0 only
             writer.close()
     if not distributed.is_main():
-        return
+        return None
 
     def mean(key):
         vals = [r[key] for r in rows if key in r]
@@ -117,6 +117,7 @@ def bench(
     if torch.cuda.is_available():
         line += f"  CUDA peak {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"
     print(line, flush=True)
+    return mean("time/step")
 
 
 def main() -> None:
@@ -156,8 +157,11 @@ def main() -> None:
             f"{args.prompts} prompts x {args.samples} sequences, {args.new_tokens} new tokens, "
             f"torch threads {args.threads}, {args.steps} timed steps"
         )
-        bench("grpo", 0, model_dir, Path(tmp) / "runs", args)
-        bench("critique-grpo", 1, model_dir, Path(tmp) / "runs", args)
+        grpo = bench("grpo", 0, model_dir, Path(tmp) / "runs", args)
+        critique = bench("critique-grpo", 1, model_dir, Path(tmp) / "runs", args)
+        # the tiny model solves nothing, so every group fails and every response is
+        # critiqued and refined: the worst case of Critique-GRPO's extra cost
+        print(f"critique-grpo / grpo step time: {critique / grpo:.2f}x (every group failing)")
         if args.lora:
             bench("grpo-lora", 0, model_dir, Path(tmp) / "runs", args, lora=True)
         if args.fsdp:

@@ -1,21 +1,23 @@
 """Seeded sampling that does not depend on the batch: each row draws from its own
-counter-based random stream.
+random stream.
 
 ``run.reproducible_sampling`` promises that a prompt's samples depend on (seed, step,
-prompt) only, not on which other prompts share its batch or its process. torch's RNG is one
-stream per device, so the hf backend used to keep that promise by generating every prompt
-alone under a re-seeded RNG: one ``generate`` call per prompt, and one per refinement. This
-module draws instead with the Gumbel-max trick, ``argmax(log p + g)`` with
-``g = -log(-log u)``, where each ``u`` is a pure function of (row seed, step, token id):
-a splitmix64 hash computed with int64 tensor ops. Every row of any batch, on any device,
-gets the same noise, so the whole step is one batched call again and the global RNG is
-never touched.
+prompt) only, not on which other prompts share its batch or its process. torch's global RNG
+is one stream per device, so the hf backend used to keep that promise by generating every
+prompt alone under a re-seeded RNG: one ``generate`` call per prompt, and one per
+refinement. Here each row draws with the Gumbel-max trick, ``argmax(log p + g)`` with
+``g = -log(-log u)``, and its uniforms ``u`` come from a generator of its own, seeded for
+each draw with a key that is a pure function of (row seed, draw index). The whole step is
+one batched call again, and the global RNG is never touched.
 
-The hash is splitmix64 (Steele, Lea and Flood, 2014): stream(seed, i) = mix(seed + (i + 1)
-x golden). int64 products wrap modulo 2^64 on CPU and CUDA, which is what the hash needs;
-right shifts are made logical by masking. The uniform has 24 bits, exact in float32, so the
-Gumbel tails are cut at about 17.3: a token whose noise would exceed that is affected with
-probability below 1e-7 per draw.
+Keys are splitmix64 values (Steele, Lea and Flood, 2014): stream(seed, i) = mix(seed +
+(i + 1) x golden), computed with int64 tensor ops whose products wrap modulo 2^64 on CPU
+and CUDA as the hash needs (right shifts are made logical by masking). The uniforms come
+from torch's own generator (Philox on CUDA, Mersenne Twister on CPU), one ``torch.rand``
+per row and draw, as vLLM does for seeded requests: on CPU that is 0.21 s per draw for 64
+rows of a 151,936-token vocabulary, against 1.1 s for hashing every (row, token) pair and
+0.34 s for torch.multinomial (1 thread). The same seeds give the same draws on one kind of
+device; a CPU and a GPU draw differently.
 """
 
 from __future__ import annotations
@@ -66,14 +68,17 @@ def row_seeds(prompt_seeds, n: int):
 
 def gumbel_noise(seeds, step: int, vocab: int):
     """(B, vocab) float32 standard Gumbel noise for draw ``step`` of rows with ``seeds``
-    (B,), on ``seeds``' device; a pure function of (seed, step, token id)."""
+    (B,), on ``seeds``' device; row i's noise depends on (seeds[i], step) only."""
     import torch
 
-    keys = stream(seeds, step).unsqueeze(1)  # (B, 1): one key per row and step
-    tokens = torch.arange(vocab, dtype=torch.long, device=seeds.device)
-    bits = _shr(stream(keys, tokens), 40)  # the top 24 bits
-    u = (bits.to(torch.float32) + 0.5) * (1.0 / (1 << 24))  # in (0, 1), never 0 or 1
-    return -torch.log(-torch.log(u))
+    keys = stream(seeds, step).tolist()  # one key per row and draw
+    out = torch.empty(len(keys), vocab, dtype=torch.float32, device=seeds.device)
+    gen = torch.Generator(device=seeds.device)
+    for row, key in enumerate(keys):
+        gen.manual_seed(key & _MASK64)
+        torch.rand(vocab, generator=gen, out=out[row])
+    # u in [0, 1): u = 0 gives -inf, a token never drawn (probability 2^-24 per entry)
+    return out.log_().neg_().log_().neg_()
 
 
 class SeededSampler:

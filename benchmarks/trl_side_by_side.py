@@ -1,0 +1,218 @@
+"""A cgrpo GRPO step beside TRL's GRPOTrainer step on the same tiny model.
+
+    nox -s trl_bench                      # installs TRL in its own venv, then runs this
+    python benchmarks/trl_side_by_side.py [--reps 3] [--steps 4] [--threads 1]
+
+TRL is never a dependency of cgrpo: the ``trl_bench`` nox session installs it beside the
+project in a throwaway venv. Both sides get the same offline tiny Qwen2 model (hidden 128,
+2 layers, the one ``step_time.py`` uses), the same arithmetic prompts (cgrpo's prompt ids,
+decoded to text for TRL), the same shapes (8 prompts x 8 samples, 32 new tokens, one
+micro-batch), temperature 1.0, AdamW at lr 1e-5, no KL term, the same reward (cgrpo's
+``math`` verifier) and the same torch thread count. Each side runs in a fresh process; the
+order alternates between repetitions, because this machine is shared and noisy. One
+warm-up step, then ``--steps`` timed steps: the process CPU-seconds of each step (what the
+issue's target is stated in) and its wall seconds.
+
+Both sample from the same model at the same temperature, so the expected response length is
+the same; the tokens sampled per step are printed so that a difference shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+SEED = 7
+
+
+def _recipe(args):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from step_time import recipe_for
+
+    ns = argparse.Namespace(
+        samples=args.samples, prompts=args.prompts, new_tokens=args.new_tokens,
+        steps=args.steps, device="cpu", world=1, reproducible=False,
+    )  # fmt: skip
+    return recipe_for(Path(args.model_dir), Path(args.tmp) / "cgrpo", "grpo", ns, refinements=0)
+
+
+def _cgrpo_prompts(args):
+    """(prompt ids, problem) in the order cgrpo's trainer draws them, its template."""
+    from cgrpo.plugins import get_registries
+    from cgrpo.recipe.build import build
+    from cgrpo.train.data import DataStream
+
+    recipe = _recipe(args)
+    built = build(recipe, get_registries(), None)
+    stream = DataStream(built.problems, seed=recipe.run.seed, shuffle=recipe.data.shuffle)
+    problems = stream.next_batch(args.prompts * (args.steps + 1))
+    return built.tokenizer, [(built.prompts.prompt_ids(p), p) for p in problems]
+
+
+def cgrpo_worker(args) -> dict:
+    from cgrpo.plugins import get_registries
+    from cgrpo.recipe.build import build
+    from cgrpo.train.loop import Trainer
+
+    out = Path(args.tmp) / "cgrpo"
+    recipe = _recipe(args)
+    built = build(recipe, get_registries(), None)
+    (out / "grpo").mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(recipe, built, out / "grpo")
+    trainer.step(1)  # warm-up
+    cpu, wall, tokens = [], [], []
+    for s in range(2, args.steps + 2):
+        c0, w0 = time.process_time(), time.perf_counter()
+        row = trainer.step(s)
+        cpu.append(time.process_time() - c0)
+        wall.append(time.perf_counter() - w0)
+        tokens.append(row["length/initial_mean"] * args.prompts * args.samples)
+    return {"cpu": cpu, "wall": wall, "tokens": tokens}
+
+
+def trl_worker(args) -> dict:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from cgrpo.interfaces import BuildContext
+    from cgrpo.plugins import get_registries
+
+    tok, pairs = _cgrpo_prompts(args)
+    by_question = {p.question: p for _, p in pairs}
+    data = Dataset.from_list(
+        [{"prompt": tok.decode(ids), "question": p.question} for ids, p in pairs]
+    )
+    verifier = get_registries()["verifier"].build("math", {}, BuildContext())
+
+    def correct(completions, question, **_):
+        pairs = zip(completions, question, strict=True)
+        return [verifier.verify(c, by_question[q]).score for c, q in pairs]
+
+    timings = {"cpu": [], "wall": [], "tokens": []}
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self.c0, self.w0 = time.process_time(), time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            timings["cpu"].append(time.process_time() - self.c0)
+            timings["wall"].append(time.perf_counter() - self.w0)
+
+        def on_log(self, _args, _state, _control, logs=None, **k):
+            if logs and "completions/mean_length" in logs:
+                timings["tokens"].append(
+                    logs["completions/mean_length"] * args.prompts * args.samples
+                )
+
+    config = GRPOConfig(
+        output_dir=str(Path(args.tmp) / "trl"),
+        per_device_train_batch_size=args.prompts * args.samples,
+        num_generations=args.samples,
+        max_completion_length=args.new_tokens,
+        temperature=1.0,
+        learning_rate=1e-5,
+        beta=0.0,
+        max_steps=args.steps + 1,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        seed=SEED,
+        shuffle_dataset=False,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+    model = AutoModelForCausalLM.from_pretrained(args.model_dir)
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=correct,
+        args=config,
+        train_dataset=data,
+        processing_class=tok,
+        callbacks=[Clock()],
+    )
+    trainer.train()
+    return {k: v[1:] for k, v in timings.items()}  # the first step warmed up
+
+
+def run_side(side: str, model_dir: Path, args) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [
+            sys.executable, __file__, "--worker", side, "--model-dir", str(model_dir),
+            "--tmp", tmp, "--steps", str(args.steps), "--prompts", str(args.prompts),
+            "--samples", str(args.samples), "--new-tokens", str(args.new_tokens),
+            "--threads", str(args.threads),
+        ]  # fmt: skip
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            sys.exit(f"{side} worker failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--prompts", type=int, default=8)
+    p.add_argument("--samples", type=int, default=8)
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--worker", choices=["cgrpo", "trl"], help=argparse.SUPPRESS)
+    p.add_argument("--model-dir", help=argparse.SUPPRESS)
+    p.add_argument("--tmp", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        torch.manual_seed(SEED)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        work = cgrpo_worker if args.worker == "cgrpo" else trl_worker
+        print(json.dumps(work(args)))
+        return
+
+    from cgrpo.tiny import create_tiny_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = create_tiny_model(Path(tmp) / "model")
+        print(
+            f"GRPO step, {args.prompts} prompts x {args.samples} samples, {args.new_tokens} "
+            f"new tokens, {args.threads} torch thread(s), {args.steps} timed steps per run"
+        )
+        ratios = []
+        for rep in range(args.reps):
+            order = ("cgrpo", "trl") if rep % 2 == 0 else ("trl", "cgrpo")
+            got = {side: run_side(side, model_dir, args) for side in order}
+            med = {s: {k: statistics.median(v) for k, v in got[s].items() if v} for s in got}
+            ratio = med["cgrpo"]["cpu"] / med["trl"]["cpu"]
+            ratios.append(ratio)
+            for side in ("cgrpo", "trl"):
+                m = med[side]
+                print(
+                    f"rep {rep + 1} {side:5s}  CPU {m['cpu']:.3f} s/step  wall "
+                    f"{m['wall']:.3f} s/step  {m.get('tokens', float('nan')):.0f} tokens/step"
+                )
+            print(f"rep {rep + 1} cgrpo/TRL CPU-seconds {ratio:.2f}x")
+        print(
+            f"cgrpo/TRL CPU-seconds per GRPO step: median {statistics.median(ratios):.2f}x "
+            f"(min {min(ratios):.2f}x, max {max(ratios):.2f}x, {len(ratios)} alternating reps)"
+        )
+
+
+if __name__ == "__main__":
+    main()
