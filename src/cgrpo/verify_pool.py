@@ -49,6 +49,33 @@ def auto_workers(setting: int, processes: int = 1) -> int:
     return setting if setting > 0 else max(1, min(8, share - 1))
 
 
+class PendingVerdicts:
+    """The verdicts of a batch of (response, problem) pairs that may still be running in
+    the worker processes: :meth:`done` polls, :meth:`result` waits and returns them in
+    order. Parts the pool did not take were verified when the batch was submitted."""
+
+    def __init__(self, pool: VerifyPool, size: int):
+        self.pool = pool
+        self.out: list[Verdict | None] = [None] * size
+        # (indices, verifier, pairs, futures) of the parts running in the workers
+        self.running: list[tuple[list[int], Any, list[tuple[str, Problem]], list[Any]]] = []
+
+    def done(self) -> bool:
+        return all(f.done() for *_, futures in self.running for f in futures)
+
+    def result(self) -> list[Verdict]:
+        for indices, verifier, pairs, futures in self.running:
+            try:
+                verdicts = [verdict for f in futures for verdict in f.result()]
+            except Exception as exc:  # a worker died (OOM killer, a crash in C), or none started
+                self.pool.give_up(exc)
+                verdicts = [verifier.verify(response, problem) for response, problem in pairs]
+            for i, verdict in zip(indices, verdicts, strict=True):
+                self.out[i] = verdict
+        self.running = []
+        return self.out  # type: ignore[return-value]
+
+
 class VerifyPool:
     """A lazily started pool of ``workers`` processes (1 = verify in this process)."""
 
@@ -64,35 +91,7 @@ class VerifyPool:
     ) -> list[Verdict]:
         """Verdicts of ``pairs`` (response, problem), in order. In this process when the
         verifier has not opted in, ``spec`` is None, there is one worker or few pairs."""
-        parallel = (
-            getattr(verifier, "verify_in_processes", False)
-            and spec is not None
-            and self.workers > 1
-            and len(pairs) >= MIN_RESPONSES
-        )
-        if not parallel:
-            return [verifier.verify(response, problem) for response, problem in pairs]
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(
-                self.workers, mp_context=multiprocessing.get_context("spawn")
-            )
-            log.info("verifying %s responses in %d worker processes", spec[0], self.workers)
-        name, options = spec
-        size = -(-len(pairs) // (self.workers * TASKS_PER_WORKER))  # ceiling division
-        chunks = [pairs[i : i + size] for i in range(0, len(pairs), size)]
-        futures = [self._pool.submit(_verify_chunk, name, options, c) for c in chunks]
-        try:
-            return [verdict for f in futures for verdict in f.result()]
-        except Exception as exc:  # a worker died (OOM killer, a crash in C) or could not start
-            log.warning(
-                "verification worker processes failed (%s: %s); verifying in the trainer's "
-                "process from now on",
-                type(exc).__name__,
-                exc,
-            )
-            self.close()
-            self.workers = 1
-            return [verifier.verify(response, problem) for response, problem in pairs]
+        return self.submit_routed((verifier, spec), {}, pairs).result()
 
     def verify_routed(
         self,
@@ -102,17 +101,63 @@ class VerifyPool:
     ) -> list[Verdict]:
         """Like :meth:`verify`, each pair scored by the verifier of its problem's mixture
         source (``metadata["task"]`` in ``routes``), else by ``default``; in order."""
+        return self.submit_routed(default, routes, pairs).result()
+
+    def submit_routed(
+        self,
+        default: tuple[Any, tuple[str, dict[str, Any]] | None],
+        routes: dict[str, tuple[Any, tuple[str, dict[str, Any]]]],
+        pairs: list[tuple[str, Problem]],
+        batch: int | None = None,
+    ) -> PendingVerdicts:
+        """Start verifying ``pairs`` as :meth:`verify_routed` would and return at once.
+        The parts whose verifier opted in go to the workers; the others are verified here
+        and now. ``batch`` is the size of the whole batch these pairs belong to (a step
+        submits its groups as they are sampled): the workers are used when it, not this
+        part, reaches :data:`MIN_RESPONSES`."""
         groups: dict[str | None, list[int]] = {}
         for i, (_, problem) in enumerate(pairs):
             key = problem.metadata.get("task")
             groups.setdefault(key if key in routes else None, []).append(i)
-        out: list[Verdict | None] = [None] * len(pairs)
+        pending = PendingVerdicts(self, len(pairs))
         for key, indices in groups.items():
             verifier, spec = routes[key] if key is not None else default
-            verdicts = self.verify(verifier, spec, [pairs[i] for i in indices])
-            for i, verdict in zip(indices, verdicts, strict=True):
-                out[i] = verdict
-        return out  # type: ignore[return-value]
+            part = [pairs[i] for i in indices]
+            parallel = (
+                getattr(verifier, "verify_in_processes", False)
+                and spec is not None
+                and self.workers > 1
+                and (len(part) if batch is None else batch) >= MIN_RESPONSES
+            )
+            if parallel:
+                pending.running.append((indices, verifier, part, self._submit(spec, part)))
+                continue
+            for i, (response, problem) in zip(indices, part, strict=True):
+                pending.out[i] = verifier.verify(response, problem)
+        return pending
+
+    def _submit(self, spec: tuple[str, dict[str, Any]], pairs: list[tuple[str, Problem]]):
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                self.workers, mp_context=multiprocessing.get_context("spawn")
+            )
+            log.info("verifying %s responses in %d worker processes", spec[0], self.workers)
+        name, options = spec
+        size = -(-len(pairs) // (self.workers * TASKS_PER_WORKER))  # ceiling division
+        chunks = [pairs[i : i + size] for i in range(0, len(pairs), size)]
+        return [self._pool.submit(_verify_chunk, name, options, c) for c in chunks]
+
+    def give_up(self, exc: BaseException) -> None:
+        """Verify in this process from now on (a worker failed with ``exc``)."""
+        if self.workers > 1:
+            log.warning(
+                "verification worker processes failed (%s: %s); verifying in the trainer's "
+                "process from now on",
+                type(exc).__name__,
+                exc,
+            )
+        self.close()
+        self.workers = 1
 
     def close(self) -> None:
         if self._pool is not None:

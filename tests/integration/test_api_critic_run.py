@@ -1,6 +1,8 @@
 """A training run with the ``openai`` critic pointed at a misbehaving local server (the
 real SDK over HTTP on 127.0.0.1): the run completes, every failure is counted and the
-fallback used; an identical second run is served from the on-disk cache."""
+fallback used; an identical second run is served from the on-disk cache. The hf backend
+generates 8 sequences per call here, so a step's first group is critiqued (critique_async)
+while the second one is still sampled."""
 
 import json
 
@@ -21,6 +23,8 @@ def overrides(tmp_path, base_url, name):
         "algorithm.prompts_per_step=2",
         "algorithm.micro_batch_size=16",
         "algorithm.refine=all",
+        "policy.name=hf",
+        "policy.options.generation_batch_size=8",
         "run.console=plain",
         f"model.path={tmp_path / 'tiny'}",
         f"run.output_dir={tmp_path / 'runs'}",

@@ -229,12 +229,13 @@ class Trainer:
             return gathered(self.b.model)
         return contextlib.nullcontext()
 
-    def verify_many(self, pairs: list) -> list:
-        """Verdicts of (response, problem) pairs: in the worker processes when the
-        verifier opts in and there are enough of them (:mod:`cgrpo.verify_pool`)."""
+    def verify_submit(self, pairs: list, batch: int):
+        """Start verifying (response, problem) pairs, part of a batch of ``batch``: in the
+        worker processes when the verifier opts in and the batch is large enough
+        (:mod:`cgrpo.verify_pool`), else here and now. Returns the pending verdicts."""
         spec = (self.recipe.verifier.name, dict(self.recipe.verifier.options))
-        return self.verify_pool.verify_routed(
-            (self.b.verifier, spec), self.b.verifier_routes, pairs
+        return self.verify_pool.submit_routed(
+            (self.b.verifier, spec), self.b.verifier_routes, pairs, batch
         )
 
     def _rollout(self, step: int, mine: list, share: int) -> Rollout:
@@ -247,7 +248,7 @@ class Trainer:
             critic=self.b.critic if r.algorithm.refinements_per_prompt else None,
             prompts=self.b.prompts,
             settings=self.rollout_settings,
-            verify_many=self.verify_many,
+            verify_submit=self.verify_submit,
             eos_ids=self.eos_ids,
             rng_key=f"{r.run.seed}:{step}",
             prompt_offset=self.rank * share,

@@ -12,6 +12,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from cgrpo.interfaces import Critic, PolicyBackend, Verifier
 from cgrpo.train.mixing import TrainRow, build_group, select_refinements
@@ -98,6 +99,39 @@ def refinement_targets(
     return out
 
 
+class _Done:
+    """Verdicts computed already, with the interface of a pending verification."""
+
+    def __init__(self, verdicts: list[Verdict]):
+        self.verdicts = verdicts
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> list[Verdict]:
+        return self.verdicts
+
+
+def _split_ready(jobs: list[tuple[Any, Any]], wait: bool):
+    """(jobs to take now, jobs still running) of (key, pending) pairs: all with ``wait``,
+    else those whose pending part is done, in order."""
+    flags = [wait or job.done() for _, job in jobs]
+    return (
+        [j for j, ready in zip(jobs, flags, strict=True) if ready],
+        [j for j, ready in zip(jobs, flags, strict=True) if not ready],
+    )
+
+
+def _generate_stream(policy: PolicyBackend, prompts, params: SamplingParams, seeds):
+    """Batches of (prompt index, completions) as the backend finishes them: its
+    ``generate_stream`` where it has one, else everything in one batch."""
+    stream = getattr(policy, "generate_stream", None)
+    if callable(stream):
+        yield from stream(prompts, params, seeds=seeds)
+    else:
+        yield list(enumerate(policy.generate(prompts, params, seeds=seeds)))
+
+
 def rollout(
     problems: Sequence[Problem],
     prompt_ids: Sequence[Sequence[int]],
@@ -111,7 +145,7 @@ def rollout(
     rng_key: str,
     seed: int | None = None,
     prompt_offset: int = 0,
-    verify_many: Callable[[list[tuple[str, Problem]]], list[Verdict]] | None = None,
+    verify_submit: Callable[[list[tuple[str, Problem]], int], Any] | None = None,
 ) -> Rollout:
     """Produce the mixed training rows of one step (advantages not yet set).
 
@@ -119,34 +153,108 @@ def rollout(
     global index. With ``seed`` set, every generation gets its own seed derived from
     (seed, global prompt index[, response index]), so samples do not depend on batching or
     on how the prompts are split across processes; ``prompt_offset`` is this process's
-    first global prompt index. ``verify_many`` verifies a batch of (response, problem)
-    pairs at once (the trainer's worker processes); by default one by one with
-    ``verifier``.
+    first global prompt index.
+
+    The stages overlap where the parts allow it. A backend with ``generate_stream`` hands
+    over the groups each generate call finishes; they are verified at once, through
+    ``verify_submit(pairs, batch size)`` (the trainer's worker processes: it returns
+    something with ``done()`` and ``result()``, and verifies in this process what the
+    workers do not take), while the next call samples. A critic with ``critique_async``
+    (the API critic) gets each group's requests as soon as the group is verified, and
+    refinement prompts are built as critiques come back. The stage times are the main
+    thread's time in each stage, running it or waiting for it, so work hidden behind
+    sampling is not counted and the times add up to the rollout's wall time. Results do
+    not depend on the overlap: everything is assembled by index, in response order.
     """
     s = settings
     secs: dict[str, float] = {}
+    g = s.samples_per_prompt
 
-    def check(pairs: list[tuple[str, Problem]]) -> list[Verdict]:
-        if verify_many is not None:
-            return verify_many(pairs)
-        return [verifier.verify(text, problem) for text, problem in pairs]
+    def submit(pairs: list[tuple[str, Problem]], batch: int):
+        if verify_submit is not None:
+            return verify_submit(pairs, batch)
+        return _Done([verifier.verify(text, problem) for text, problem in pairs])
 
     def seeds(*keys: tuple[int, ...]) -> list[int] | None:
         return None if seed is None else [_mix(seed, *k) for k in keys]
 
-    with _timed(secs, "sample"):  # 1. G samples per prompt from the current policy
-        initial = policy.generate(
-            prompt_ids,
-            s.sampling,
-            seeds=seeds(*[(0, prompt_offset + p) for p in range(len(prompt_ids))]),
-        )
-    with _timed(secs, "verify"):  # 2. reward every sample (one batch: the pool's unit)
-        pairs = zip(problems, initial, strict=True)
-        flat = check([(c.text, pb) for pb, comps in pairs for c in comps])
-        verdicts, at = [], 0
-        for comps in initial:
-            verdicts.append(flat[at : at + len(comps)])
-            at += len(comps)
+    critiquing = s.refinements_per_prompt > 0 and critic is not None
+    critique_async = getattr(critic, "critique_async", None) if critiquing else None
+    initial: list[list[Completion]] = [[] for _ in problems]
+    verdicts: list[list[Verdict]] = [[] for _ in problems]
+    verifying: list[tuple[list[int], Any]] = []  # (prompt indices, pending verdicts)
+    critiquing_now: list[tuple[list[tuple[int, int]], Any]] = []  # (targets, future)
+    critique_of: dict[tuple[int, int], Critique] = {}
+    ref_prompt_of: dict[tuple[int, int], list[int]] = {}
+    skipped = 0
+
+    def build_refinement(target: tuple[int, int], crit: Critique) -> None:
+        nonlocal skipped
+        p, i = target
+        critique_of[target] = crit
+        try:
+            ref_prompt_of[target] = prompts.refinement_ids(
+                problems[p], initial[p][i].text, crit.text
+            )
+        except RefinementTooLong as exc:  # skipped and counted, never a crash
+            skipped += 1
+            log.warning("refinement skipped: %s", exc)
+
+    def take_critiques(wait: bool) -> None:
+        nonlocal critiquing_now
+        ready, critiquing_now = _split_ready(critiquing_now, wait)
+        for targets, future in ready:
+            with _timed(secs, "critique"):
+                crits = future.result()
+            with _timed(secs, "refine"):
+                for target, crit in zip(targets, crits, strict=True):
+                    build_refinement(target, crit)
+
+    def take_verdicts(wait: bool) -> None:
+        nonlocal verifying
+        ready, verifying = _split_ready(verifying, wait)
+        for groups, pending in ready:
+            with _timed(secs, "verify"):
+                flat = pending.result()
+            at = 0
+            for p in groups:
+                verdicts[p] = flat[at : at + len(initial[p])]
+                at += len(initial[p])
+            if critique_async is not None:  # 3. this group's critiques go out now
+                chosen = refinement_targets(
+                    [verdicts[p] for p in groups], s.refine, s.max_refinements_generated
+                )
+                targets = [(groups[local], i) for local, i in chosen]
+                if targets:
+                    requests = [
+                        CritiqueRequest(problems[p], initial[p][i].text, verdicts[p][i])
+                        for p, i in targets
+                    ]
+                    with _timed(secs, "critique"):
+                        critiquing_now.append((targets, critique_async(requests)))
+        take_critiques(wait=False)
+
+    # 1-2. G samples per prompt from the current policy, each finished batch verified
+    # (and its failed groups critiqued) while the next one samples
+    stream = _generate_stream(
+        policy,
+        prompt_ids,
+        s.sampling,
+        seeds(*[(0, prompt_offset + p) for p in range(len(prompt_ids))]),
+    )
+    while True:
+        with _timed(secs, "sample"):
+            batch = next(stream, None)
+        if batch is None:
+            break
+        for p, comps in batch:
+            initial[p] = comps
+        groups = [p for p, _ in batch]
+        pairs = [(c.text, problems[p]) for p in groups for c in initial[p]]
+        with _timed(secs, "verify"):  # returns at once for the part the workers take
+            verifying.append((groups, submit(pairs, len(problems) * g)))
+        take_verdicts(wait=False)
+    take_verdicts(wait=True)
     records = [
         Record(p, problems[p], "initial", c, v)
         for p, (comps, vs) in enumerate(zip(initial, verdicts, strict=True))
@@ -154,42 +262,49 @@ def rollout(
     ]
     kept: list[list[int]] = [[] for _ in problems]  # record indices of kept refinements
     critiques: list[Critique] = []
-    skipped = 0
-    if s.refinements_per_prompt > 0 and critic is not None:
+    if critiquing:
+        assert critic is not None
         targets = refinement_targets(verdicts, s.refine, s.max_refinements_generated)
-        with _timed(secs, "critique"):  # 3. critique the chosen responses
-            critiques = critic.critique(
-                [
-                    CritiqueRequest(problems[p], initial[p][i].text, verdicts[p][i])
-                    for p, i in targets
-                ]
-            )
+        if critique_async is not None:
+            take_critiques(wait=True)
+        else:
+            with _timed(secs, "critique"):  # 3. critique the chosen responses
+                crits = critic.critique(
+                    [
+                        CritiqueRequest(problems[p], initial[p][i].text, verdicts[p][i])
+                        for p, i in targets
+                    ]
+                )
+            with _timed(secs, "refine"):
+                for target, crit in zip(targets, crits, strict=True):
+                    build_refinement(target, crit)
+        critiques = [critique_of[t] for t in targets]  # response order, whatever came first
         for (p, i), crit in zip(targets, critiques, strict=True):
-            records[p * s.samples_per_prompt + i].critique = crit
-        with _timed(secs, "refine"):  # 4. one refinement per critique, same policy
-            ref_prompts, fitting = [], []
-            for (p, i), c in zip(targets, critiques, strict=True):
-                try:
-                    ref_prompts.append(
-                        prompts.refinement_ids(problems[p], initial[p][i].text, c.text)
-                    )
-                    fitting.append(((p, i), c))
-                except RefinementTooLong as exc:  # skipped and counted, never a crash
-                    skipped += 1
-                    log.warning("refinement skipped: %s", exc)
-            targets = [t for t, _ in fitting]
-            used = [c for _, c in fitting]
-            one = dataclasses.replace(s.sampling, n=1)
-            ref_seeds = seeds(*[(1, prompt_offset + p, i) for p, i in targets])
-            refined = (
-                [c[0] for c in policy.generate(ref_prompts, one, seeds=ref_seeds)]
-                if ref_prompts
-                else []
-            )
+            records[p * g + i].critique = crit
+        # 4. one refinement per critique that fits, same policy, in response order
+        targets = [t for t in targets if t in ref_prompt_of]
+        used = [critique_of[t] for t in targets]
+        one = dataclasses.replace(s.sampling, n=1)
+        ref_seeds = seeds(*[(1, prompt_offset + p, i) for p, i in targets])
+        refined: list[Completion] = [None] * len(targets)  # type: ignore[list-item]
+        ref_verdicts: list[Verdict] = [None] * len(targets)  # type: ignore[list-item]
+        checking: list[tuple[list[int], Any]] = []
+        stream = _generate_stream(policy, [ref_prompt_of[t] for t in targets], one, ref_seeds)
+        while targets:
+            with _timed(secs, "refine"):
+                batch = next(stream, None)
+            if batch is None:
+                break
+            for j, comps in batch:
+                refined[j] = comps[0]
+            js = [j for j, _ in batch]
+            pairs = [(refined[j].text, problems[targets[j][0]]) for j in js]
+            with _timed(secs, "verify"):
+                checking.append((js, submit(pairs, len(targets))))
         with _timed(secs, "verify"):
-            ref_verdicts = check(
-                [(c.text, problems[p]) for (p, _), c in zip(targets, refined, strict=True)]
-            )
+            for js, pending in checking:
+                for j, verdict in zip(js, pending.result(), strict=True):
+                    ref_verdicts[j] = verdict
         by_prompt: dict[int, list[int]] = {}
         for j, (p, _) in enumerate(targets):
             by_prompt.setdefault(p, []).append(j)
@@ -211,14 +326,13 @@ def rollout(
                         ref_verdicts[j],
                         used[j],
                         kept=local in picks,
-                        parent=p * s.samples_per_prompt + targets[j][1],
+                        parent=p * g + targets[j][1],
                     )
                 )
             kept[p] = [first + k for k in picks]
 
     rows: list[TrainRow] = []  # 6. mix: G initial + kept refinements, all on the original prompt
     all_failed = rescued = 0
-    g = s.samples_per_prompt
     for p in range(len(problems)):
         failed = not any(v.correct for v in verdicts[p])
         all_failed += failed

@@ -27,6 +27,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import Future
 from typing import Any
 
 from pydantic import Field, model_validator
@@ -136,6 +137,7 @@ class OpenAICritic:
         self._client = self._run(self._make_client())
         self._sent: deque[float] = deque()
         self._rate_lock: asyncio.Lock | None = None
+        self._slots: asyncio.Semaphore | None = None
 
     # -- plumbing ---------------------------------------------------------------------
     def _run(self, coro):
@@ -178,10 +180,19 @@ class OpenAICritic:
             return []
         return self._run(self._critique_all(list(requests)))
 
+    def critique_async(self, requests: Sequence[CritiqueRequest]) -> Future:
+        """Start critiquing and return at once: a future of what :meth:`critique` returns.
+        The trainer sends each group's requests as soon as the group is verified, while
+        other groups are still sampled; batches in flight together share ``concurrency``
+        and the rate limit."""
+        return asyncio.run_coroutine_threadsafe(self._critique_all(list(requests)), self._loop)
+
     async def _critique_all(self, requests: list[CritiqueRequest]) -> list[Critique]:
-        sem = asyncio.Semaphore(self.options.concurrency)
         if self._rate_lock is None:
             self._rate_lock = asyncio.Lock()
+        if self._slots is None:  # one for every batch in flight: concurrency is per critic
+            self._slots = asyncio.Semaphore(self.options.concurrency)
+        sem = self._slots
 
         async def one(req: CritiqueRequest) -> Critique:
             async with sem:

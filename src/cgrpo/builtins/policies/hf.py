@@ -23,7 +23,7 @@ by prompt length first.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -142,19 +142,36 @@ class HFPolicy:
         batching, and torch's global RNG is left alone. When the sequences need several
         ``generate`` calls, they are grouped by prompt length, so that short prompts are
         not padded to the longest one of the step (refinement prompts vary widely)."""
+        out: list[list[Completion]] = [[] for _ in prompts]
+        for finished in self.generate_stream(prompts, params, seeds):
+            for p, completions in finished:
+                out[p] = completions
+        return out
+
+    def generate_stream(
+        self,
+        prompts: Sequence[Sequence[int]],
+        params: SamplingParams,
+        seeds: Sequence[int] | None = None,
+    ) -> Iterator[list[tuple[int, list[Completion]]]]:
+        """What :meth:`generate` returns, given as it is made: after each ``generate``
+        call, the (prompt index, completions) of the prompts it finished, so that the
+        trainer verifies and critiques them while the next call runs."""
         if seeds is not None and len(seeds) != len(prompts):
             raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
-        flat = [list(p) for p in prompts for _ in range(params.n)]
+        n = params.n
+        flat = [list(p) for p in prompts for _ in range(n)]
         row_seeds = None
         if seeds is not None and not params.greedy:
             from cgrpo.builtins.policies.seeded_sampling import row_seeds as make_row_seeds
 
-            row_seeds = make_row_seeds(seeds, params.n)
+            row_seeds = make_row_seeds(seeds, n)
         step = self.options.generation_batch_size
         order = list(range(len(flat)))
         if len(flat) > step:  # several calls: each of similar lengths
             order.sort(key=lambda i: len(flat[i]))
         out: list[Completion | None] = [None] * len(flat)
+        missing = [n] * len(prompts)  # completions each prompt still waits for
         for start in range(0, len(order), step):
             chunk = order[start : start + step]
             done = self._generate_batch(
@@ -162,9 +179,13 @@ class HFPolicy:
                 params,
                 None if row_seeds is None else row_seeds[chunk],
             )
+            finished = []
             for i, completion in zip(chunk, done, strict=True):
                 out[i] = completion
-        return [out[i * params.n : (i + 1) * params.n] for i in range(len(prompts))]  # type: ignore[misc]
+                missing[i // n] -= 1
+                if missing[i // n] == 0:
+                    finished.append(i // n)
+            yield [(p, out[p * n : (p + 1) * n]) for p in sorted(finished)]  # type: ignore[misc]
 
     def _generate_batch(
         self, prompts: list[list[int]], params: SamplingParams, seeds: Any = None
