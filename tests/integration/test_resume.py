@@ -233,8 +233,9 @@ def test_non_finite_updates_are_skipped_then_stop_the_run(tmp_path):
 
 def test_sigkill_inside_the_warm_up_then_resume_ends_identically(tmp_path):
     """A run killed inside the SFT warm-up (two sources, no checkpoint yet) restarts the
-    seeded warm-up on resume=auto and ends with bitwise the same weights; sft_metrics.jsonl
-    holds each warm-up step once."""
+    seeded warm-up on resume=auto and ends with bitwise the same weights; with
+    sft.save_every it goes on from the warm-up's newest checkpoint to the same weights.
+    sft_metrics.jsonl holds each warm-up step once."""
 
     def sft_args(name, *extra):
         return ["sft", QUICKSTART, "sft.steps=8", "sft.refinement_share=0.5",
@@ -250,3 +251,17 @@ def test_sigkill_inside_the_warm_up_then_resume_ends_identically(tmp_path):
     assert same_weights(weights(tmp_path, "ref", 0), weights(tmp_path, "kill", 0))
     lines = (tmp_path / "runs" / "kill" / "sft_metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == list(range(1, 9))
+
+    # with sft.save_every=3 the warm-up goes on from its step-3 checkpoint instead
+    saving = sft_args("saved", "sft.save_every=3")
+    crashed = run_cli(*saving, cwd=tmp_path, env={"CGRPO_CRASH_AT": "sft:5"})
+    assert crashed.returncode == -signal.SIGKILL
+    warm = tmp_path / "runs" / "saved" / "checkpoints" / "sft"
+    assert sorted(p.name for p in warm.iterdir()) == ["step-3"]
+    resumed = run_cli(*saving, "resume=auto", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "the warm-up goes on after its step 3" in resumed.stdout + resumed.stderr
+    assert same_weights(weights(tmp_path, "ref", 0), weights(tmp_path, "saved", 0))
+    lines = (tmp_path / "runs" / "saved" / "sft_metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == list(range(1, 9))
+    assert sorted(p.name for p in warm.iterdir()) == ["step-6"]  # the newest only

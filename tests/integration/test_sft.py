@@ -1,6 +1,8 @@
 """The SFT warm-up uses the recipe's optimizer settings (it ignored optim.grad_clip,
 weight_decay and betas before, with a hard-coded clip of 1.0 and AdamW's defaults)."""
 
+import copy
+
 import pytest
 import torch
 
@@ -132,3 +134,39 @@ def test_perturbed_answers_and_replaced_final_answers():
     assert (
         with_final_answer("no answer here", "7", "8") == "no answer here The answer is \\boxed{8}."
     )
+
+
+def test_a_warm_up_continued_from_its_saved_state_ends_bitwise_the_same(tiny_model_dir, tiny):
+    """sft.save_every: the state handed to ``save`` (optimizer, linear schedule, data RNG)
+    plus the weights of that moment let a new call run the remaining steps and end exactly
+    where one uninterrupted warm-up does, learning rates included."""
+    from transformers import AutoModelForCausalLM
+
+    _, tok = tiny
+    problems = [
+        Problem(str(i), f"What is {i} + 1?", str(i + 1), f"{i} + 1 = {i + 1}") for i in range(8)
+    ]
+    prompts = PromptBuilder(tok, PromptConfig(), RefinementConfig(), 128, 32)
+    cfg = SFTConfig(steps=6, batch_size=3, optim=OptimConfig(lr=2e-3, schedule="linear"))
+
+    def fresh():
+        return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+
+    whole = fresh()
+    full = sft_warmup(whole, tok, problems, prompts, cfg, 0)
+    saved = {}
+
+    def save(step, state):  # as a checkpoint would: a copy of that moment
+        saved[step] = (copy.deepcopy(state), {k: v.clone() for k, v in first.state_dict().items()})
+
+    first = fresh()
+    sft_warmup(first, tok, problems, prompts, cfg, 0, save=save, save_every=4)
+    assert sorted(saved) == [4]
+    state, weights = saved[4]
+    resumed = fresh()
+    resumed.load_state_dict(weights)
+    rest = sft_warmup(resumed, tok, problems, prompts, cfg, 0, start={**state, "step": 4})
+    assert [h["sft/lr"] for h in rest] == [h["sft/lr"] for h in full[4:]]
+    assert [h["sft/loss"] for h in rest] == [h["sft/loss"] for h in full[4:]]
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

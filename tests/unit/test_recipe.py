@@ -199,6 +199,11 @@ def test_missing_file_and_yaml_syntax_error(tmp_path):
         ),
         (["model.dtype=float16"], "model.dtype", "loss scaling"),
         (["model.lora.target_modules=[]"], "model.lora.target_modules", "at least one"),
+        (
+            ["sft.steps=10", "sft.save_every=5", "distributed.strategy=fsdp"],
+            "sft.save_every",
+            "reruns from its start",
+        ),
     ],
 )
 def test_cross_field_checks(tmp_path, override, path, needle):
@@ -307,6 +312,7 @@ def test_component_shorthand_then_options_override(tmp_path):
         (["eval.every=5", "eval.temperature=1.0"], "eval.temperature"),
         (["run.console=rich", "run.log_every=10"], "run.log_every"),
         (["sft.optim={lr: 0.001}"], "sft.optim"),
+        (["sft.save_every=5"], "sft.save_every"),
         (["verifier=exact", "run.verify_workers=2"], "run.verify_workers"),
         (
             ["critic={name: ground_truth, options: {template: 'ans {answer}', correct: y}}"],

@@ -363,11 +363,18 @@ class SFTConfig(Section):
         description="the warm-up's own optimizer and schedule (same keys as optim; the "
         "schedule spans sft.steps); None = optim's AdamW settings at sft.lr, constant",
     )
+    save_every: int = Field(
+        0,
+        ge=0,
+        description="checkpoint the warm-up every N steps (checkpoints/sft/, newest kept); "
+        "resume=auto continues a killed warm-up from it. 0 = none: a killed warm-up reruns "
+        "from its start (to the same weights)",
+    )
 
     def ignored_settings(self) -> dict[str, str]:
         if self.steps == 0:
             why = "has no effect without a warm-up (sft.steps: 0); set sft.steps"
-            return {"optim": why, "refinement_task": why, "wrong_answer": why}
+            return {"optim": why, "refinement_task": why, "wrong_answer": why, "save_every": why}
         out = {}
         if self.optim is not None:
             out["lr"] = "is replaced by sft.optim.lr when sft.optim is given; remove it"

@@ -421,6 +421,16 @@ def cross_issues(r: Recipe) -> list[ConfigIssue]:
                 "base), or remove model.lora to shard full training",
             )
         )
+    if r.distributed.strategy == "fsdp" and r.sft.steps and r.sft.save_every:
+        out.append(
+            ConfigIssue(
+                "sft.save_every",
+                "warm-up checkpoints are not written under fsdp yet (its model and "
+                "optimizer are sharded and need the collective checkpoint RL steps use)",
+                "remove sft.save_every: a killed warm-up then reruns from its start and "
+                "ends with the same weights, or warm up with distributed.strategy: ddp",
+            )
+        )
     if "memory_check" in r.run.model_fields_set and r.model.device == "cpu":
         out.append(
             ConfigIssue(

@@ -6,7 +6,8 @@ RNG states) and ``manifest.json`` written last. Under FSDP the model and optimiz
 in ``dcp/`` (sharded, :func:`save_sharded_checkpoint`) and ``model.safetensors`` is
 written at the end of a run. A checkpoint is written under a temporary
 name and renamed into place only when complete, so a directory named ``step-N`` with a
-manifest is always whole.
+manifest is always whole. Warm-up checkpoints (``sft.save_every``) have the same layout
+under ``checkpoints/sft/step-N`` (N counts warm-up steps); only the newest is kept.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 MANIFEST = "manifest.json"
 STATE = "trainer_state.pt"
 DCP_DIR = "dcp"  # sharded (FSDP) model and optimizer state
+SFT_DIR = "sft"  # checkpoints/sft/: the warm-up's own
 CRASH_ENV = "CGRPO_CRASH_AT"  # fault injection for tests: "checkpoint:N" or "step:N"
 
 
@@ -76,10 +78,16 @@ def load_trainer_state(path: Path) -> dict[str, Any]:
 
 
 def save_checkpoint(
-    run_dir: Path, step: int, model: Any, tokenizer: Any, trainer_state: dict[str, Any]
+    run_dir: Path,
+    step: int,
+    model: Any,
+    tokenizer: Any,
+    trainer_state: dict[str, Any],
+    warmup: bool = False,
 ) -> Path:
-    """Write ``checkpoints/step-{step}`` atomically and return its path."""
-    root = run_dir / "checkpoints"
+    """Write ``checkpoints/step-{step}`` (``checkpoints/sft/step-{step}`` for the warm-up)
+    atomically and return its path."""
+    root = run_dir / "checkpoints" / (SFT_DIR if warmup else "")
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".tmp-step-{step}-{os.getpid()}"
     if tmp.exists():
@@ -245,9 +253,15 @@ def is_complete(path: Path) -> bool:
     return all((path / f).exists() for f in files)
 
 
-def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """``(step, path)`` of every complete checkpoint of a run, oldest first."""
-    root = run_dir / "checkpoints"
+def is_warmup_checkpoint(path: Path) -> bool:
+    """True for a checkpoint of the warm-up (``checkpoints/sft/step-N``)."""
+    return Path(path).resolve().parent.name == SFT_DIR
+
+
+def complete_checkpoints(run_dir: Path, warmup: bool = False) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every complete checkpoint of a run (of its warm-up with
+    ``warmup``), oldest first."""
+    root = run_dir / "checkpoints" / (SFT_DIR if warmup else "")
     found = []
     for path in root.glob("step-*") if root.is_dir() else []:
         suffix = path.name.removeprefix("step-")

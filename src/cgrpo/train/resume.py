@@ -63,7 +63,8 @@ def choose_start(recipe: Any, resolved: dict[str, Any], run_dir: Path, source: s
             shutil.rmtree(run_dir)
         return None
     if resume == "auto":
-        found = complete_checkpoints(run_dir)
+        # a run's own checkpoints, else its warm-up's (killed before RL checkpointed)
+        found = complete_checkpoints(run_dir) or complete_checkpoints(run_dir, warmup=True)
         if not found:
             if run_dir.exists():  # killed before its first checkpoint: start over cleanly
                 shutil.rmtree(run_dir)
@@ -102,9 +103,9 @@ def choose_start(recipe: Any, resolved: dict[str, Any], run_dir: Path, source: s
     return ckpt
 
 
-def cut_logs(run_dir: Path, step: int) -> None:
+def cut_logs(run_dir: Path, step: int, names: tuple[str, ...] = LOGS) -> None:
     """Drop log lines of steps after ``step`` (they are trained again after resuming)."""
-    for name in LOGS:
+    for name in names:
         path = run_dir / name
         if not path.is_file():
             continue

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,21 @@ from cgrpo.errors import CgrpoError, TrainingError
 
 log = logging.getLogger("cgrpo")
 EXIT_INTERRUPTED = 130
+SFT_METRICS = "sft_metrics.jsonl"
+
+
+def _save_warmup(run_dir: Path, step: int, built: Any, state: dict[str, Any]) -> None:
+    """Rank 0 writes warm-up checkpoint ``step`` and drops the older ones (every rank
+    holds the same weights: the warm-up batch is the same on every rank)."""
+    from cgrpo.train import distributed
+    from cgrpo.train.checkpoint import complete_checkpoints, save_checkpoint
+
+    if distributed.is_main():
+        save_checkpoint(run_dir, step, built.model, built.tokenizer, state, warmup=True)
+        for older, path in complete_checkpoints(run_dir, warmup=True):
+            if older != step:
+                shutil.rmtree(path, ignore_errors=True)
+    distributed.barrier()
 
 
 def _check_writable(run_dir: Path) -> None:
@@ -55,6 +71,7 @@ def _start_on_rank0(recipe, resolved, run_dir: Path, source: str) -> str | None:
     from omegaconf import OmegaConf
 
     from cgrpo.train import distributed
+    from cgrpo.train.checkpoint import is_warmup_checkpoint
     from cgrpo.train.resume import choose_start, cut_logs
 
     outcome: tuple[str, object] = ("ok", None)
@@ -63,7 +80,12 @@ def _start_on_rank0(recipe, resolved, run_dir: Path, source: str) -> str | None:
             ckpt = choose_start(recipe, resolved, run_dir, source)
             _check_writable(run_dir)
             if ckpt is not None:
-                cut_logs(run_dir, int(json.loads((ckpt / "manifest.json").read_text())["step"]))
+                step = int(json.loads((ckpt / "manifest.json").read_text())["step"])
+                if is_warmup_checkpoint(ckpt):  # the warm-up goes on from there, then RL
+                    cut_logs(run_dir, 0)
+                    cut_logs(run_dir, step, (SFT_METRICS,))
+                else:
+                    cut_logs(run_dir, step)
             (run_dir / "recipe.yaml").write_text(OmegaConf.to_yaml(resolved))
             outcome = ("ok", None if ckpt is None else str(ckpt))
         except CgrpoError as exc:
@@ -131,7 +153,7 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
     from cgrpo.interfaces import BuildContext
     from cgrpo.recipe.build import build
     from cgrpo.train import distributed
-    from cgrpo.train.checkpoint import load_trainer_state
+    from cgrpo.train.checkpoint import is_warmup_checkpoint, load_trainer_state, restore_rng
     from cgrpo.train.loop import Trainer
     from cgrpo.train.metrics import Console, JsonlWriter
     from cgrpo.train.observers import Observers, build_observers
@@ -162,11 +184,15 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
     if main:
         hooks.on_run_start(run_dir=str(run_dir), recipe=resolved)
     try:
+        warm_from = None  # a warm-up checkpoint: the warm-up goes on from it, then RL
+        if ckpt is not None and is_warmup_checkpoint(Path(ckpt)):
+            warm_from, ckpt = Path(ckpt), None
+        weights = ckpt if warm_from is None else str(warm_from)
         adapters = None
-        if ckpt is not None and recipe.model.lora is not None:
-            adapters = Path(ckpt)  # the checkpoint holds the adapters; the base stays
-        elif ckpt is not None:  # the checkpoint holds the weights and the tokenizer
-            recipe.model.path, recipe.model.create = ckpt, None
+        if weights is not None and recipe.model.lora is not None:
+            adapters = Path(weights)  # the checkpoint holds the adapters; the base stays
+        elif weights is not None:  # the checkpoint holds the weights and the tokenizer
+            recipe.model.path, recipe.model.create = weights, None
         built = build(recipe, registries, run_dir, adapter_dir=adapters)
         check_disk(run_dir, built.model)
         if recipe.model.lora is not None:
@@ -179,10 +205,17 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
             f"verifier={recipe.verifier.name}"
         )
         if recipe.sft.steps and ckpt is None:
-            # no checkpoint yet: the warm-up runs from its start (after a kill inside it,
-            # resume=auto has removed the run directory; the seeded warm-up ends bitwise
-            # where the killed one would have)
-            out = JsonlWriter(run_dir / "sft_metrics.jsonl") if main else None
+            # no RL checkpoint yet: the warm-up runs from its start, or from its newest
+            # checkpoint (sft.save_every). After a kill with neither, resume=auto has
+            # removed the run directory; the seeded warm-up ends bitwise where the killed
+            # one would have
+            start = None
+            if warm_from is not None:
+                start = load_trainer_state(warm_from)
+                restore_rng(start["rng"])
+                say(f"cgrpo: the warm-up goes on after its step {start['step']}")
+            first = 1 if start is None else start["step"] + 1
+            out = JsonlWriter(run_dir / SFT_METRICS) if main else None
 
             sft_started = time.monotonic()
 
@@ -190,8 +223,8 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
                 if out is not None:
                     out.write({"step": step, **m})
                 n = recipe.sft.steps
-                if step == 1 or step % max(1, n // 10) == 0 or step == n:
-                    per_step = (time.monotonic() - sft_started) / step
+                if step in (first, n) or step % max(1, n // 10) == 0:
+                    per_step = (time.monotonic() - sft_started) / (step - first + 1)
                     say(f"sft {step}/{n}  loss {m['sft/loss']:.3f}  ({per_step:.2f}s/step, "
                         f"eta {per_step * (n - step):.0f}s)")  # fmt: skip
 
@@ -219,6 +252,9 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
                 chunk_tokens=recipe.algorithm.logprob_chunk_tokens,
                 optim=recipe.optim,
                 refinement_problems=refinement_problems,
+                start=start,
+                save=lambda step, state: _save_warmup(run_dir, step, built, state),
+                save_every=recipe.sft.save_every,
             )
             if out is not None:
                 out.close()

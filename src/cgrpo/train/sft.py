@@ -49,6 +49,9 @@ def sft_warmup(
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
     optim: Any = None,
     refinement_problems: Sequence[Problem] | None = None,
+    start: dict[str, Any] | None = None,
+    save: Callable[[int, dict[str, Any]], None] | None = None,
+    save_every: int = 0,
 ) -> list[dict[str, float]]:
     """Run ``cfg.steps`` AdamW steps of supervised fine-tuning; returns per-step metrics.
 
@@ -58,7 +61,12 @@ def sft_warmup(
     Forward passes run under ``precision``'s autocast, projecting ``chunk_tokens`` tokens
     to the vocabulary at a time; the parameters and AdamW state stay in their (float32
     master) dtype. ``refinement_problems``: where refinement examples come from (default:
-    ``problems``)."""
+    ``problems``).
+
+    Every ``save_every`` steps ``save(step, state)`` is called with what a later call needs
+    to go on exactly (optimizer, schedule and data RNG; the caller saves the weights); such
+    a call passes that state back as ``start`` on weights loaded from the same checkpoint,
+    and runs the remaining steps only."""
     with_solution = [p for p in problems if p.solution]
     if not with_solution:
         raise DataError(
@@ -113,10 +121,17 @@ def sft_warmup(
             optim = OptimConfig()
         opt, scheduler = adamw(model, optim, cfg.lr), None
     max_norm = optim.grad_clip if optim.grad_clip is not None else float("inf")
+    first = 1
+    if start is not None:  # go on from a warm-up checkpoint
+        opt.load_state_dict(start["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(start["scheduler"])
+        rng.setstate(start["data_rng"])
+        first = int(start["step"]) + 1
     sharded = is_sharded(model)
     history = []
     model.train()
-    for step in range(1, cfg.steps + 1):
+    for step in range(first, cfg.steps + 1):
         batch_rows = []
         for prob in rng.sample(with_solution, min(cfg.batch_size, len(with_solution))):
             if share > 0 and rng.random() < share:
@@ -146,6 +161,15 @@ def sft_warmup(
         history.append(metrics)
         if on_step is not None:
             on_step(step, metrics)
+        if save is not None and save_every and step % save_every == 0:
+            save(
+                step,
+                {
+                    "optimizer": opt.state_dict(),
+                    "scheduler": None if scheduler is None else scheduler.state_dict(),
+                    "data_rng": rng.getstate(),
+                },
+            )
         maybe_crash("sft", step)
     opt.zero_grad(set_to_none=True)
     return history
