@@ -383,18 +383,22 @@ def test_a_warm_up_only_run_writes_a_checkpoint_to_start_rl_from(tmp_path):
     assert report["metrics"]["eval/pass@3"] >= report["metrics"]["eval/avg@3"]
 
 
-def test_cgrpo_sft_with_refinement_examples_from_another_source(tmp_path):
+@pytest.mark.parametrize("wrong", ["perturbed_answer", "own_sample"])
+def test_cgrpo_sft_with_refinement_examples_from_another_source(tmp_path, wrong):
     """cgrpo sft: the warm-up alone (train.steps=0), plain examples from data.task and
-    refinement examples from sft.refinement_task with perturbed final answers."""
+    refinement examples from sft.refinement_task whose wrong previous answer is a perturbed
+    final answer, or the warm-up model's own wrong sample."""
     out = run_cli(
         "sft", QUICKSTART, "run.console=plain", "sft.steps=4", "sft.refinement_share=0.5",
         "sft.refinement_task={name: arithmetic, options: {size: 30, digits: 2, seed: 9}}",
-        "sft.wrong_answer=perturbed_answer", f"model.path={tmp_path / 'tiny'}",
+        f"sft.wrong_answer={wrong}", f"model.path={tmp_path / 'tiny'}",
         f"run.output_dir={tmp_path / 'runs'}", cwd=tmp_path,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     run = tmp_path / "runs" / "quickstart"
-    assert len((run / "sft_metrics.jsonl").read_text().splitlines()) == 4
+    lines = [json.loads(x) for x in (run / "sft_metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 4
+    assert any("sft/own_wrong_share" in x for x in lines) == (wrong == "own_sample")
     assert (run / "checkpoints" / "step-0" / "model.safetensors").is_file()
     assert not (run / "metrics.jsonl").exists() or not (run / "metrics.jsonl").read_text()
     refused = run_cli(

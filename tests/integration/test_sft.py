@@ -170,3 +170,76 @@ def test_a_warm_up_continued_from_its_saved_state_ends_bitwise_the_same(tiny_mod
     assert [h["sft/loss"] for h in rest] == [h["sft/loss"] for h in full[4:]]
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_own_sample_shows_the_models_own_wrong_answers_and_resumes_exactly(tiny_model_dir, tiny):
+    """sft.wrong_answer own_sample: refinement examples critique what the warm-up model
+    itself sampled (the real hf backend, seeded from the warm-up's RNG) when the verifier
+    finds it wrong; continued from a saved state, the warm-up ends bitwise the same."""
+    from transformers import AutoModelForCausalLM
+
+    from cgrpo.builtins.critics.rule import GroundTruthCritic
+    from cgrpo.builtins.policies.hf import HFPolicy
+    from cgrpo.builtins.verifiers.math import MathVerifier
+    from cgrpo.interfaces import BuildContext
+    from cgrpo.types import SamplingParams
+
+    _, tok = tiny
+    problems = [
+        Problem(str(i), f"What is {i} + 1?", str(i + 1), f"{i} + 1 = {i + 1}. \\boxed{{{i + 1}}}")
+        for i in range(8)
+    ]
+    prompts = PromptBuilder(tok, PromptConfig(), RefinementConfig(), 256, 24)
+    cfg = SFTConfig(steps=4, batch_size=4, refinement_share=0.5, wrong_answer="own_sample")
+    verifier = MathVerifier(MathVerifier.Options(), None)
+    seen = []
+
+    class Recording(GroundTruthCritic):
+        def critique(self, requests):
+            seen.extend(requests)
+            return super().critique(requests)
+
+    critic = Recording(GroundTruthCritic.Options(), None)
+
+    def warm(model, **kw):
+        policy = HFPolicy(HFPolicy.Options(), BuildContext(model=model, tokenizer=tok))
+        sampled = []
+
+        def sample(probs, seeds):
+            params = SamplingParams(n=1, max_new_tokens=24)
+            out = policy.generate([prompts.prompt_ids(p) for p in probs], params, seeds)
+            texts = [g[0].text for g in out]
+            sampled.extend(texts)
+            return [(t, verifier.verify(t, p)) for t, p in zip(texts, probs, strict=True)]
+
+        history = sft_warmup(
+            model, tok, problems, prompts, cfg, 0, critic=critic, sample=sample, **kw
+        )
+        return history, sampled
+
+    def fresh():
+        return AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+
+    whole = fresh()
+    history, sampled = warm(whole)
+    shares = [h["sft/own_wrong_share"] for h in history if "sft/own_wrong_share" in h]
+    assert shares and max(shares) > 0  # the random tiny model gets these wrong
+    own = [r for r in seen if r.response in sampled]
+    assert own and all(not r.verdict.correct for r in own)
+
+    saved = {}
+    first = fresh()
+    warm(
+        first,
+        save=lambda step, state: saved.setdefault(
+            step, (copy.deepcopy(state), {k: v.clone() for k, v in first.state_dict().items()})
+        ),
+        save_every=2,
+    )
+    state, weights = saved[2]
+    resumed = fresh()
+    resumed.load_state_dict(weights)
+    rest, _ = warm(resumed, start={**state, "step": 2})
+    assert [h["sft/loss"] for h in rest] == [h["sft/loss"] for h in history[2:]]
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

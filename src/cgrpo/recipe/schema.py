@@ -352,11 +352,13 @@ class SFTConfig(Section):
         description="data of the refinement examples (question, solution, answer); None = "
         "the warm-up data. E.g. plain examples of easy problems, refinement examples of hard",
     )
-    wrong_answer: Literal["other_solution", "perturbed_answer"] = Field(
+    wrong_answer: Literal["other_solution", "perturbed_answer", "own_sample"] = Field(
         "other_solution",
         description="the wrong previous response of a refinement example: another problem's "
-        "solution, or the problem's own solution with its final answer changed (integers "
-        "moved by 1-10, others replaced by another problem's answer)",
+        "solution; the problem's own solution with its final answer changed (integers "
+        "moved by 1-10, others replaced by another problem's answer); or the warm-up "
+        "model's own sample (sampling settings of the recipe) when the verifier finds it "
+        "wrong, else a perturbed answer",
     )
     optim: OptimConfig | None = Field(
         None,

@@ -21,6 +21,42 @@ EXIT_INTERRUPTED = 130
 SFT_METRICS = "sft_metrics.jsonl"
 
 
+def _warmup_sampler(recipe: Any, built: Any):
+    """``sample(problems, seeds)`` for ``sft.wrong_answer: own_sample``: one response per
+    problem from the model being warmed up (the recipe's sampling settings, seeded so that
+    a resumed warm-up draws the same), each with its verdict; None for the other modes."""
+    if recipe.sft.wrong_answer != "own_sample":
+        return None
+    from cgrpo.train.sharding import gathered
+    from cgrpo.types import SamplingParams
+    from cgrpo.verify_pool import VerifyPool
+
+    s = recipe.sampling
+    params = SamplingParams(
+        n=1, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+        max_new_tokens=s.max_new_tokens,
+    )  # fmt: skip
+    inline = VerifyPool(1)  # a few responses per step: not worth the worker processes
+
+    def sample(problems, seeds):
+        policy = built.policy
+        if getattr(policy, "samples_with_trainer_model", False):
+            with gathered(built.model):
+                out = policy.generate(
+                    [built.prompts.prompt_ids(p) for p in problems], params, seeds
+                )
+        else:  # a separate engine (vllm): give it the weights of this warm-up step first
+            policy.sync_weights(built.model)
+            out = policy.generate([built.prompts.prompt_ids(p) for p in problems], params, seeds)
+        texts = [group[0].text for group in out]
+        verdicts = inline.verify_routed(
+            (built.verifier, None), built.verifier_routes, list(zip(texts, problems, strict=True))
+        )
+        return list(zip(texts, verdicts, strict=True))
+
+    return sample
+
+
 def _save_warmup(run_dir: Path, step: int, built: Any, state: dict[str, Any]) -> None:
     """Rank 0 writes warm-up checkpoint ``step`` and drops the older ones (every rank
     holds the same weights: the warm-up batch is the same on every rank)."""
@@ -253,6 +289,7 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
                 optim=recipe.optim,
                 refinement_problems=refinement_problems,
                 start=start,
+                sample=_warmup_sampler(recipe, built),
                 save=lambda step, state: _save_warmup(run_dir, step, built, state),
                 save_every=recipe.sft.save_every,
             )

@@ -6,9 +6,12 @@ drawn by a seeded RNG of its own (the RL data position is untouched).
 With ``refinement_share > 0`` that share of the examples are *refinement* examples: the
 refinement prompt built from the question, a wrong previous response and the recipe
 critic's critique of it, with the correct solution as target. The wrong response is
-another problem's solution (``sft.wrong_answer: other_solution``) or the problem's own
+another problem's solution (``sft.wrong_answer: other_solution``), the problem's own
 solution with its final answer changed (``perturbed_answer``: a wrong answer near the
-right one, so the model learns to read the critique rather than recompute from scratch).
+right one, so the model learns to read the critique rather than recompute from scratch),
+or the warm-up model's own sampled response when the verifier finds it wrong
+(``own_sample``: the mistakes RL will critique; where the model was right, a perturbed
+answer instead).
 Refinement examples come from the warm-up data or from ``sft.refinement_task``.
 Critique-GRPO needs a policy that can act on a critique; strong base models can, a tiny
 model cannot until it has seen a few. Rule-based critics make these examples free; an API
@@ -52,6 +55,7 @@ def sft_warmup(
     start: dict[str, Any] | None = None,
     save: Callable[[int, dict[str, Any]], None] | None = None,
     save_every: int = 0,
+    sample: Callable[[list[Problem], list[int]], list[tuple[str, Verdict]]] | None = None,
 ) -> list[dict[str, float]]:
     """Run ``cfg.steps`` AdamW steps of supervised fine-tuning; returns per-step metrics.
 
@@ -66,7 +70,10 @@ def sft_warmup(
     Every ``save_every`` steps ``save(step, state)`` is called with what a later call needs
     to go on exactly (optimizer, schedule and data RNG; the caller saves the weights); such
     a call passes that state back as ``start`` on weights loaded from the same checkpoint,
-    and runs the remaining steps only."""
+    and runs the remaining steps only.
+
+    ``sample(problems, seeds)`` (for ``wrong_answer: own_sample``) draws one response per
+    problem from the model as it is, with those seeds, and returns each with its verdict."""
     with_solution = [p for p in problems if p.solution]
     if not with_solution:
         raise DataError(
@@ -89,11 +96,16 @@ def sft_warmup(
     if share > 0 and critic is None:
         raise ValueError("sft.refinement_share > 0 needs the recipe's critic")
 
-    def refinement_row(prob: Problem) -> TrainRow | None:
+    if wrong_answer == "own_sample" and sample is None:
+        raise ValueError("sft.wrong_answer own_sample needs a sampler of the warm-up model")
+
+    def refinement_row(prob: Problem, own: tuple[str, Verdict] | None = None) -> TrainRow | None:
         """A refinement example, or None when its prompt cannot fit (then the plain
-        example is used)."""
+        example is used). ``own``: the model's own wrong response and its verdict."""
         pool = ref_pool or with_solution
-        if wrong_answer == "perturbed_answer":
+        if own is not None:
+            previous, wrong = own
+        elif wrong_answer in ("perturbed_answer", "own_sample"):  # own_sample: it was right
             bad = perturbed(prob.answer, rng, pool)
             previous = with_final_answer(prob.solution or "", prob.answer, bad)
         else:
@@ -101,7 +113,8 @@ def sft_warmup(
             while other.answer == prob.answer and len(pool) > 1:
                 other = rng.choice(pool)
             bad, previous = other.answer, other.solution or ""
-        wrong = Verdict(0.0, False, bad)
+        if own is None:
+            wrong = Verdict(0.0, False, bad)
         crit = critic.critique([CritiqueRequest(prob, previous, wrong)])[0]
         ids = [*tokenizer.encode(prob.solution, add_special_tokens=False), eos]
         try:
@@ -131,19 +144,36 @@ def sft_warmup(
     sharded = is_sharded(model)
     history = []
     model.train()
+
+    def plain_row(prob: Problem) -> TrainRow:
+        if prob.id not in rows:
+            ids = [*tokenizer.encode(prob.solution, add_special_tokens=False), eos]
+            rows[prob.id] = TrainRow(0, prompts.prompt_ids(prob), ids, None, False, 0.0)
+        return rows[prob.id]
+
     for step in range(first, cfg.steps + 1):
-        batch_rows = []
+        batch_rows: list[TrainRow | None] = []
+        deferred = []  # own_sample: (position, problem, refinement source), sampled together
         for prob in rng.sample(with_solution, min(cfg.batch_size, len(with_solution))):
             if share > 0 and rng.random() < share:
                 source = prob if ref_pool is None else rng.choice(ref_pool)
+                if wrong_answer == "own_sample":
+                    deferred.append((len(batch_rows), prob, source))
+                    batch_rows.append(None)
+                    continue
                 if row := refinement_row(source):
                     batch_rows.append(row)
                     continue
-            if prob.id not in rows:
-                ids = [*tokenizer.encode(prob.solution, add_special_tokens=False), eos]
-                rows[prob.id] = TrainRow(0, prompts.prompt_ids(prob), ids, None, False, 0.0)
-            batch_rows.append(rows[prob.id])
-        batch = collate(batch_rows, tokenizer.pad_token_id)
+            batch_rows.append(plain_row(prob))
+        own_used = 0
+        if deferred:  # one generate call for the step; seeds from the warm-up's own RNG
+            assert sample is not None
+            drawn = sample([src for *_, src in deferred], [rng.getrandbits(31) for _ in deferred])
+            for (at, prob, source), (text, verdict) in zip(deferred, drawn, strict=True):
+                own = None if verdict.correct else (text, verdict)
+                own_used += own is not None
+                batch_rows[at] = refinement_row(source, own) or plain_row(prob)
+        batch = collate(batch_rows, tokenizer.pad_token_id)  # type: ignore[arg-type]
         with precision.autocast():
             lp, _ = forward_response(model, batch, 1.0, chunk_tokens=chunk_tokens)
         mask = batch.response_mask.to(lp.device)
@@ -156,6 +186,8 @@ def sft_warmup(
         opt.step()
         metrics = {"sft/loss": float(loss.detach()), "sft/grad_norm": norm,
                    "sft/lr": float(opt.param_groups[0]["lr"])}  # fmt: skip
+        if deferred:  # how many refinement examples showed the model's own wrong answer
+            metrics["sft/own_wrong_share"] = own_used / len(deferred)
         if scheduler is not None:
             scheduler.step()
         history.append(metrics)
