@@ -94,6 +94,17 @@ def register_benchmarks(register: Register) -> None:
 
 
 @hookspec
+def register_wrong_answers(register: Register) -> None:
+    """Register makers of the wrong previous response of an SFT refinement example
+    (``sft.wrong_answer``; built-ins ``other_solution``, ``perturbed_answer``,
+    ``own_sample``).
+
+    :param register: ``register(name, factory, options=None)``; the factory returns a
+        :class:`cgrpo.interfaces.WrongAnswer`.
+    """
+
+
+@hookspec
 def register_observers(register: Register) -> None:
     """Register observers: trackers a recipe names in its ``observers:`` list (no
     built-ins; ``plugins/cgrpo-tensorboard`` and ``plugins/cgrpo-wandb`` are examples).

@@ -98,6 +98,26 @@ class TaskSource(Protocol):
 
 
 @runtime_checkable
+class WrongAnswer(Protocol):
+    """Makes the wrong previous response of an SFT refinement example (``sft.wrong_answer``):
+    ``make`` returns (response text, its verdict) for ``problem``, drawing any randomness
+    from ``rng`` (the warm-up's seeded RNG: a resumed warm-up draws the same) and, where it
+    needs them, other problems from ``pool``. With ``uses_own_sample`` the warm-up samples
+    one response of the model per example (one generate call per step) and passes it with
+    its verdict as ``sample``."""
+
+    uses_own_sample: bool
+
+    def make(
+        self,
+        problem: Problem,
+        pool: Sequence[Problem],
+        rng: Any,
+        sample: tuple[str, Verdict] | None = None,
+    ) -> tuple[str, Verdict]: ...
+
+
+@runtime_checkable
 class Benchmark(Protocol):
     """A named evaluation set with the settings its published numbers use.
 

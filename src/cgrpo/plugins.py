@@ -32,6 +32,7 @@ BUILTIN_PLUGINS = {
     "builtins.advantages": "cgrpo.builtins.advantages",
     "builtins.tasks": "cgrpo.builtins.tasks",
     "builtins.benchmarks": "cgrpo.builtins.benchmarks",
+    "builtins.wrong_answers": "cgrpo.builtins.wrong_answers",
 }
 
 # kind -> the registration hook that fills its registry
@@ -42,6 +43,7 @@ _REGISTRATION_HOOKS = {
     "advantage": "register_advantage_schemes",
     "task": "register_tasks",
     "benchmark": "register_benchmarks",
+    "wrong_answer": "register_wrong_answers",
     "observer": "register_observers",
 }
 

@@ -14,7 +14,16 @@ from cgrpo.errors import PluginError, UnknownComponentError
 
 T = TypeVar("T")
 
-KINDS = ("policy", "critic", "verifier", "advantage", "task", "benchmark", "observer")
+KINDS = (
+    "policy",
+    "critic",
+    "verifier",
+    "advantage",
+    "task",
+    "benchmark",
+    "wrong_answer",
+    "observer",
+)
 
 
 class NoOptions(BaseModel):

@@ -122,7 +122,7 @@ def test_refinement_examples_from_their_own_source_with_a_chosen_wrong_answer(
 def test_perturbed_answers_and_replaced_final_answers():
     import random
 
-    from cgrpo.train.sft import perturbed, with_final_answer
+    from cgrpo.builtins.wrong_answers import perturbed, with_final_answer
 
     rng = random.Random(0)
     pool = [Problem("1", "q", "\\frac{1}{2}"), Problem("2", "q", "x + 1")]
@@ -191,6 +191,7 @@ def test_own_sample_shows_the_models_own_wrong_answers_and_resumes_exactly(tiny_
     ]
     prompts = PromptBuilder(tok, PromptConfig(), RefinementConfig(), 256, 24)
     cfg = SFTConfig(steps=4, batch_size=4, refinement_share=0.5, wrong_answer="own_sample")
+    assert cfg.wrong_answer.name == "own_sample"
     verifier = MathVerifier(MathVerifier.Options(), None)
     seen = []
 
@@ -243,3 +244,34 @@ def test_own_sample_shows_the_models_own_wrong_answers_and_resumes_exactly(tiny_
     assert [h["sft/loss"] for h in rest] == [h["sft/loss"] for h in history[2:]]
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_a_wrong_answer_maker_writes_every_previous_response(tiny_model_dir, tiny):
+    """sft_warmup asks its WrongAnswer (built-in or a plugin's) for each refinement
+    example's previous response and verdict, with the refinement pool and its own RNG."""
+    from transformers import AutoModelForCausalLM
+
+    from cgrpo.builtins.wrong_answers import OtherSolution, OwnSample, PerturbedAnswer
+    from cgrpo.interfaces import WrongAnswer
+    from cgrpo.types import Verdict
+
+    assert all(isinstance(c(), WrongAnswer) for c in (OtherSolution, PerturbedAnswer, OwnSample))
+
+    class Doubled:
+        uses_own_sample = False
+
+        def make(self, problem, pool, rng, sample=None):
+            bad = str(2 * int(problem.answer))
+            return f"twice: {bad}", Verdict(0.0, False, bad)
+
+    _, tok = tiny
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    problems = [Problem(str(i), f"What is {i} + 1?", str(i + 1), f"{i} + 1 = {i + 1}")
+                for i in range(8)]  # fmt: skip
+    prompts = PromptBuilder(tok, PromptConfig(), RefinementConfig(), 256, 32)
+    critic = RecordingCritic()
+    cfg = SFTConfig(steps=2, batch_size=4, refinement_share=0.5)
+    sft_warmup(model, tok, problems, prompts, cfg, 0, critic=critic, wrong=Doubled())
+    assert critic.requests
+    for r in critic.requests:
+        assert r.response == f"twice: {2 * int(r.problem.answer)}" and not r.verdict.correct

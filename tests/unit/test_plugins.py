@@ -152,3 +152,48 @@ def test_gsm8k_verifier_behaviour():
     assert v.verify(r"\boxed{1215.0}", gold).correct
     assert not v.verify("#### 1216", gold).correct
     assert v.verify("no number", gold).reason == "no_answer"
+
+
+WRONG_PLUGIN = """
+from pydantic import BaseModel, ConfigDict
+from cgrpo import hookimpl
+from cgrpo.types import Verdict
+
+class Reversed:
+    '''The right answer written backwards, behind a marker.'''
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        marker: str = "so"
+    uses_own_sample = False
+    def __init__(self, options, context):
+        self.marker = options.marker
+    def make(self, problem, pool, rng, sample=None):
+        bad = problem.answer[::-1]
+        return f"{self.marker} {bad}", Verdict(0.0, False, bad)
+
+@hookimpl
+def register_wrong_answers(register):
+    register("reversed", Reversed)
+"""
+
+
+def test_a_plugin_wrong_answer_maker_is_listed_and_checked_in_recipes(tmp_path):
+    (tmp_path / "wrong_plugin.py").write_text(WRONG_PLUGIN)
+    site = fake_distribution(tmp_path, "wrong-plugin", {"wrong": "wrong_plugin"})
+    listed = run_cli("list", "wrong_answer", paths=[site])
+    assert listed.returncode == 0, listed.stderr
+    assert "reversed" in listed.stdout and "own_sample" in listed.stdout
+    base = ["sft.steps=5", "sft.refinement_share=0.5", "model.path=hub-org/some-model"]
+    recipe = str(REPO / "recipes" / "quickstart-cpu.yaml")
+    ok = run_cli(
+        "check", recipe, *base, "sft.wrong_answer={name: reversed, options: {marker: Thus}}",
+        paths=[site],
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    bad = run_cli(
+        "check", recipe, *base, "sft.wrong_answer={name: reversed, options: {markr: x}}",
+        paths=[site],
+    )  # fmt: skip
+    assert bad.returncode == 2 and "sft.wrong_answer.options.markr" in bad.stderr
+    unknown = run_cli("check", recipe, *base, "sft.wrong_answer=revresed", paths=[site])
+    assert unknown.returncode == 2 and "did you mean 'reversed'" in unknown.stderr

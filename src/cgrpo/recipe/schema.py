@@ -352,13 +352,14 @@ class SFTConfig(Section):
         description="data of the refinement examples (question, solution, answer); None = "
         "the warm-up data. E.g. plain examples of easy problems, refinement examples of hard",
     )
-    wrong_answer: Literal["other_solution", "perturbed_answer", "own_sample"] = Field(
+    wrong_answer: ComponentSpec = component(
         "other_solution",
-        description="the wrong previous response of a refinement example: another problem's "
-        "solution; the problem's own solution with its final answer changed (integers "
-        "moved by 1-10, others replaced by another problem's answer); or the warm-up "
-        "model's own sample (sampling settings of the recipe) when the verifier finds it "
-        "wrong, else a perturbed answer",
+        "the wrong previous response of a refinement example: other_solution (another "
+        "problem's solution), perturbed_answer (the problem's own solution with its final "
+        "answer changed: integers moved by 1-10, others replaced by another problem's "
+        "answer), own_sample (the warm-up model's own sample, the recipe's sampling "
+        "settings, when the verifier finds it wrong; else a perturbed answer), or a "
+        "plugin's (register_wrong_answers)",
     )
     optim: OptimConfig | None = Field(
         None,
@@ -574,4 +575,5 @@ COMPONENT_PATHS: dict[str, str] = {
     "eval.task": "task",
     "sft.task": "task",
     "sft.refinement_task": "task",
+    "sft.wrong_answer": "wrong_answer",
 }

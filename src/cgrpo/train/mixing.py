@@ -142,9 +142,10 @@ def collate(rows: Sequence[TrainRow], pad_id: int) -> Batch:
         p, n = len(row.prompt_ids), len(row.response_ids)
         input_ids[i, lp - p : lp] = torch.tensor(row.prompt_ids, dtype=torch.long)
         attention[i, lp - p : lp + n] = 1
-        if n:
-            input_ids[i, lp : lp + n] = torch.tensor(row.response_ids, dtype=torch.long)
-            response_ids[i, :n] = torch.tensor(row.response_ids, dtype=torch.long)
+        if n:  # one list -> tensor conversion per row (the costly part at 8k tokens)
+            response = torch.tensor(row.response_ids, dtype=torch.long)
+            input_ids[i, lp : lp + n] = response
+            response_ids[i, :n] = response
             response_mask[i, :n] = 1.0
             if row.old_logprobs is not None:
                 old[i, :n] = torch.tensor(row.old_logprobs[:n], dtype=torch.float32)

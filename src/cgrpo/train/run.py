@@ -21,11 +21,11 @@ EXIT_INTERRUPTED = 130
 SFT_METRICS = "sft_metrics.jsonl"
 
 
-def _warmup_sampler(recipe: Any, built: Any):
-    """``sample(problems, seeds)`` for ``sft.wrong_answer: own_sample``: one response per
-    problem from the model being warmed up (the recipe's sampling settings, seeded so that
-    a resumed warm-up draws the same), each with its verdict; None for the other modes."""
-    if recipe.sft.wrong_answer != "own_sample":
+def _warmup_sampler(recipe: Any, built: Any, wrong: Any):
+    """``sample(problems, seeds)`` for a ``sft.wrong_answer`` that ``uses_own_sample``: one
+    response per problem from the model being warmed up (the recipe's sampling settings,
+    seeded so that a resumed warm-up draws the same), each with its verdict; else None."""
+    if not getattr(wrong, "uses_own_sample", False):
         return None
     from cgrpo.train.sharding import gathered
     from cgrpo.types import SamplingParams
@@ -275,6 +275,8 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
             if recipe.sft.refinement_task is not None and recipe.sft.refinement_share > 0:
                 spec = recipe.sft.refinement_task
                 refinement_problems = registries["task"].build(spec.name, spec.options, None).load()
+            maker = recipe.sft.wrong_answer
+            wrong = registries["wrong_answer"].build(maker.name, maker.options, None)
             sft_warmup(
                 built.model,
                 built.tokenizer,
@@ -289,7 +291,8 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
                 optim=recipe.optim,
                 refinement_problems=refinement_problems,
                 start=start,
-                sample=_warmup_sampler(recipe, built),
+                wrong=wrong,
+                sample=_warmup_sampler(recipe, built, wrong),
                 save=lambda step, state: _save_warmup(run_dir, step, built, state),
                 save_every=recipe.sft.save_every,
             )

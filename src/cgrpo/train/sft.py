@@ -21,7 +21,6 @@ critic would be called for each, so keep the share 0 there.
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -56,6 +55,7 @@ def sft_warmup(
     save: Callable[[int, dict[str, Any]], None] | None = None,
     save_every: int = 0,
     sample: Callable[[list[Problem], list[int]], list[tuple[str, Verdict]]] | None = None,
+    wrong: Any = None,
 ) -> list[dict[str, float]]:
     """Run ``cfg.steps`` AdamW steps of supervised fine-tuning; returns per-step metrics.
 
@@ -72,8 +72,10 @@ def sft_warmup(
     a call passes that state back as ``start`` on weights loaded from the same checkpoint,
     and runs the remaining steps only.
 
-    ``sample(problems, seeds)`` (for ``wrong_answer: own_sample``) draws one response per
-    problem from the model as it is, with those seeds, and returns each with its verdict."""
+    ``wrong`` makes the wrong previous responses (a :class:`cgrpo.interfaces.WrongAnswer`;
+    default: built from ``cfg.wrong_answer``). ``sample(problems, seeds)``, for one that
+    ``uses_own_sample``, draws one response per problem from the model as it is, with those
+    seeds, and returns each with its verdict."""
     with_solution = [p for p in problems if p.solution]
     if not with_solution:
         raise DataError(
@@ -88,7 +90,9 @@ def sft_warmup(
                 "sft.refinement_task has no problem with a reference solution; map its "
                 "solution_field"
             )
-    wrong_answer = getattr(cfg, "wrong_answer", "other_solution")
+    if wrong is None:
+        wrong = _build_wrong_answer(getattr(cfg, "wrong_answer", None))
+    own_samples = bool(getattr(wrong, "uses_own_sample", False))
     rng = random.Random(f"sft:{seed}")
     eos = tokenizer.eos_token_id
     rows: dict[str, TrainRow] = {}
@@ -96,26 +100,14 @@ def sft_warmup(
     if share > 0 and critic is None:
         raise ValueError("sft.refinement_share > 0 needs the recipe's critic")
 
-    if wrong_answer == "own_sample" and sample is None:
-        raise ValueError("sft.wrong_answer own_sample needs a sampler of the warm-up model")
+    if own_samples and share > 0 and sample is None:
+        raise ValueError("this sft.wrong_answer needs a sampler of the warm-up model")
 
     def refinement_row(prob: Problem, own: tuple[str, Verdict] | None = None) -> TrainRow | None:
         """A refinement example, or None when its prompt cannot fit (then the plain
-        example is used). ``own``: the model's own wrong response and its verdict."""
-        pool = ref_pool or with_solution
-        if own is not None:
-            previous, wrong = own
-        elif wrong_answer in ("perturbed_answer", "own_sample"):  # own_sample: it was right
-            bad = perturbed(prob.answer, rng, pool)
-            previous = with_final_answer(prob.solution or "", prob.answer, bad)
-        else:
-            other = rng.choice(pool)
-            while other.answer == prob.answer and len(pool) > 1:
-                other = rng.choice(pool)
-            bad, previous = other.answer, other.solution or ""
-        if own is None:
-            wrong = Verdict(0.0, False, bad)
-        crit = critic.critique([CritiqueRequest(prob, previous, wrong)])[0]
+        example is used). ``own``: the model's own response and its verdict."""
+        previous, wrong_verdict = wrong.make(prob, ref_pool or with_solution, rng, own)
+        crit = critic.critique([CritiqueRequest(prob, previous, wrong_verdict)])[0]
         ids = [*tokenizer.encode(prob.solution, add_special_tokens=False), eos]
         try:
             prompt = prompts.refinement_ids(prob, previous, crit.text)
@@ -157,7 +149,7 @@ def sft_warmup(
         for prob in rng.sample(with_solution, min(cfg.batch_size, len(with_solution))):
             if share > 0 and rng.random() < share:
                 source = prob if ref_pool is None else rng.choice(ref_pool)
-                if wrong_answer == "own_sample":
+                if own_samples:
                     deferred.append((len(batch_rows), prob, source))
                     batch_rows.append(None)
                     continue
@@ -170,9 +162,8 @@ def sft_warmup(
             assert sample is not None
             drawn = sample([src for *_, src in deferred], [rng.getrandbits(31) for _ in deferred])
             for (at, prob, source), (text, verdict) in zip(deferred, drawn, strict=True):
-                own = None if verdict.correct else (text, verdict)
-                own_used += own is not None
-                batch_rows[at] = refinement_row(source, own) or plain_row(prob)
+                own_used += not verdict.correct
+                batch_rows[at] = refinement_row(source, (text, verdict)) or plain_row(prob)
         batch = collate(batch_rows, tokenizer.pad_token_id)  # type: ignore[arg-type]
         with precision.autocast():
             lp, _ = forward_response(model, batch, 1.0, chunk_tokens=chunk_tokens)
@@ -186,7 +177,7 @@ def sft_warmup(
         opt.step()
         metrics = {"sft/loss": float(loss.detach()), "sft/grad_norm": norm,
                    "sft/lr": float(opt.param_groups[0]["lr"])}  # fmt: skip
-        if deferred:  # how many refinement examples showed the model's own wrong answer
+        if deferred:  # how many refinement examples drew a wrong answer from the model
             metrics["sft/own_wrong_share"] = own_used / len(deferred)
         if scheduler is not None:
             scheduler.step()
@@ -207,30 +198,11 @@ def sft_warmup(
     return history
 
 
-def perturbed(answer: str, rng: random.Random, pool: Sequence[Problem]) -> str:
-    """A wrong answer near ``answer``: an integer moved by 1 to 10 either way; anything else
-    replaced by another problem's different answer."""
-    text = answer.strip()
-    if re.fullmatch(r"-?\d+", text):
-        return str(int(text) + rng.choice([-1, 1]) * rng.randint(1, 10))
-    others = [p.answer for p in pool if p.answer.strip() != text]
-    if not others:
-        raise DataError(
-            f"sft.wrong_answer perturbed_answer: {answer!r} is not an integer and no other "
-            "problem has a different answer to put in its place"
-        )
-    return rng.choice(others)
+def _build_wrong_answer(spec: Any) -> Any:
+    """The registered wrong-answer maker ``spec`` names (a name, or name and options)."""
+    from cgrpo.interfaces import BuildContext
+    from cgrpo.plugins import get_registries
+    from cgrpo.recipe.schema import ComponentSpec
 
-
-def with_final_answer(solution: str, answer: str, wrong: str) -> str:
-    """``solution`` with its final answer ``answer`` replaced by ``wrong``: in its last
-    ``\\boxed{...}`` when it has one, else the last occurrence of the answer; without
-    either, the wrong answer is stated at the end."""
-    boxed = f"\\boxed{{{answer.strip()}}}"
-    at = solution.rfind(boxed)
-    if at >= 0:
-        return solution[:at] + f"\\boxed{{{wrong}}}" + solution[at + len(boxed) :]
-    at = solution.rfind(answer.strip())
-    if answer.strip() and at >= 0:
-        return solution[:at] + wrong + solution[at + len(answer.strip()) :]
-    return f"{solution.rstrip()} The answer is \\boxed{{{wrong}}}."
+    spec = ComponentSpec.model_validate(spec or "other_solution")
+    return get_registries()["wrong_answer"].build(spec.name, spec.options, BuildContext())
