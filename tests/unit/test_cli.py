@@ -117,9 +117,10 @@ def test_check_reads_the_data_and_lists_every_bad_row_with_file_and_line(tmp_pat
         f"eval.task={{name: jsonl, options: {{path: {empty}}}}}",
         f"model.path={tmp_path / 'tiny'}",
     ]
-    out = run_cli(*args, cwd=tmp_path)
+    wide = {"COLUMNS": "1000"}  # rich wraps long lines, inside a long path too (xdist's)
+    out = run_cli(*args, cwd=tmp_path, env=wide)
     assert out.returncode == 2, out.stdout + out.stderr
-    text = " ".join(out.stdout.split())  # rich wraps long lines
+    text = " ".join(out.stdout.split())
     for needle in (
         f"{data}:2: missing field 'answer'",
         f"{data}:3: invalid JSON",
