@@ -219,15 +219,10 @@ class Trainer:
                     r.old_logprobs = row_lp[: len(r.response_ids)]
 
     def sampling_weights(self):
-        """Context for sampling: a sharded model is gathered whole first when the policy
-        samples with it (the ``hf`` backend), so ``generate`` makes no collective calls."""
-        import contextlib
+        """Context for sampling (:func:`cgrpo.train.sharding.sampling_weights`)."""
+        from cgrpo.train.sharding import sampling_weights
 
-        from cgrpo.train.sharding import gathered
-
-        if getattr(self.b.policy, "samples_with_trainer_model", False):
-            return gathered(self.b.model)
-        return contextlib.nullcontext()
+        return sampling_weights(self.b.policy, self.b.model)
 
     def verify_submit(self, pairs: list, batch: int):
         """Start verifying (response, problem) pairs, part of a batch of ``batch``: in the

@@ -27,7 +27,7 @@ def _warmup_sampler(recipe: Any, built: Any, wrong: Any):
     seeded so that a resumed warm-up draws the same), each with its verdict; else None."""
     if not getattr(wrong, "uses_own_sample", False):
         return None
-    from cgrpo.train.sharding import gathered
+    from cgrpo.train.sharding import sampling_weights
     from cgrpo.types import SamplingParams
     from cgrpo.verify_pool import VerifyPool
 
@@ -40,13 +40,9 @@ def _warmup_sampler(recipe: Any, built: Any, wrong: Any):
 
     def sample(problems, seeds):
         policy = built.policy
-        if getattr(policy, "samples_with_trainer_model", False):
-            with gathered(built.model):
-                out = policy.generate(
-                    [built.prompts.prompt_ids(p) for p in problems], params, seeds
-                )
-        else:  # a separate engine (vllm): give it the weights of this warm-up step first
-            policy.sync_weights(built.model)
+        if not getattr(policy, "samples_with_trainer_model", False):
+            policy.sync_weights(built.model)  # a separate engine (vllm): this step's weights
+        with sampling_weights(policy, built.model):
             out = policy.generate([built.prompts.prompt_ids(p) for p in problems], params, seeds)
         texts = [group[0].text for group in out]
         verdicts = inline.verify_routed(
@@ -194,7 +190,7 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
     from cgrpo.train.metrics import Console, JsonlWriter
     from cgrpo.train.observers import Observers, build_observers
     from cgrpo.train.resume import check_disk
-    from cgrpo.train.sft import sft_warmup
+    from cgrpo.train.sft import build_wrong_answer, sft_warmup
 
     hf_logging.disable_progress_bar()
     _check_memory(recipe, path)
@@ -220,10 +216,10 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
     if main:
         hooks.on_run_start(run_dir=str(run_dir), recipe=resolved)
     try:
+        weights = ckpt  # an RL or a warm-up checkpoint: its weights are loaded either way
         warm_from = None  # a warm-up checkpoint: the warm-up goes on from it, then RL
         if ckpt is not None and is_warmup_checkpoint(Path(ckpt)):
             warm_from, ckpt = Path(ckpt), None
-        weights = ckpt if warm_from is None else str(warm_from)
         adapters = None
         if weights is not None and recipe.model.lora is not None:
             adapters = Path(weights)  # the checkpoint holds the adapters; the base stays
@@ -275,8 +271,7 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
             if recipe.sft.refinement_task is not None and recipe.sft.refinement_share > 0:
                 spec = recipe.sft.refinement_task
                 refinement_problems = registries["task"].build(spec.name, spec.options, None).load()
-            maker = recipe.sft.wrong_answer
-            wrong = registries["wrong_answer"].build(maker.name, maker.options, None)
+            wrong = build_wrong_answer(recipe.sft.wrong_answer)
             sft_warmup(
                 built.model,
                 built.tokenizer,

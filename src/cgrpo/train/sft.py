@@ -91,7 +91,7 @@ def sft_warmup(
                 "solution_field"
             )
     if wrong is None:
-        wrong = _build_wrong_answer(getattr(cfg, "wrong_answer", None))
+        wrong = build_wrong_answer(getattr(cfg, "wrong_answer", None))
     own_samples = bool(getattr(wrong, "uses_own_sample", False))
     rng = random.Random(f"sft:{seed}")
     eos = tokenizer.eos_token_id
@@ -198,7 +198,7 @@ def sft_warmup(
     return history
 
 
-def _build_wrong_answer(spec: Any) -> Any:
+def build_wrong_answer(spec: Any) -> Any:
     """The registered wrong-answer maker ``spec`` names (a name, or name and options)."""
     from cgrpo.interfaces import BuildContext
     from cgrpo.plugins import get_registries

@@ -137,3 +137,12 @@ def grad_norm_value(norm: torch.Tensor) -> float:
     FSDP: the norm over every rank's shard)."""
     full = getattr(norm, "full_tensor", None)
     return float(full() if callable(full) else norm)
+
+
+def sampling_weights(policy: Any, model: Any):
+    """Context for sampling with ``policy``: the sharded ``model`` gathered whole first
+    when the policy samples with it (the ``hf`` backend), so ``generate`` makes no
+    collective calls; nothing to do otherwise."""
+    if getattr(policy, "samples_with_trainer_model", False):
+        return gathered(model)
+    return contextlib.nullcontext()
