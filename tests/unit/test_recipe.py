@@ -383,6 +383,20 @@ def test_extends_switching_a_mode_or_a_name_drops_what_belonged_to_the_old_one(t
     assert load_recipe(same)[0].algorithm.loss.clip.bounds() == (0.1, 0.4)  # merged as before
 
 
+def test_sft_optim_in_a_child_or_an_override_replaces_the_inherited_sft_lr(tmp_path):
+    write(tmp_path, GOOD + "sft: {steps: 10, lr: 2.0e-3}\n", "base.yaml")
+    child = write(tmp_path, "extends: base.yaml\nsft: {optim: {lr: 5.0e-4}}\n", "c.yaml")
+    recipe, _ = load_recipe(child)
+    assert recipe.sft.optim.lr == 5e-4 and "lr" not in recipe.sft.model_fields_set
+    recipe, _ = load_recipe(tmp_path / "base.yaml", ["sft.optim.schedule=cosine"])
+    assert recipe.sft.optim.schedule == "cosine" and "lr" not in recipe.sft.model_fields_set
+    # both in one file is still a contradiction, and so is sft.lr after sft.optim
+    found, _ = problems(tmp_path, GOOD + "sft: {steps: 10, lr: 2.0e-3, optim: {lr: 1.0e-3}}\n")
+    assert "sft.lr" in found
+    found, _ = problems(tmp_path, GOOD, "sft.steps=10", "sft.optim.lr=1e-3", "sft.lr=2e-3")
+    assert "sft.lr" in found
+
+
 def test_unknown_component_name_and_unknown_key_are_both_reported(tmp_path):
     found, _ = problems(tmp_path, GOOD + "verifier: {name: mathh, bogus_option: 3}\n")
     assert "verifier.name" in found and "math" in found["verifier.name"].hint

@@ -52,6 +52,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
             )
         parent = _read_yaml(target, (*seen, path.resolve()))
         _drop_switched(parent, cfg)
+        _drop_replaced(parent, cfg)
         cfg = OmegaConf.merge(parent, cfg)
     return cfg
 
@@ -72,6 +73,26 @@ def _drop_switched(parent: DictConfig, child: DictConfig) -> None:
             old.pop("options", None)
         else:
             _drop_switched(old, value)
+
+
+# section -> {key: the older keys it replaces}. A child recipe (or an override) that gives
+# the newer key drops the inherited older one, which validation would otherwise refuse as
+# ignored: a recipe extending one with ``sft.lr`` can still switch to ``sft.optim``.
+REPLACED_KEYS: dict[str, dict[str, tuple[str, ...]]] = {"sft": {"optim": ("lr",)}}
+
+
+def _drop_replaced(parent: DictConfig, child: DictConfig) -> None:
+    """Before ``extends:`` merges ``child`` over ``parent``: drop the parent's keys that a
+    key the child sets replaces (see ``REPLACED_KEYS``), unless the child sets them too."""
+    for section, replacing in REPLACED_KEYS.items():
+        old, new = parent.get(section), child.get(section)
+        if not (isinstance(old, DictConfig) and isinstance(new, DictConfig)):
+            continue
+        for key, older in replacing.items():
+            if key in new:
+                for gone in older:
+                    if gone not in new:
+                        old.pop(gone, None)
 
 
 def _expand_shorthand(cfg: DictConfig, key: str) -> None:
@@ -108,6 +129,7 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str], source: str) -> D
             parsed = OmegaConf.select(value, key.strip())
             existing = OmegaConf.select(cfg, key.strip(), default=None)
             _expand_shorthand(cfg, key.strip())
+            _drop_replaced_by_override(cfg, key.strip())
             replace = isinstance(existing, DictConfig) and not isinstance(parsed, DictConfig)
             parent_key, _, leaf = key.strip().rpartition(".")
             parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else None
@@ -134,6 +156,17 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str], source: str) -> D
     if issues:
         raise RecipeError(issues, source)
     return cfg
+
+
+def _drop_replaced_by_override(cfg: DictConfig, key: str) -> None:
+    """An override of a newer key (``sft.optim.lr=...``) drops the older key it replaces
+    (``sft.lr``), as a child recipe's would; the override comes last, so it wins."""
+    section, _, rest = key.partition(".")
+    section_cfg = cfg.get(section) if section in REPLACED_KEYS else None
+    if not isinstance(section_cfg, DictConfig):
+        return
+    for gone in REPLACED_KEYS[section].get(rest.partition(".")[0], ()):
+        section_cfg.pop(gone, None)
 
 
 def load_raw(path: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:

@@ -63,7 +63,9 @@ def render() -> str:
         "it, key by key; chains are allowed, cycles are an error. Where it switches a "
         "section's `mode` (`clip: {mode: none}`) the extended recipe's other keys in that "
         "section are dropped, and where it switches a component's `name` its `options` "
-        "are. Command-line overrides (`key=value`, values in YAML) apply last.",
+        "are; where it gives `sft.optim`, an inherited `sft.lr` is dropped (an "
+        "`sft.optim...` override drops it too). Command-line overrides (`key=value`, "
+        "values in YAML) apply last.",
         "",
         "A setting that the others make meaningless is an error, not ignored: "
         "`clip.eps` needs `clip.mode: symmetric`, `eps_low`/`eps_high` need `asymmetric`, "
