@@ -397,6 +397,14 @@ def test_sft_optim_in_a_child_or_an_override_replaces_the_inherited_sft_lr(tmp_p
     assert "sft.lr" in found
 
 
+def test_null_takes_back_an_inherited_section_that_would_be_ignored(tmp_path):
+    base = write(tmp_path, GOOD + "sft: {steps: 10, optim: {lr: 1.0e-3}}\n", "base.yaml")
+    found, _ = problems(tmp_path, GOOD + "sft: {steps: 0, optim: {lr: 1.0e-3}}\n")
+    assert "sft.optim" in found  # a warm-up's optimizer without a warm-up is refused
+    recipe, _ = load_recipe(base, ["sft.steps=0", "sft.optim=null"])
+    assert recipe.sft.steps == 0 and recipe.sft.optim is None
+
+
 def test_unknown_component_name_and_unknown_key_are_both_reported(tmp_path):
     found, _ = problems(tmp_path, GOOD + "verifier: {name: mathh, bogus_option: 3}\n")
     assert "verifier.name" in found and "math" in found["verifier.name"].hint

@@ -70,7 +70,9 @@ def render() -> str:
         "A setting that the others make meaningless is an error, not ignored: "
         "`clip.eps` needs `clip.mode: symmetric`, `eps_low`/`eps_high` need `asymmetric`, "
         "`shaping.gamma` needs a shaping mode, `eval.size`/`eval.task` need `eval.every`; "
-        "the resolved recipe a run saves leaves such fields out.",
+        "the resolved recipe a run saves leaves such fields out. A null where null is the "
+        "default counts as not set: `sft.steps=0 sft.optim=null` takes back a warm-up an "
+        "extended recipe gives.",
         "",
         "Built-in components: "
         + "; ".join(f"{kind}: {', '.join(names)}" for kind, names in builtins.items())

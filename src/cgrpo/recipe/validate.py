@@ -158,10 +158,13 @@ def _sub_models(model: BaseModel) -> Iterator[tuple[str, BaseModel]]:
 
 def ignored_setting_issues(model: BaseModel, path: str = "") -> list[ConfigIssue]:
     """Every field the recipe sets (explicitly, or through ``extends:``) that the model's
-    ``ignored_settings()`` says its other settings make meaningless, in the whole tree."""
+    ``ignored_settings()`` says its other settings make meaningless, in the whole tree.
+    A field set to null where null is its default counts as not set: ``sft.optim=null`` is
+    how an override takes back a section that an extended recipe gives."""
     issues = []
     for name, why in _ignored(model).items():
-        if name in model.model_fields_set:
+        unset = getattr(model, name) is None and type(model).model_fields[name].default is None
+        if name in model.model_fields_set and not unset:
             where = f"{path}.{name}" if path else name
             reason, _, fix = why.partition("; ")
             issues.append(ConfigIssue(where, f"{name} {reason}", fix))
