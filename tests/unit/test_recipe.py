@@ -405,6 +405,14 @@ def test_null_takes_back_an_inherited_section_that_would_be_ignored(tmp_path):
     assert recipe.sft.steps == 0 and recipe.sft.optim is None
 
 
+def test_options_without_a_name_keep_the_default_component(tmp_path):
+    recipe, _ = load_recipe(write(tmp_path, GOOD), ["policy.options.generation_batch_size=8"])
+    assert recipe.policy.name == "hf"
+    assert recipe.policy.options == {"generation_batch_size": 8}
+    found, _ = problems(tmp_path, GOOD, "policy.options.no_such_option=1")
+    assert "policy.options.no_such_option" in found  # still validated as hf's options
+
+
 def test_unknown_component_name_and_unknown_key_are_both_reported(tmp_path):
     found, _ = problems(tmp_path, GOOD + "verifier: {name: mathh, bogus_option: 3}\n")
     assert "verifier.name" in found and "math" in found["verifier.name"].hint

@@ -111,6 +111,9 @@ def component_issues(raw: dict[str, Any], registries: Any) -> tuple[list[ConfigI
             spec = _default_spec(path)
             if spec is None:
                 continue  # a required section: the schema pass reports it missing
+        elif isinstance(spec, dict) and "name" not in spec and path in COMPONENT_PATHS:
+            default = _default_spec(path)  # options alone: the default component's (schema)
+            spec = {**spec, "name": default.name} if default is not None else spec
         try:
             spec = ComponentSpec.model_validate(spec)
         except ValidationError:
