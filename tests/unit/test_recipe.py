@@ -497,3 +497,24 @@ def test_benchmarks_resolve_with_their_preset_defaults(tmp_path):
     assert first["options"]["k"] == 16 and first["options"]["question_field"] == "problem"
     assert "temperature" not in second["options"]  # k 1: pruned from the saved recipe
     assert recipe.eval.task_sampling() == (1, 0.6, 0.95)
+
+
+def test_plugin_options_that_do_not_forbid_extras_still_refuse_unknown_keys():
+    """pydantic drops unknown keys by default; a plugin's Options written that way must not
+    accept a mistyped option and ignore it. extra='allow' is an explicit choice and kept."""
+    from pydantic import BaseModel, ConfigDict, ValidationError
+
+    from cgrpo.recipe.validate import issues_from_validation, strict_options
+
+    class Lax(BaseModel):
+        marker: str = "so"
+
+    class Open(BaseModel):
+        model_config = ConfigDict(extra="allow")
+
+    with pytest.raises(ValidationError) as err:
+        strict_options(Lax).model_validate({"markr": "x"})
+    (issue,) = issues_from_validation(err.value, Lax, "sft.wrong_answer.options")
+    assert issue.path == "sft.wrong_answer.options.markr" and "marker" in issue.hint
+    assert strict_options(Lax).model_validate({"marker": "x"}).marker == "x"
+    assert strict_options(Open) is Open

@@ -10,12 +10,13 @@ a setting is either used or refused, never accepted and ignored.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cgrpo.errors import ConfigIssue, RecipeError, UnknownComponentError
 from cgrpo.recipe.schema import COMPONENT_PATHS, ComponentSpec, Recipe
@@ -92,6 +93,19 @@ def _default_spec(path: str) -> ComponentSpec | None:
     return None if field.is_required() else field.get_default(call_default_factory=True)
 
 
+@functools.cache
+def strict_options(options: type[BaseModel]) -> type[BaseModel]:
+    """``options`` checked as if it forbade unknown keys. A plugin's ``Options`` model that
+    does not say (pydantic's default is to drop them) would otherwise accept a mistyped
+    option and silently ignore it; ``extra="allow"`` is a plugin's explicit choice, kept."""
+    if options.model_config.get("extra") in ("forbid", "allow"):
+        return options
+    config = ConfigDict(**{**options.model_config, "extra": "forbid"})  # type: ignore[typeddict-item]
+    return type(
+        options.__name__, (options,), {"model_config": config, "__module__": options.__module__}
+    )
+
+
 def component_issues(raw: dict[str, Any], registries: Any) -> tuple[list[ConfigIssue], dict]:
     """Check every component name and its options; returns issues and validated options."""
     issues: list[ConfigIssue] = []
@@ -129,6 +143,7 @@ def component_issues(raw: dict[str, Any], registries: Any) -> tuple[list[ConfigI
             continue
         comp = registries[kind].get(spec.name)
         try:
+            strict_options(comp.options).model_validate(spec.options)
             validated[path] = comp.options.model_validate(spec.options)
         except ValidationError as exc:
             issues += issues_from_validation(exc, comp.options, prefix=f"{path}.options")
