@@ -58,7 +58,8 @@ class PolicyBackend(Protocol):
     """Samples from the current policy.
 
     ``generate`` takes token-id prompts and returns, per prompt, ``params.n`` completions
-    with the sampler's per-token log-probabilities. When ``seeds`` is given (one per
+    with the sampler's per-token log-probabilities (a list of floats or a 1-D float
+    tensor). When ``seeds`` is given (one per
     prompt), prompt i's completions must depend only on ``seeds[i]`` and the weights, not
     on batching (``run.reproducible_sampling``; up to the float rounding a different batch
     shape can cause in the logits). ``sync_weights`` is called after every

@@ -6,8 +6,12 @@ refinements kept per prompt, N = G + K group size, T response tokens, L full seq
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -51,10 +55,14 @@ class SamplingParams:
 @dataclass
 class Completion:
     """One sampled response: token ids (cut after the first EOS, which is kept), the
-    sampler's log-probability of each of those tokens, and the decoded text."""
+    sampler's log-probability of each of those tokens, and the decoded text.
+
+    ``logprobs`` is a sequence of floats or a 1-D float tensor (the hf backend hands over
+    rows of its batch tensor: no per-token Python floats between sampling and the update,
+    where ``collate`` copies them into the (B, T) old log-probs)."""
 
     token_ids: list[int]
-    logprobs: list[float] | None
+    logprobs: Sequence[float] | torch.Tensor | None
     text: str
     finish_reason: Literal["stop", "length"]
 

@@ -109,7 +109,8 @@ def test_recorded_logprobs_equal_the_full_logits_path(tiny):
     comps = [c for g in out for c in g]
     for i, c in enumerate(comps):
         assert c.token_ids == new[i, : len(c.token_ids)].tolist()
-        assert torch.allclose(torch.tensor(c.logprobs), full[i, : len(c.logprobs)], atol=1e-6)
+        assert isinstance(c.logprobs, torch.Tensor)  # rows of the batch tensor, no lists
+        assert torch.allclose(c.logprobs, full[i, : len(c.logprobs)], atol=1e-6)
 
 
 def test_model_generation_config_cannot_skew_the_sampled_distribution(tiny):

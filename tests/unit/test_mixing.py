@@ -74,6 +74,17 @@ def test_refinement_row_is_original_prompt_plus_refinement_tokens_only():
         assert tok not in full
 
 
+def test_sampler_logprobs_as_tensor_rows_collate_like_lists():
+    """The hf backend hands over rows of its (B, T) tensor; vLLM and plugins give lists."""
+    lps = [-0.5, -0.25, -0.125, -1.0]  # past the EOS: cut with the ids
+    batch_tensor = torch.tensor([lps, [0.0] * 4])
+    as_list = build_group(0, [10], [comp([5, 6, EOS, 8], lps)], [0.0], [], [], [EOS])
+    as_row = build_group(0, [10], [comp([5, 6, EOS, 8], batch_tensor[0])], [0.0], [], [], [EOS])
+    a, b = collate(as_list, pad_id=0), collate(as_row, pad_id=0)
+    assert torch.equal(a.old_logprobs, b.old_logprobs)
+    assert b.old_logprobs.tolist() == [[-0.5, -0.25, -0.125]]
+
+
 def test_collate_masks_and_alignment():
     rows = build_group(0, [10, 11], [comp([5, 6, EOS])], [0.0], [comp([7, EOS])], [1.0], [EOS])
     rows[0].prompt_ids = [9, 10, 11]  # prompts of different length are left-padded

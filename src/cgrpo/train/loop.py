@@ -214,7 +214,7 @@ class Trainer:
                     "none",
                     settings.logprob_chunk_tokens,
                 )
-                for r, row_lp in zip(chunk, lp.cpu().tolist(), strict=False):
+                for r, row_lp in zip(chunk, lp.float().cpu(), strict=False):
                     r.sampler_logprobs = r.old_logprobs
                     r.old_logprobs = row_lp[: len(r.response_ids)]
 

@@ -64,11 +64,11 @@ class TrainRow:
     group: int
     prompt_ids: list[int]
     response_ids: list[int]
-    old_logprobs: list[float] | None
+    old_logprobs: Sequence[float] | torch.Tensor | None  # a list, or a 1-D tensor (hf)
     is_refinement: bool
     reward: float
     advantage: float = 0.0
-    sampler_logprobs: list[float] | None = None  # kept when old_logprobs are recomputed
+    sampler_logprobs: Sequence[float] | torch.Tensor | None = None  # kept when recomputed
 
 
 def build_group(
@@ -89,7 +89,7 @@ def build_group(
     rows = []
     for comp, reward in zip(initial, initial_rewards, strict=True):
         ids, _ = cut_at_eos(comp.token_ids, eos)
-        lps = list(comp.logprobs[: len(ids)]) if comp.logprobs is not None else None
+        lps = comp.logprobs[: len(ids)] if comp.logprobs is not None else None
         rows.append(TrainRow(group, list(prompt_ids), ids, lps, False, float(reward)))
     for comp, reward in zip(refinements, refinement_rewards, strict=True):
         ids, _ = cut_at_eos(comp.token_ids, eos)
@@ -148,9 +148,9 @@ def collate(rows: Sequence[TrainRow], pad_id: int) -> Batch:
             response_ids[i, :n] = response
             response_mask[i, :n] = 1.0
             if row.old_logprobs is not None:
-                old[i, :n] = torch.tensor(row.old_logprobs[:n], dtype=torch.float32)
+                old[i, :n] = torch.as_tensor(row.old_logprobs[:n], dtype=torch.float32)
             if sampler is not None and row.sampler_logprobs is not None:
-                sampler[i, :n] = torch.tensor(row.sampler_logprobs[:n], dtype=torch.float32)
+                sampler[i, :n] = torch.as_tensor(row.sampler_logprobs[:n], dtype=torch.float32)
     position_ids = (attention.cumsum(dim=1) - 1).clamp(min=0)
     is_ref = torch.tensor([r.is_refinement for r in rows], dtype=torch.float32)
     return Batch(

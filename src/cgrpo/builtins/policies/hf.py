@@ -233,11 +233,11 @@ class HFPolicy:
                 )
         finally:
             self.model.train(was_training)
-        logprobs = recorder.finish(result.sequences[:, width:])
+        logprobs = recorder.finish(result.sequences[:, width:]).float().cpu()
         new = result.sequences[:, width:].cpu()
         eos = set(self.eos_ids)
         completions = []
-        for row, lp in zip(new.tolist(), logprobs.tolist(), strict=True):
+        for row, lp in zip(new.tolist(), logprobs, strict=True):
             end = next((i + 1 for i, tok in enumerate(row) if tok in eos), None)
             n = end if end is not None else len(row)
             tokens = row[:n]
