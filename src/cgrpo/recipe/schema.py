@@ -24,22 +24,6 @@ class Section(BaseModel):
         ``Options`` models (plugins too) may define the same method."""
         return {}
 
-    @model_validator(mode="before")
-    @classmethod
-    def _default_component_names(cls, data: Any) -> Any:
-        """A component section given without ``name`` (``policy.options.x=1`` on a recipe
-        with no ``policy`` section) keeps the default component instead of failing on the
-        missing name."""
-        if not isinstance(data, dict):
-            return data
-        for key, field in cls.model_fields.items():
-            value = data.get(key)
-            if isinstance(value, dict) and "name" not in value and field.default_factory:
-                default = field.default_factory()  # type: ignore[call-arg]
-                if isinstance(default, ComponentSpec):
-                    data = {**data, key: {"name": default.name, **value}}
-        return data
-
 
 class ComponentSpec(Section):
     """A registered component by name, with its options."""

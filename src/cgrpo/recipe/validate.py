@@ -106,6 +106,20 @@ def strict_options(options: type[BaseModel]) -> type[BaseModel]:
     )
 
 
+def with_default_component_names(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw``, changed in place, where a component section that gives options but no ``name``
+    (``policy.options.x=1`` on a recipe with no ``policy`` section) names the schema's
+    default component, for both the schema pass and the options pass. A required section
+    (``data.task``) without a name is left for the schema pass to report."""
+    for path in COMPONENT_PATHS:
+        spec = _get(raw, path)
+        if isinstance(spec, dict) and "name" not in spec:
+            default = _default_spec(path)
+            if default is not None:
+                spec["name"] = default.name
+    return raw
+
+
 def component_issues(raw: dict[str, Any], registries: Any) -> tuple[list[ConfigIssue], dict]:
     """Check every component name and its options; returns issues and validated options."""
     issues: list[ConfigIssue] = []
@@ -125,9 +139,6 @@ def component_issues(raw: dict[str, Any], registries: Any) -> tuple[list[ConfigI
             spec = _default_spec(path)
             if spec is None:
                 continue  # a required section: the schema pass reports it missing
-        elif isinstance(spec, dict) and "name" not in spec and path in COMPONENT_PATHS:
-            default = _default_spec(path)  # options alone: the default component's (schema)
-            spec = {**spec, "name": default.name} if default is not None else spec
         try:
             spec = ComponentSpec.model_validate(spec)
         except ValidationError:
@@ -516,6 +527,7 @@ def validate_recipe(
         from cgrpo.plugins import get_registries
 
         registries = get_registries()
+    raw = with_default_component_names(raw)
     issues = _secret_issues(raw)
     recipe = None
     try:
