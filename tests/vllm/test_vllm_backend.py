@@ -68,6 +68,41 @@ def test_seeds_make_samples_independent_of_batching(engine):
     assert [c.token_ids for c in together[1]] == [c.token_ids for c in alone[0]]
 
 
+def test_stream_hands_over_groups_as_they_finish_with_the_tokens_of_one_generate_call(engine):
+    """A prompt near max_model_len can only take 4 new tokens, so its group finishes
+    steps before the others: the stream hands it over first. Every request keeps its seed,
+    so the tokens equal those of vLLM's own ``LLM.generate`` on the same requests."""
+    backend, _, tok = engine
+    near_limit = (tok.encode("1 + 2 = 3. ") * 400)[:1020]
+    ps = [*prompts(tok), near_limit]
+    params = SamplingParams(n=3, max_new_tokens=12)
+    seeds = [1, 2, 3, 4]
+    batches = list(backend.generate_stream(ps, params, seeds=seeds))
+    order = [[p for p, _ in batch] for batch in batches]
+    assert order[0] == [3] and sorted(p for b in order for p in b) == [0, 1, 2, 3]
+    got = {p: [c.token_ids for c in group] for batch in batches for p, group in batch}
+    reference = backend.llm.generate(
+        [{"prompt_token_ids": p} for p in ps],
+        [backend.sampler._params(params, s) for s in seeds],
+        use_tqdm=False,
+    )
+    assert [got[p] for p in range(4)] == [[list(o.token_ids) for o in r.outputs] for r in reference]
+    assert all(len(g) == 4 for g in got[3])
+
+
+def test_a_stream_closed_early_leaves_the_engine_idle(engine):
+    backend, _, tok = engine
+    near_limit = (tok.encode("1 + 2 = 3. ") * 400)[:1020]
+    stream = backend.generate_stream([*prompts(tok), near_limit], SamplingParams(n=2))
+    first = next(stream)
+    assert [p for p, _ in first] == [3]
+    assert backend.llm.llm_engine.has_unfinished_requests()
+    stream.close()  # what an exception in the trainer does to the generator
+    assert not backend.llm.llm_engine.has_unfinished_requests()
+    again = backend.generate(prompts(tok), SamplingParams(n=2, max_new_tokens=4))
+    assert [len(g) for g in again] == [2, 2, 2]
+
+
 def test_weight_sync_makes_the_engine_follow_the_trainer(engine):
     backend, model, tok = engine
     ps = prompts(tok)

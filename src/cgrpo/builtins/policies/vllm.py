@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -138,6 +138,7 @@ class VLLMSampler:
         log.info("vLLM engine for %s ready in %.1fs", path, time.perf_counter() - started)
         self.tokenizer, self.eos_ids = tokenizer, eos_ids
         self.last: tuple[list[int], list[int]] | None = None  # a sampled (prompt, completion)
+        self._calls = 0  # numbers request ids: one engine serves every generate call
 
     def close(self) -> None:
         """Shut the engine down now, while the process groups it uses still exist. Left
@@ -173,36 +174,84 @@ class VLLMSampler:
         params: SamplingParams,
         seeds: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
-        import torch
+        """``params.n`` completions per prompt, in prompt order."""
+        out: list[list[Completion]] = [[] for _ in prompts]
+        for finished in self.generate_stream(prompts, params, seeds):
+            for p, completions in finished:
+                out[p] = completions
+        return out
 
-        from cgrpo.train.mixing import cut_at_eos
+    def generate_stream(
+        self,
+        prompts: Sequence[Sequence[int]],
+        params: SamplingParams,
+        seeds: Sequence[int] | None = None,
+    ) -> Iterator[list[tuple[int, list[Completion]]]]:
+        """What :meth:`generate` returns, given as the engine finishes it: after each engine
+        step, the (prompt index, completions) of the prompts whose ``n`` samples are all
+        done, so that the trainer verifies and critiques them while the engine decodes the
+        rest (long responses finish last). Every request is in the engine from the start,
+        so the engine batches exactly as one ``LLM.generate`` call would, and each request
+        has its own seed: the tokens do not depend on when they are taken.
+
+        A stream that is closed early (an exception in the consumer) aborts the requests it
+        still has in the engine, so the next call starts from an idle engine."""
+        import torch
+        from vllm.sampling_params import RequestOutputKind
 
         if not prompts:
-            return []
+            return
         if seeds is None:  # from torch's RNG, which the loop reseeds every step
             seeds = torch.randint(0, 2**31 - 1, (len(prompts),)).tolist()
-        requests = [{"prompt_token_ids": list(p)} for p in prompts]
-        outputs = self.llm.generate(
-            requests, [self._params(params, s) for s in seeds], use_tqdm=False
-        )
-        result = []
-        for prompt, out in zip(prompts, outputs, strict=True):
-            group = []
-            for o in out.outputs:
-                ids, ended = cut_at_eos(list(o.token_ids), self.eos_ids)
-                lps = [next(iter(d.values())).logprob for d in (o.logprobs or [])][: len(ids)]
-                group.append(
-                    Completion(
-                        token_ids=ids,
-                        logprobs=lps,
-                        text=self.tokenizer.decode(ids, skip_special_tokens=True),
-                        finish_reason="stop" if ended or o.finish_reason == "stop" else "length",
+        engine = self.llm.llm_engine
+        self._calls += 1
+        index: dict[str, int] = {}
+        for p, (prompt, seed) in enumerate(zip(prompts, seeds, strict=True)):
+            request = self._params(params, seed)
+            request.output_kind = RequestOutputKind.FINAL_ONLY  # the whole group, once
+            request_id = f"cgrpo-{self._calls}-{p}"
+            engine.add_request(request_id, {"prompt_token_ids": list(prompt)}, request)
+            index[request_id] = p
+        pending = set(index)
+        try:
+            while pending:
+                if not engine.has_unfinished_requests():
+                    raise TrainingError(
+                        f"the vLLM engine stopped with {len(pending)} of {len(prompts)} "
+                        "requests unanswered"
                     )
+                finished = []
+                for output in engine.step():
+                    if output.finished and output.request_id in pending:
+                        pending.discard(output.request_id)
+                        p = index[output.request_id]
+                        finished.append((p, self._completions(prompts[p], output)))
+                if finished:
+                    yield sorted(finished, key=lambda item: item[0])
+        finally:
+            if pending:
+                engine.abort_request(sorted(pending))
+
+    def _completions(self, prompt: Sequence[int], output: Any) -> list[Completion]:
+        """One request's samples as completions: cut at the first EOS (kept), with the
+        log-probs of the kept tokens."""
+        from cgrpo.train.mixing import cut_at_eos
+
+        group = []
+        for o in output.outputs:
+            ids, ended = cut_at_eos(list(o.token_ids), self.eos_ids)
+            lps = [next(iter(d.values())).logprob for d in (o.logprobs or [])][: len(ids)]
+            group.append(
+                Completion(
+                    token_ids=ids,
+                    logprobs=lps,
+                    text=self.tokenizer.decode(ids, skip_special_tokens=True),
+                    finish_reason="stop" if ended or o.finish_reason == "stop" else "length",
                 )
-            result.append(group)
-            if group and group[0].token_ids:
-                self.last = (list(prompt), group[0].token_ids)
-        return result
+            )
+        if group and group[0].token_ids:
+            self.last = (list(prompt), group[0].token_ids)
+        return group
 
 
 def trainer_weights(model: Any) -> Iterable[tuple[str, Any]]:
@@ -269,6 +318,16 @@ class VLLMPolicy:
     ) -> list[list[Completion]]:
         self._wake()
         return self.sampler.generate(prompts, params, seeds)
+
+    def generate_stream(
+        self,
+        prompts: Sequence[Sequence[int]],
+        params: SamplingParams,
+        seeds: Sequence[int] | None = None,
+    ) -> Iterator[list[tuple[int, list[Completion]]]]:
+        """Groups as the engine finishes them (:meth:`VLLMSampler.generate_stream`)."""
+        self._wake()
+        yield from self.sampler.generate_stream(prompts, params, seeds)
 
     # -- memory around the update -------------------------------------------------------------
     def release_memory(self) -> None:
