@@ -7,9 +7,14 @@ turn that into one Python list of floats per response (``tolist``), which ``coll
 back into a tensor row by row; it now hands over rows of the tensor itself. This times the
 whole way, with the real ``build_group`` and ``collate``: from the (B, T) tensor to the
 (B, T) old log-probs of the update batch, both ways, alternating, wall and CPU seconds at
-one thread. The token ids are lists either way (they are decoded), so their share of
-``collate`` is in both numbers. At the paper's scale (1,024 responses of up to 8,192
-tokens) the lists cost seconds per step on the trainer's main thread.
+one thread. The token ids are lists either way (they are decoded and critiqued), so their
+share (the EOS cut in ``build_group``, the list-to-tensor copy in ``collate``) is in both
+numbers. At the paper's scale (1,024 responses of up to 8,192 tokens) the lists cost
+seconds per step on the trainer's main thread.
+
+Measured here (1 thread, 3 alternating reps): lists 3.61 s, tensor rows 2.62 s, before the
+EOS cut used ``list.index`` and ``collate`` copied ids through an ``array`` buffer; after,
+lists 2.02 s, tensor rows 0.73 s.
 """
 
 from __future__ import annotations

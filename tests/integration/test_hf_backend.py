@@ -58,6 +58,29 @@ def test_eos_handling(backend, tiny):
             assert len(c.token_ids) == 16 and tok.eos_token_id not in c.token_ids
 
 
+def test_several_eos_ids_cut_each_row_at_its_first(tiny):
+    """With 20 of the 384 ids counted as EOS, about half of the 16-token samples stop early
+    and half run to the limit (seeded): each is cut right after its first EOS, whichever
+    id it is, and its log-probs are cut with it."""
+    model, tok = tiny
+    backend = HFPolicy(HFPolicy.Options(), BuildContext(model=model, tokenizer=tok))
+    backend.eos_ids = list(range(100, 120))
+    torch.manual_seed(3)
+    out = backend.generate(prompts(tok), SamplingParams(n=6, max_new_tokens=16))
+    completions = [c for g in out for c in g]
+    eos = set(backend.eos_ids)
+    for c in completions:
+        assert len(c.logprobs) == len(c.token_ids)
+        ids = c.token_ids
+        if c.finish_reason == "stop":
+            assert ids[-1] in eos and not eos & set(ids[:-1])
+        else:
+            assert len(ids) == 16 and not eos & set(ids)
+    reasons = {c.finish_reason for c in completions}
+    assert reasons == {"stop", "length"}
+    assert {c.token_ids[-1] for c in completions if c.finish_reason == "stop"} - {100}
+
+
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_sampler_logprobs_match_the_trainer_recompute(backend, tiny, temperature):
     model, tok = tiny

@@ -42,6 +42,14 @@ def test_cut_at_eos_keeps_the_eos_and_keeps_length_cut_responses():
     assert cut_at_eos([5, 6, 7], [EOS]) == ([5, 6, 7], False)
 
 
+def test_cut_at_eos_cuts_at_the_first_of_several_eos_ids():
+    assert cut_at_eos([5, 9, 6, 8, 9], [8, 9]) == ([5, 9], True)
+    assert cut_at_eos([5, 8, 6, 9], [9, 8]) == ([5, 8], True)
+    assert cut_at_eos([8], [9, 8]) == ([8], True)
+    assert cut_at_eos([], [8]) == ([], False)
+    assert cut_at_eos((5, 6), [8]) == ([5, 6], False)  # any sequence; a list comes back
+
+
 def test_group_has_g_initial_plus_k_refinements_sharing_one_group_id():
     prompt = [10, 11, 12]
     rows = build_group(

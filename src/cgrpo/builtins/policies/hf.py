@@ -235,18 +235,20 @@ class HFPolicy:
             self.model.train(was_training)
         logprobs = recorder.finish(result.sequences[:, width:]).float().cpu()
         new = result.sequences[:, width:].cpu()
-        eos = set(self.eos_ids)
+        # each row's length up to its first EOS (kept), found with tensor ops, not a
+        # Python scan over every token
+        is_eos = torch.isin(new, torch.tensor(self.eos_ids, dtype=new.dtype))
+        ended = is_eos.any(dim=1)
+        lengths = torch.where(ended, is_eos.int().argmax(dim=1) + 1, new.shape[1])
         completions = []
-        for row, lp in zip(new.tolist(), logprobs, strict=True):
-            end = next((i + 1 for i, tok in enumerate(row) if tok in eos), None)
-            n = end if end is not None else len(row)
-            tokens = row[:n]
+        for row, lp, n, stop in zip(new, logprobs, lengths.tolist(), ended.tolist(), strict=True):
+            tokens = row[:n].tolist()
             completions.append(
                 Completion(
                     token_ids=tokens,
                     logprobs=lp[:n],
                     text=self.tokenizer.decode(tokens, skip_special_tokens=True),
-                    finish_reason="stop" if end is not None else "length",
+                    finish_reason="stop" if stop else "length",
                 )
             )
         return completions
