@@ -83,6 +83,9 @@ def load_policy(
     if tokenizer.eos_token_id is None:
         raise TrainingError(f"the tokenizer at {source} has no eos_token; set one in its config")
     model.to(device)
+    from cgrpo.train.attention import use_cpu_gqa
+
+    use_cpu_gqa(model)  # CPU: masked grouped-query attention without copying K and V
     if model_cfg.gradient_checkpointing:
         # non-reentrant: also correct when the layer inputs need no gradient (frozen base)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
