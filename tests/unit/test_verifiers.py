@@ -147,3 +147,18 @@ def test_the_fast_path_agrees_with_math_verify(gold, pred):
     quick = quick_compare(gold, pred)
     assert quick is None or quick == full, (gold, pred, quick, full)
     assert MathVerifier().verify(f"\\boxed{{{pred}}}", prob(gold)).correct == full
+
+
+def test_an_unboxed_response_without_an_expression_never_parses_the_reference():
+    """Early in training most responses are like this: the reference answer (2-3 ms of
+    sympy parsing) is only parsed when there is something to compare it with."""
+    from cgrpo.builtins.verifiers.math import _parse_gold
+
+    v = MathVerifier()
+    gold = "\\frac{7}{13}"
+    before = _parse_gold.cache_info()
+    assert v.verify("no number here, just words", prob(gold)).reason == "no_answer"
+    assert v.verify("🙂 ∑∫", prob("True")).reason == "no_answer"  # a non-math reference too
+    assert _parse_gold.cache_info().misses == before.misses
+    assert v.verify("so it is 7/13", prob(gold)).correct  # an expression: parsed, compared
+    assert _parse_gold.cache_info().misses == before.misses + 1

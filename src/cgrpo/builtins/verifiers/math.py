@@ -98,12 +98,18 @@ def _parse_gold(gold_text: str, timeout: int | None) -> tuple:
 def _compare(gold_text: str, pred_text: str, boxed: bool, timeout: int | None, rounding: int):
     """Parse both sides and verify; returns (correct, extracted_string)."""
     parse, verify = _math_verify()
+    pred = None
+    if not boxed:  # an unboxed tail without an expression fails whatever the reference is:
+        pred = parse(pred_text, parsing_timeout=timeout)  # the reference is not parsed then
+        if not pred:
+            return False, None
     gold = [] if _words(gold_text) in _TRUTH else list(_parse_gold(gold_text, timeout))
     if not gold:  # not mathematics (TheoremQA's True/False, a name): compare the words
         if not boxed:
             return False, None
         return _words(pred_text) == _words(gold_text), pred_text
-    pred = parse(f"\\boxed{{{pred_text}}}" if boxed else pred_text, parsing_timeout=timeout)
+    if pred is None:
+        pred = parse(f"\\boxed{{{pred_text}}}", parsing_timeout=timeout)
     if not pred:
         return False, None
     extracted = str(pred[-1]) if len(pred) > 1 else str(pred[0])
