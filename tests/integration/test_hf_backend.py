@@ -2,8 +2,10 @@
 
 import pytest
 import torch
+from transformers import LogitsProcessorList
 
 from cgrpo.builtins.policies.hf import HFPolicy, left_pad
+from cgrpo.builtins.policies.token_draw import InverseCdfSampler
 from cgrpo.interfaces import BuildContext, PolicyBackend
 from cgrpo.train.logprobs import forward_response
 from cgrpo.train.mixing import TrainRow, collate
@@ -117,10 +119,8 @@ def test_recorded_logprobs_equal_the_full_logits_path(tiny):
             input_ids=ids,
             attention_mask=mask,
             max_new_tokens=9,
-            do_sample=True,
-            temperature=0.7,
-            top_p=1.0,
-            top_k=0,
+            do_sample=False,  # the same draw as the backend's: its processor, same seed
+            logits_processor=LogitsProcessorList([InverseCdfSampler(0.7, 1.0, 0)]),
             pad_token_id=tok.pad_token_id,
             eos_token_id=backend.eos_ids,
             output_logits=True,

@@ -15,7 +15,10 @@ Sampling settings the model's own ``generation_config`` may carry (repetition pe
 minimum length, ...) are neutralised: they would sample from a distribution the trainer
 does not compute.
 
-Seeded sampling (``run.reproducible_sampling``) draws each sequence from its own
+``generate`` decodes greedily and the last logits processor makes the draw: one uniform per
+row with torch's RNG (:mod:`.token_draw`, inverse-transform sampling, where transformers'
+multinomial draws a random number per vocabulary entry), or, with seeds, each row's own
+stream. Seeded sampling (``run.reproducible_sampling``) draws each sequence from its own
 counter-based random stream (:mod:`.seeded_sampling`), so it stays one batched call and
 leaves torch's global RNG alone. When a step needs several calls, the sequences are grouped
 by prompt length first.
@@ -196,6 +199,7 @@ class HFPolicy:
         from transformers import LogitsProcessorList
 
         from cgrpo.builtins.policies.seeded_sampling import SeededSampler
+        from cgrpo.builtins.policies.token_draw import InverseCdfSampler
 
         device = next(self.model.parameters()).device
         ids, mask = left_pad(prompts, self.pad_id)
@@ -203,15 +207,21 @@ class HFPolicy:
         sample = not params.greedy
         recorder = SampledLogprobRecorder(params.temperature if sample else 1.0)
         processors: list[Any] = [recorder]
-        if sample and seeds is not None:  # the draw happens in SeededSampler, not generate
+        # the draw happens in the last processor; generate itself decodes greedily
+        if sample and seeds is not None:
             processors.append(
                 SeededSampler(seeds.to(device), params.temperature, params.top_p, params.top_k)
             )
-        own_draw = len(processors) > 1
+        elif sample:
+            processors.append(InverseCdfSampler(params.temperature, params.top_p, params.top_k))
         kwargs: dict[str, Any] = dict(
             _NEUTRAL_GENERATION,
             max_new_tokens=params.max_new_tokens,
-            do_sample=sample and not own_draw,
+            do_sample=False,
+            # sampling-only settings a model's generation_config may carry would warn
+            temperature=None,
+            top_p=None,
+            top_k=None,
             pad_token_id=self.pad_id,
             eos_token_id=self.eos_ids,
             logits_processor=LogitsProcessorList(processors),
@@ -220,10 +230,6 @@ class HFPolicy:
             # model before sampling, so each rank decodes alone (no per-token all-reduce)
             synced_gpus=False,
         )
-        if sample and not own_draw:
-            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
-        else:  # avoid warnings about sampling-only settings left in generation_config
-            kwargs.update(temperature=None, top_p=None, top_k=None)
         was_training = self.model.training
         self.model.eval()
         try:

@@ -90,14 +90,10 @@ class SeededSampler:
     """
 
     def __init__(self, seeds, temperature: float, top_p: float, top_k: int):
-        from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+        from cgrpo.builtins.policies.token_draw import sampling_warpers
 
         self.seeds = seeds  # (B,) int64, on the model's device
-        self.warpers: list[Any] = [TemperatureLogitsWarper(temperature)]
-        if top_k > 0:
-            self.warpers.append(TopKLogitsWarper(top_k))
-        if top_p < 1.0:
-            self.warpers.append(TopPLogitsWarper(top_p))
+        self.warpers: list[Any] = sampling_warpers(temperature, top_p, top_k)
         self.step = 0
 
     def __call__(self, input_ids, scores):
