@@ -4,7 +4,9 @@
                                    [--reproducible] [--lora] [--fsdp]
 
 Prints seconds per step (mean over ``--steps`` after one warm-up step), the split by stage,
-sampled tokens per second and peak memory (process RSS; CUDA peak when on GPU). The model
+sampled tokens per second and peak memory (process RSS; CUDA peak when on GPU); then the
+two kinds again, one step of each in turn, and the ratio of their CPU-seconds pair by pair
+(the machine is shared: alternating makes its drift hit both alike). The model
 is created offline (hidden 128, 2 layers); nothing is downloaded. ``--lora`` adds a GRPO
 step that trains rank-16 LoRA adapters on every linear layer instead of all weights.
 ``--fsdp`` adds a GRPO step of 2 processes (torchrun, gloo on CPU) under
@@ -68,6 +70,53 @@ def recipe_for(
         "distributed": {"strategy": strategy},
     }
     return validate_recipe(raw)
+
+
+def make_trainer(kind: str, refinements: int, model_dir: Path, out: Path, args):
+    """A trainer for ``kind`` that has run one warm-up step (allocator, kernels, caches)."""
+    from cgrpo.plugins import get_registries
+    from cgrpo.recipe.build import build
+    from cgrpo.train.loop import Trainer
+
+    recipe = recipe_for(model_dir, out, kind, args, refinements)
+    built = build(recipe, get_registries(), None)
+    (out / kind).mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(recipe, built, out / kind)
+    trainer.step(1)
+    return trainer
+
+
+def ratio_alternating(model_dir: Path, out: Path, args) -> None:
+    """A GRPO step and a Critique-GRPO step taken in turn, ``--steps`` of each: the ratio
+    of their CPU-seconds pair by pair, so that the machine's drift hits both alike."""
+    import time
+
+    trainers = {
+        "grpo": make_trainer("grpo", 0, model_dir, out, args),
+        "critique-grpo": make_trainer("critique-grpo", 1, model_dir, out, args),
+    }
+    cpu: dict[str, list[float]] = {k: [] for k in trainers}
+    rows: dict[str, list[dict]] = {k: [] for k in trainers}
+    for s in range(2, args.steps + 2):
+        order = list(trainers) if s % 2 == 0 else list(reversed(trainers))
+        for kind in order:
+            started = time.process_time()
+            rows[kind].append(trainers[kind].step(s))
+            cpu[kind].append(time.process_time() - started)
+    for kind in trainers:
+        stages = "  ".join(
+            f"{st} {statistics.median(r.get('time/' + st, 0.0) for r in rows[kind]):.3f}s"
+            for st in ("sample", "verify", "critique", "refine", "update")
+        )
+        print(f"{kind:14s} CPU {statistics.median(cpu[kind]):.3f} s/step (median)  [{stages}]")
+    ratios = [c / g for c, g in zip(cpu["critique-grpo"], cpu["grpo"], strict=True)]
+    # the tiny model solves nothing, so every group fails and every response is critiqued
+    # and refined: the worst case of Critique-GRPO's extra cost
+    print(
+        f"critique-grpo / grpo CPU-seconds per step (every group failing): median "
+        f"{statistics.median(ratios):.2f}x (min {min(ratios):.2f}x, max {max(ratios):.2f}x, "
+        f"{len(ratios)} alternating pairs)"
+    )
 
 
 def bench(
@@ -157,11 +206,9 @@ def main() -> None:
             f"{args.prompts} prompts x {args.samples} sequences, {args.new_tokens} new tokens, "
             f"torch threads {args.threads}, {args.steps} timed steps"
         )
-        grpo = bench("grpo", 0, model_dir, Path(tmp) / "runs", args)
-        critique = bench("critique-grpo", 1, model_dir, Path(tmp) / "runs", args)
-        # the tiny model solves nothing, so every group fails and every response is
-        # critiqued and refined: the worst case of Critique-GRPO's extra cost
-        print(f"critique-grpo / grpo step time: {critique / grpo:.2f}x (every group failing)")
+        bench("grpo", 0, model_dir, Path(tmp) / "runs", args)
+        bench("critique-grpo", 1, model_dir, Path(tmp) / "runs", args)
+        ratio_alternating(model_dir, Path(tmp) / "alternating", args)
         if args.lora:
             bench("grpo-lora", 0, model_dir, Path(tmp) / "runs", args, lora=True)
         if args.fsdp:

@@ -140,8 +140,19 @@ def test_fsdp_killed_while_writing_shards_resumes_bitwise(reference):
     assert "step-2" in resumed.stdout
     assert not list(ckpts.glob(".tmp-step-*"))
     assert same_weights(weights(root, "fsdp-ref"), weights(root, "fsdp-kill"))
-    # and one process under fsdp computes what one process under ddp does
-    assert same_weights(weights(root, "ref"), weights(root, "fsdp-ref"))
+    # and one process under fsdp computes what one process under ddp does, to float
+    # rounding: without sharding each distinct prompt runs once for its group's rows
+    # (train/logprobs.py), under fsdp every row runs whole; the same sums, another order
+    ddp, sharded = weights(root, "ref"), weights(root, "fsdp-ref")
+    start = load_file(root / "tiny" / "model.safetensors")
+    assert ddp.keys() == sharded.keys()
+    gap = max((ddp[k] - sharded[k]).abs().max().item() for k in ddp)
+    moved = max((ddp[k] - start[k]).abs().max().item() for k in ddp)
+    assert gap < 0.01 * moved, f"fsdp and ddp differ by {gap}; training moved them {moved}"
+    rewards = [
+        [m["reward/initial_mean"] for m in metric_lines(root, run)] for run in ("ref", "fsdp-ref")
+    ]
+    assert rewards[0] == rewards[1]  # the same samples, step by step
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_finishes_identically(reference):

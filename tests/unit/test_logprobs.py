@@ -150,3 +150,79 @@ def test_frozen_output_layer_gets_no_gradient_and_the_rest_is_unchanged():
     ref_ent = -(probs * torch.log_softmax(logits, -1)).sum(-1)
     (ref_lp.sum() - 0.3 * ref_ent.sum()).backward()
     assert torch.allclose(hidden.grad, ref_hidden.grad, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def grouped_batch(tiny):
+    """3 prompts of different lengths (left padding), 4 rows each with ragged responses,
+    the last row of each group a refinement: what one step's update batch looks like."""
+    _, tok = tiny
+    g = torch.Generator().manual_seed(1)
+    rows = []
+    for group in range(3):
+        prompt = tok.encode(f"What is {group} + 7?" + " Think." * group)
+        for j in range(4):
+            response = torch.randint(3, len(tok), (3 + 5 * j,), generator=g).tolist()
+            rows.append(TrainRow(group, prompt, response, None, j == 3, 0.0))
+    return collate(rows, tok.pad_token_id)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "cgrpo_sdpa"])
+def test_each_distinct_prompt_runs_once_with_the_same_values_and_gradients(
+    tiny_model_dir, grouped_batch, attention
+):
+    from transformers import AutoModelForCausalLM
+
+    from cgrpo.train.attention import use_cpu_gqa
+    from cgrpo.train.logprobs import _inputs, _shared_prompt_hidden
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    if attention == "cgrpo_sdpa":
+        assert use_cpu_gqa(model)
+    batch = grouped_batch
+    decoder, _ = split_head(model)
+    calls = []  # the decoder's input shapes, call by call
+    hook = decoder.register_forward_hook(
+        lambda m, a, k, out: calls.append(tuple(k["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        with torch.no_grad():
+            hidden = _shared_prompt_hidden(model, decoder, batch, _inputs(model, batch)[0])
+        assert hidden is not None
+        lp = batch.prompt_len
+        assert calls == [(3, lp), (12, batch.response_ids.shape[1])]  # 3 prompts, then 12 rows
+        full = _run(full_logits_forward, model, batch, 0.8, "loss")
+        shared = _run(forward_response, model, batch, 0.8, "loss", chunk_tokens=16)
+    finally:
+        hook.remove()
+    mask = batch.response_mask.bool()
+    assert (full[0] - shared[0])[mask].abs().max() < 1e-5
+    assert (full[1] - shared[1])[mask].abs().max() < 1e-5
+    assert shared[0][~mask].abs().max() == 0
+    assert full[2].keys() == shared[2].keys()
+    for name, grad in full[2].items():
+        scale = max(1.0, grad.abs().max().item())
+        assert (grad - shared[2][name]).abs().max() / scale < 1e-5, name
+
+
+def test_no_prompt_sharing_under_gradient_checkpointing_or_distinct_prompts(
+    tiny_model_dir, grouped_batch, model_and_batch
+):
+    """transformers drops the cache in checkpointed layers, so the plain forward runs; a
+    batch of distinct prompts has nothing to share."""
+    from transformers import AutoModelForCausalLM
+
+    from cgrpo.train.logprobs import _inputs, _shared_prompt_hidden
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    decoder, _ = split_head(model)
+    distinct = model_and_batch[1]
+    assert _shared_prompt_hidden(model, decoder, distinct, _inputs(model, distinct)[0]) is None
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    inputs = _inputs(model, grouped_batch)[0]
+    assert _shared_prompt_hidden(model, decoder, grouped_batch, inputs) is None
+    full = _run(full_logits_forward, model, grouped_batch, 1.0, "metric")
+    checkpointed = _run(forward_response, model, grouped_batch, 1.0, "metric")
+    mask = grouped_batch.response_mask.bool()
+    assert (full[0] - checkpointed[0])[mask].abs().max() < 1e-5

@@ -247,6 +247,75 @@ def _sharded_body(model: Any, decoder: Any, inputs: dict[str, Any]) -> torch.Ten
     return captured[0]
 
 
+def _full_attention_cache(model: Any) -> Any:
+    """An empty transformers ``DynamicCache`` for ``model`` when every layer of it is a plain
+    full-attention layer (keys and values that a batch index can select), else None."""
+    try:
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+
+        cache = DynamicCache(config=model.config)
+    except Exception:  # an older transformers, or a config DynamicCache cannot read
+        return None
+    layers = getattr(cache, "layers", None)
+    if not layers or any(type(layer) is not DynamicLayer for layer in layers):
+        return None
+    return cache
+
+
+def _shared_prompt_hidden(
+    model: Any, decoder: Any, batch: Batch, inputs: dict[str, torch.Tensor]
+) -> torch.Tensor | None:
+    """(B, T, H) hidden states that predict the response tokens, computing each distinct
+    prompt of the batch once; None where that does not apply.
+
+    A group's G + K rows share one prompt (refinements are trained on the original prompt),
+    so the plain forward runs every prompt token G + K times, forward and backward. Here
+    the distinct prompts run once, with the decoder's key/value cache on; each row then
+    runs its response against its prompt's keys and values (a batch index of the cache),
+    and autograd sums every row's gradient into the one prompt computation: the same
+    values and gradients as the plain forward, to float rounding (tested). The hidden
+    state that predicts response token 0 is the prompt's last one.
+
+    Not used when it cannot be exact or does not pay: gradient checkpointing
+    (transformers drops the cache in checkpointed layers), layers that are not plain full
+    attention (sliding windows, linear attention), or fewer than two rows per distinct
+    prompt on average."""
+    lp = batch.prompt_len
+    prompt_ids, prompt_mask = inputs["input_ids"][:, :lp], inputs["attention_mask"][:, :lp]
+    rows = prompt_ids.shape[0]
+    if lp == 0 or rows < 2 or getattr(model, "is_gradient_checkpointing", False):
+        return None
+    prompts, inverse = torch.unique(
+        torch.cat([prompt_ids, prompt_mask], dim=1), dim=0, return_inverse=True
+    )
+    if 2 * prompts.shape[0] > rows:
+        return None
+    cache = _full_attention_cache(model)
+    if cache is None:
+        return None
+    first = inputs["position_ids"][:, :lp]
+    # one row per distinct prompt, taken from the batch (torch.unique's rows are sorted)
+    take = torch.empty(prompts.shape[0], dtype=torch.long, device=inverse.device)
+    take[inverse] = torch.arange(rows, device=inverse.device)
+    prompt_hidden = decoder(
+        input_ids=prompt_ids[take],
+        attention_mask=prompt_mask[take],
+        position_ids=first[take],
+        past_key_values=cache,
+        use_cache=True,
+    ).last_hidden_state  # (P, lp, H)
+    cache.batch_select_indices(inverse)  # every row's prompt keys and values
+    response_hidden = decoder(
+        input_ids=inputs["input_ids"][:, lp:],
+        attention_mask=inputs["attention_mask"],
+        position_ids=inputs["position_ids"][:, lp:],
+        past_key_values=cache,
+        use_cache=True,
+    ).last_hidden_state  # (B, T, H)
+    return torch.cat([prompt_hidden[inverse, -1:], response_hidden[:, :-1]], dim=1)
+
+
 def full_logits_forward(
     model: Any, batch: Batch, temperature: float, entropy: EntropyMode
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -282,14 +351,16 @@ def forward_response(
         return full_logits_forward(model, batch, temperature, entropy)
     decoder, head = parts
     inputs, device = _inputs(model, batch)
-    if is_sharded(model):
-        hidden = _sharded_body(model, decoder, inputs)
-    else:
-        hidden = decoder(**inputs).last_hidden_state  # (B, L, H)
     t = batch.response_ids.shape[1]
     start = batch.prompt_len - 1
+    if is_sharded(model):
+        hidden = _sharded_body(model, decoder, inputs)[:, start : start + t]
+    else:
+        hidden = _shared_prompt_hidden(model, decoder, batch, inputs)
+        if hidden is None:
+            hidden = decoder(**inputs).last_hidden_state[:, start : start + t]  # (B, T, H)
     mask = batch.response_mask.to(device).bool()  # (B, T)
-    selected = hidden[:, start : start + t][mask]  # (N, H): real response tokens only
+    selected = hidden[mask]  # (N, H): real response tokens only
     targets = batch.response_ids.to(device)[mask]
     lp, ent = chunked_token_stats(selected, targets, head, temperature, entropy, chunk_tokens)
     logprobs = torch.zeros(mask.shape, dtype=lp.dtype, device=device).masked_scatter(mask, lp)
