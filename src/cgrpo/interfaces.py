@@ -6,7 +6,7 @@ third-party plugin's component is exactly as capable as a built-in one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -77,6 +77,18 @@ class PolicyBackend(Protocol):
     def sync_weights(self, model: Any) -> None: ...
 
     def close(self) -> None: ...
+
+
+def collect_stream(
+    batches: Iterable[list[tuple[int, list[Completion]]]], prompts: int
+) -> list[list[Completion]]:
+    """What ``generate`` returns, from what a backend's optional ``generate_stream`` yields
+    (lists of (prompt index, completions), in any order): the completions in prompt order."""
+    out: list[list[Completion]] = [[] for _ in range(prompts)]
+    for batch in batches:
+        for p, completions in batch:
+            out[p] = completions
+    return out
 
 
 @runtime_checkable

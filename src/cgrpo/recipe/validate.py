@@ -153,8 +153,10 @@ def component_issues(raw: dict[str, Any], registries: Any) -> tuple[list[ConfigI
             issues += name_issues
             continue
         comp = registries[kind].get(spec.name)
+        strict = strict_options(comp.options)
         try:
-            strict_options(comp.options).model_validate(spec.options)
+            if strict is not comp.options:  # only to refuse unknown keys
+                strict.model_validate(spec.options)
             validated[path] = comp.options.model_validate(spec.options)
         except ValidationError as exc:
             issues += issues_from_validation(exc, comp.options, prefix=f"{path}.options")

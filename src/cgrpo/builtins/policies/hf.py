@@ -31,6 +31,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cgrpo.interfaces import collect_stream
 from cgrpo.train.model import eos_token_ids
 from cgrpo.types import Completion, SamplingParams
 
@@ -145,11 +146,7 @@ class HFPolicy:
         batching, and torch's global RNG is left alone. When the sequences need several
         ``generate`` calls, they are grouped by prompt length, so that short prompts are
         not padded to the longest one of the step (refinement prompts vary widely)."""
-        out: list[list[Completion]] = [[] for _ in prompts]
-        for finished in self.generate_stream(prompts, params, seeds):
-            for p, completions in finished:
-                out[p] = completions
-        return out
+        return collect_stream(self.generate_stream(prompts, params, seeds), len(prompts))
 
     def generate_stream(
         self,

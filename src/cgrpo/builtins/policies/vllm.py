@@ -32,6 +32,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from cgrpo.errors import TrainingError
+from cgrpo.interfaces import collect_stream
 from cgrpo.train.model import eos_token_ids
 from cgrpo.types import Completion, SamplingParams
 
@@ -175,11 +176,7 @@ class VLLMSampler:
         seeds: Sequence[int] | None = None,
     ) -> list[list[Completion]]:
         """``params.n`` completions per prompt, in prompt order."""
-        out: list[list[Completion]] = [[] for _ in prompts]
-        for finished in self.generate_stream(prompts, params, seeds):
-            for p, completions in finished:
-                out[p] = completions
-        return out
+        return collect_stream(self.generate_stream(prompts, params, seeds), len(prompts))
 
     def generate_stream(
         self,
