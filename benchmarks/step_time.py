@@ -86,23 +86,79 @@ def make_trainer(kind: str, refinements: int, model_dir: Path, out: Path, args):
     return trainer
 
 
+class RefinementPrefill:
+    """Keeps the refinement prompts a trainer's hf policy is asked to generate from, and
+    times a forward of them: the prefill ``generate`` starts with, work a GRPO step does
+    not do."""
+
+    def __init__(self, policy):
+        self.policy = policy
+        self.prompts: list[list[int]] = []
+        inner = policy.generate_stream
+
+        def capturing(prompts, params, seeds=None):
+            if params.n == 1:  # the refinements (initial samples come G > 1 per prompt)
+                self.prompts = [list(p) for p in prompts]
+            return inner(prompts, params, seeds)
+
+        policy.generate_stream = capturing
+
+    def cpu_seconds(self) -> float:
+        """CPU-seconds of one no-grad forward of the last step's refinement prompts, left
+        padded and with the key/value cache on, as ``generate``'s prefill runs them."""
+        import time
+
+        import torch
+
+        from cgrpo.builtins.policies.hf import left_pad
+
+        if not self.prompts:
+            return 0.0
+        model = self.policy.model
+        ids, mask = left_pad(self.prompts, self.policy.pad_id)
+        device = next(model.parameters()).device
+        model.eval()
+        try:
+            started = time.process_time()
+            with torch.no_grad(), self.policy.precision.autocast():
+                model(
+                    input_ids=ids.to(device),
+                    attention_mask=mask.to(device),
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+            return time.process_time() - started
+        finally:
+            model.train()
+
+
 def ratio_alternating(model_dir: Path, out: Path, args) -> None:
     """A GRPO step and a Critique-GRPO step taken in turn, ``--steps`` of each: the ratio
-    of their CPU-seconds pair by pair, so that the machine's drift hits both alike."""
+    of their CPU-seconds pair by pair, so that the machine's drift hits both alike.
+
+    Then a lower bound on that ratio from the work alone: a Critique-GRPO step with every
+    group failing does a GRPO step's work with G instead of N initial samples, plus a
+    prefill of its refinement prompts (timed on its own, after the step) plus the decoding
+    of one sequence per refinement, which costs at least what decoding its G initial
+    samples cost (as many sequences, the same number of new tokens, shorter contexts)."""
     import time
 
     trainers = {
         "grpo": make_trainer("grpo", 0, model_dir, out, args),
         "critique-grpo": make_trainer("critique-grpo", 1, model_dir, out, args),
     }
+    prefill = RefinementPrefill(trainers["critique-grpo"].b.policy)
     cpu: dict[str, list[float]] = {k: [] for k in trainers}
     rows: dict[str, list[dict]] = {k: [] for k in trainers}
+    prefill_cpu: list[float] = []
     for s in range(2, args.steps + 2):
         order = list(trainers) if s % 2 == 0 else list(reversed(trainers))
         for kind in order:
             started = time.process_time()
             rows[kind].append(trainers[kind].step(s))
             cpu[kind].append(time.process_time() - started)
+            if kind == "critique-grpo":
+                prefill_cpu.append(prefill.cpu_seconds())
     for kind in trainers:
         stages = "  ".join(
             f"{st} {statistics.median(r.get('time/' + st, 0.0) for r in rows[kind]):.3f}s"
@@ -116,6 +172,30 @@ def ratio_alternating(model_dir: Path, out: Path, args) -> None:
         f"critique-grpo / grpo CPU-seconds per step (every group failing): median "
         f"{statistics.median(ratios):.2f}x (min {min(ratios):.2f}x, max {max(ratios):.2f}x, "
         f"{len(ratios)} alternating pairs)"
+    )
+    crit = rows["critique-grpo"]
+
+    def med(key: str) -> float:
+        return statistics.median(r.get(key, 0.0) for r in crit)
+
+    print(
+        f"work of a critique-grpo step: {med('refine/generated'):.0f} refinements of "
+        f"{med('length/refinement_mean'):.0f} tokens from prompts of "
+        f"{med('length/refinement_prompt_mean'):.0f} tokens, beside "
+        f"{args.prompts * (args.samples - 1)} initial samples of "
+        f"{med('length/initial_mean'):.0f} tokens from prompts of {med('length/prompt_mean'):.0f}"
+    )
+    # per pair: GRPO's CPU-s, less the sampling of its N - G extra initial samples, plus
+    # the refinements' prefill and at least the decoding cost of G samples per prompt
+    # (stage times are wall seconds; with one thread they track CPU-seconds)
+    floors = []
+    for g_cpu, g_row, c_row, pre in zip(cpu["grpo"], rows["grpo"], crit, prefill_cpu, strict=True):
+        sample_n, sample_g = g_row["time/sample"], c_row["time/sample"]
+        floors.append((g_cpu - sample_n + 2 * sample_g + pre) / g_cpu)
+    print(
+        f"refinement prefill alone: {statistics.median(prefill_cpu):.3f} CPU-s per step; lower "
+        f"bound on the ratio from that work: median {statistics.median(floors):.2f}x (min "
+        f"{min(floors):.2f}x, max {max(floors):.2f}x)"
     )
 
 

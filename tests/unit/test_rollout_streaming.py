@@ -12,6 +12,7 @@ from concurrent.futures import Future
 
 import pytest
 
+from cgrpo.train.metrics import rollout_metrics
 from cgrpo.train.rollout import RolloutSettings, rollout
 from cgrpo.types import Completion, Critique, Problem, SamplingParams, Verdict
 
@@ -81,7 +82,8 @@ class Critic:
 
 class Prompts:
     def refinement_ids(self, problem, response, critique):
-        return [99, int(problem.id), len(response)]
+        # problem p's refinement prompts are 3 + p tokens long
+        return [99, int(problem.id), len(response)] + [0] * int(problem.id)
 
 
 def run(streaming: bool, log: list):
@@ -149,3 +151,17 @@ def test_stage_times_cover_every_stage_that_ran(streaming):
     out = run(streaming, [])
     assert set(out.seconds) == {"sample", "verify", "critique", "refine"}
     assert all(v >= 0 for v in out.seconds.values())
+
+
+def test_prompt_lengths_are_recorded_per_sequence_and_averaged():
+    """Each record keeps the length of the prompt it was sampled from: the problem's prompt
+    (3 tokens here) for initial samples, its refinement prompt for a refinement."""
+    ro = run(True, [])
+    initial = [r for r in ro.records if r.kind == "initial"]
+    refinements = [r for r in ro.records if r.kind == "refinement"]
+    assert {r.prompt_tokens for r in initial} == {3}
+    # prompts 1 and 3 fail every sample: G refinements each, prompts of 3 + 1 and 3 + 3
+    assert sorted(r.prompt_tokens for r in refinements) == [4] * G + [6] * G
+    metrics = rollout_metrics(ro)
+    assert metrics["length/prompt_mean"] == 3.0
+    assert metrics["length/refinement_prompt_mean"] == 5.0

@@ -68,6 +68,11 @@ def rollout_metrics(ro: Rollout) -> dict[str, float]:
         "reward/refinement_kept_mean": _mean([r.verdict.score for r in kept]),
         "length/initial_mean": _mean([float(len(r.completion.token_ids)) for r in init]),
         "length/refinement_mean": _mean([float(len(r.completion.token_ids)) for r in refs]),
+        # the prompts the sampler prefilled: a refinement prompt holds the question, the
+        # previous response and its critique, so it is what makes refining dearer per
+        # sequence than sampling
+        "length/prompt_mean": _mean([float(r.prompt_tokens) for r in init]),
+        "length/refinement_prompt_mean": _mean([float(r.prompt_tokens) for r in refs]),
         "length/initial_truncated_share": _mean(
             [float(r.completion.finish_reason == "length") for r in init]
         ),

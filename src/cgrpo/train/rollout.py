@@ -47,6 +47,10 @@ class Record:
     kept: bool = True
     row: int | None = None  # index into Rollout.rows when this sequence is trained on
     parent: int | None = None  # a refinement's: index (in records) of the response it refined
+    # tokens of the prompt it was sampled from: the problem's prompt, or for a refinement
+    # its refinement prompt (question, previous response, critique), not the prompt it is
+    # trained on; what the sampler's prefill costs
+    prompt_tokens: int = 0
 
 
 @dataclass
@@ -256,7 +260,7 @@ def rollout(
         take_verdicts(wait=False)
     take_verdicts(wait=True)
     records = [
-        Record(p, problems[p], "initial", c, v)
+        Record(p, problems[p], "initial", c, v, prompt_tokens=len(prompt_ids[p]))
         for p, (comps, vs) in enumerate(zip(initial, verdicts, strict=True))
         for c, v in zip(comps, vs, strict=True)
     ]
@@ -327,6 +331,7 @@ def rollout(
                         used[j],
                         kept=local in picks,
                         parent=p * g + targets[j][1],
+                        prompt_tokens=len(ref_prompt_of[targets[j]]),
                     )
                 )
             kept[p] = [first + k for k in picks]
