@@ -94,6 +94,20 @@ def test_sampler_logprobs_match_the_trainer_recompute(backend, tiny, temperature
     assert diff < 1e-4, f"sampler and trainer log-probs differ by {diff}"
 
 
+def test_decoding_leaves_no_inference_tensors_behind(backend, tiny):
+    """The backend decodes under ``torch.inference_mode``. What it hands over, and the
+    model it trains next, must stay usable by autograd: an inference tensor cannot be
+    saved for backward."""
+    model, tok = tiny
+    out = backend.generate(prompts(tok), SamplingParams(n=2, max_new_tokens=8))
+    completions = [c for g in out for c in g]
+    assert not any(c.logprobs.is_inference() for c in completions)
+    assert not any(t.is_inference() for t in [*model.parameters(), *model.buffers()])
+    weight = torch.ones(1, requires_grad=True)
+    (weight * completions[0].logprobs).sum().backward()  # saves the log-probs
+    assert weight.grad is not None
+
+
 def test_greedy_is_deterministic(backend, tiny):
     _, tok = tiny
     a = backend.generate(prompts(tok), SamplingParams(n=2, max_new_tokens=8, greedy=True))

@@ -107,6 +107,23 @@ class SampledLogprobRecorder:
         return torch.stack(self.columns, dim=1).cpu()
 
 
+def _without_autograd(model: Any):
+    """``torch.inference_mode`` for decoding, where it is safe, else ``torch.no_grad``.
+
+    Inference mode also skips autograd's version counters and view tracking, which
+    ``no_grad`` keeps: 14% fewer CPU-seconds per ``generate`` of the tiny model (64 x 32
+    tokens, 10 alternating runs), where each decode step is a few hundred small ops. The
+    tensors made inside cannot be saved for backward, and nothing made here is: the token
+    ids become lists, and the log-probs are stacked into a new tensor afterwards. An
+    FSDP-sharded model decodes under ``no_grad``: FSDP2's unshard hooks read the version
+    counters that inference mode drops (pytorch/pytorch#197327)."""
+    import torch
+
+    from cgrpo.train.sharding import is_sharded
+
+    return torch.no_grad() if is_sharded(model) else torch.inference_mode()
+
+
 class HFPolicy:
     """Samples with transformers generate on the training model (no weight sync needed)."""
 
@@ -230,7 +247,7 @@ class HFPolicy:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.no_grad(), self.precision.autocast():
+            with _without_autograd(self.model), self.precision.autocast():
                 result = self.model.generate(
                     input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs
                 )
