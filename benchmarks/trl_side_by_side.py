@@ -8,10 +8,15 @@ project in a throwaway venv. Both sides get the same offline tiny Qwen2 model (h
 2 layers, the one ``step_time.py`` uses), the same arithmetic prompts (cgrpo's prompt ids,
 decoded to text for TRL), the same shapes (8 prompts x 8 samples, 32 new tokens, one
 micro-batch), temperature 1.0, AdamW at lr 1e-5, no KL term, the same reward (cgrpo's
-``math`` verifier) and the same torch thread count. Each side runs in a fresh process; the
-order alternates between repetitions, because this machine is shared and noisy. One
-warm-up step, then ``--steps`` timed steps: the process CPU-seconds of each step (what the
-issue's target is stated in) and its wall seconds.
+``math`` verifier) and the same torch thread count. Two warm-up steps each, then
+``--steps`` timed steps: the process CPU-seconds of each step (what the issue's target is
+stated in) and its wall seconds.
+
+This machine is shared and its load drifts by tens of percent within minutes, so by
+default both trainers run in one process (``--reps`` of them): TRL trains, and a cgrpo
+step runs beside each of its steps, before it on odd steps and after it on even ones; the
+ratio is taken pair by pair. ``--separate`` runs each side in its own fresh process
+instead, alternating their order between repetitions.
 
 Both sample from the same model at the same temperature, so the expected response length is
 the same; the tokens sampled per step are printed so that a difference shows.
@@ -32,6 +37,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SEED = 7
+# steps each side takes before the timed ones: TRL's second step still cost 1.4-1.8x its
+# later ones here (1.00 s against 0.54-0.74 s), cgrpo's did not; both sides skip as many
+WARMUP = 2
 
 
 def _recipe(args):
@@ -54,11 +62,12 @@ def _cgrpo_prompts(args):
     recipe = _recipe(args)
     built = build(recipe, get_registries(), None)
     stream = DataStream(built.problems, seed=recipe.run.seed, shuffle=recipe.data.shuffle)
-    problems = stream.next_batch(args.prompts * (args.steps + 1))
+    problems = stream.next_batch(args.prompts * (args.steps + WARMUP))
     return built.tokenizer, [(built.prompts.prompt_ids(p), p) for p in problems]
 
 
-def cgrpo_worker(args) -> dict:
+def _cgrpo_trainer(args):
+    """cgrpo's trainer for the recipe, after its warm-up steps."""
     from cgrpo.plugins import get_registries
     from cgrpo.recipe.build import build
     from cgrpo.train.loop import Trainer
@@ -68,18 +77,43 @@ def cgrpo_worker(args) -> dict:
     built = build(recipe, get_registries(), None)
     (out / "grpo").mkdir(parents=True, exist_ok=True)
     trainer = Trainer(recipe, built, out / "grpo")
-    trainer.step(1)  # warm-up
-    cpu, wall, tokens = [], [], []
-    for s in range(2, args.steps + 2):
-        c0, w0 = time.process_time(), time.perf_counter()
-        row = trainer.step(s)
-        cpu.append(time.process_time() - c0)
-        wall.append(time.perf_counter() - w0)
-        tokens.append(row["length/initial_mean"] * args.prompts * args.samples)
-    return {"cpu": cpu, "wall": wall, "tokens": tokens}
+    for s in range(1, WARMUP + 1):
+        trainer.step(s)
+    return trainer
 
 
-def trl_worker(args) -> dict:
+def _timed_cgrpo_step(trainer, step: int, args, timings: dict) -> None:
+    c0, w0 = time.process_time(), time.perf_counter()
+    row = trainer.step(step)
+    timings["cpu"].append(time.process_time() - c0)
+    timings["wall"].append(time.perf_counter() - w0)
+    timings["tokens"].append(row["length/initial_mean"] * args.prompts * args.samples)
+
+
+def cgrpo_worker(args) -> dict:
+    trainer = _cgrpo_trainer(args)
+    timings: dict[str, list[float]] = {"cpu": [], "wall": [], "tokens": []}
+    for s in range(WARMUP + 1, WARMUP + args.steps + 1):
+        _timed_cgrpo_step(trainer, s, args, timings)
+    return timings
+
+
+def paired_worker(args) -> dict:
+    """Both trainers in this one process, a cgrpo step beside each TRL step: before it on
+    odd steps, after it on even ones, so that each pair of steps sees the same machine
+    (between processes, the load of this shared machine drifts by tens of percent)."""
+    cgrpo = _cgrpo_trainer(args)
+    mine: dict[str, list[float]] = {"cpu": [], "wall": [], "tokens": []}
+
+    def beside(step: int, before: bool) -> None:
+        if step > WARMUP and (step % 2 == 1) == before:
+            _timed_cgrpo_step(cgrpo, step, args, mine)
+
+    theirs = trl_worker(args, beside)
+    return {"cgrpo": mine, "trl": theirs}
+
+
+def trl_worker(args, beside=None) -> dict:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -101,12 +135,16 @@ def trl_worker(args) -> dict:
     timings = {"cpu": [], "wall": [], "tokens": []}
 
     class Clock(TrainerCallback):
-        def on_step_begin(self, *a, **k):
+        def on_step_begin(self, _args, state, *a, **k):
+            if beside is not None:
+                beside(state.global_step + 1, before=True)
             self.c0, self.w0 = time.process_time(), time.perf_counter()
 
-        def on_step_end(self, *a, **k):
+        def on_step_end(self, _args, state, *a, **k):
             timings["cpu"].append(time.process_time() - self.c0)
             timings["wall"].append(time.perf_counter() - self.w0)
+            if beside is not None:
+                beside(state.global_step, before=False)
 
         def on_log(self, _args, _state, _control, logs=None, **k):
             if logs and "completions/mean_length" in logs:
@@ -122,7 +160,7 @@ def trl_worker(args) -> dict:
         temperature=1.0,
         learning_rate=1e-5,
         beta=0.0,
-        max_steps=args.steps + 1,
+        max_steps=WARMUP + args.steps,
         logging_steps=1,
         save_strategy="no",
         report_to=[],
@@ -143,7 +181,7 @@ def trl_worker(args) -> dict:
         callbacks=[Clock()],
     )
     trainer.train()
-    return {k: v[1:] for k, v in timings.items()}  # the first step warmed up
+    return {k: v[WARMUP:] for k, v in timings.items()}
 
 
 def run_side(side: str, model_dir: Path, args) -> dict:
@@ -161,6 +199,29 @@ def run_side(side: str, model_dir: Path, args) -> dict:
         return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def paired(model_dir: Path, args) -> None:
+    """``--reps`` processes of ``paired_worker``: the CPU-seconds ratio of each pair of
+    steps, the median of each process and of all pairs."""
+    every = []
+    for rep in range(args.reps):
+        got = run_side("paired", model_dir, args)
+        pairs = list(zip(got["cgrpo"]["cpu"], got["trl"]["cpu"], strict=True))
+        ratios = [c / t for c, t in pairs]
+        every += ratios
+        print(
+            f"rep {rep + 1}  cgrpo CPU {statistics.median(c for c, _ in pairs):.3f} s/step, "
+            f"{statistics.median(got['cgrpo']['tokens']):.0f} tokens/step  TRL CPU "
+            f"{statistics.median(t for _, t in pairs):.3f} s/step, "
+            f"{statistics.median(got['trl']['tokens']):.0f} tokens/step  cgrpo/TRL "
+            f"{statistics.median(ratios):.2f}x"
+        )
+    print(
+        f"cgrpo/TRL CPU-seconds per GRPO step: median {statistics.median(every):.2f}x (min "
+        f"{min(every):.2f}x, max {max(every):.2f}x, {len(every)} pairs of steps in "
+        f"{args.reps} processes)"
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reps", type=int, default=3)
@@ -169,7 +230,13 @@ def main() -> None:
     p.add_argument("--samples", type=int, default=8)
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--worker", choices=["cgrpo", "trl"], help=argparse.SUPPRESS)
+    p.add_argument(
+        "--separate",
+        action="store_true",
+        help="each side in its own process, alternating (default: both in one process, "
+        "a cgrpo step beside each TRL step)",
+    )
+    p.add_argument("--worker", choices=["cgrpo", "trl", "paired"], help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
     p.add_argument("--tmp", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -182,8 +249,8 @@ def main() -> None:
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
-        work = cgrpo_worker if args.worker == "cgrpo" else trl_worker
-        print(json.dumps(work(args)))
+        work = {"cgrpo": cgrpo_worker, "trl": trl_worker, "paired": paired_worker}
+        print(json.dumps(work[args.worker](args)))
         return
 
     from cgrpo.tiny import create_tiny_model
@@ -194,6 +261,9 @@ def main() -> None:
             f"GRPO step, {args.prompts} prompts x {args.samples} samples, {args.new_tokens} "
             f"new tokens, {args.threads} torch thread(s), {args.steps} timed steps per run"
         )
+        if not args.separate:
+            paired(model_dir, args)
+            return
         ratios = []
         for rep in range(args.reps):
             order = ("cgrpo", "trl") if rep % 2 == 0 else ("trl", "cgrpo")
