@@ -7,7 +7,8 @@ Prints seconds per step (mean over ``--steps`` after one warm-up step), the spli
 sampled tokens per second and peak memory (process RSS; CUDA peak when on GPU); then the
 two kinds again, one step of each in turn, and the ratio of their CPU-seconds pair by pair
 (the machine is shared: alternating makes its drift hit both alike). The model
-is created offline (hidden 128, 2 layers); nothing is downloaded. ``--lora`` adds a GRPO
+is created offline (hidden 128, 2 layers, the quickstart's shape; ``--hidden`` and
+``--layers`` make it larger); nothing is downloaded. ``--lora`` adds a GRPO
 step that trains rank-16 LoRA adapters on every linear layer instead of all weights.
 ``--fsdp`` adds a GRPO step of 2 processes (torchrun, gloo on CPU) under
 ``distributed.strategy: fsdp`` and, to separate the cost of sharding from that of a second
@@ -86,6 +87,24 @@ def make_trainer(kind: str, refinements: int, model_dir: Path, out: Path, args):
     return trainer
 
 
+def _clock(device_type: str):
+    """(name, now): process CPU-seconds on CPU, where the machine is shared and one thread
+    does the work; wall seconds after a synchronize on CUDA, whose kernels run apart from
+    the CPU."""
+    import time
+
+    import torch
+
+    if device_type != "cuda":
+        return "CPU-s", time.process_time
+
+    def now() -> float:
+        torch.cuda.synchronize()
+        return time.perf_counter()
+
+    return "wall s", now
+
+
 class RefinementPrefill:
     """Keeps the refinement prompts a trainer's hf policy is asked to generate from, and
     times a forward of them: the prefill ``generate`` starts with, work a GRPO step does
@@ -103,11 +122,9 @@ class RefinementPrefill:
 
         policy.generate_stream = capturing
 
-    def cpu_seconds(self) -> float:
-        """CPU-seconds of one no-grad forward of the last step's refinement prompts, left
-        padded and with the key/value cache on, as ``generate``'s prefill runs them."""
-        import time
-
+    def seconds(self, now) -> float:
+        """Seconds by ``now`` of one no-grad forward of the last step's refinement prompts,
+        left padded and with the key/value cache on, as ``generate``'s prefill runs them."""
         import torch
 
         from cgrpo.builtins.policies.hf import left_pad
@@ -119,7 +136,7 @@ class RefinementPrefill:
         device = next(model.parameters()).device
         model.eval()
         try:
-            started = time.process_time()
+            started = now()
             with torch.no_grad(), self.policy.precision.autocast():
                 model(
                     input_ids=ids.to(device),
@@ -127,49 +144,51 @@ class RefinementPrefill:
                     use_cache=True,
                     logits_to_keep=1,
                 )
-            return time.process_time() - started
+            return now() - started
         finally:
             model.train()
 
 
 def ratio_alternating(model_dir: Path, out: Path, args) -> None:
     """A GRPO step and a Critique-GRPO step taken in turn, ``--steps`` of each: the ratio
-    of their CPU-seconds pair by pair, so that the machine's drift hits both alike.
+    of their CPU-seconds (wall seconds on CUDA) pair by pair, so that the machine's drift
+    hits both alike.
 
     Then a lower bound on that ratio from the work alone: a Critique-GRPO step with every
     group failing does a GRPO step's work with G instead of N initial samples, plus a
     prefill of its refinement prompts (timed on its own, after the step) plus the decoding
     of one sequence per refinement, which costs at least what decoding its G initial
     samples cost (as many sequences, the same number of new tokens, shorter contexts)."""
-    import time
 
     trainers = {
         "grpo": make_trainer("grpo", 0, model_dir, out, args),
         "critique-grpo": make_trainer("critique-grpo", 1, model_dir, out, args),
     }
-    prefill = RefinementPrefill(trainers["critique-grpo"].b.policy)
+    policy = trainers["critique-grpo"].b.policy
+    prefill = RefinementPrefill(policy)
+    unit, now = _clock(next(policy.model.parameters()).device.type)
     cpu: dict[str, list[float]] = {k: [] for k in trainers}
     rows: dict[str, list[dict]] = {k: [] for k in trainers}
     prefill_cpu: list[float] = []
     for s in range(2, args.steps + 2):
         order = list(trainers) if s % 2 == 0 else list(reversed(trainers))
         for kind in order:
-            started = time.process_time()
+            started = now()
             rows[kind].append(trainers[kind].step(s))
-            cpu[kind].append(time.process_time() - started)
+            cpu[kind].append(now() - started)
             if kind == "critique-grpo":
-                prefill_cpu.append(prefill.cpu_seconds())
+                prefill_cpu.append(prefill.seconds(now))
     for kind in trainers:
         stages = "  ".join(
             f"{st} {statistics.median(r.get('time/' + st, 0.0) for r in rows[kind]):.3f}s"
             for st in ("sample", "verify", "critique", "refine", "update")
         )
-        print(f"{kind:14s} CPU {statistics.median(cpu[kind]):.3f} s/step (median)  [{stages}]")
+        print(f"{kind:14s} {unit} {statistics.median(cpu[kind]):.3f} per step (median)  [{stages}]")
     ratios = [c / g for c, g in zip(cpu["critique-grpo"], cpu["grpo"], strict=True)]
     # the tiny model solves nothing, so every group fails and every response is critiqued
     # and refined: the worst case of Critique-GRPO's extra cost
     print(
-        f"critique-grpo / grpo CPU-seconds per step (every group failing): median "
+        f"critique-grpo / grpo {unit} per step (every group failing): median "
         f"{statistics.median(ratios):.2f}x (min {min(ratios):.2f}x, max {max(ratios):.2f}x, "
         f"{len(ratios)} alternating pairs)"
     )
@@ -185,15 +204,15 @@ def ratio_alternating(model_dir: Path, out: Path, args) -> None:
         f"{args.prompts * (args.samples - 1)} initial samples of "
         f"{med('length/initial_mean'):.0f} tokens from prompts of {med('length/prompt_mean'):.0f}"
     )
-    # per pair: GRPO's CPU-s, less the sampling of its N - G extra initial samples, plus
+    # per pair: GRPO's seconds, less the sampling of its N - G extra initial samples, plus
     # the refinements' prefill and at least the decoding cost of G samples per prompt
-    # (stage times are wall seconds; with one thread they track CPU-seconds)
+    # (stage times are wall seconds; on CPU, with one thread, they track CPU-seconds)
     floors = []
     for g_cpu, g_row, c_row, pre in zip(cpu["grpo"], rows["grpo"], crit, prefill_cpu, strict=True):
         sample_n, sample_g = g_row["time/sample"], c_row["time/sample"]
         floors.append((g_cpu - sample_n + 2 * sample_g + pre) / g_cpu)
     print(
-        f"refinement prefill alone: {statistics.median(prefill_cpu):.3f} CPU-s per step; lower "
+        f"refinement prefill alone: {statistics.median(prefill_cpu):.3f} {unit} per step; lower "
         f"bound on the ratio from that work: median {statistics.median(floors):.2f}x (min "
         f"{min(floors):.2f}x, max {max(floors):.2f}x)"
     )
@@ -257,6 +276,8 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--hidden", type=int, default=128, help="the model's hidden size")
+    p.add_argument("--layers", type=int, default=2, help="the model's decoder layers")
     p.add_argument(
         "--reproducible",
         action="store_true",
@@ -281,10 +302,18 @@ def main() -> None:
     from cgrpo.tiny import create_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = create_tiny_model(Path(tmp) / "model")
+        model_dir = create_tiny_model(
+            Path(tmp) / "model",
+            hidden_size=args.hidden,
+            num_layers=args.layers,
+            num_heads=max(4, args.hidden // 64),  # head size 64 from hidden 256 up
+            num_kv_heads=max(2, args.hidden // 256),
+            intermediate_size=2 * args.hidden,
+        )
         print(
             f"{args.prompts} prompts x {args.samples} sequences, {args.new_tokens} new tokens, "
-            f"torch threads {args.threads}, {args.steps} timed steps"
+            f"torch threads {args.threads}, {args.steps} timed steps, model hidden "
+            f"{args.hidden} x {args.layers} layers"
         )
         bench("grpo", 0, model_dir, Path(tmp) / "runs", args)
         bench("critique-grpo", 1, model_dir, Path(tmp) / "runs", args)
