@@ -115,8 +115,9 @@ def _without_autograd(model: Any):
     tokens, 10 alternating runs), where each decode step is a few hundred small ops. The
     tensors made inside cannot be saved for backward, and nothing made here is: the token
     ids become lists, and the log-probs are stacked into a new tensor afterwards. An
-    FSDP-sharded model decodes under ``no_grad``: FSDP2's unshard hooks read the version
-    counters that inference mode drops (pytorch/pytorch#197327)."""
+    FSDP-sharded model decodes under ``no_grad``: with torch 2.13, FSDP2's forward fails
+    under inference mode ("Inference tensors do not track version counter"; its unshard
+    reads the counters), gathered or not."""
     import torch
 
     from cgrpo.train.sharding import is_sharded
