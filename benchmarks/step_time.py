@@ -36,6 +36,7 @@ def recipe_for(
     refinements: int,
     lora: bool = False,
     strategy: str = "ddp",
+    warmup: int = 1,
 ):
     from cgrpo.recipe.validate import validate_recipe
 
@@ -67,23 +68,34 @@ def recipe_for(
         },
         "refinement": {"max_critique_tokens": 64},
         "optim": {"lr": 1e-5},
-        "train": {"steps": args.steps + 1, "log_samples": 0},
+        "train": {"steps": warmup + args.steps, "log_samples": 0},
         "distributed": {"strategy": strategy},
     }
     return validate_recipe(raw)
 
 
-def make_trainer(kind: str, refinements: int, model_dir: Path, out: Path, args):
-    """A trainer for ``kind`` that has run one warm-up step (allocator, kernels, caches)."""
+def make_trainer(
+    kind: str,
+    refinements: int,
+    model_dir: Path,
+    out: Path,
+    args,
+    lora: bool = False,
+    strategy: str = "ddp",
+    warmup: int = 1,
+):
+    """A trainer for ``kind`` that has run ``warmup`` steps (allocator, kernels, caches);
+    its next step is ``warmup + 1``."""
     from cgrpo.plugins import get_registries
     from cgrpo.recipe.build import build
     from cgrpo.train.loop import Trainer
 
-    recipe = recipe_for(model_dir, out, kind, args, refinements)
+    recipe = recipe_for(model_dir, out, kind, args, refinements, lora, strategy, warmup)
     built = build(recipe, get_registries(), None)
     (out / kind).mkdir(parents=True, exist_ok=True)
     trainer = Trainer(recipe, built, out / kind)
-    trainer.step(1)
+    for step in range(1, warmup + 1):
+        trainer.step(step)
     return trainer
 
 
@@ -134,6 +146,7 @@ class RefinementPrefill:
         model = self.policy.model
         ids, mask = left_pad(self.prompts, self.policy.pad_id)
         device = next(model.parameters()).device
+        was_training = model.training
         model.eval()
         try:
             started = now()
@@ -146,7 +159,7 @@ class RefinementPrefill:
                 )
             return now() - started
         finally:
-            model.train()
+            model.train(was_training)
 
 
 def ratio_alternating(model_dir: Path, out: Path, args) -> None:
@@ -167,24 +180,26 @@ def ratio_alternating(model_dir: Path, out: Path, args) -> None:
     policy = trainers["critique-grpo"].b.policy
     prefill = RefinementPrefill(policy)
     unit, now = _clock(next(policy.model.parameters()).device.type)
-    cpu: dict[str, list[float]] = {k: [] for k in trainers}
+    spent: dict[str, list[float]] = {k: [] for k in trainers}
     rows: dict[str, list[dict]] = {k: [] for k in trainers}
-    prefill_cpu: list[float] = []
+    prefill_spent: list[float] = []
     for s in range(2, args.steps + 2):
         order = list(trainers) if s % 2 == 0 else list(reversed(trainers))
         for kind in order:
             started = now()
             rows[kind].append(trainers[kind].step(s))
-            cpu[kind].append(now() - started)
+            spent[kind].append(now() - started)
             if kind == "critique-grpo":
-                prefill_cpu.append(prefill.seconds(now))
+                prefill_spent.append(prefill.seconds(now))
     for kind in trainers:
         stages = "  ".join(
             f"{st} {statistics.median(r.get('time/' + st, 0.0) for r in rows[kind]):.3f}s"
             for st in ("sample", "verify", "critique", "refine", "update")
         )
-        print(f"{kind:14s} {unit} {statistics.median(cpu[kind]):.3f} per step (median)  [{stages}]")
-    ratios = [c / g for c, g in zip(cpu["critique-grpo"], cpu["grpo"], strict=True)]
+        print(
+            f"{kind:14s} {unit} {statistics.median(spent[kind]):.3f} per step (median)  [{stages}]"
+        )
+    ratios = [c / g for c, g in zip(spent["critique-grpo"], spent["grpo"], strict=True)]
     # the tiny model solves nothing, so every group fails and every response is critiqued
     # and refined: the worst case of Critique-GRPO's extra cost
     print(
@@ -208,11 +223,12 @@ def ratio_alternating(model_dir: Path, out: Path, args) -> None:
     # the refinements' prefill and at least the decoding cost of G samples per prompt
     # (stage times are wall seconds; on CPU, with one thread, they track CPU-seconds)
     floors = []
-    for g_cpu, g_row, c_row, pre in zip(cpu["grpo"], rows["grpo"], crit, prefill_cpu, strict=True):
+    pairs = zip(spent["grpo"], rows["grpo"], crit, prefill_spent, strict=True)
+    for grpo_s, g_row, c_row, pre in pairs:
         sample_n, sample_g = g_row["time/sample"], c_row["time/sample"]
-        floors.append((g_cpu - sample_n + 2 * sample_g + pre) / g_cpu)
+        floors.append((grpo_s - sample_n + 2 * sample_g + pre) / grpo_s)
     print(
-        f"refinement prefill alone: {statistics.median(prefill_cpu):.3f} {unit} per step; lower "
+        f"refinement prefill alone: {statistics.median(prefill_spent):.3f} {unit} per step; lower "
         f"bound on the ratio from that work: median {statistics.median(floors):.2f}x (min "
         f"{min(floors):.2f}x, max {max(floors):.2f}x)"
     )
@@ -226,19 +242,12 @@ def bench(
     args,
     lora: bool = False,
     strategy: str = "ddp",
-) -> float | None:
+) -> None:
     import torch
 
-    from cgrpo.plugins import get_registries
-    from cgrpo.recipe.build import build
     from cgrpo.train import distributed
-    from cgrpo.train.loop import Trainer
 
-    recipe = recipe_for(model_dir, out, kind, args, refinements, lora, strategy)
-    built = build(recipe, get_registries(), None)
-    (out / kind).mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(recipe, built, out / kind)
-    trainer.step(1)  # warm-up: allocator, kernels, caches
+    trainer = make_trainer(kind, refinements, model_dir, out, args, lora, strategy)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     rows = [trainer.step(s) for s in range(2, args.steps + 2)]
@@ -246,7 +255,7 @@ def bench(
         if writer is not None:  # rank 0 only
             writer.close()
     if not distributed.is_main():
-        return None
+        return
 
     def mean(key):
         vals = [r[key] for r in rows if key in r]
@@ -265,7 +274,6 @@ def bench(
     if torch.cuda.is_available():
         line += f"  CUDA peak {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB"
     print(line, flush=True)
-    return mean("time/step")
 
 
 def main() -> None:

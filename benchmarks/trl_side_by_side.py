@@ -34,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))  # step_time.py, its recipe and trainer
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 SEED = 7
@@ -42,15 +43,21 @@ SEED = 7
 WARMUP = 2
 
 
-def _recipe(args):
-    sys.path.insert(0, str(Path(__file__).parent))
-    from step_time import recipe_for
-
-    ns = argparse.Namespace(
+def _step_time_args(args) -> argparse.Namespace:
+    """The arguments benchmarks/step_time.py's recipe and trainer helpers read."""
+    return argparse.Namespace(
         samples=args.samples, prompts=args.prompts, new_tokens=args.new_tokens,
         steps=args.steps, device="cpu", world=1, reproducible=False,
     )  # fmt: skip
-    return recipe_for(Path(args.model_dir), Path(args.tmp) / "cgrpo", "grpo", ns, refinements=0)
+
+
+def _recipe(args):
+    from step_time import recipe_for
+
+    return recipe_for(
+        Path(args.model_dir), Path(args.tmp) / "cgrpo", "grpo", _step_time_args(args), 0,
+        warmup=WARMUP,
+    )  # fmt: skip
 
 
 def _cgrpo_prompts(args):
@@ -68,18 +75,11 @@ def _cgrpo_prompts(args):
 
 def _cgrpo_trainer(args):
     """cgrpo's trainer for the recipe, after its warm-up steps."""
-    from cgrpo.plugins import get_registries
-    from cgrpo.recipe.build import build
-    from cgrpo.train.loop import Trainer
+    from step_time import make_trainer
 
     out = Path(args.tmp) / "cgrpo"
-    recipe = _recipe(args)
-    built = build(recipe, get_registries(), None)
-    (out / "grpo").mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(recipe, built, out / "grpo")
-    for s in range(1, WARMUP + 1):
-        trainer.step(s)
-    return trainer
+    ns = _step_time_args(args)
+    return make_trainer("grpo", 0, Path(args.model_dir), out, ns, warmup=WARMUP)
 
 
 def _timed_cgrpo_step(trainer, step: int, args, timings: dict) -> None:
