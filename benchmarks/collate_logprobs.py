@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from cgrpo.train.mixing import build_group, collate
+from cgrpo.algo.mixing import build_group, collate
 from cgrpo.types import Completion
 
 EOS = 2

@@ -85,7 +85,7 @@ def cpu_seconds() -> float:
 
 def verify_timing(args) -> None:
     from cgrpo.builtins.verifiers import math as math_verifier
-    from cgrpo.verify_pool import VerifyPool
+    from cgrpo.train.verify_pool import VerifyPool
 
     pairs = synthetic_pairs(args.verify_problems, args.verify_k)
     verifier = math_verifier.MathVerifier()
@@ -142,7 +142,7 @@ def main() -> None:
         verify_timing(args)
         return
 
-    from cgrpo.tiny import create_tiny_model
+    from cgrpo.model.tiny import create_tiny_model
 
     backends = ["hf"]
     if not args.skip_vllm and importlib.util.find_spec("vllm") is not None:

@@ -15,7 +15,7 @@ Paths: ``old`` is the implementation before mixed precision and lean log-probs l
 (``generate(output_logits=True)`` with every step's logits stacked into (B, T, V); the
 update's full (B, T+1, V) logits with log-softmax and entropy over them); ``new`` is
 cgrpo's current code (a log-prob recorder in ``generate``; the chunked, checkpointed
-projection of :mod:`cgrpo.train.logprobs`).
+projection of :mod:`cgrpo.model.logprobs`).
 
 Every measurement runs in a fresh child process, because a process's peak RSS only ever
 grows. On CPU the children run with ``MALLOC_MMAP_THRESHOLD_=131072`` (both paths alike):
@@ -56,7 +56,7 @@ def create_model(path: Path) -> Path:
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from cgrpo.tiny import build_tokenizer
+    from cgrpo.model.tiny import build_tokenizer
 
     tok = build_tokenizer()  # 384 tokens; ids beyond it decode to nothing
     config = Qwen3Config(
@@ -136,11 +136,11 @@ def new_sample(model, tok, prompts, tokens: int, precision) -> None:
 def update_runner(model, tok, tokens: int, precision, path: str, chunk: int):
     import torch
 
-    from cgrpo.recipe.schema import OptimConfig
+    from cgrpo.algo.loss import LossConfig
+    from cgrpo.algo.mixing import TrainRow
+    from cgrpo.config.schema import OptimConfig
+    from cgrpo.model.logprobs import full_logits_forward
     from cgrpo.train import update as update_module
-    from cgrpo.train.logprobs import full_logits_forward
-    from cgrpo.train.loss import LossConfig
-    from cgrpo.train.mixing import TrainRow
     from cgrpo.train.update import UpdateSettings, make_optimizer, update_policy
 
     if path == "old":  # the update's forward before lean log-probs: full logits
@@ -164,7 +164,7 @@ def child(args) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cgrpo.train.precision import Precision
+    from cgrpo.model.precision import Precision
 
     torch.set_num_threads(1)
     device = torch.device(args.device)
@@ -247,7 +247,7 @@ def measure(args, phase: str, path: str, tokens: int) -> dict | None:
 
 
 def main() -> None:
-    from cgrpo.train.logprobs import DEFAULT_CHUNK_TOKENS
+    from cgrpo.model.logprobs import DEFAULT_CHUNK_TOKENS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", default="256,1024", help="comma-separated T values")

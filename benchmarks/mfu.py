@@ -84,7 +84,7 @@ def flops_per_token(model, context: int) -> float:
 def update_rows(rows: int, length: int, prompt: int = 64):
     import torch
 
-    from cgrpo.train.mixing import TrainRow
+    from cgrpo.algo.mixing import TrainRow
 
     g = torch.Generator().manual_seed(0)
     return [
@@ -103,9 +103,9 @@ def update_rows(rows: int, length: int, prompt: int = 64):
 def time_updates(model, rows, steps: int, checkpointing: bool) -> list[float]:
     import torch
 
-    from cgrpo.recipe.schema import OptimConfig
-    from cgrpo.train.loss import LossConfig
-    from cgrpo.train.precision import Precision
+    from cgrpo.algo.loss import LossConfig
+    from cgrpo.config.schema import OptimConfig
+    from cgrpo.model.precision import Precision
     from cgrpo.train.update import UpdateSettings, make_optimizer, update_policy
 
     if checkpointing:
@@ -142,8 +142,8 @@ def time_sampling(model, rows: int, tokens: int, profile: bool = False) -> float
 
     from cgrpo.builtins.policies.hf import HFPolicy
     from cgrpo.interfaces import BuildContext
-    from cgrpo.tiny import build_tokenizer
-    from cgrpo.train.precision import Precision
+    from cgrpo.model.precision import Precision
+    from cgrpo.model.tiny import build_tokenizer
     from cgrpo.types import SamplingParams
 
     model.gradient_checkpointing_disable()

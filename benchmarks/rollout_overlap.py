@@ -31,7 +31,7 @@ STAGES = ("sample", "verify", "critique", "refine", "update", "step")
 
 
 def recipe(model_dir: Path, out: Path, base_url: str, args):
-    from cgrpo.recipe.validate import validate_recipe
+    from cgrpo.config.validate import validate_recipe
 
     g = args.samples - 1
     return validate_recipe(
@@ -69,8 +69,8 @@ def recipe(model_dir: Path, out: Path, base_url: str, args):
 
 
 def run(mode: str, model_dir: Path, base_url: str, args) -> dict[str, float]:
+    from cgrpo.app.build import build
     from cgrpo.plugins import get_registries
-    from cgrpo.recipe.build import build
     from cgrpo.train.loop import Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -110,7 +110,7 @@ def main() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    from cgrpo.tiny import create_tiny_model
+    from cgrpo.model.tiny import create_tiny_model
     from tests.fake_openai import FakeOpenAI
 
     with tempfile.TemporaryDirectory() as tmp, FakeOpenAI(latency_s=args.latency) as server:

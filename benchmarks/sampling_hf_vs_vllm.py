@@ -46,9 +46,9 @@ def main() -> None:
 
     from cgrpo.builtins.policies.hf import HFPolicy
     from cgrpo.builtins.policies.vllm import VLLMPolicy
+    from cgrpo.config.validate import validate_recipe
     from cgrpo.interfaces import BuildContext
-    from cgrpo.recipe.validate import validate_recipe
-    from cgrpo.tiny import create_tiny_model
+    from cgrpo.model.tiny import create_tiny_model
     from cgrpo.types import SamplingParams
 
     hf_logging.disable_progress_bar()

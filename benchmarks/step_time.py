@@ -38,7 +38,7 @@ def recipe_for(
     strategy: str = "ddp",
     warmup: int = 1,
 ):
-    from cgrpo.recipe.validate import validate_recipe
+    from cgrpo.config.validate import validate_recipe
 
     g = args.samples - refinements
     raw = {
@@ -86,8 +86,8 @@ def make_trainer(
 ):
     """A trainer for ``kind`` that has run ``warmup`` steps (allocator, kernels, caches);
     its next step is ``warmup + 1``."""
+    from cgrpo.app.build import build
     from cgrpo.plugins import get_registries
-    from cgrpo.recipe.build import build
     from cgrpo.train.loop import Trainer
 
     recipe = recipe_for(model_dir, out, kind, args, refinements, lora, strategy, warmup)
@@ -245,7 +245,7 @@ def bench(
 ) -> None:
     import torch
 
-    from cgrpo.train import distributed
+    from cgrpo.model import distributed
 
     trainer = make_trainer(kind, refinements, model_dir, out, args, lora, strategy)
     if torch.cuda.is_available():
@@ -307,7 +307,7 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    from cgrpo.tiny import create_tiny_model
+    from cgrpo.model.tiny import create_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = create_tiny_model(
@@ -357,7 +357,7 @@ def _launch_two(strategy: str, model_dir: Path, args) -> None:
 def _worker(args) -> None:
     import torch
 
-    from cgrpo.train import distributed
+    from cgrpo.model import distributed
 
     torch.set_num_threads(args.threads)
     from transformers.utils import logging as hf_logging

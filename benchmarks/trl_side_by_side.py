@@ -62,8 +62,8 @@ def _recipe(args):
 
 def _cgrpo_prompts(args):
     """(prompt ids, problem) in the order cgrpo's trainer draws them, its template."""
+    from cgrpo.app.build import build
     from cgrpo.plugins import get_registries
-    from cgrpo.recipe.build import build
     from cgrpo.train.data import DataStream
 
     recipe = _recipe(args)
@@ -253,7 +253,7 @@ def main() -> None:
         print(json.dumps(work[args.worker](args)))
         return
 
-    from cgrpo.tiny import create_tiny_model
+    from cgrpo.model.tiny import create_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = create_tiny_model(Path(tmp) / "model")

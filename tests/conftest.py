@@ -22,7 +22,7 @@ def torch_one_thread():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A tiny Qwen2 model + tokenizer built offline once per test session."""
-    from cgrpo.tiny import create_tiny_model
+    from cgrpo.model.tiny import create_tiny_model
 
     return create_tiny_model(
         tmp_path_factory.mktemp("tiny") / "model",

@@ -50,9 +50,9 @@ def run_cli(
 
 
 def plan_setup(**overrides):
-    """A :class:`cgrpo.memory_plan.Setup` with the paper recipe's settings on one GPU
+    """A :class:`cgrpo.model.memory_plan.Setup` with the paper recipe's settings on one GPU
     (bf16, checkpointing, 16k-token micro-batches, vLLM at 0.5), changed by ``overrides``."""
-    from cgrpo.memory_plan import Setup
+    from cgrpo.model.memory_plan import Setup
 
     base = dict(
         strategy="ddp",
@@ -78,8 +78,8 @@ def update_batch(rows: int, length: int, prompt: int = 4) -> tuple[list, object,
     ``length`` response tokens, all in one micro-batch: for measuring an update's peak
     memory against the memory plan (``plan_setup`` for the hf backend, ``compute`` and
     ``checkpointing`` still to choose)."""
-    from cgrpo.train.loss import LossConfig
-    from cgrpo.train.mixing import TrainRow
+    from cgrpo.algo.loss import LossConfig
+    from cgrpo.algo.mixing import TrainRow
     from cgrpo.train.update import UpdateSettings
 
     data = [

@@ -1,8 +1,8 @@
 """cgrpo: Critique-GRPO training for reasoning language models.
 
 The public surface most users touch is the ``cgrpo`` command. Library users can import the
-pure algorithm functions from :mod:`cgrpo.train.loss`, :mod:`cgrpo.train.advantages` and
-:mod:`cgrpo.train.mixing`, and write plugins against :mod:`cgrpo.hookspecs`.
+pure algorithm functions from :mod:`cgrpo.algo.loss`, :mod:`cgrpo.algo.advantages` and
+:mod:`cgrpo.algo.mixing`, and write plugins against :mod:`cgrpo.hookspecs`.
 """
 
 from cgrpo.hookspecs import hookimpl

@@ -24,7 +24,7 @@ class BuildContext:
     ``model`` and ``tokenizer`` are the trainer's policy (set once the model is loaded);
     ``policy`` is the sampling backend (set after it is built, for critics that sample
     with the policy); ``run_dir`` is where the component may keep files (caches);
-    ``precision`` is the trainer's :class:`cgrpo.train.precision.Precision` (forward
+    ``precision`` is the trainer's :class:`cgrpo.model.precision.Precision` (forward
     passes on ``model`` run under its ``autocast()``; None means float32).
     """
 

@@ -70,11 +70,11 @@ def test_cuda_sampler_logprobs_match_the_trainer(tiny_model_dir):
     sampler's recorded log-probs agree with the trainer's chunked recompute."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from cgrpo.algo.mixing import TrainRow, collate
     from cgrpo.builtins.policies.hf import HFPolicy
     from cgrpo.interfaces import BuildContext
-    from cgrpo.train.logprobs import forward_response
-    from cgrpo.train.mixing import TrainRow, collate
-    from cgrpo.train.precision import Precision
+    from cgrpo.model.logprobs import forward_response
+    from cgrpo.model.precision import Precision
     from cgrpo.types import SamplingParams
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -104,7 +104,7 @@ def test_cuda_bf16_masters_move_every_weight_and_track_float32(tiny_model_dir, t
     """The mixed-precision checks of tests/integration/test_precision.py on CUDA: one AdamW
     update at lr 1e-6 with bf16 compute changes >= 99% of the weights; with SGD the bf16
     update is the float32 one within 2% (relative difference of the parameter change)."""
-    from cgrpo.train.precision import FULL, Precision
+    from cgrpo.model.precision import FULL, Precision
     from tests.integration.test_precision import changed_fraction, one_update, relative_difference
 
     _, tok = tiny
@@ -161,8 +161,8 @@ def test_cuda_memory_plan_vs_measured_update(tmp_path):
     import sys
     from dataclasses import replace
 
-    from cgrpo.memory_plan import CUDA_RUNTIME, estimate, read_shape
-    from cgrpo.train.precision import Precision
+    from cgrpo.model.memory_plan import CUDA_RUNTIME, estimate, read_shape
+    from cgrpo.model.precision import Precision
     from cgrpo.train.update import update_policy
     from tests.helpers import update_batch
 

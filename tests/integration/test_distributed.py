@@ -25,7 +25,7 @@ def free_port() -> int:
 def rows_for_test(tok):
     """Eight fixed rows in 4 groups (2 per group): initial and refinement members with
     different lengths and advantages."""
-    from cgrpo.train.mixing import TrainRow
+    from cgrpo.algo.mixing import TrainRow
 
     rows = []
     for g in range(4):
@@ -40,7 +40,7 @@ def rows_for_test(tok):
 def _update(model_dir, rows, aggregation, out_path, rank=0, world=1, port=0):
     from transformers import AutoModelForCausalLM
 
-    from cgrpo.train.loss import LossConfig
+    from cgrpo.algo.loss import LossConfig
     from cgrpo.train.update import UpdateSettings, update_policy
 
     torch.set_num_threads(1)

@@ -38,8 +38,8 @@ def _sharded_update(rank, model_dir, rows, aggregation, out_path, port, split):
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from transformers import AutoModelForCausalLM
 
-    from cgrpo.train.loss import LossConfig
-    from cgrpo.train.sharding import shard_model
+    from cgrpo.algo.loss import LossConfig
+    from cgrpo.model.sharding import shard_model
     from cgrpo.train.update import UpdateSettings, update_policy
 
     _init(rank, 2, port)
@@ -63,7 +63,7 @@ def _sharded_update(rank, model_dir, rows, aggregation, out_path, port, split):
 def _single_update(model_dir, rows, aggregation):
     from transformers import AutoModelForCausalLM
 
-    from cgrpo.train.loss import LossConfig
+    from cgrpo.algo.loss import LossConfig
     from cgrpo.train.update import UpdateSettings, update_policy
 
     model = AutoModelForCausalLM.from_pretrained(model_dir)
@@ -117,7 +117,7 @@ def test_two_sharded_processes_give_the_single_process_update(
 def _full_weights_worker(rank, model_dir, out_path, port):
     from transformers import AutoModelForCausalLM
 
-    from cgrpo.train.sharding import full_weights, gathered, shard_model, units
+    from cgrpo.model.sharding import full_weights, gathered, shard_model, units
 
     _init(rank, 2, port)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
@@ -257,7 +257,7 @@ def test_torchrun_fsdp_trains_like_one_process_and_resumes_exactly(tmp_path):
     exported = load_file(out / "model.safetensors")
     one_step2 = load_file(tmp_path / "one" / "checkpoints" / "step-2" / "model.safetensors")
     assert_close_after_adam(exported, one_step2)  # step 2 of the sharded run, not step 3
-    from cgrpo.train.checkpoint import load_full_weights
+    from cgrpo.model.shards import load_full_weights
 
     again = AutoModelForCausalLM.from_pretrained(final)
     load_full_weights(final, again)  # step 3's shards == step 3's safetensors

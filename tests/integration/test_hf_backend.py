@@ -4,11 +4,11 @@ import pytest
 import torch
 from transformers import LogitsProcessorList
 
+from cgrpo.algo.mixing import TrainRow, collate
 from cgrpo.builtins.policies.hf import HFPolicy, left_pad
 from cgrpo.builtins.policies.token_draw import InverseCdfSampler
 from cgrpo.interfaces import BuildContext, PolicyBackend
-from cgrpo.train.logprobs import forward_response
-from cgrpo.train.mixing import TrainRow, collate
+from cgrpo.model.logprobs import forward_response
 from cgrpo.types import SamplingParams
 
 

@@ -11,9 +11,9 @@ import copy
 import pytest
 import torch
 
+from cgrpo.app.build import build
+from cgrpo.config import load_recipe
 from cgrpo.plugins import get_registries
-from cgrpo.recipe import load_recipe
-from cgrpo.recipe.build import build
 from cgrpo.train.loop import Trainer
 from cgrpo.types import Completion
 from tests.helpers import REPO
@@ -151,7 +151,7 @@ def test_a_refinement_prompt_that_cannot_fit_is_skipped_and_counted(
     """A refinement prompt that cannot fit even without the previous response (a long
     question under a long template) skips that refinement and counts it; the step goes
     on. The prompt builder is wrapped to refuse one problem's refinements."""
-    from cgrpo.train.prompts import RefinementTooLong
+    from cgrpo.model.prompts import RefinementTooLong
 
     trainer, built = make_trainer(tmp_path, tiny_model_dir, "algorithm.refine=all")
     built.policy = trainer.b.policy = ScriptedPolicy(built.tokenizer, r"\boxed{-1}", r"\boxed{-1}")

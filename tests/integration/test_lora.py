@@ -16,8 +16,8 @@ LORA = str(REPO / "recipes" / "quickstart-lora-cpu.yaml")
 
 
 def test_lora_model_trains_only_float32_adapters_over_a_frozen_bf16_base(tiny_model_dir):
-    from cgrpo.recipe.schema import LoraSpec, ModelConfig
-    from cgrpo.train.model import load_policy
+    from cgrpo.config.schema import LoraSpec, ModelConfig
+    from cgrpo.model.loading import load_policy
 
     cfg = ModelConfig(path=str(tiny_model_dir), dtype="bfloat16", device="cpu", lora=LoraSpec(r=4))
     model, _, _ = load_policy(cfg)
@@ -35,10 +35,10 @@ def test_lora_model_trains_only_float32_adapters_over_a_frozen_bf16_base(tiny_mo
 def test_kl_reference_is_the_base_model_with_adapters_disabled(tiny_model_dir, tiny):
     from transformers import AutoModelForCausalLM
 
-    from cgrpo.recipe.schema import LoraSpec
-    from cgrpo.train.logprobs import forward_response
-    from cgrpo.train.lora import adapters_disabled, attach_lora
-    from cgrpo.train.mixing import TrainRow, collate
+    from cgrpo.algo.mixing import TrainRow, collate
+    from cgrpo.config.schema import LoraSpec
+    from cgrpo.model.logprobs import forward_response
+    from cgrpo.model.lora import adapters_disabled, attach_lora
 
     base, tok = tiny
     model = attach_lora(
@@ -67,8 +67,8 @@ def test_merged_weights_carry_the_adapters_under_transformers_names(tiny_model_d
     a plain transformers model, and the frozen base itself left untouched."""
     from transformers import AutoModelForCausalLM
 
-    from cgrpo.recipe.schema import LoraSpec
-    from cgrpo.train.lora import attach_lora, merged_weights
+    from cgrpo.config.schema import LoraSpec
+    from cgrpo.model.lora import attach_lora, merged_weights
 
     base, _ = tiny
     model = attach_lora(
@@ -180,7 +180,7 @@ def test_lora_sigkill_then_resume_is_bitwise_identical(warm):
 def test_export_merges_adapters_into_plain_transformers_weights(warm, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from cgrpo.train.lora import attach_lora
+    from cgrpo.model.lora import attach_lora
 
     root, base = warm
     out = run_cli(*lora_args(root, base, "export", "train.steps=2"), cwd=root)

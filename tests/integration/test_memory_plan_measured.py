@@ -51,7 +51,7 @@ def measure(model_dir: str, checkpointing: bool) -> int:
 def planned(model_dir: Path, checkpointing: bool) -> float:
     from dataclasses import replace
 
-    from cgrpo.memory_plan import estimate, read_shape
+    from cgrpo.model.memory_plan import estimate, read_shape
     from tests.helpers import update_batch
 
     _, _, setup = update_batch(ROWS, LENGTH, PROMPT)
@@ -75,7 +75,7 @@ def measured(model_dir: Path, checkpointing: bool) -> int:
 
 @pytest.fixture(scope="module")
 def wide_tiny(tmp_path_factory):
-    from cgrpo.tiny import create_tiny_model
+    from cgrpo.model.tiny import create_tiny_model
 
     return create_tiny_model(
         tmp_path_factory.mktemp("wide") / "m",

@@ -131,7 +131,7 @@ def test_tracker_samples_size_without_samples_is_refused():
     """Each plugin's Options say what they would ignore, like the built-ins'."""
     import sys
 
-    from cgrpo.recipe.validate import ignored_setting_issues
+    from cgrpo.config.validate import ignored_setting_issues
 
     sys.path[:0] = [str(TB_SRC), str(WANDB_SRC)]
     from cgrpo_tensorboard import TensorBoardObserver

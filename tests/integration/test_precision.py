@@ -5,11 +5,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from cgrpo.recipe.schema import OptimConfig
-from cgrpo.train.logprobs import forward_response
-from cgrpo.train.loss import LossConfig
-from cgrpo.train.mixing import TrainRow, collate
-from cgrpo.train.precision import FULL, Precision, frozen_copy
+from cgrpo.algo.loss import LossConfig
+from cgrpo.algo.mixing import TrainRow, collate
+from cgrpo.config.schema import OptimConfig
+from cgrpo.model.logprobs import forward_response
+from cgrpo.model.precision import FULL, Precision, frozen_copy
 from cgrpo.train.update import UpdateSettings, make_optimizer, update_policy
 
 BF16 = Precision(torch.bfloat16, "cpu")

@@ -142,7 +142,7 @@ def test_fsdp_killed_while_writing_shards_resumes_bitwise(reference):
     assert same_weights(weights(root, "fsdp-ref"), weights(root, "fsdp-kill"))
     # and one process under fsdp computes what one process under ddp does, to float
     # rounding: without sharding each distinct prompt runs once for its group's rows
-    # (train/logprobs.py), under fsdp every row runs whole; the same sums, another order
+    # (model/logprobs.py), under fsdp every row runs whole; the same sums, another order
     ddp, sharded = weights(root, "ref"), weights(root, "fsdp-ref")
     start = load_file(root / "tiny" / "model.safetensors")
     assert ddp.keys() == sharded.keys()

@@ -6,8 +6,8 @@ import copy
 import pytest
 import torch
 
-from cgrpo.recipe.schema import OptimConfig, PromptConfig, RefinementConfig, SFTConfig
-from cgrpo.train.prompts import PromptBuilder
+from cgrpo.config.schema import OptimConfig, PromptConfig, RefinementConfig, SFTConfig
+from cgrpo.model.prompts import PromptBuilder
 from cgrpo.train.sft import sft_warmup
 from cgrpo.types import Problem
 
@@ -64,8 +64,8 @@ def test_sft_with_its_own_optimizer_and_schedule(tiny_model_dir, tiny):
 
 
 def test_sft_lr_beside_sft_optim_is_a_recipe_error(tmp_path):
+    from cgrpo.config import load_recipe
     from cgrpo.errors import RecipeError
-    from cgrpo.recipe import load_recipe
     from tests.unit.test_recipe import GOOD, write
 
     with pytest.raises(RecipeError) as err:

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cgrpo.train.advantages import group_advantages, reinforce_pp_advantages, rloo_advantages
+from cgrpo.algo.advantages import group_advantages, reinforce_pp_advantages, rloo_advantages
 
 SEVEN_WRONG_ONE_RIGHT = torch.tensor([[0.0] * 7 + [1.0]])
 

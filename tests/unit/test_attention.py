@@ -4,7 +4,7 @@ the same numbers as transformers' ``sdpa`` (which repeats each KV head first).""
 import pytest
 import torch
 
-from cgrpo.train.attention import NAME, use_cpu_gqa
+from cgrpo.model.attention import NAME, use_cpu_gqa
 
 
 @pytest.fixture(scope="module")

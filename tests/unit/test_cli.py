@@ -85,7 +85,7 @@ def test_list_and_check_do_not_import_torch():
 
 
 def test_the_resume_hint_names_resume_once():
-    from cgrpo.train.run import resume_command
+    from cgrpo.app.run import resume_command
 
     assert resume_command("r.yaml", ["a=1"]) == "cgrpo run r.yaml a=1 resume=auto"
     assert resume_command("r.yaml", ["resume=auto", "a=1"]) == "cgrpo run r.yaml a=1 resume=auto"

@@ -4,7 +4,7 @@ from math import comb
 
 import pytest
 
-from cgrpo.eval_metrics import majority_correct, pass_at_k, summarize
+from cgrpo.algo.eval_metrics import majority_correct, pass_at_k, summarize
 
 
 @pytest.mark.parametrize(

@@ -7,9 +7,9 @@ import pytest
 
 from cgrpo.builtins.verifiers.choice import ChoiceVerifier
 from cgrpo.builtins.verifiers.math import MathVerifier
-from cgrpo.evaluation import EvalSet, evaluate_sets
+from cgrpo.train.evaluation import EvalSet, evaluate_sets
+from cgrpo.train.verify_pool import MIN_RESPONSES, VerifyPool
 from cgrpo.types import Completion, Problem
-from cgrpo.verify_pool import MIN_RESPONSES, VerifyPool
 
 
 class ScriptedPolicy:

@@ -3,13 +3,13 @@
 import pytest
 import torch
 
-from cgrpo.train.logprobs import (
+from cgrpo.algo.mixing import TrainRow, collate
+from cgrpo.model.logprobs import (
     chunked_token_stats,
     forward_response,
     full_logits_forward,
     split_head,
 )
-from cgrpo.train.mixing import TrainRow, collate
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ def test_heads_that_are_not_a_plain_projection_use_the_full_path(tiny):
 def test_chunked_backward_under_bf16_autocast_tracks_the_full_path(model_and_batch):
     """The hand-written backward runs its matmuls under the autocast forward saw: with bf16
     compute it agrees with autograd through the model's own logits to bf16 rounding."""
-    from cgrpo.train.precision import Precision
+    from cgrpo.model.precision import Precision
 
     model, batch = model_and_batch
     with Precision(torch.bfloat16, "cpu").autocast():
@@ -126,8 +126,8 @@ def test_chunked_backward_under_bf16_autocast_tracks_the_full_path(model_and_bat
 
 
 def test_recipe_default_chunk_is_the_library_default():
-    from cgrpo.recipe.schema import AlgorithmConfig
-    from cgrpo.train.logprobs import DEFAULT_CHUNK_TOKENS
+    from cgrpo.config.schema import AlgorithmConfig
+    from cgrpo.model.logprobs import DEFAULT_CHUNK_TOKENS
 
     assert AlgorithmConfig().logprob_chunk_tokens == DEFAULT_CHUNK_TOKENS
 
@@ -173,8 +173,8 @@ def test_each_distinct_prompt_runs_once_with_the_same_values_and_gradients(
 ):
     from transformers import AutoModelForCausalLM
 
-    from cgrpo.train.attention import use_cpu_gqa
-    from cgrpo.train.logprobs import _inputs, _shared_prompt_hidden
+    from cgrpo.model.attention import use_cpu_gqa
+    from cgrpo.model.logprobs import _inputs, _shared_prompt_hidden
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     if attention == "cgrpo_sdpa":
@@ -212,7 +212,7 @@ def test_no_prompt_sharing_under_gradient_checkpointing_or_distinct_prompts(
     batch of distinct prompts has nothing to share."""
     from transformers import AutoModelForCausalLM
 
-    from cgrpo.train.logprobs import _inputs, _shared_prompt_hidden
+    from cgrpo.model.logprobs import _inputs, _shared_prompt_hidden
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     decoder, _ = split_head(model)

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from cgrpo.train.loss import (
+from cgrpo.algo.loss import (
     LossConfig,
     aggregate,
     entropy_from_logits,

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from cgrpo.memory_plan import GIB, ModelShape, estimate, fixes, parse_memory
+from cgrpo.model.memory_plan import GIB, ModelShape, estimate, fixes, parse_memory
 from tests.helpers import REPO, plan_setup
 
 QWEN3_8B = {

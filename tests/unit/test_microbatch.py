@@ -2,7 +2,7 @@
 
 import pytest
 
-from cgrpo.train.mixing import pack_micro_batches
+from cgrpo.algo.mixing import pack_micro_batches
 
 
 def padded(lengths, plan):

@@ -5,7 +5,7 @@ import random
 import pytest
 import torch
 
-from cgrpo.train.mixing import build_group, collate, cut_at_eos, select_refinements
+from cgrpo.algo.mixing import build_group, collate, cut_at_eos, select_refinements
 from cgrpo.types import Completion
 
 EOS = 2

@@ -12,8 +12,8 @@ from cgrpo.builtins.verifiers.exact import ExactVerifier
 from cgrpo.builtins.verifiers.math import MathVerifier
 from cgrpo.interfaces import BuildContext
 from cgrpo.plugins import get_registries
+from cgrpo.train.verify_pool import VerifyPool
 from cgrpo.types import Problem
-from cgrpo.verify_pool import VerifyPool
 
 
 def mixture(**options):

@@ -2,8 +2,8 @@
 
 import pytest
 
-from cgrpo.recipe.schema import PromptConfig, RefinementConfig
-from cgrpo.train.prompts import PromptBuilder
+from cgrpo.config.schema import PromptConfig, RefinementConfig
+from cgrpo.model.prompts import PromptBuilder
 from cgrpo.types import Problem
 
 

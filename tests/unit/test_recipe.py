@@ -2,8 +2,8 @@
 
 import pytest
 
+from cgrpo.config import load_recipe
 from cgrpo.errors import RecipeError
-from cgrpo.recipe import load_recipe
 
 GOOD = """
 run: {name: t}
@@ -279,12 +279,12 @@ def test_released_code_recipe_differs_from_the_paper_where_the_code_does(tmp_pat
 
 
 def test_recipe_reference_doc_is_current():
-    from cgrpo.recipe.reference import render
+    from cgrpo.config.reference import render
     from tests.helpers import REPO
 
     committed = (REPO / "docs" / "recipe-reference.md").read_text()
     assert committed == render(), (
-        "docs/recipe-reference.md is stale: python -m cgrpo.recipe.reference > "
+        "docs/recipe-reference.md is stale: python -m cgrpo.config.reference > "
         "docs/recipe-reference.md"
     )
 
@@ -504,7 +504,7 @@ def test_plugin_options_that_do_not_forbid_extras_still_refuse_unknown_keys():
     accept a mistyped option and ignore it. extra='allow' is an explicit choice and kept."""
     from pydantic import BaseModel, ConfigDict, ValidationError
 
-    from cgrpo.recipe.validate import issues_from_validation, strict_options
+    from cgrpo.config.validate import issues_from_validation, strict_options
 
     class Lax(BaseModel):
         marker: str = "so"

@@ -4,9 +4,9 @@ import logging
 
 import pytest
 
+from cgrpo.config import load_recipe
 from cgrpo.errors import RecipeError
 from cgrpo.plugins import get_registries
-from cgrpo.recipe import load_recipe
 from cgrpo.types import Problem, Verdict
 from tests.unit.test_recipe import GOOD, write
 

@@ -11,7 +11,7 @@ from tests.helpers import REPO
 
 SOURCE = REPO / "src" / "cgrpo"
 # fields passed on as keyword arguments (model_dump(**)), checked against the signature
-FORWARDED = {"TinyModelSpec": "cgrpo.tiny:create_tiny_model"}
+FORWARDED = {"TinyModelSpec": "cgrpo.model.tiny:create_tiny_model"}
 
 
 def _source_text() -> str:
@@ -20,7 +20,7 @@ def _source_text() -> str:
 
 
 def _models() -> list[type[BaseModel]]:
-    import cgrpo.recipe.schema as schema
+    import cgrpo.config.schema as schema
     from cgrpo.plugins import get_registries
 
     found = [

@@ -71,8 +71,8 @@ def test_bytes_that_are_not_utf8_name_file_and_line(tmp_path):
 
 
 def test_missing_file_is_a_recipe_error_at_check_time(tmp_path):
+    from cgrpo.config import load_recipe
     from cgrpo.errors import RecipeError
-    from cgrpo.recipe import load_recipe
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text(

@@ -4,12 +4,12 @@ sync, and a sync that is broken on purpose."""
 import pytest
 import torch
 
+from cgrpo.algo.mixing import TrainRow, collate
 from cgrpo.builtins.policies.hf import HFPolicy
+from cgrpo.config.validate import validate_recipe
 from cgrpo.errors import TrainingError
 from cgrpo.interfaces import BuildContext
-from cgrpo.recipe.validate import validate_recipe
-from cgrpo.train.logprobs import forward_response
-from cgrpo.train.mixing import TrainRow, collate
+from cgrpo.model.logprobs import forward_response
 from cgrpo.types import SamplingParams
 
 
@@ -150,8 +150,8 @@ def test_lora_sync_sends_merged_weights(engine):
     (the probe inside sync_weights compares them; it raises above sync_tolerance)."""
     import copy
 
-    from cgrpo.recipe.schema import LoraSpec
-    from cgrpo.train.lora import attach_lora
+    from cgrpo.config.schema import LoraSpec
+    from cgrpo.model.lora import attach_lora
 
     backend, model, tok = engine
     lora = attach_lora(copy.deepcopy(model), LoraSpec(r=4))

@@ -1,5 +1,5 @@
 """Built-in advantage schemes: ``grpo`` (mean-centred, optional std scaling), ``rloo`` and
-``reinforce_pp``. One small class each; the math is in :mod:`cgrpo.train.advantages`."""
+``reinforce_pp``. One small class each; the math is in :mod:`cgrpo.algo.advantages`."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ class GRPOAdvantage:
         self.options = options
 
     def compute(self, rewards, mask):
-        from cgrpo.train.advantages import group_advantages
+        from cgrpo.algo.advantages import group_advantages
 
         return group_advantages(
             rewards, mask, std_scaling=self.options.std_scaling, eps=self.options.eps
@@ -40,7 +40,7 @@ class RLOOAdvantage:
         self.options = options
 
     def compute(self, rewards, mask):
-        from cgrpo.train.advantages import rloo_advantages
+        from cgrpo.algo.advantages import rloo_advantages
 
         return rloo_advantages(rewards, mask)
 
@@ -56,7 +56,7 @@ class ReinforcePPAdvantage:
         self.options = options
 
     def compute(self, rewards, mask):
-        from cgrpo.train.advantages import reinforce_pp_advantages
+        from cgrpo.algo.advantages import reinforce_pp_advantages
 
         return reinforce_pp_advantages(rewards, mask, eps=self.options.eps)
 

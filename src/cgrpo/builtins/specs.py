@@ -7,7 +7,7 @@ from typing import Annotated, ClassVar
 
 from pydantic import AfterValidator, model_validator
 
-from cgrpo.recipe.schema import ComponentSpec
+from cgrpo.config.schema import ComponentSpec
 
 
 class RegisteredSpec(ComponentSpec):

@@ -54,9 +54,9 @@ def _from_task(problems: list[Problem], n: int) -> list[tuple[Problem, str]]:
 def run_critique(recipe_path: str, overrides: list[str], samples: str | None, n: int) -> int:
     from rich.console import Console
 
+    from cgrpo.config import load_recipe
     from cgrpo.interfaces import BuildContext
     from cgrpo.plugins import get_registries
-    from cgrpo.recipe import load_recipe
 
     regs = get_registries()
     recipe, _ = load_recipe(recipe_path, overrides, registries=regs)
@@ -64,7 +64,7 @@ def run_critique(recipe_path: str, overrides: list[str], samples: str | None, n:
     comp = regs["critic"].get(recipe.critic.name)
     ctx = BuildContext(seed=recipe.run.seed, recipe=recipe)
     if getattr(comp.factory, "needs_policy", False):
-        from cgrpo.recipe.build import build
+        from cgrpo.app.build import build
 
         built = build(recipe, regs, None)
         critic, verifier, problems = built.critic, built.verifier, built.problems

@@ -77,10 +77,10 @@ def load_eval_recipe(
     """``(recipe, where it came from, weights)``: see the module docstring."""
     from omegaconf import OmegaConf
 
+    from cgrpo.config import load_recipe
+    from cgrpo.config.load import apply_overrides
+    from cgrpo.config.validate import validate_recipe
     from cgrpo.plugins import get_registries
-    from cgrpo.recipe import load_recipe
-    from cgrpo.recipe.load import apply_overrides
-    from cgrpo.recipe.validate import validate_recipe
 
     registries = get_registries()
     path = Path(target).expanduser()
@@ -116,10 +116,10 @@ def run_eval(
 ) -> int:
     from transformers.utils import logging as hf_logging
 
-    from cgrpo.evaluation import evaluate_sets
+    from cgrpo.app.build import build
     from cgrpo.plugins import get_registries
-    from cgrpo.recipe.build import build
-    from cgrpo.verify_pool import VerifyPool, auto_workers
+    from cgrpo.train.evaluation import evaluate_sets
+    from cgrpo.train.verify_pool import VerifyPool, auto_workers
 
     # evaluation on and the backend first, so that the user's settings (policy.options...)
     # apply on top of them

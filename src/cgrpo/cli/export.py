@@ -13,13 +13,9 @@ import json
 import sys
 from pathlib import Path
 
-from cgrpo.train.checkpoint import (
-    complete_checkpoints,
-    is_complete,
-    is_sharded_checkpoint,
-    load_full_weights,
-)
-from cgrpo.train.lora import ADAPTER_CONFIG
+from cgrpo.model.lora import ADAPTER_CONFIG
+from cgrpo.model.shards import is_sharded_checkpoint, load_full_weights
+from cgrpo.train.checkpoint import complete_checkpoints, is_complete
 
 EXIT_OK, EXIT_USAGE = 0, 2
 
@@ -64,7 +60,7 @@ def run_export(source: str, out: str, dtype: str, base: str | None) -> int:
         model = PeftModel.from_pretrained(model, str(ckpt)).merge_and_unload()
         what = f"LoRA adapters of {ckpt} merged into {base}"
     elif is_sharded_checkpoint(ckpt) and not (ckpt / "model.safetensors").is_file():
-        from cgrpo.train.model import uninitialised_model
+        from cgrpo.model.loading import uninitialised_model
 
         model = uninitialised_model(str(ckpt), torch.float32, trust_remote_code=False)
         load_full_weights(ckpt, model)  # the fsdp shards, read in this one process

@@ -129,8 +129,8 @@ def cmd_check(
     from rich.markup import escape
     from rich.syntax import Syntax
 
-    from cgrpo import memory_plan
-    from cgrpo.recipe import load_recipe
+    from cgrpo.config import load_recipe
+    from cgrpo.model import memory_plan
 
     if gpus is not None and gpus < 1:
         print("cgrpo check: --gpus must be 1 or more", file=sys.stderr)
@@ -161,7 +161,7 @@ def cmd_check(
         # the plan needs only the model, algorithm, policy and distributed sections: show
         # it even when, say, the data path exists only on the training machine
         try:
-            from cgrpo.recipe.load import load_raw
+            from cgrpo.config.load import load_raw
 
             partial = memory_plan.partial_recipe(load_raw(recipe_path, overrides))
         except CgrpoError:
@@ -189,7 +189,7 @@ def _show_data(console, recipe, data_rows: int | None) -> bool:
     """Read the recipe's tasks, print what was found; False when there are problems."""
     from rich.markup import escape
 
-    from cgrpo.data_check import check_data
+    from cgrpo.app.check import check_data
     from cgrpo.plugins import get_registries
 
     reports = check_data(recipe, get_registries(), data_rows)
@@ -259,7 +259,7 @@ def cmd_report(runs: Sequence[str], out: str | None, metrics: str | None, smooth
 
 
 def cmd_run(recipe_path: str, overrides: Sequence[str]) -> int:
-    from cgrpo.train.run import run_recipe
+    from cgrpo.app.run import run_recipe
 
     return run_recipe(recipe_path, overrides)
 

@@ -1,1 +1,2 @@
-"""The training side of cgrpo: pure algorithm functions and the loop that uses them."""
+"""The training loop and its state: rollout, update, evaluation, verification pool,
+checkpoints, resume, metrics, observers and the SFT warm-up."""

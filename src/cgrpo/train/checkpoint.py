@@ -17,15 +17,15 @@ import os
 import random
 import shutil
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from cgrpo.model.shards import DCP_DIR, save_shards, tied_duplicates
+
 MANIFEST = "manifest.json"
 STATE = "trainer_state.pt"
-DCP_DIR = "dcp"  # sharded (FSDP) model and optimizer state
 SFT_DIR = "sft"  # checkpoints/sft/: the warm-up's own
 CRASH_ENV = "CGRPO_CRASH_AT"  # fault injection for tests: "checkpoint:N" or "step:N"
 
@@ -138,7 +138,7 @@ def save_sharded_checkpoint(
     every rank sees (one machine, or a shared filesystem)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    from cgrpo.train import distributed
+    from cgrpo.model import distributed
 
     root = run_dir / "checkpoints"
     tmp = root / f".tmp-step-{step}"
@@ -156,7 +156,7 @@ def save_sharded_checkpoint(
         )
     if distributed.is_main():
         if full is not None:
-            for name in _tied_duplicates(model):  # saved once, as transformers does
+            for name in tied_duplicates(model):  # saved once, as transformers does
                 full.pop(name, None)
             model.save_pretrained(tmp, state_dict=full, safe_serialization=True)
         else:
@@ -169,76 +169,6 @@ def save_sharded_checkpoint(
         _publish(tmp, root, step)
     distributed.barrier()
     return root / f"step-{step}"
-
-
-def _tied_duplicates(model: Any) -> list[str]:
-    """Names of parameters that are another name's parameter (tied embeddings): a gathered
-    state dict holds them as separate copies."""
-    seen: set[int] = set()
-    out = []
-    for name, param in model.named_parameters(remove_duplicate=False):
-        if id(param) in seen:
-            out.append(name)
-        seen.add(id(param))
-    return out
-
-
-def is_sharded_checkpoint(path: Path) -> bool:
-    return (path / DCP_DIR).is_dir()
-
-
-def _shard_state(model: Any, optimizer: Any = None) -> dict[str, Any]:
-    """This rank's shards of the model (and optimizer) state, as DCP saves and loads them."""
-    from torch.distributed.checkpoint.state_dict import (
-        get_model_state_dict,
-        get_optimizer_state_dict,
-    )
-
-    state = {"model": get_model_state_dict(model)}
-    if optimizer is not None:
-        state["optimizer"] = get_optimizer_state_dict(model, optimizer)
-    return state
-
-
-def save_shards(where: Path, model: Any, optimizer: Any = None) -> None:
-    """Write a sharded model's state (and its optimizer's) to ``where`` with
-    ``torch.distributed.checkpoint``; every rank writes its own shards (collective)."""
-    import torch.distributed.checkpoint as dcp
-
-    dcp.save(_shard_state(model, optimizer), checkpoint_id=str(where))
-
-
-def load_shards(where: Path, model: Any, optimizer: Any = None) -> None:
-    """Load what :func:`save_shards` wrote into a sharded model (and optimizer)."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import (
-        set_model_state_dict,
-        set_optimizer_state_dict,
-    )
-
-    state = _shard_state(model, optimizer)
-    dcp.load(state, checkpoint_id=str(where))
-    set_model_state_dict(model, state["model"])
-    if optimizer is not None:
-        set_optimizer_state_dict(model, optimizer, state["optimizer"])
-
-
-def load_sharded_checkpoint(path: Path, model: Any, optimizer: Any) -> None:
-    """Load the model and optimizer shards of checkpoint ``path`` (collective)."""
-    load_shards(path / DCP_DIR, model, optimizer)
-
-
-def load_full_weights(path: Path, model: Any) -> None:
-    """Load the full weights of sharded checkpoint ``path`` into an unsharded ``model``, in
-    one process (no process group): for ``cgrpo export`` of a checkpoint written without
-    ``model.safetensors``."""
-    import torch.distributed.checkpoint as dcp
-
-    state = {"model": model.state_dict()}
-    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": yes
-        warnings.simplefilter("ignore", UserWarning)
-        dcp.load(state, checkpoint_id=str(path / DCP_DIR), no_dist=True)
-    model.load_state_dict(state["model"])
 
 
 def is_complete(path: Path) -> bool:

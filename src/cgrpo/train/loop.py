@@ -30,15 +30,17 @@ from typing import Any
 
 import torch
 
+from cgrpo.algo.loss import LossConfig
+from cgrpo.algo.mixing import TrainRow
+from cgrpo.config.schema import Recipe
 from cgrpo.errors import TrainingError
-from cgrpo.evaluation import evaluate_sets
-from cgrpo.recipe.build import Built
-from cgrpo.recipe.schema import Recipe
-from cgrpo.train import distributed
+from cgrpo.model import distributed
+from cgrpo.model.loading import eos_token_ids
+from cgrpo.model.logprobs import forward_response
+from cgrpo.model.sharding import is_sharded
+from cgrpo.model.shards import is_sharded_checkpoint, load_sharded_checkpoint
 from cgrpo.train.checkpoint import (
     complete_checkpoints,
-    is_sharded_checkpoint,
-    load_sharded_checkpoint,
     maybe_crash,
     prune_checkpoints,
     restore_rng,
@@ -46,13 +48,10 @@ from cgrpo.train.checkpoint import (
     save_sharded_checkpoint,
 )
 from cgrpo.train.data import DataStream
-from cgrpo.train.logprobs import forward_response
-from cgrpo.train.loss import LossConfig
+from cgrpo.train.evaluation import evaluate_sets
 from cgrpo.train.metrics import Console, JsonlWriter, rollout_metrics, sample_lines
-from cgrpo.train.mixing import TrainRow
-from cgrpo.train.model import eos_token_ids
+from cgrpo.train.parts import Built
 from cgrpo.train.rollout import Rollout, RolloutSettings, rollout
-from cgrpo.train.sharding import is_sharded
 from cgrpo.train.update import (
     UpdateSettings,
     make_optimizer,
@@ -60,8 +59,8 @@ from cgrpo.train.update import (
     padding_to_match_ranks,
     update_policy,
 )
+from cgrpo.train.verify_pool import VerifyPool, auto_workers
 from cgrpo.types import SamplingParams
-from cgrpo.verify_pool import VerifyPool, auto_workers
 
 
 def loss_config(recipe: Recipe) -> LossConfig:
@@ -219,15 +218,15 @@ class Trainer:
                     r.old_logprobs = row_lp[: len(r.response_ids)]
 
     def sampling_weights(self):
-        """Context for sampling (:func:`cgrpo.train.sharding.sampling_weights`)."""
-        from cgrpo.train.sharding import sampling_weights
+        """Context for sampling (:func:`cgrpo.model.sharding.sampling_weights`)."""
+        from cgrpo.model.sharding import sampling_weights
 
         return sampling_weights(self.b.policy, self.b.model)
 
     def verify_submit(self, pairs: list, batch: int):
         """Start verifying (response, problem) pairs, part of a batch of ``batch``: in the
         worker processes when the verifier opts in and the batch is large enough
-        (:mod:`cgrpo.verify_pool`), else here and now. Returns the pending verdicts."""
+        (:mod:`cgrpo.train.verify_pool`), else here and now. Returns the pending verdicts."""
         spec = (self.recipe.verifier.name, dict(self.recipe.verifier.options))
         return self.verify_pool.submit_routed(
             (self.b.verifier, spec), self.b.verifier_routes, pairs, batch
@@ -323,7 +322,7 @@ class Trainer:
 
     def _evaluate_on_main(self) -> dict[str, float]:
         """Greedy accuracy (pass@1) and, where a set samples k > 1, pass@k / avg@k / maj@k,
-        per benchmark and macro-averaged (:func:`cgrpo.evaluation.evaluate_sets`)."""
+        per benchmark and macro-averaged (:func:`cgrpo.train.evaluation.evaluate_sets`)."""
         if not (self.main and self.b.eval_sets):
             return {}
         return evaluate_sets(

@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cgrpo.algo.mixing import TrainRow, build_group, select_refinements
 from cgrpo.interfaces import Critic, PolicyBackend, Verifier
-from cgrpo.train.mixing import TrainRow, build_group, select_refinements
-from cgrpo.train.prompts import PromptBuilder, RefinementTooLong
+from cgrpo.model.prompts import PromptBuilder, RefinementTooLong
 from cgrpo.types import Completion, Critique, CritiqueRequest, Problem, SamplingParams, Verdict
 
 log = logging.getLogger(__name__)

@@ -26,14 +26,14 @@ from typing import Any
 
 import torch
 
+from cgrpo.algo.mixing import TrainRow, collate
 from cgrpo.errors import DataError
-from cgrpo.train import distributed
+from cgrpo.model import distributed
+from cgrpo.model.logprobs import DEFAULT_CHUNK_TOKENS, forward_response
+from cgrpo.model.precision import FULL, Precision
+from cgrpo.model.prompts import PromptBuilder, RefinementTooLong
+from cgrpo.model.sharding import grad_norm_value, is_sharded
 from cgrpo.train.checkpoint import maybe_crash
-from cgrpo.train.logprobs import DEFAULT_CHUNK_TOKENS, forward_response
-from cgrpo.train.mixing import TrainRow, collate
-from cgrpo.train.precision import FULL, Precision
-from cgrpo.train.prompts import PromptBuilder, RefinementTooLong
-from cgrpo.train.sharding import grad_norm_value, is_sharded
 from cgrpo.train.update import adamw, make_optimizer
 from cgrpo.types import CritiqueRequest, Problem, Verdict
 
@@ -121,7 +121,7 @@ def sft_warmup(
         opt, scheduler = make_optimizer(model, own, total_updates=cfg.steps)
     else:
         if optim is None:
-            from cgrpo.recipe.schema import OptimConfig
+            from cgrpo.config.schema import OptimConfig
 
             optim = OptimConfig()
         opt, scheduler = adamw(model, optim, cfg.lr), None
@@ -200,9 +200,9 @@ def sft_warmup(
 
 def build_wrong_answer(spec: Any) -> Any:
     """The registered wrong-answer maker ``spec`` names (a name, or name and options)."""
+    from cgrpo.config.schema import ComponentSpec
     from cgrpo.interfaces import BuildContext
     from cgrpo.plugins import get_registries
-    from cgrpo.recipe.schema import ComponentSpec
 
     spec = ComponentSpec.model_validate(spec or "other_solution")
     return get_registries()["wrong_answer"].build(spec.name, spec.options, BuildContext())

@@ -9,7 +9,7 @@ a sequence count (``micro_batch_size``) and optionally by padded tokens
 longest row, so long and short responses use the memory they need.
 
 Precision: forward and backward run under the recipe's autocast (bf16 matmuls), while the
-parameters, gradients and AdamW state stay float32 (:mod:`cgrpo.train.precision`).
+parameters, gradients and AdamW state stay float32 (:mod:`cgrpo.model.precision`).
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from typing import Any
 
 import torch
 
-from cgrpo.train import distributed
-from cgrpo.train.logprobs import DEFAULT_CHUNK_TOKENS, forward_response
-from cgrpo.train.lora import adapters_disabled
-from cgrpo.train.loss import LossConfig, policy_loss
-from cgrpo.train.mixing import Batch, TrainRow, collate, pack_micro_batches
-from cgrpo.train.precision import FULL, Precision
-from cgrpo.train.sharding import grad_norm_value, is_sharded
+from cgrpo.algo.loss import LossConfig, policy_loss
+from cgrpo.algo.mixing import Batch, TrainRow, collate, pack_micro_batches
+from cgrpo.model import distributed
+from cgrpo.model.logprobs import DEFAULT_CHUNK_TOKENS, forward_response
+from cgrpo.model.lora import adapters_disabled
+from cgrpo.model.precision import FULL, Precision
+from cgrpo.model.sharding import grad_norm_value, is_sharded
 
 
 @dataclass(frozen=True)

@@ -159,8 +159,8 @@ class LocalCritic(_GenerativeCritic):
 
         from cgrpo.builtins.policies.hf import HFPolicy
         from cgrpo.interfaces import BuildContext
-        from cgrpo.train.attention import use_cpu_gqa
-        from cgrpo.train.model import resolve_device
+        from cgrpo.model.attention import use_cpu_gqa
+        from cgrpo.model.loading import resolve_device
 
         tokenizer = AutoTokenizer.from_pretrained(options.path)
         if options.backend == "vllm":
@@ -193,7 +193,7 @@ class LocalCritic(_GenerativeCritic):
         from transformers import GenerationConfig
 
         from cgrpo.builtins.policies.vllm import VLLMSampler
-        from cgrpo.train.model import eos_token_ids
+        from cgrpo.model.loading import eos_token_ids
 
         try:
             generation_config = GenerationConfig.from_pretrained(options.path)

@@ -32,7 +32,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from cgrpo.interfaces import collect_stream
-from cgrpo.train.model import eos_token_ids
+from cgrpo.model.loading import eos_token_ids
 from cgrpo.types import Completion, SamplingParams
 
 # generation_config entries that would change the sampled distribution away from
@@ -120,7 +120,7 @@ def _without_autograd(model: Any):
     reads the counters), gathered or not."""
     import torch
 
-    from cgrpo.train.sharding import is_sharded
+    from cgrpo.model.sharding import is_sharded
 
     return torch.no_grad() if is_sharded(model) else torch.inference_mode()
 
@@ -128,7 +128,7 @@ def _without_autograd(model: Any):
 class HFPolicy:
     """Samples with transformers generate on the training model (no weight sync needed)."""
 
-    # the trainer gathers a sharded (FSDP) model whole around sampling (train/sharding.py)
+    # the trainer gathers a sharded (FSDP) model whole around sampling (model/sharding.py)
     samples_with_trainer_model = True
 
     class Options(BaseModel):
@@ -143,7 +143,7 @@ class HFPolicy:
         self.options = options
         self.model = context.model
         self.tokenizer = context.tokenizer
-        from cgrpo.train.precision import FULL
+        from cgrpo.model.precision import FULL
 
         self.precision = context.precision or FULL
         self.eos_ids = eos_token_ids(self.model.generation_config, self.tokenizer)

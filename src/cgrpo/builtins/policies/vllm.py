@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cgrpo.errors import TrainingError
 from cgrpo.interfaces import collect_stream
-from cgrpo.train.model import eos_token_ids
+from cgrpo.model.loading import eos_token_ids
 from cgrpo.types import Completion, SamplingParams
 
 log = logging.getLogger(__name__)
@@ -232,7 +232,7 @@ class VLLMSampler:
     def _completions(self, prompt: Sequence[int], output: Any) -> list[Completion]:
         """One request's samples as completions: cut at the first EOS (kept), with the
         log-probs of the kept tokens."""
-        from cgrpo.train.mixing import cut_at_eos
+        from cgrpo.algo.mixing import cut_at_eos
 
         group = []
         for o in output.outputs:
@@ -257,8 +257,8 @@ def trainer_weights(model: Any) -> Iterable[tuple[str, Any]]:
     FSDP-sharded model the full weights gathered one layer at a time while the engine
     consumes them (every rank's engine loads the whole model; no rank ever holds a second
     full copy)."""
-    from cgrpo.train.lora import is_lora, merged_weights
-    from cgrpo.train.sharding import full_weights, is_sharded
+    from cgrpo.model.lora import is_lora, merged_weights
+    from cgrpo.model.sharding import full_weights, is_sharded
 
     if is_lora(model):
         return merged_weights(model)
@@ -277,7 +277,7 @@ class VLLMPolicy:
             raise ValueError("the vllm backend needs the trainer's model and the recipe")
         import torch
 
-        from cgrpo.train.precision import FULL
+        from cgrpo.model.precision import FULL
 
         self.options = options
         self.model = context.model
@@ -379,8 +379,8 @@ class VLLMPolicy:
         import torch
         from vllm import SamplingParams as VSP
 
-        from cgrpo.train.logprobs import forward_response
-        from cgrpo.train.mixing import TrainRow, collate
+        from cgrpo.algo.mixing import TrainRow, collate
+        from cgrpo.model.logprobs import forward_response
 
         prompt, completion = self.sampler.last  # type: ignore[misc]
         out = self.llm.generate(

@@ -8,37 +8,17 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cgrpo.config.schema import Recipe
 from cgrpo.errors import DataError
 from cgrpo.interfaces import BuildContext
-from cgrpo.recipe.schema import Recipe
-from cgrpo.train.prompts import PromptBuilder
+from cgrpo.model.prompts import PromptBuilder
+from cgrpo.train.parts import Built
 from cgrpo.types import Problem
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Built:
-    model: Any
-    tokenizer: Any
-    device: Any
-    policy: Any
-    critic: Any
-    verifier: Any
-    advantage: Any
-    problems: list[Problem]
-    prompts: PromptBuilder
-    skipped_long: int
-    eval_problems: list[Problem]
-    precision: Any  # cgrpo.train.precision.Precision: autocast for the trainer's model
-    ref_model: Any = None  # the KL reference (None when kl_coef == 0): train/reference.py
-    eval_sets: list[Any] = field(default_factory=list)  # cgrpo.evaluation.EvalSet
-    # mixture sources with a verifier of their own: label -> (verifier, (name, options))
-    verifier_routes: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
 
 def build(
@@ -52,9 +32,9 @@ def build(
     resume from (a checkpoint of a ``model.lora`` run). ``evaluation_only`` (``cgrpo
     eval``): no KL reference, critic or advantage scheme, and data.task is read only when
     its held-out problems are what is evaluated."""
-    from cgrpo.train import distributed
-    from cgrpo.train.model import load_policy
-    from cgrpo.train.precision import Precision
+    from cgrpo.model import distributed
+    from cgrpo.model.loading import load_policy
+    from cgrpo.model.precision import Precision
 
     # benchmarks first: a missing local copy stops the run before minutes of weight loading
     benchmarks = load_benchmarks(recipe, registries)
@@ -67,11 +47,11 @@ def build(
     precision = Precision.from_recipe(recipe.model.dtype, device)
     ref_model = None
     if recipe.algorithm.loss.kl_coef > 0 and not evaluation_only:  # KL 0: no reference
-        from cgrpo.train.reference import make_reference
+        from cgrpo.model.reference import make_reference
 
         ref_model = make_reference(model, precision)  # before sharding: a plain copy
     if recipe.distributed.strategy == "fsdp":
-        from cgrpo.train.sharding import shard_model
+        from cgrpo.model.sharding import shard_model
 
         model = shard_model(model, precision.compute)
         if ref_model is not None:
@@ -170,7 +150,7 @@ def build_eval_sets(
     the first ``eval.size`` with a warning when that cuts it; its own verifier and sampling
     unless eval.k/temperature/top_p are set), or else one unnamed set of the eval task or
     held-out problems with the recipe's verifier."""
-    from cgrpo.evaluation import EvalSet
+    from cgrpo.train.evaluation import EvalSet
 
     ev = recipe.eval
     if ev.every == 0:

@@ -2,7 +2,7 @@
 
 OmegaConf gives us ``key=value`` overrides, ``${...}`` interpolations and ``extends:``
 (a recipe may start from another one, path relative to itself). Validation is done by
-pydantic and :mod:`cgrpo.recipe.validate`, which report every problem at once.
+pydantic and :mod:`cgrpo.config.validate`, which report every problem at once.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from cgrpo.config.schema import COMPONENT_PATHS, Recipe
 from cgrpo.errors import ConfigIssue, RecipeError
-from cgrpo.recipe.schema import COMPONENT_PATHS, Recipe
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
@@ -198,7 +198,7 @@ def load_recipe(
 
     Raises :class:`RecipeError` listing every problem found. Nothing heavy is built.
     """
-    from cgrpo.recipe.validate import applicable_dump, validate_recipe
+    from cgrpo.config.validate import applicable_dump, validate_recipe
 
     raw = load_raw(path, overrides)
     recipe = validate_recipe(raw, registries=registries, source=str(path))

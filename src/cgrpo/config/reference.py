@@ -1,5 +1,5 @@
 """Render the recipe reference (docs/recipe-reference.md) from the schema itself, so the
-documentation cannot drift from the code: ``python -m cgrpo.recipe.reference > FILE``."""
+documentation cannot drift from the code: ``python -m cgrpo.config.reference > FILE``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel
 
-from cgrpo.recipe.schema import Recipe
+from cgrpo.config.schema import Recipe
 
 
 def _models(annotation: Any) -> list[type[BaseModel]]:
@@ -53,7 +53,7 @@ def render() -> str:
     lines = [
         "# Recipe reference",
         "",
-        "Generated from `cgrpo.recipe.schema` by `python -m cgrpo.recipe.reference`; "
+        "Generated from `cgrpo.config.schema` by `python -m cgrpo.config.reference`; "
         "a test keeps it current. Component options (`options:` under `policy`, "
         "`critic`, `verifier`, `algorithm.advantage`, `data.task`) are listed by "
         "`cgrpo list`.",

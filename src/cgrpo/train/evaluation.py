@@ -7,7 +7,7 @@ sampling setting, so that nine small benchmarks keep the sampler as busy as one 
 The k samples are drawn under a torch RNG of their own, seeded from ``seed``: evaluating
 neither reads nor moves the training RNG, so a run trains the same whatever its
 evaluation does. Responses are verified in worker processes when the verifier opts in
-(:mod:`cgrpo.verify_pool`).
+(:mod:`cgrpo.train.verify_pool`).
 
 Metric names: a set named ``""`` (the recipe's eval task) writes ``eval/<metric>``; a
 benchmark writes ``eval/<name>/<metric>``; with benchmarks, ``eval/avg/<metric>`` and
@@ -23,9 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from cgrpo.eval_metrics import summarize
+from cgrpo.algo.eval_metrics import summarize
+from cgrpo.train.verify_pool import VerifyPool
 from cgrpo.types import Problem, SamplingParams
-from cgrpo.verify_pool import VerifyPool
 
 
 @dataclass

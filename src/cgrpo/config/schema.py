@@ -2,7 +2,7 @@
 
 Component sections (``policy``, ``critic``, ``verifier``, ``algorithm.advantage``,
 ``data.task``) name a registered component and give its ``options``, which that
-component's own ``Options`` model validates (see :mod:`cgrpo.recipe.validate`). A bare
+component's own ``Options`` model validates (see :mod:`cgrpo.config.validate`). A bare
 string is shorthand for ``{name: <string>}``, so ``policy=vllm`` on the command line works.
 """
 
@@ -19,7 +19,7 @@ class Section(BaseModel):
     def ignored_settings(self) -> dict[str, str]:
         """Fields that this section's other settings make meaningless, each with the reason
         and the fix. A recipe that sets one is a validation error naming its dotted path
-        (:func:`cgrpo.recipe.validate.ignored_setting_issues`), and the resolved recipe
+        (:func:`cgrpo.config.validate.ignored_setting_issues`), and the resolved recipe
         leaves them out: no setting is accepted and then silently ignored. Component
         ``Options`` models (plugins too) may define the same method."""
         return {}
@@ -218,7 +218,7 @@ class ShapingConfig(Section):
 
 
 class LossSection(Section):
-    """The policy loss (see cgrpo.train.loss)."""
+    """The policy loss (see cgrpo.algo.loss)."""
 
     clip: ClipConfig = Field(default_factory=ClipConfig)
     shaping: ShapingConfig = Field(default_factory=ShapingConfig)

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from cgrpo.errors import TrainingError
-from cgrpo.train.checkpoint import load_shards, save_shards
-from cgrpo.train.sharding import is_sharded
+from cgrpo.model.sharding import is_sharded
+from cgrpo.model.shards import load_shards, save_shards
 
 DIRNAME = "reference"
 WEIGHTS = "model.safetensors"
@@ -31,8 +31,8 @@ WEIGHTS = "model.safetensors"
 def make_reference(model: Any, precision: Any) -> Any:
     """A frozen compute-dtype copy of ``model`` (made before sharding), or for a LoRA
     policy the policy itself (its adapters are disabled for the reference forward)."""
-    from cgrpo.train.lora import is_lora
-    from cgrpo.train.precision import frozen_copy
+    from cgrpo.model.lora import is_lora
+    from cgrpo.model.precision import frozen_copy
 
     return model if is_lora(model) else frozen_copy(model, precision)
 
@@ -63,7 +63,7 @@ def save_reference(run_dir: Path, ref: Any, model: Any) -> None:
     """Write the reference to ``RUN_DIR/reference/`` (collective under FSDP)."""
     if not copies_weights(ref, model):
         return
-    from cgrpo.train import distributed
+    from cgrpo.model import distributed
 
     final = run_dir / DIRNAME
     tmp = run_dir / f".tmp-{DIRNAME}"

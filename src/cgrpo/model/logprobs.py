@@ -30,9 +30,9 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from cgrpo.train.loss import entropy_from_logits, token_logprobs
-from cgrpo.train.mixing import Batch
-from cgrpo.train.sharding import is_sharded
+from cgrpo.algo.loss import entropy_from_logits, token_logprobs
+from cgrpo.algo.mixing import Batch
+from cgrpo.model.sharding import is_sharded
 
 log = logging.getLogger(__name__)
 
@@ -345,7 +345,7 @@ def forward_response(
     ``entropy == "none"``; zeros on padding.
 
     Position ``prompt_len - 1 + t`` of the sequence predicts response token t. Runs under
-    whatever autocast the caller set (see :mod:`cgrpo.train.precision`)."""
+    whatever autocast the caller set (see :mod:`cgrpo.model.precision`)."""
     parts = split_head(model)
     if parts is None:
         return full_logits_forward(model, batch, temperature, entropy)

@@ -64,7 +64,7 @@ def _sources(path: str, spec: Any) -> list[tuple[str, Any]]:
     line); any other task as it is."""
     if spec.name != "mixture":
         return [(path, spec)]
-    from cgrpo.recipe.schema import ComponentSpec
+    from cgrpo.config.schema import ComponentSpec
 
     sources = spec.options.get("sources") or []
     return [
@@ -130,7 +130,7 @@ def prompt_builder(recipe: Any) -> tuple[Any, str]:
     """``(PromptBuilder, "")`` with the recipe's tokenizer, or ``(None, why not)``."""
     from pathlib import Path
 
-    from cgrpo.train.prompts import PromptBuilder
+    from cgrpo.model.prompts import PromptBuilder
 
     m = recipe.model
     path = Path(m.path).expanduser()
@@ -142,7 +142,7 @@ def prompt_builder(recipe: Any) -> tuple[Any, str]:
                 str(path), trust_remote_code=m.trust_remote_code
             )
         elif m.create is not None:  # the tiny model's tokenizer, built offline
-            from cgrpo.tiny import build_tokenizer
+            from cgrpo.model.tiny import build_tokenizer
 
             tokenizer = build_tokenizer()
         else:

@@ -30,7 +30,7 @@ def is_lora(model: Any) -> bool:
 
 def attach_lora(model: Any, spec: Any, adapter_dir: str | Path | None = None, seed: int = 0) -> Any:
     """``model`` wrapped with trainable LoRA adapters: new ones from ``spec`` (a
-    :class:`cgrpo.recipe.schema.LoraSpec`), initialised from ``seed`` (two runs with the
+    :class:`cgrpo.config.schema.LoraSpec`), initialised from ``seed`` (two runs with the
     same seed start from the same adapters), or the ones saved in ``adapter_dir``."""
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model

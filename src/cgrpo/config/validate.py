@@ -18,8 +18,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from cgrpo.config.schema import COMPONENT_PATHS, ComponentSpec, Recipe
 from cgrpo.errors import ConfigIssue, RecipeError, UnknownComponentError
-from cgrpo.recipe.schema import COMPONENT_PATHS, ComponentSpec, Recipe
 from cgrpo.registry import closest
 
 SECRET_KEYS = {"api_key", "apikey", "secret", "password", "token", "access_token", "auth"}

@@ -431,9 +431,9 @@ def partial_recipe(raw: dict[str, Any]) -> Any | None:
 
     from pydantic import ValidationError
 
+    from cgrpo.config.schema import AlgorithmConfig, ComponentSpec, DistributedConfig, ModelConfig
     from cgrpo.errors import UnknownComponentError
     from cgrpo.plugins import get_registries
-    from cgrpo.recipe.schema import AlgorithmConfig, ComponentSpec, DistributedConfig, ModelConfig
 
     try:
         policy = ComponentSpec.model_validate(raw.get("policy", "hf"))

@@ -44,17 +44,17 @@ def load_policy(
 
     Full training loads the weights in float32 whatever ``model.dtype`` says: they are the
     master weights the optimizer updates, and ``model.dtype`` is the compute dtype applied
-    by autocast (:mod:`cgrpo.train.precision`). With ``model.lora`` the frozen base is
+    by autocast (:mod:`cgrpo.model.precision`). With ``model.lora`` the frozen base is
     loaded in the compute dtype and float32 adapters are attached: new ones initialised
     from ``seed``, or those in ``adapter_dir`` when resuming. ``device`` overrides
     ``model_cfg.device`` (each torchrun rank uses its own GPU)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cgrpo.train.precision import DTYPES, MASTER_DTYPE
+    from cgrpo.model.precision import DTYPES, MASTER_DTYPE
 
     path = Path(model_cfg.path).expanduser()
     if model_cfg.create is not None and not (path / "config.json").exists():
-        from cgrpo.tiny import create_tiny_model
+        from cgrpo.model.tiny import create_tiny_model
 
         # a warning: on the console (and in train.log) wherever it happens
         log.warning("model.path %s has no model: creating a tiny random one there "
@@ -83,7 +83,7 @@ def load_policy(
     if tokenizer.eos_token_id is None:
         raise TrainingError(f"the tokenizer at {source} has no eos_token; set one in its config")
     model.to(device)
-    from cgrpo.train.attention import use_cpu_gqa
+    from cgrpo.model.attention import use_cpu_gqa
 
     use_cpu_gqa(model)  # CPU: masked grouped-query attention without copying K and V
     if model_cfg.gradient_checkpointing:
@@ -91,7 +91,7 @@ def load_policy(
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if model_cfg.lora is not None:
-        from cgrpo.train.lora import attach_lora, trainable_summary
+        from cgrpo.model.lora import attach_lora, trainable_summary
 
         model = attach_lora(model, model_cfg.lora, adapter_dir, seed)
         log.info("LoRA: %s", trainable_summary(model))
@@ -101,7 +101,7 @@ def load_policy(
 
 def _sharded_without_weights(path: Path) -> bool:
     """A checkpoint of an fsdp run that holds its weights only as shards (``dcp/``)."""
-    from cgrpo.train.checkpoint import is_sharded_checkpoint
+    from cgrpo.model.shards import is_sharded_checkpoint
 
     return is_sharded_checkpoint(path) and not any(path.glob("*.safetensors"))
 

@@ -27,9 +27,9 @@ def _warmup_sampler(recipe: Any, built: Any, wrong: Any):
     seeded so that a resumed warm-up draws the same), each with its verdict; else None."""
     if not getattr(wrong, "uses_own_sample", False):
         return None
-    from cgrpo.train.sharding import sampling_weights
+    from cgrpo.model.sharding import sampling_weights
+    from cgrpo.train.verify_pool import VerifyPool
     from cgrpo.types import SamplingParams
-    from cgrpo.verify_pool import VerifyPool
 
     s = recipe.sampling
     params = SamplingParams(
@@ -56,7 +56,7 @@ def _warmup_sampler(recipe: Any, built: Any, wrong: Any):
 def _save_warmup(run_dir: Path, step: int, built: Any, state: dict[str, Any]) -> None:
     """Rank 0 writes warm-up checkpoint ``step`` and drops the older ones (every rank
     holds the same weights: the warm-up batch is the same on every rank)."""
-    from cgrpo.train import distributed
+    from cgrpo.model import distributed
     from cgrpo.train.checkpoint import complete_checkpoints, save_checkpoint
 
     if distributed.is_main():
@@ -102,7 +102,7 @@ def _start_on_rank0(recipe, resolved, run_dir: Path, source: str) -> str | None:
     answer (or the error) so no rank waits forever on a failed rank 0."""
     from omegaconf import OmegaConf
 
-    from cgrpo.train import distributed
+    from cgrpo.model import distributed
     from cgrpo.train.checkpoint import is_warmup_checkpoint
     from cgrpo.train.resume import choose_start, cut_logs
 
@@ -141,8 +141,8 @@ def _check_memory(recipe, source: str) -> None:
 
     import torch
 
-    from cgrpo import memory_plan
     from cgrpo.errors import ConfigIssue, RecipeError
+    from cgrpo.model import memory_plan
 
     device = recipe.model.device
     if not torch.cuda.is_available() or not (device == "auto" or device.startswith("cuda")):
@@ -172,8 +172,8 @@ def _check_memory(recipe, source: str) -> None:
 
 
 def run_recipe(path: str, overrides: Sequence[str]) -> int:
+    from cgrpo.config import load_recipe
     from cgrpo.plugins import get_registries
-    from cgrpo.recipe import load_recipe
 
     # validate before importing torch and transformers: a bad recipe is rejected in about
     # a second, as by `cgrpo check`
@@ -182,9 +182,9 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
 
     from transformers.utils import logging as hf_logging
 
+    from cgrpo.app.build import build
     from cgrpo.interfaces import BuildContext
-    from cgrpo.recipe.build import build
-    from cgrpo.train import distributed
+    from cgrpo.model import distributed
     from cgrpo.train.checkpoint import is_warmup_checkpoint, load_trainer_state, restore_rng
     from cgrpo.train.loop import Trainer
     from cgrpo.train.metrics import Console, JsonlWriter
@@ -228,7 +228,7 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
         built = build(recipe, registries, run_dir, adapter_dir=adapters)
         check_disk(run_dir, built.model)
         if recipe.model.lora is not None:
-            from cgrpo.train.lora import trainable_summary
+            from cgrpo.model.lora import trainable_summary
 
             say(f"cgrpo: LoRA adapters, {trainable_summary(built.model)}")
         say(
@@ -294,7 +294,7 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
             if out is not None:
                 out.close()
         if built.ref_model is not None:  # the KL reference: the policy as RL starts
-            from cgrpo.train.reference import load_reference, refresh_reference, save_reference
+            from cgrpo.model.reference import load_reference, refresh_reference, save_reference
 
             if ckpt is None:
                 refresh_reference(built.ref_model, built.model)  # after the warm-up
