@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from cgrpo import __version__
 from cgrpo.errors import CgrpoError, DataError, PluginError, RecipeError, UsageError
@@ -26,6 +27,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"cgrpo {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    _add_run_commands(sub)
+    _add_check(sub)
+    _add_critique(sub)
+    _add_export(sub)
+    _add_eval(sub)
+    _add_report(sub)
+    _add_list(sub)
+    return p
+
+
+def _add_run_commands(sub: Any) -> None:
     run = sub.add_parser("run", help="train with a recipe")
     run.add_argument("recipe", help="path to a YAML recipe")
     run.add_argument("overrides", nargs="*", help="key=value overrides")
@@ -38,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     sft.add_argument("recipe", help="path to a YAML recipe with sft.steps > 0")
     sft.add_argument("overrides", nargs="*", help="key=value overrides")
 
+
+def _add_check(sub: Any) -> None:
     check = sub.add_parser("check", help="validate a recipe and print it resolved (builds nothing)")
     check.add_argument("recipe", help="path to a YAML recipe")
     check.add_argument("overrides", nargs="*", help="key=value overrides")
@@ -54,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
         help="read only the first N usable rows of each task (default: all; 0: skip the data)",
     )
 
+
+def _add_critique(sub: Any) -> None:
     crit = sub.add_parser(
         "critique", help="run the recipe's critic on a few samples and show cost and latency"
     )
@@ -62,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     crit.add_argument("--samples", help="a run's samples.jsonl to critique (default: the task)")
     crit.add_argument("-n", type=int, default=4, help="how many samples (default 4)")
 
+
+def _add_export(sub: Any) -> None:
     exp = sub.add_parser(
         "export", help="write a checkpoint as plain transformers weights (LoRA merged)"
     )
@@ -72,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     exp.add_argument("--base", help="base model directory of a LoRA checkpoint (default: saved)")
 
+
+def _add_eval(sub: Any) -> None:
     ev = sub.add_parser(
         "eval",
         help="evaluate a model, checkpoint or run on benchmarks or a recipe's eval problems",
@@ -100,6 +120,8 @@ def _parser() -> argparse.ArgumentParser:
         help="instead: two eval output directories side by side, with B - A per benchmark",
     )  # fmt: skip
 
+
+def _add_report(sub: Any) -> None:
     rep = sub.add_parser("report", help="plot one or several runs: PNGs, report.html, report.md")
     rep.add_argument("runs", nargs="+", help="run directories (overlaid on every panel)")
     rep.add_argument(
@@ -110,11 +132,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     rep.add_argument("--smooth", type=int, default=1, help="moving-average window in steps")
 
+
+def _add_list(sub: Any) -> None:
     lst = sub.add_parser("list", help="list registered components")
     lst.add_argument(
         "kind", nargs="?", help="policy, critic, verifier, advantage, task, benchmark or observer"
     )
-    return p
 
 
 def cmd_check(
@@ -264,6 +287,46 @@ def cmd_run(recipe_path: str, overrides: Sequence[str]) -> int:
     return run_recipe(recipe_path, overrides)
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from cgrpo.cli.evaluate import run_compare, run_eval
+
+    if args.compare:
+        if args.target:
+            raise UsageError("--compare takes two eval directories and no target")
+        return run_compare(*args.compare, args.out)
+    if not args.target:
+        raise UsageError("name what to evaluate: a recipe, run, checkpoint or model")
+    return run_eval(
+        args.target, args.overrides, args.model, args.k, args.temperature, args.limit,
+        args.out, args.benchmarks, args.backend, args.verify_workers,
+    )  # fmt: skip
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from cgrpo.cli.export import run_export
+
+    return run_export(args.checkpoint, args.out, args.dtype, args.base)
+
+
+def _cmd_critique(args: argparse.Namespace) -> int:
+    from cgrpo.cli.critique import run_critique
+
+    return run_critique(args.recipe, args.overrides, args.samples, args.n)
+
+
+COMMANDS = {
+    "check": lambda a: cmd_check(a.recipe, a.overrides, a.gpus, a.gpu_memory, a.data_rows),
+    "list": lambda a: cmd_list(a.kind),
+    "run": lambda a: cmd_run(a.recipe, a.overrides),
+    # the warm-up alone, as a run of zero RL steps
+    "sft": lambda a: cmd_run(a.recipe, [*a.overrides, "train.steps=0"]),
+    "eval": _cmd_eval,
+    "report": lambda a: cmd_report(a.runs, a.out, a.metrics, a.smooth),
+    "export": _cmd_export,
+    "critique": _cmd_critique,
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
@@ -273,39 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        if args.command == "check":
-            return cmd_check(
-                args.recipe, args.overrides, args.gpus, args.gpu_memory, args.data_rows
-            )
-        if args.command == "list":
-            return cmd_list(args.kind)
-        if args.command == "run":
-            return cmd_run(args.recipe, args.overrides)
-        if args.command == "sft":  # the warm-up alone, as a run of zero RL steps
-            return cmd_run(args.recipe, [*args.overrides, "train.steps=0"])
-        if args.command == "eval":
-            from cgrpo.cli.evaluate import run_compare, run_eval
-
-            if args.compare:
-                if args.target:
-                    raise UsageError("--compare takes two eval directories and no target")
-                return run_compare(*args.compare, args.out)
-            if not args.target:
-                raise UsageError("name what to evaluate: a recipe, run, checkpoint or model")
-            return run_eval(
-                args.target, args.overrides, args.model, args.k, args.temperature, args.limit,
-                args.out, args.benchmarks, args.backend, args.verify_workers,
-            )  # fmt: skip
-        if args.command == "report":
-            return cmd_report(args.runs, args.out, args.metrics, args.smooth)
-        if args.command == "export":
-            from cgrpo.cli.export import run_export
-
-            return run_export(args.checkpoint, args.out, args.dtype, args.base)
-        if args.command == "critique":
-            from cgrpo.cli.critique import run_critique
-
-            return run_critique(args.recipe, args.overrides, args.samples, args.n)
+        return COMMANDS[args.command](args)
     except RecipeError as exc:
         print(exc.render(), file=sys.stderr)
         return EXIT_USAGE
@@ -318,7 +349,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cgrpo: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    raise AssertionError(f"unhandled command {args.command}")
 
 
 if __name__ == "__main__":  # pragma: no cover
