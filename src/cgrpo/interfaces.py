@@ -79,6 +79,31 @@ class PolicyBackend(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class AsyncPolicyBackend(Protocol):
+    """A sampler that takes single requests and batches them itself (continuous batching).
+
+    The per-group rollout (:mod:`cgrpo.train.rollout`) runs one coroutine per group and
+    awaits ``sample`` for that group's G initial samples and, later, for each of its
+    refinements, so a refinement joins the batch while other groups still decode. A backend
+    may implement it beside the batch :class:`PolicyBackend` (``generate``); a batch-only
+    backend is adapted by :func:`cgrpo.builtins.policies.batching.as_async`, which gathers
+    pending requests into batched ``generate`` calls.
+
+    ``Completion.weight_version`` says which weights sampled a completion (the number of
+    weight syncs the backend has received, or None when it does not know): rows of a
+    pipelined rollout may be sampled with older weights than the trainer's.
+    """
+
+    async def sample(
+        self, prompt_ids: Sequence[int], params: SamplingParams, seed: int | None = None
+    ) -> list[Completion]:
+        """params.n completions of one prompt (each with its per-token log-probs), returned
+        when all are done. With seed set, the completions depend only on the seed and the
+        weights (the same contract as generate's seeds)."""
+        ...
+
+
 def collect_stream(
     batches: Iterable[list[tuple[int, list[Completion]]]], prompts: int
 ) -> list[list[Completion]]:
