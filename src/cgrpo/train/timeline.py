@@ -1,0 +1,145 @@
+"""When each group of a step was in which stage: the rollout's timeline.
+
+Every group coroutine records spans (group, stage, start, end) in seconds from the start of
+the rollout. They give the per-stage times of metrics.jsonl (:func:`stage_seconds`), are
+written to ``timeline.jsonl`` (one line per step) and drawn by :func:`draw_timeline` (who
+waits for whom; docs/rollout.md shows one).
+
+Stages, in the order of one group's story: ``sample`` (its G responses, from the request to
+the last one), ``verify`` (a response's or a refinement's verdict), ``critique`` (a
+request to the critic and back), ``refine`` (building a refinement prompt and sampling the
+refinement), ``verify_refinement``; a span whose work was thrown away (a speculative
+refinement of a group that turned out to pass) is marked ``wasted``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+STAGES = ("sample", "verify", "critique", "refine", "verify_refinement")
+# metrics.jsonl's time/<name> of each stage: a refinement's verdict is verification time
+METRIC_NAME = {"verify_refinement": "verify"}
+
+
+@dataclass
+class Span:
+    group: int
+    stage: str
+    start: float
+    end: float
+    wasted: bool = False
+
+    def as_list(self) -> list[Any]:
+        """Compact form for timeline.jsonl: [group, stage, start ms, end ms, wasted]."""
+        return [
+            self.group,
+            self.stage,
+            round(self.start * 1e3, 1),
+            round(self.end * 1e3, 1),
+            int(self.wasted),
+        ]
+
+
+@dataclass
+class Clock:
+    """Seconds since the rollout started, and the spans recorded so far."""
+
+    t0: float = field(default_factory=time.perf_counter)
+    spans: list[Span] = field(default_factory=list)
+
+    def now(self) -> float:
+        return time.perf_counter() - self.t0
+
+    @contextmanager
+    def span(self, group: int, stage: str) -> Iterator[Span]:
+        """Record ``stage`` of ``group`` around the block (also when it is cancelled)."""
+        s = Span(group, stage, self.now(), 0.0)
+        try:
+            yield s
+        finally:
+            s.end = self.now()
+            self.spans.append(s)
+
+
+def stage_seconds(spans: Sequence[Span], wall: float) -> dict[str, float]:
+    """Wall seconds of the rollout charged to each stage: at every instant, the earliest
+    stage (in :data:`STAGES` order) that some group is in gets the time, so work hidden
+    behind an earlier stage (a critique while other groups still sample) costs nothing, and
+    the stages add up to the time some stage was running (at most ``wall``). ``rollout``
+    is ``wall`` itself. This is what the serial rollout's stage times were: the time the
+    step spent waiting for each stage."""
+    rank = {stage: i for i, stage in enumerate(STAGES)}
+    out = {METRIC_NAME.get(s.stage, s.stage): 0.0 for s in spans}
+    events = sorted(
+        (t, delta, rank[s.stage])
+        for s in spans
+        if s.end > s.start
+        for t, delta in ((s.start, 1), (s.end, -1))
+    )
+    running = [0] * len(STAGES)  # spans open now, per stage
+    previous = 0.0
+    for t, delta, r in events:  # a sweep: the open spans change only at these instants
+        first = next((i for i, n in enumerate(running) if n), None)
+        if first is not None:
+            stage = STAGES[first]
+            out[METRIC_NAME.get(stage, stage)] += t - previous
+        running[r] += delta
+        previous = t
+    out["rollout"] = wall
+    return out
+
+
+def shift(spans: Sequence[Span], groups: int) -> list[Span]:
+    """The spans with their group ids moved by ``groups`` (merging ranks' rollouts)."""
+    return [Span(s.group + groups, s.stage, s.start, s.end, s.wasted) for s in spans]
+
+
+COLOURS = {
+    "sample": "#4c72b0",
+    "verify": "#55a868",
+    "critique": "#c44e52",
+    "refine": "#dd8452",
+    "verify_refinement": "#8c8c8c",
+}
+
+
+def draw_timeline(spans: Sequence[Span], out: Path, title: str = "") -> Path:
+    """A PNG of one step: a row per group, a bar per span coloured by stage (hatched when
+    its work was thrown away)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    groups = sorted({s.group for s in spans})
+    row = {g: i for i, g in enumerate(groups)}
+    fig, ax = plt.subplots(figsize=(9, 0.9 + 0.32 * len(groups)))
+    for s in spans:
+        ax.barh(
+            row[s.group],
+            max(s.end - s.start, 0.004),
+            left=s.start,
+            height=0.7,
+            color=COLOURS[s.stage],
+            alpha=0.45 if s.wasted else 0.9,
+            hatch="//" if s.wasted else None,
+            edgecolor="black" if s.wasted else "none",
+            linewidth=0.3,
+        )
+    ax.set_yticks(range(len(groups)), [f"group {g}" for g in groups])
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds since the step's first sample request")
+    ax.set_title(title)
+    handles = [Patch(color=c, label=name) for name, c in COLOURS.items()]
+    handles.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="wasted"))
+    ax.legend(handles=handles, loc="lower right", fontsize=7, ncols=3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=130)
+    plt.close(fig)
+    return out
