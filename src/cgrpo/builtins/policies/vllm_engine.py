@@ -17,11 +17,14 @@ reloaded from a folder, and a second process competing for the trainer's cores).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import itertools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 from cgrpo.errors import TrainingError
+from cgrpo.types import Completion, SamplingParams
 
 
 class EngineDriver:
@@ -92,3 +95,84 @@ class EngineDriver:
                 self.handlers.clear()
                 return
             await asyncio.sleep(0)  # between two steps: the loop's other work, new requests
+
+
+def put_to(queue: asyncio.Queue, j: int, output: Any) -> None:
+    queue.put_nowait((j, output))
+
+
+def append_to(out: list, p: int, output: Any) -> None:
+    out.append((p, output))
+
+
+def ignore(exc: Exception) -> None:
+    """A synchronous caller steps the engine itself and sees its failures raised there."""
+
+
+class EngineRequests:
+    """Single requests on a sampler's driver (mixed into ``VLLMSampler``, which provides
+    ``driver``, ``_params`` and ``_completions``)."""
+
+    driver: EngineDriver
+
+    @staticmethod
+    def _seed(seed: int | None) -> int:
+        """``seed``, or one drawn from torch's RNG (which the loop reseeds every step)."""
+        import torch
+
+        return int(torch.randint(0, 2**31 - 1, (1,))) if seed is None else seed
+
+    async def sample_each(
+        self, prompt_ids: Sequence[int], params: SamplingParams, seed: int | None = None
+    ) -> AsyncIterator[tuple[int, Completion]]:
+        """The ``params.n`` completions of one prompt as (index, completion), each as soon
+        as it is finished. The n samples are n requests of one sequence with seeds seed + j,
+        which is how vLLM itself runs a request for n seeded samples, so the tokens are
+        those of ``generate`` with that seed. Requests join the engine's running batch; a
+        caller that stops early (cancelled) aborts the ones still running."""
+        base, one = self._seed(seed), dataclasses.replace(params, n=1)
+        arrived: asyncio.Queue = asyncio.Queue()
+        ids = [self.driver.new_id() for _ in range(params.n)]
+        for j, request_id in enumerate(ids):
+            self.driver.add(
+                request_id,
+                prompt_ids,
+                self._params(one, base + j),
+                functools.partial(put_to, arrived, j),
+                functools.partial(put_to, arrived, -1),
+            )
+        self.driver.start()
+        pending = set(ids)
+        try:
+            for _ in ids:
+                j, output = await arrived.get()
+                if j < 0:
+                    raise output
+                pending.discard(ids[j])
+                yield j, self._completions(prompt_ids, output)[0]
+        finally:
+            self.driver.abort(pending)
+
+    async def sample(
+        self, prompt_ids: Sequence[int], params: SamplingParams, seed: int | None = None
+    ) -> list[Completion]:
+        """:meth:`sample_each`'s completions in index order, when all are done."""
+        out: list[Completion | None] = [None] * params.n
+        async for j, completion in self.sample_each(prompt_ids, params, seed):
+            out[j] = completion
+        return out  # type: ignore[return-value]
+
+    def run_requests(self, prompts: Sequence[Sequence[int]], params: Sequence[Any]) -> list[Any]:
+        """vLLM outputs of raw requests (``vllm.SamplingParams``), stepping the engine
+        through the driver (requests of other callers in flight keep their outputs)."""
+        out: list[Any] = [None] * len(prompts)
+        ids = [self.driver.new_id() for _ in prompts]
+        for i, (request_id, prompt, request) in enumerate(zip(ids, prompts, params, strict=True)):
+            self.driver.add(
+                request_id, prompt, request, functools.partial(out.__setitem__, i), ignore
+            )
+        try:
+            self.driver.run(ids)
+        finally:
+            self.driver.abort(ids)
+        return out
