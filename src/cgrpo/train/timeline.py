@@ -143,3 +143,36 @@ def draw_timeline(spans: Sequence[Span], out: Path, title: str = "") -> Path:
     fig.savefig(out, dpi=130)
     plt.close(fig)
     return out
+
+
+def read_step(run_dir: Path, step: int | None = None) -> tuple[int, list[Span]]:
+    """(step, spans) of ``step`` (default: the last) from a run's timeline.jsonl."""
+    import json
+
+    path = Path(run_dir) / "timeline.jsonl"
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    chosen = [x for x in lines if step is None or x["step"] == step]
+    if not chosen:
+        raise SystemExit(f"{path}: no step {step} (steps {lines[0]['step']}-{lines[-1]['step']})")
+    last = chosen[-1]
+    spans = [Span(g, stage, a / 1e3, b / 1e3, bool(w)) for g, stage, a, b, w in last["spans"]]
+    return last["step"], spans
+
+
+def main(argv: list[str] | None = None) -> None:
+    """python -m cgrpo.train.timeline RUN_DIR [--step N] [--out FILE.png]"""
+    import argparse
+
+    p = argparse.ArgumentParser(description="Draw one step of a run's rollout timeline.")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--step", type=int, help="default: the last step")
+    p.add_argument("--out", type=Path, help="default: RUN_DIR/timeline-step-N.png")
+    args = p.parse_args(argv)
+    step, spans = read_step(args.run_dir, args.step)
+    out = args.out or args.run_dir / f"timeline-step-{step}.png"
+    draw_timeline(spans, out, f"{args.run_dir.name}, step {step}")
+    print(out)
+
+
+if __name__ == "__main__":
+    main()
