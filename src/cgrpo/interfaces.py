@@ -92,7 +92,9 @@ class AsyncPolicyBackend(Protocol):
 
     ``Completion.weight_version`` says which weights sampled a completion (the number of
     weight syncs the backend has received, or None when it does not know): rows of a
-    pipelined rollout may be sampled with older weights than the trainer's.
+    pipelined rollout may be sampled with older weights than the trainer's. A backend that
+    keeps the count in a ``weight_version`` attribute has it set to the checkpoint's step
+    when a run resumes, so that versions count the run's updates (1 before the first).
 
     A backend whose seeded tokens depend on what else is in its batch (beyond float
     rounding), or that draws unseeded samples from a shared random stream in call order,

@@ -447,6 +447,8 @@ class Trainer:
         handlers = {
             sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
         }
+        if hasattr(self.b.policy, "weight_version"):  # a resumed run goes on counting
+            self.b.policy.weight_version = self.step_done
         self.b.policy.sync_weights(self.b.model)  # a separate sampler starts from these weights
         try:
             if r.eval.every and r.eval.at_start and self.step_done == 0:

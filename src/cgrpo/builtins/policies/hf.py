@@ -159,7 +159,7 @@ class HFPolicy:
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = self.eos_ids[0]
-        self.weight_version = 0  # weight syncs received: the trainer's updates so far
+        self.weight_version = 0  # weight syncs received (set by the trainer on resume)
         self._lock = threading.Lock()
         self._batcher = RequestBatcher(self)
 

@@ -343,6 +343,15 @@ class VLLMPolicy:
         async for item in self.sampler.sample_each(prompt_ids, params, seed):
             yield item
 
+    @property
+    def weight_version(self) -> int:
+        """Weight syncs received (the trainer sets it when it resumes a run)."""
+        return self.sampler.weight_version
+
+    @weight_version.setter
+    def weight_version(self, value: int) -> None:
+        self.sampler.weight_version = value
+
     # -- memory around the update -------------------------------------------------------------
     def release_memory(self) -> None:
         """Called before the update: sleep the engine on GPU (no-op on CPU, said once)."""
