@@ -86,6 +86,19 @@ class Plan:
         self.seen: Counter = Counter()
         self.refinement_prompts: list[list[int]] = []
         self.default = typical  # refinements and probes
+        # the engine's work, counted at the shims: decode steps, and seconds with no
+        # request to work on (waiting for verdicts or critiques)
+        self.steps, self.idle = 0, 0.0
+        self.empty_since: float | None = None
+
+    def busy(self) -> None:
+        if self.empty_since is not None:
+            self.idle += time.perf_counter() - self.empty_since
+            self.empty_since = None
+
+    def empty(self) -> None:
+        if self.empty_since is None:
+            self.empty_since = time.perf_counter()
 
     def begin(self, step: int, problems, prompts) -> None:
         rng = random.Random(f"{self.seed}:{step}")
@@ -170,10 +183,13 @@ def force_hf(policy, plan: Plan) -> None:
         lengths = [plan.take(p, 1)[0] for p in prompts]
         top = max(lengths)
         hf._NEUTRAL_GENERATION["min_new_tokens"] = top
+        plan.busy()
+        plan.steps += top  # a static batch decodes to its longest row
         try:
             out = inner(prompts, dataclasses.replace(params, max_new_tokens=top), seeds)
         finally:
             hf._NEUTRAL_GENERATION["min_new_tokens"] = 0
+            plan.empty()
         return [_truncated(c, n, policy.tokenizer) for c, n in zip(out, lengths, strict=True)]
 
     policy._generate_batch = forced
@@ -220,6 +236,7 @@ class ForcedEngine:
     def add_request(self, request_id, prompt, params, *args, **kwargs):
         if params.prompt_logprobs is not None:  # the weight-sync probe: left alone
             return self.add(request_id, prompt, params, *args, **kwargs)
+        self.plan.busy()
         lengths = self.plan.take(prompt["prompt_token_ids"], params.n)
         if params.n == 1:
             return self.add(request_id, prompt, self._forced(params, lengths[0], params.seed))
@@ -233,7 +250,11 @@ class ForcedEngine:
 
     def step(self):
         out = []
-        for o in self.step_inner():
+        self.plan.steps += 1
+        outputs = self.step_inner()
+        if not self.engine.has_unfinished_requests():
+            self.plan.empty()
+        for o in outputs:
             if o.request_id not in self.parent_of:
                 out.append(o)
                 continue
@@ -331,19 +352,25 @@ def openai_critic(args, out: Path):
 
 
 class Timed:
-    """Wraps ``trainer._rollout``: wall and CPU seconds of the last rollout."""
+    """Wraps ``trainer._rollout``: wall and CPU seconds of the last rollout, and the decode
+    steps and idle seconds of the engine during it."""
 
-    def __init__(self, trainer):
-        self.wall = self.cpu = 0.0
+    def __init__(self, trainer, plan: Plan):
+        self.wall = self.cpu = self.idle = 0.0
+        self.steps = 0
         inner = trainer._rollout
 
         def timed(*a, **k):
             wall, cpu = time.perf_counter(), time.process_time()
+            plan.steps, plan.idle, plan.empty_since = 0, 0.0, None
+            plan.empty()  # idle until the first request
             try:
                 return inner(*a, **k)
             finally:
+                plan.busy()
                 self.wall = time.perf_counter() - wall
                 self.cpu = time.process_time() - cpu
+                self.steps, self.idle = plan.steps, plan.idle
 
         trainer._rollout = timed
 
@@ -406,6 +433,8 @@ def one_step(trainer, timer: Timed, step: int) -> dict[str, float]:
         "step_s": time.perf_counter() - wall,
         "step_cpu_s": time.process_time() - cpu,
         "refinements": metrics.get("refine/generated", 0.0),
+        "decode_steps": timer.steps,
+        "idle_s": timer.idle,
     }
 
 
@@ -426,7 +455,7 @@ def worker(args) -> None:
         critics = {"indicative": RecordingCritic(built.critic, plan)}
         if "openai" in args.critics:
             critics["openai"] = RecordingCritic(openai_critic(args, out), plan)
-        timers = {side: Timed(t) for side, t in trainers.items()}
+        timers = {side: Timed(t, plan) for side, t in trainers.items()}
         for t in trainers.values():
             watch_batches(t, plan)
         step = 0
@@ -482,47 +511,59 @@ def _med(xs: list[float]) -> tuple[float, float, float]:
     return statistics.median(xs), min(xs), max(xs)
 
 
+def _per_rep(mine: list[dict], pairs: list[dict], share: float, critic: str) -> dict:
+    """Each repetition's numbers of one setting (lists, one entry per repetition)."""
+
+    def side(name: str, key: str) -> list[float]:
+        return [r[name][key] for r in mine if key in r[name]]
+
+    alone = [r["critique_alone_s"] + r["generate_alone_s"] for r in mine]
+    keys = ("rollout_s", "rollout_cpu_s", "step_s", "step_cpu_s", "decode_steps", "idle_s")
+    per = {f"{n}_{k}": side(n, k) for n in ("grpo", "cg") for k in keys}
+    per.update(
+        refine_alone_s=alone,
+        critique_alone_s=[r["critique_alone_s"] for r in mine],
+        rollout_ratio=[r["cg"]["rollout_s"] / r["grpo"]["rollout_s"] for r in mine],
+        step_ratio=[r["cg"]["step_s"] / r["grpo"]["step_s"] for r in mine],
+        hidden_share=[
+            1 - (r["cg"]["rollout_s"] - r["grpo"]["rollout_s"]) / max(1e-9, a)
+            for r, a in zip(mine, alone, strict=True)
+        ],
+        decode_step_ratio=[
+            r["cg"]["decode_steps"] / r["grpo"]["decode_steps"]
+            for r in mine
+            if "decode_steps" in r["cg"]
+        ],
+        refinements=[r["cg"]["refinements"] for r in mine],
+    )
+    if critic != "indicative":  # against the same repetition with the instant critic
+        base = {
+            r["rep"]: r["cg"]
+            for r in pairs
+            if r["critic"] == "indicative" and r["failing_share"] == share
+        }
+        mine = [r for r in mine if r["rep"] in base]
+        per["critique_hidden_share"] = [
+            1 - (r["cg"]["rollout_s"] - base[r["rep"]]["rollout_s"]) / r["critique_alone_s"]
+            for r in mine
+        ]
+        per["critique_hidden_share_idle"] = [
+            1 - (r["cg"]["idle_s"] - base[r["rep"]]["idle_s"]) / r["critique_alone_s"]
+            for r in mine
+            if "idle_s" in r["cg"]
+        ]
+    return per
+
+
 def summarise(backend: str, prompts: int, samples: int, results: list[dict]) -> list[dict]:
+    """One record per (failing share, critic): medians and ranges over the repetitions."""
     pairs = [r for r in results if r["kind"] == "pair"]
     records = []
-    settings = sorted({(r["failing_share"], r["critic"]) for r in pairs})
-    for share, critic in settings:
+    for share, critic in sorted({(r["failing_share"], r["critic"]) for r in pairs}):
         mine = [r for r in pairs if (r["failing_share"], r["critic"]) == (share, critic)]
-        per = {
-            "grpo_rollout_s": [r["grpo"]["rollout_s"] for r in mine],
-            "cg_rollout_s": [r["cg"]["rollout_s"] for r in mine],
-            "grpo_rollout_cpu_s": [r["grpo"]["rollout_cpu_s"] for r in mine],
-            "cg_rollout_cpu_s": [r["cg"]["rollout_cpu_s"] for r in mine],
-            "grpo_step_s": [r["grpo"]["step_s"] for r in mine],
-            "cg_step_s": [r["cg"]["step_s"] for r in mine],
-            "grpo_step_cpu_s": [r["grpo"]["step_cpu_s"] for r in mine],
-            "cg_step_cpu_s": [r["cg"]["step_cpu_s"] for r in mine],
-            "refine_alone_s": [r["critique_alone_s"] + r["generate_alone_s"] for r in mine],
-            "critique_alone_s": [r["critique_alone_s"] for r in mine],
-            "rollout_ratio": [r["cg"]["rollout_s"] / r["grpo"]["rollout_s"] for r in mine],
-            "step_ratio": [r["cg"]["step_s"] / r["grpo"]["step_s"] for r in mine],
-            "hidden_share": [
-                1
-                - (r["cg"]["rollout_s"] - r["grpo"]["rollout_s"])
-                / max(1e-9, r["critique_alone_s"] + r["generate_alone_s"])
-                for r in mine
-            ],
-            "refinements": [r["cg"]["refinements"] for r in mine],
-        }
-        if critic != "indicative":  # against the same rep's rollout with the instant critic
-            base = {
-                r["rep"]: r["cg"]["rollout_s"]
-                for r in pairs
-                if r["critic"] == "indicative" and r["failing_share"] == share
-            }
-            per["critique_hidden_share"] = [
-                1 - (r["cg"]["rollout_s"] - base[r["rep"]]) / max(1e-9, r["critique_alone_s"])
-                for r in mine
-                if r["rep"] in base
-            ]
         record = {"backend": backend, "prompts": prompts, "samples": samples,
                   "failing_share": share, "critic": critic, "reps": len(mine)}  # fmt: skip
-        for key, values in per.items():
+        for key, values in _per_rep(mine, pairs, share, critic).items():
             if values:
                 record[key], record[key + "_min"], record[key + "_max"] = _med(values)
         records.append(record)
@@ -554,6 +595,10 @@ def print_records(records: list[dict], decode: dict) -> None:
             f"    refinement stage alone {cell(r, 'refine_alone_s')} s, hidden "
             f"{cell(r, 'hidden_share', '{:.2f}')}; critique round trip "
             f"{cell(r, 'critique_alone_s')} s, hidden {cell(r, 'critique_hidden_share', '{:.2f}')}"
+            f"\n    engine: decode steps GRPO {cell(r, 'grpo_decode_steps', '{:.0f}')}  CG "
+            f"{cell(r, 'cg_decode_steps', '{:.0f}')}  ratio {cell(r, 'decode_step_ratio')}; "
+            f"idle s GRPO {cell(r, 'grpo_idle_s')}  CG {cell(r, 'cg_idle_s')}; critique "
+            f"hidden (idle) {cell(r, 'critique_hidden_share_idle', '{:.2f}')}"
         )
 
 
