@@ -317,8 +317,8 @@ def recipe_for(args, refinements: int, out: Path, name: str):
         "train": {"steps": 10_000, "log_samples": 0},
         "eval": {"every": 0},
     }
-    if refinements and "rollout" in Recipe.model_fields:  # the option of issue 26
-        raw["rollout"] = {"speculative_refinement": args.speculative}
+    if refinements and args.backend == "vllm" and "rollout" in Recipe.model_fields:
+        raw["rollout"] = {"speculative_refinement": args.speculative}  # issue 26's option
     return validate_recipe(raw)
 
 

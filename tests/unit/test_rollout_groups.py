@@ -286,3 +286,15 @@ def test_a_failure_in_one_group_fails_the_rollout(failing):
         rollout(problems, [[p, 7] for p in range(4)], policy=Broken([]),
                 verifier=BrokenVerifier(), critic=Critic([]), prompts=Prompts(),
                 settings=settings(), eos_ids=[2], rng_key="k")  # fmt: skip
+
+
+def test_speculation_is_refused_where_it_could_only_waste():
+    """A backend that hands over a group's responses all at once, or keeps the serial
+    order, cannot start a refinement before its group is complete."""
+    from cgrpo.errors import TrainingError
+    from cgrpo.train.rollout_context import check_speculation
+
+    check_speculation(Streaming([]))  # streams each response: fine
+    for backend in (Sampler([]), BatchPolicy([])):
+        with pytest.raises(TrainingError, match="speculative_refinement"):
+            check_speculation(backend)

@@ -149,6 +149,12 @@ def speculation_needs_failed_groups(r: Recipe) -> RuleResult:
             "as soon as its response is verified)",
             "remove it, or use algorithm.refine: failed_groups",
         )
+    if r.policy.name == "hf":
+        return Finding(
+            "has no effect with policy: hf (its groups go through the stages together, in "
+            "the serial rollout's batches)",
+            "remove it, or use policy: vllm",
+        )
     return None
 
 

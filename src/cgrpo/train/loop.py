@@ -52,6 +52,7 @@ from cgrpo.train.evaluation import evaluate_sets
 from cgrpo.train.metrics import Console, JsonlWriter, rollout_metrics, sample_lines
 from cgrpo.train.parts import Built
 from cgrpo.train.rollout import Rollout, RolloutSettings, rollout
+from cgrpo.train.rollout_context import check_speculation
 from cgrpo.train.timeline import shift
 from cgrpo.train.update import (
     UpdateSettings,
@@ -145,6 +146,8 @@ class Trainer:
         self.eos_ids = eos_token_ids(built.model.generation_config, built.tokenizer)
         self.pad_id = built.tokenizer.pad_token_id
         s = r.sampling
+        if r.rollout.speculative_refinement:
+            check_speculation(built.policy)
         self.rollout_settings = RolloutSettings(
             samples_per_prompt=a.samples_per_prompt,
             refinements_per_prompt=a.refinements_per_prompt,

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from cgrpo.errors import TrainingError
 from cgrpo.interfaces import AsyncPolicyBackend, Critic, Verifier
 from cgrpo.model.prompts import PromptBuilder
 from cgrpo.train.gates import LockStep, TickGather
@@ -73,6 +74,23 @@ def _verify_flush(verifier: Verifier, verify_submit: Callable | None, batch: int
         return verdicts_of(verify_submit(pairs, batch))
 
     return flush
+
+
+def check_speculation(policy: Any) -> None:
+    """``rollout.speculative_refinement`` needs a sampler that hands over each response as
+    it finishes and lets groups run on their own; refuse it otherwise (it would do
+    nothing, or only waste)."""
+    from cgrpo.builtins.policies.batching import as_async
+
+    sampler = as_async(policy)
+    if not getattr(sampler, "batches_continuously", True) or not callable(
+        getattr(sampler, "sample_each", None)
+    ):
+        raise TrainingError(
+            f"rollout.speculative_refinement needs a policy backend that hands over each "
+            f"response as it finishes (sample_each) and batches continuously; "
+            f"{type(policy).__name__} does not. Remove it, or use policy: vllm"
+        )
 
 
 @dataclass
