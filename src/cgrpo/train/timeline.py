@@ -108,38 +108,44 @@ COLOURS = {
 }
 
 
-def draw_timeline(spans: Sequence[Span], out: Path, title: str = "") -> Path:
-    """A PNG of one step: a row per group, a bar per span coloured by stage (hatched when
-    its work was thrown away)."""
+REFINEMENT_LANE = {"critique", "refine", "verify_refinement"}
+
+
+def _draw_panel(ax, spans: Sequence[Span], title: str) -> None:
+    """A row per group: its samples and their verdicts above, its critiques, refinements
+    and their verdicts below."""
+    groups = sorted({s.group for s in spans})
+    row = {g: i for i, g in enumerate(groups)}
+    for s in spans:
+        y = row[s.group] + (0.19 if s.stage in REFINEMENT_LANE else -0.19)
+        ax.barh(y, max(s.end - s.start, 0.004), left=s.start, height=0.34,
+                color=COLOURS[s.stage], alpha=0.45 if s.wasted else 0.95,
+                hatch="//" if s.wasted else None, edgecolor="black" if s.wasted else "none",
+                linewidth=0.3)  # fmt: skip
+    ax.set_yticks(range(len(groups)), [f"group {g}" for g in groups])
+    ax.set_ylim(len(groups) - 0.5, -0.5)
+    ax.set_title(title, fontsize=10)
+
+
+def draw_timeline(panels: Sequence[tuple[str, Sequence[Span]]], out: Path) -> Path:
+    """A PNG of one or more steps (one panel each, on one time axis): a row per group, a
+    bar per span coloured by stage (hatched when its work was thrown away)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    groups = sorted({s.group for s in spans})
-    row = {g: i for i, g in enumerate(groups)}
-    fig, ax = plt.subplots(figsize=(9, 0.9 + 0.32 * len(groups)))
-    for s in spans:
-        ax.barh(
-            row[s.group],
-            max(s.end - s.start, 0.004),
-            left=s.start,
-            height=0.7,
-            color=COLOURS[s.stage],
-            alpha=0.45 if s.wasted else 0.9,
-            hatch="//" if s.wasted else None,
-            edgecolor="black" if s.wasted else "none",
-            linewidth=0.3,
-        )
-    ax.set_yticks(range(len(groups)), [f"group {g}" for g in groups])
-    ax.invert_yaxis()
-    ax.set_xlabel("seconds since the step's first sample request")
-    ax.set_title(title)
+    heights = [1 + 0.45 * len({s.group for s in spans}) for _, spans in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 1.1 + sum(heights)), sharex=True,
+                             height_ratios=heights, squeeze=False)  # fmt: skip
+    for ax, (title, spans) in zip(axes[:, 0], panels, strict=True):
+        _draw_panel(ax, spans, title)
+    axes[-1, 0].set_xlabel("seconds since the step's first sample request")
     handles = [Patch(color=c, label=name) for name, c in COLOURS.items()]
     handles.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="wasted"))
-    ax.legend(handles=handles, loc="lower right", fontsize=7, ncols=3)
-    fig.tight_layout()
+    fig.legend(handles=handles, loc="lower center", ncols=6, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(out, dpi=130)
     plt.close(fig)
     return out
@@ -160,17 +166,22 @@ def read_step(run_dir: Path, step: int | None = None) -> tuple[int, list[Span]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """python -m cgrpo.train.timeline RUN_DIR [--step N] [--out FILE.png]"""
+    """python -m cgrpo.train.timeline RUN_DIR [RUN_DIR ...] [--step N] [--out FILE.png]"""
     import argparse
 
-    p = argparse.ArgumentParser(description="Draw one step of a run's rollout timeline.")
-    p.add_argument("run_dir", type=Path)
+    p = argparse.ArgumentParser(
+        description="Draw one step of the rollout timeline of one run (or several, stacked)."
+    )
+    p.add_argument("run_dir", type=Path, nargs="+")
     p.add_argument("--step", type=int, help="default: the last step")
     p.add_argument("--out", type=Path, help="default: RUN_DIR/timeline-step-N.png")
     args = p.parse_args(argv)
-    step, spans = read_step(args.run_dir, args.step)
-    out = args.out or args.run_dir / f"timeline-step-{step}.png"
-    draw_timeline(spans, out, f"{args.run_dir.name}, step {step}")
+    panels = []
+    for run_dir in args.run_dir:
+        step, spans = read_step(run_dir, args.step)
+        panels.append((f"{run_dir.name}, step {step}", spans))
+    out = args.out or args.run_dir[0] / f"timeline-step-{step}.png"
+    draw_timeline(panels, out)
     print(out)
 
 
