@@ -191,3 +191,10 @@ def test_a_set_that_samples_anyway_keeps_its_k_and_a_file_without_sources_is_one
     plain = verl_benchmark(path, source_field=None, repeats="rows").load()
     [one] = source_sets(EvalSet("rows", plain, None))
     assert (one.name, len(one.problems), one.k, one.group) == ("rows", 37, 1, "")
+
+
+def test_a_file_that_is_not_parquet_is_a_data_error_not_a_traceback(tmp_path):
+    path = tmp_path / "train.parquet"
+    path.write_text('{"question": "1+1?", "answer": "2"}\n')
+    with pytest.raises(DataError, match=r"train.parquet: cannot be read as Parquet: .*magic"):
+        ParquetTask(ParquetTask.Options(path=str(path), format="verl")).load()

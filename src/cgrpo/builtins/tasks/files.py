@@ -220,7 +220,12 @@ class ParquetTask(_FileTask):
             import pyarrow.parquet as pq
         except ImportError as exc:
             raise DataError("the parquet task needs pyarrow: pip install 'cgrpo[data]'") from exc
-        table = pq.read_table(self.path)
+        import pyarrow as pa
+
+        try:
+            table = pq.read_table(self.path)
+        except (OSError, pa.ArrowException) as exc:  # not parquet, truncated, unreadable
+            raise DataError(f"{self.path}: cannot be read as Parquet: {exc}") from None
         yield from enumerate(table.to_pylist(), 1)
 
 
