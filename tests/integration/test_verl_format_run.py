@@ -23,6 +23,11 @@ def recipe(tmp_path, data):
             "data.task.options.format=verl", f"model.path={tmp_path / 'tiny'}"]  # fmt: skip
 
 
+def flat(text: str) -> str:
+    """Without whitespace: the console wraps long lines anywhere, a tmp path included."""
+    return "".join(text.split())
+
+
 def test_verl_parquet_checks_trains_and_evaluates_per_source(tmp_path):
     train = write_parquet(tmp_path / "train.parquet", training_rows(48))
     rows = training_rows(48)
@@ -32,14 +37,12 @@ def test_verl_parquet_checks_trains_and_evaluates_per_source(tmp_path):
 
     checked = run_cli("check", *recipe(tmp_path, train), cwd=tmp_path)
     assert checked.returncode == 0, checked.stdout[-3000:] + checked.stderr[-2000:]
-    assert "48 usable rows read; per source: openr1_easy 24, openr1_hard 24" in " ".join(
-        checked.stdout.split()
-    )
+    said = "48 usable rows read; per source: openr1_easy 24, openr1_hard 24"
+    assert flat(said) in flat(checked.stdout)
     refused = run_cli("check", *recipe(tmp_path, bad), cwd=tmp_path)
     assert refused.returncode == 2
-    assert f"{bad}:3: missing field 'reward_model.ground_truth' (answer); it is null" in " ".join(
-        refused.stdout.split()
-    )
+    said = f"{bad}:3: missing field 'reward_model.ground_truth' (answer); it is null"
+    assert flat(said) in flat(refused.stdout)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.parquet", "train.parquet",
                                                           "valid.parquet"]  # fmt: skip
 
