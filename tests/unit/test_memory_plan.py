@@ -25,10 +25,12 @@ QWEN3_8B = {
 
 @pytest.fixture
 def qwen3_8b_dir(tmp_path):
-    """A directory holding only a Qwen3-8B-shaped config.json (no weights)."""
+    """A directory holding only a Qwen3-8B-shaped config.json (no weights) and a training
+    file in the paper recipes' format (verl's parquet rows)."""
+    from tests.verl_files import training_rows, write_parquet
+
     (tmp_path / "config.json").write_text(json.dumps(QWEN3_8B))
-    data = tmp_path / "d.jsonl"
-    data.write_text('{"problem": "1+1", "answer": "2"}\n')
+    write_parquet(tmp_path / "d.parquet", training_rows(2))
     return tmp_path
 
 
@@ -108,7 +110,7 @@ def _check(capsys, *args):
 
 def test_cgrpo_check_paper_recipe_fits_8_gpus_and_not_1(qwen3_8b_dir, capsys):
     recipe = str(REPO / "recipes" / "paper-qwen3-8b.yaml")
-    over = [f"model.path={qwen3_8b_dir}", f"data.task.options.path={qwen3_8b_dir / 'd.jsonl'}",
+    over = [f"model.path={qwen3_8b_dir}", f"data.task.options.path={qwen3_8b_dir / 'd.parquet'}",
             "eval.every=0", "eval.benchmarks=[]"]  # no local benchmark copies here  # fmt: skip
     code, text = _check(capsys, recipe, *over, "--gpus", "8", "--gpu-memory", "80GiB")
     assert code == 0, text
@@ -121,7 +123,7 @@ def test_cgrpo_check_paper_recipe_fits_8_gpus_and_not_1(qwen3_8b_dir, capsys):
 
 def test_cgrpo_check_one_gpu_lora_recipe_fits(qwen3_8b_dir, capsys):
     recipe = str(REPO / "recipes" / "paper-qwen3-8b-lora.yaml")
-    over = [f"model.path={qwen3_8b_dir}", f"data.task.options.path={qwen3_8b_dir / 'd.jsonl'}",
+    over = [f"model.path={qwen3_8b_dir}", f"data.task.options.path={qwen3_8b_dir / 'd.parquet'}",
             "eval.every=0", "eval.benchmarks=[]"]  # no local benchmark copies here  # fmt: skip
     code, text = _check(capsys, recipe, *over, "--gpus", "1", "--gpu-memory", "80GiB")
     assert code == 0, text

@@ -13,11 +13,15 @@ Metric names: a set named ``""`` (the recipe's eval task) writes ``eval/<metric>
 benchmark writes ``eval/<name>/<metric>``; with benchmarks, ``eval/avg/<metric>`` and
 ``eval/avg_math/<metric>`` are the macro averages of ``score`` and ``accuracy`` over all
 and over the math benchmarks. ``score`` is what the paper's table reports: avg@k where the
-set samples k responses (AIME, AMC), greedy accuracy otherwise.
+set samples k responses (AIME, AMC), greedy accuracy otherwise. A benchmark whose rows name
+their source (the ``verl`` preset's ``data_source``) is one set per source
+(:func:`source_sets`: ``eval/<name>/<source>/<metric>``), and ``eval/<name>/score`` and
+``.../accuracy`` are their macro average.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +47,7 @@ class EvalSet:
     description: dict[str, Any] = field(default_factory=dict)
     # a mixture source's own verifier for its problems: label -> (verifier, spec)
     routes: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    group: str = ""  # the benchmark a per-source set belongs to (its macro average)
 
     def key(self, metric: str) -> str:
         return f"eval/{self.name}/{metric}" if self.name else f"eval/{metric}"
@@ -171,13 +176,49 @@ def _set_metrics(s: EvalSet, outs: list[Any], verdicts: list[Any], samples) -> d
     return out
 
 
+def source_sets(s: EvalSet, sample_repeats: bool = True) -> list[EvalSet]:
+    """``s`` as one set per source of its problems (``metadata["task"]``, which a
+    benchmark's ``source_field`` sets), in order of first appearance, named
+    ``<name>/<source>``; ``s`` as one set when its problems name no source. A problem read
+    from r repeated rows (``metadata["repeats"]``, the same r for a whole source) is sampled
+    r times: avg@r, the mean over the repeated rows of a sampled validation (verl's
+    mean@r); a set that samples k > 1 anyway keeps its k, and ``sample_repeats=False``
+    (eval.k: 1, greedy only) samples nothing."""
+    by_source: dict[Any, list[Problem]] = {}
+    for p in s.problems:
+        by_source.setdefault(p.metadata.get("task"), []).append(p)
+
+    def samples(problems: list[Problem]) -> int:
+        return s.k if s.k > 1 or not sample_repeats else _repeats(problems)
+
+    if None in by_source:
+        return [dataclasses.replace(s, k=samples(s.problems))]
+    return [
+        dataclasses.replace(
+            s,
+            name=f"{s.name}/{source}",
+            problems=problems,
+            k=samples(problems),
+            group=s.name,
+            description={**s.description, "source": source, "repeats": _repeats(problems)},
+        )
+        for source, problems in by_source.items()
+    ]
+
+
+def _repeats(problems: list[Problem]) -> int:
+    return problems[0].metadata.get("repeats", 1)
+
+
 def macro_averages(sets: list[EvalSet], metrics: dict[str, float]) -> dict[str, float]:
     """``eval/avg/{score,accuracy}`` over the named sets, ``eval/avg_math/...`` over the
-    math ones (nothing when no set is named: the eval task's numbers are the only ones)."""
+    math ones, ``eval/<benchmark>/...`` over a benchmark's per-source sets (nothing when no
+    set is named: the eval task's numbers are the only ones)."""
     named = [s for s in sets if s.name]
     out: dict[str, float] = {}
     math = [s for s in named if s.category == "math"]
-    for label, members in (("avg", named), ("avg_math", math)):
+    groups = {s.group: [t for t in named if t.group == s.group] for s in named if s.group}
+    for label, members in (("avg", named), ("avg_math", math), *groups.items()):
         if members:
             for metric in ("score", "accuracy"):
                 values = [metrics[s.key(metric)] for s in members]

@@ -28,7 +28,8 @@ def _mean(xs: list[float]) -> float:
 
 
 def per_task_metrics(init: list[Any], refs: list[Any]) -> dict[str, float]:
-    """For a mixture (problems labelled ``metadata["task"]``): each source's initial reward,
+    """For problems labelled by source (``metadata["task"]``: a mixture's labels, a file
+    task's ``source_field`` such as verl's ``data_source``): each source's initial reward,
     group pass rate and refinement success, under ``reward/<label>/...``,
     ``refine/<label>/...`` (a source absent from a step's batch logs nothing that step)."""
     out: dict[str, float] = {}
