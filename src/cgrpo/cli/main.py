@@ -130,7 +130,14 @@ def _add_report(sub: Any) -> None:
     rep.add_argument(
         "--metrics", help="comma-separated metrics, one panel each, instead of the defaults"
     )
-    rep.add_argument("--smooth", type=int, default=1, help="moving-average window in steps")
+    rep.add_argument(
+        "--smooth",
+        type=float,
+        default=None,
+        metavar="FACTOR",
+        help="exponential smoothing of per-step curves, 0 (off) to below 1 (default 0.8; "
+        "the raw curve is drawn faint behind)",
+    )
 
 
 def _add_list(sub: Any) -> None:
@@ -262,21 +269,25 @@ def cmd_list(kind: str | None) -> int:
     return EXIT_OK
 
 
-def cmd_report(runs: Sequence[str], out: str | None, metrics: str | None, smoothing: int) -> int:
+def cmd_report(
+    runs: Sequence[str], out: str | None, metrics: str | None, smoothing: float | None
+) -> int:
     from pathlib import Path
 
-    from cgrpo.report import read_run, write_report
+    from cgrpo.report import DEFAULT_SMOOTHING, read_run, write_report
 
-    if smoothing < 1:
-        print("cgrpo report: --smooth must be 1 or more", file=sys.stderr)
-        return EXIT_USAGE
+    smoothing = DEFAULT_SMOOTHING if smoothing is None else smoothing
+    if not 0 <= smoothing < 1:
+        raise UsageError(f"--smooth {smoothing:g}: give a factor from 0 (off) to below 1")
     loaded = [read_run(r) for r in runs]
     target = Path(out) if out else (Path(runs[0]) / "report" if len(runs) == 1 else Path("report"))
     only = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
-    pngs = write_report(loaded, target, only, smoothing)
+    pngs, left_out = write_report(loaded, target, only, smoothing)
     empty = [r.name for r in loaded if not r.rows]
     if empty:
         print(f"cgrpo report: no steps logged yet in {', '.join(empty)}", file=sys.stderr)
+    for line in left_out:
+        print(f"cgrpo report: not drawn: {line}")
     print(f"cgrpo report: {len(pngs)} figures, {target / 'report.html'}, {target / 'report.md'}")
     return EXIT_OK
 
