@@ -145,6 +145,13 @@ def _add_list(sub: Any) -> None:
     lst.add_argument(
         "kind", nargs="?", help="policy, critic, verifier, advantage, task, benchmark or observer"
     )
+    lst.add_argument(
+        "--format",
+        choices=["auto", "table", "markdown"],
+        default="auto",
+        help="table (rich, wrapped to the terminal) or markdown (whole words and summaries, "
+        "for pipes and files); auto: a table on a terminal, markdown otherwise",
+    )
 
 
 def cmd_check(
@@ -228,13 +235,8 @@ def _show_data(console, recipe, data_rows: int | None) -> bool:
     return not any(r.problems for r in reports)
 
 
-def cmd_list(kind: str | None) -> int:
-    from pydantic import BaseModel
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    from cgrpo.plugins import get_registries
+def cmd_list(kind: str | None, fmt: str = "auto") -> int:
+    from cgrpo.cli.listing import list_components
     from cgrpo.registry import KINDS, closest
 
     if kind is not None and kind not in KINDS:
@@ -244,28 +246,7 @@ def cmd_list(kind: str | None) -> int:
             f"cgrpo list: unknown kind {kind!r}; kinds: {', '.join(KINDS)}.{hint}", file=sys.stderr
         )
         return EXIT_USAGE
-    regs = get_registries()
-    console = Console()
-    for k in [kind] if kind else KINDS:
-        table = Table(title=f"{k} components", title_justify="left", show_lines=False)
-        for col in ("name", "plugin", "options (defaults)", "summary"):
-            table.add_column(col, overflow="fold")
-        for comp in regs[k]:
-            opts = []
-            for fname, field in comp.options.model_fields.items():
-                value = (
-                    None if field.is_required() else field.get_default(call_default_factory=True)
-                )
-                if k == "benchmark" and value in (None, []) and not field.is_required():
-                    continue  # a preset's long option list: the unset ones are noise here
-                if isinstance(value, BaseModel):
-                    value = value.model_dump()
-                default = "required" if field.is_required() else repr(value)
-                opts.append(f"{fname}={default}")
-            # escaped: rich would read "[data]" in "pip install 'cgrpo[data]'" as markup
-            cells = (comp.name, comp.plugin, "\n".join(opts) or "-", comp.summary)
-            table.add_row(*(escape(str(c)) for c in cells))
-        console.print(table)
+    list_components([kind] if kind else list(KINDS), fmt)
     return EXIT_OK
 
 
@@ -327,7 +308,7 @@ def _cmd_critique(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "check": lambda a: cmd_check(a.recipe, a.overrides, a.gpus, a.gpu_memory, a.data_rows),
-    "list": lambda a: cmd_list(a.kind),
+    "list": lambda a: cmd_list(a.kind, a.format),
     "run": lambda a: cmd_run(a.recipe, a.overrides),
     # the warm-up alone, as a run of zero RL steps
     "sft": lambda a: cmd_run(a.recipe, [*a.overrides, "train.steps=0"]),
