@@ -200,6 +200,7 @@ def build_eval_sets(
                 ev.top_p or bench.top_p,
                 bench.category,
                 {"benchmark": spec.name, "options": spec.options, **bench.describe()},
+                own_k=bench.k,
             )
         )
     return sets

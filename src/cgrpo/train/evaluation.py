@@ -13,7 +13,8 @@ Metric names: a set named ``""`` (the recipe's eval task) writes ``eval/<metric>
 benchmark writes ``eval/<name>/<metric>``; with benchmarks, ``eval/avg/<metric>`` and
 ``eval/avg_math/<metric>`` are the macro averages of ``score`` and ``accuracy`` over all
 and over the math benchmarks. ``score`` is what the paper's table reports: avg@k where the
-set samples k responses (AIME, AMC), greedy accuracy otherwise.
+benchmark is reported over k samples (AIME, AMC), greedy accuracy otherwise; ``eval.k``
+(``--k``) on a greedy benchmark adds pass@k, avg@k and maj@k and leaves its score greedy.
 """
 
 from __future__ import annotations
@@ -43,9 +44,19 @@ class EvalSet:
     description: dict[str, Any] = field(default_factory=dict)
     # a mixture source's own verifier for its problems: label -> (verifier, spec)
     routes: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    # the benchmark's own k (None: k): a benchmark reported greedily keeps greedy accuracy
+    # as its score when eval.k (--k) adds samples
+    own_k: int | None = None
 
     def key(self, metric: str) -> str:
         return f"eval/{self.name}/{metric}" if self.name else f"eval/{metric}"
+
+    @property
+    def score_metric(self) -> str:
+        """What ``score`` is for this set: ``avg@k`` for a set reported over k samples
+        (AIME, AMC), greedy ``accuracy`` otherwise, whatever k samples were added."""
+        sampled = (self.own_k if self.own_k is not None else self.k) > 1
+        return f"avg@{self.k}" if sampled and self.k > 1 else "accuracy"
 
 
 @dataclass
@@ -75,7 +86,8 @@ def evaluate_sets(
     pool = pool or VerifyPool(1)
     say = say or (lambda line: None)
     ids = [[prompts.prompt_ids(p) for p in s.problems] for s in sets]
-    say(f"greedy responses to {sum(map(len, ids))} problems ({len(sets)} sets)")
+    named = "set" if len(sets) == 1 else "sets"
+    say(f"greedy responses to {sum(map(len, ids))} problems ({len(sets)} {named})")
     greedy = _generate_flat(
         policy, ids, SamplingParams(n=1, greedy=True, max_new_tokens=max_new_tokens)
     )
@@ -157,7 +169,6 @@ def _set_metrics(s: EvalSet, outs: list[Any], verdicts: list[Any], samples) -> d
         s.key("length_mean"): sum(len(o.token_ids) for o in outs) / n,
         s.key("truncated_share"): sum(o.finish_reason == "length" for o in outs) / n,
     }
-    score = accuracy
     if samples is not None:
         per_problem = [rest[i * s.k : (i + 1) * s.k] for i in range(n)]
         scores = summarize(
@@ -166,8 +177,7 @@ def _set_metrics(s: EvalSet, outs: list[Any], verdicts: list[Any], samples) -> d
             s.k,
         )
         out.update({s.key(name): value for name, value in scores.items()})
-        score = scores[f"avg@{s.k}"]
-    out[s.key("score")] = score
+    out[s.key("score")] = out[s.key(s.score_metric)]
     return out
 
 
