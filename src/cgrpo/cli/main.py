@@ -181,12 +181,16 @@ def cmd_check(
         print(f"cgrpo check: --gpu-memory: {exc}", file=sys.stderr)
         return EXIT_USAGE
     console = Console()
+    # a CPU run: the recipe says so, or no GPU is visible and none was described
+    asked_gpu = gpus is not None or memory is not None
     gpus = gpus or memory_plan.default_gpus()
     memory = memory if memory is not None else memory_plan.visible_gpu_memory()
 
     def show_plan(recipe) -> bool:
         """Print the plan; False when it does not fit."""
-        verdict = memory_plan.check_recipe(recipe, gpus, memory)
+        device = recipe.model.device
+        cpu = device == "cpu" or (device == "auto" and memory is None and not asked_gpu)
+        verdict = memory_plan.check_recipe(recipe, gpus, memory, cpu)
         console.print(escape(verdict.text), highlight=False)
         if verdict.fits is False:
             console.print(escape(memory_plan.fixes_text(verdict.fixes)), highlight=False)
