@@ -361,12 +361,17 @@ def test_a_warm_up_only_run_writes_a_checkpoint_to_start_rl_from(tmp_path):
     again = run_cli("run", QUICKSTART, *common, "train.steps=0", "sft.steps=4", "run.name=warm",
                     f"model.path={tmp_path / 'tiny'}", "resume=auto", cwd=tmp_path)  # fmt: skip
     assert again.returncode == 0 and "sft 1/4" not in again.stdout  # nothing left to do
-    rl = run_cli(
-        "run", QUICKSTART, *common, "train.steps=1", "sft.steps=0", "run.name=rl",
-        "algorithm.prompts_per_step=2", "algorithm.micro_batch_size=16", f"model.path={step0}",
-        cwd=tmp_path,
-    )  # fmt: skip
+    # the last words point at what the warm-up wrote, and the command they give starts RL
+    said = out.stdout.strip().splitlines()[-1]
+    assert said.startswith(
+        f"cgrpo: warm-up done; its loss per step in {warm / 'sft_metrics.jsonl'}"
+    )
+    suggested = said.split(f"cgrpo run {QUICKSTART} ")[1].split()
+    assert f"model.path={step0}" in suggested and "run.name=warm-rl" in suggested
+    rl = run_cli("run", QUICKSTART, *suggested, "train.steps=1", "algorithm.prompts_per_step=2",
+                 "algorithm.micro_batch_size=16", cwd=tmp_path)  # fmt: skip
     assert rl.returncode == 0, rl.stderr[-3000:]
+    assert (tmp_path / "runs" / "warm-rl" / "checkpoints" / "step-1").is_dir()
     nothing = run_cli("check", QUICKSTART, "train.steps=0", "sft.steps=0")
     assert nothing.returncode == 2 and "nothing to do" in nothing.stderr
 
