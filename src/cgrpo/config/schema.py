@@ -462,8 +462,8 @@ class EvalConfig(Section):
         None,
         ge=1,
         description="samples per problem beyond the greedy one: with k > 1 also pass@k "
-        "(unbiased estimator), avg@k and maj@k; None = each benchmark's own (1 for eval.task "
-        "and held-out problems)",
+        "(unbiased estimator), avg@k and maj@k (a greedy benchmark's score stays greedy "
+        "accuracy); None = each benchmark's own (1 for eval.task and held-out problems)",
     )
     temperature: float | None = Field(
         None, gt=0, description="temperature of the k samples (None = the benchmark's; 0.6)"
