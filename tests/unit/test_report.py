@@ -122,7 +122,7 @@ def test_ema_is_debiased_like_tensorboards():
     assert ema([1.0, 2.0], 0.0) == [1.0, 2.0]
 
 
-def test_several_runs_are_told_apart_by_colour_and_metrics_by_line_style():
+def test_several_runs_are_told_apart_by_colour_one_metric_per_axis():
     a = run_of("grpo", rows(5, 0.1))
     b = run_of("cgrpo", rows(5, 0.3))
     fig = figure([a, b], "refinement")
@@ -136,8 +136,13 @@ def test_several_runs_are_told_apart_by_colour_and_metrics_by_line_style():
     two = run_of("x", [{"step": s, "refine/success_rate": 0.1, "groups/rescued_share": 0.2}
                        for s in (1, 2)])  # fmt: skip
     fig = figure([two, run_of("y", two.rows)], "refinement")
-    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    assert labels == ["refine/success_rate", "groups/rescued_share"]  # the styles' key
+    assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == [
+        "refine/success_rate", "groups/rescued_share"]  # fmt: skip
+    assert all(ax.get_legend() is None for ax in fig.axes)  # the figure's legend of runs
+    (ax,) = figure([two], "refinement").axes  # one run: one axis per quantity
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["refine/success_rate", "groups/rescued_share"]
+    assert ax.get_ylabel() == "share (0-1)"
 
 
 def test_evaluation_is_one_small_multiple_per_benchmark_without_smoothing():
@@ -170,9 +175,11 @@ def test_stage_times_are_stacked_per_run_in_step_order():
     assert [len(ax.collections) for ax in fig.axes] == [2, 3]  # sample, update (+ refine)
     assert fig.axes[0].get_shared_y_axes().joined(fig.axes[0], fig.axes[1])
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert labels == ["sample", "update"]  # the stages, in the order a step runs them
+    assert labels == ["sample", "refine", "update"]  # every run's stages, in a step's order
     tops = fig.axes[1].collections[-1].get_paths()[0].vertices[:, 1]
     assert max(tops) == pytest.approx(0.5 + 0.3 + 0.25)  # stacked: sample + refine + update
+    # one y scale for both, up to the taller stack: cgrpo's is not cut off by grpo's
+    assert fig.axes[0].get_ylim() == fig.axes[1].get_ylim() == pytest.approx((0, 1.05 * 1.05))
 
 
 def test_a_rule_based_critic_has_no_critic_panel_and_the_report_says_why():
@@ -214,6 +221,25 @@ def test_custom_metrics_smoothing_and_errors(tmp_path):
     assert bad.returncode == 2 and "--smooth 3: give a factor from 0" in bad.stderr
     missing = run_cli("report", str(tmp_path / "nowhere"))
     assert missing.returncode == 1 and "no metrics.jsonl" in missing.stderr
+
+
+def test_log_prob_differences_are_drawn_on_a_log_scale():
+    run = run_of("a", [{"step": s, "sampler/logprob_diff_max": 1e-2,
+                        "sampler/logprob_diff_mean": 1e-5} for s in (1, 2, 3)])  # fmt: skip
+    (ax,) = figure([run], "mismatch").axes
+    assert ax.get_yscale() == "log" and ax.get_ylabel() == "log-prob difference (nats)"
+
+
+def test_a_metric_at_zero_throughout_is_left_out_with_the_reason():
+    from cgrpo.report import plan
+
+    run = run_of("a", [{"step": s, "clip/fraction": 0.0, "update/grad_norm": 1.0}
+                       for s in (1, 2)])  # fmt: skip
+    drawn, left = plan([run])
+    assert dict((p.name, m) for p, m in drawn)["update"] == ["update/grad_norm"]
+    assert any(
+        x.startswith("Update health: clip/fraction 0 at every step (nothing was") for x in left
+    )
 
 
 def test_the_evaluation_panel_shows_each_benchmarks_score_not_every_metric():

@@ -1,8 +1,9 @@
 """Drawing the report's figures with matplotlib (Agg backend: no display needed).
 
-Each panel is one figure of small multiples, one axis per quantity (or per benchmark, or
-per run for the stacked seconds), labelled with its unit, with integer step ticks. Colour
-tells runs apart; with one run it tells metrics apart, and with several, line style does.
+Each panel is one figure of small multiples, labelled with units, with integer step
+ticks: for one run, one axis per quantity (its metrics told apart by colour); for several,
+one axis per metric (colour tells the runs apart); evaluation has one axis per benchmark
+and the seconds per stage one per run.
 Per-step curves are smoothed exponentially (the raw values faint behind them), as
 TensorBoard does; evaluations, measured every N steps, are drawn as they are.
 """
@@ -53,11 +54,11 @@ def draw(panel: Panel, metrics: list[str], runs: list[Run], smoothing: float) ->
     if panel.stacked:  # one axis per run, titled by it when there are several
         grid = [Axis(r.name if len(runs) > 1 else "", "seconds", tuple(metrics)) for r in runs]
     else:
-        grid = axes(panel, metrics)
+        grid = axes(panel, metrics, len([r for r in runs if _has_data(r, metrics)]))
     cols = min(3, len(grid))
     rows = math.ceil(len(grid) / cols)
     with plt.rc_context(FONT):
-        fig, flat = plt.subplots(rows, cols, figsize=(WIDTH_IN, ROW_IN * rows + 0.9), dpi=DPI,
+        fig, flat = plt.subplots(rows, cols, figsize=(WIDTH_IN, ROW_IN * rows + 0.8), dpi=DPI,
                                  squeeze=False, sharey=panel.stacked)  # fmt: skip
         cells = list(flat.flat)
         factor = smoothing if panel.smooth else 0.0
@@ -66,12 +67,18 @@ def draw(panel: Panel, metrics: list[str], runs: list[Run], smoothing: float) ->
                 _stack(ax, runs[index], metrics, factor)
             else:
                 _lines(ax, axis, runs, panel, factor)
-            _dress(ax, axis)
+        shown = cells[: len(grid)]
+        for ax, axis in zip(shown, grid, strict=True):
+            _dress(ax, axis, panel, shown if panel.stacked else [ax])
         for ax in cells[len(grid) :]:
             ax.set_visible(False)
-        top = _titles(fig, panel, runs, factor)
-        fig.tight_layout(rect=(0, 0.25 / fig.get_figheight() if factor else 0, 1, 1 - top))
+        top = _titles(fig, panel, [r for r in runs if _has_data(r, metrics)], factor)
+        fig.tight_layout(rect=(0, 0.2 / fig.get_figheight() if factor else 0, 1, 1 - top))
     return fig
+
+
+def _has_data(run: Run, metrics: list[str]) -> bool:
+    return any(run.series(m)[0] for m in metrics)
 
 
 def _lines(ax: Any, axis: Axis, runs: list[Run], panel: Panel, factor: float) -> None:
@@ -94,7 +101,7 @@ def _lines(ax: Any, axis: Axis, runs: list[Run], panel: Panel, factor: float) ->
                 ax.plot(xs, ys, style, color=color, alpha=0.22, linewidth=0.8)
             ax.plot(xs, ema(ys, factor), style, color=color, marker=marker, markersize=4,
                     linewidth=1.8, label=run.name if several else metric)  # fmt: skip
-    if several and len(axis.metrics) > 1:  # which line style is which metric
+    if several and len(axis.metrics) > 1:  # which line style is which metric (held-out eval)
         handles = [Line2D([], [], color="0.3", linestyle=STYLES[j % len(STYLES)], label=m)
                    for j, m in enumerate(axis.metrics)]  # fmt: skip
         ax.legend(handles=handles, loc="best", framealpha=0.8)
@@ -122,20 +129,28 @@ def _stack(ax: Any, run: Run, metrics: list[str], factor: float) -> None:
                      alpha=0.85)  # fmt: skip
 
 
-def _dress(ax: Any, axis: Axis) -> None:
-    """Title, labelled axes, integer step ticks; a non-negative quantity starts at 0 (a
-    curve at 0 throughout sits at the bottom, not mid-axis)."""
+def _dress(ax: Any, axis: Axis, panel: Panel, sharing: list[Any]) -> None:
+    """Title, labelled axes, integer step ticks. A non-negative quantity starts at 0 (a
+    curve at 0 throughout sits at the bottom, not mid-axis), up to the highest value on
+    the axes that share ``ax``'s y scale; log-prob differences span decades: log scale."""
     from matplotlib.ticker import MaxNLocator
 
-    ys = [y for line in ax.get_lines() for y in line.get_ydata()]
-    ys += [y for c in ax.collections for path in c.get_paths() for y in path.vertices[:, 1]]
-    if ys and min(ys) >= 0:
-        ax.set_ylim(bottom=0, top=None if max(ys) > 0 else 1)
+    ys = [y for a in sharing for y in _ys(a)]
+    if panel.log_y and ys and min(ys) > 0:
+        ax.set_yscale("log")
+    elif ys and min(ys) >= 0:
+        ax.set_ylim(0, 1.05 * max(ys) if max(ys) > 0 else 1)
     ax.set_title(axis.title)
     ax.set_xlabel("step")
     ax.set_ylabel(axis.ylabel)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=6, integer=True))
     ax.grid(alpha=0.3)
+
+
+def _ys(ax: Any) -> list[float]:
+    """Every y value drawn on ``ax``: lines and stacked areas."""
+    ys = [float(y) for line in ax.get_lines() for y in line.get_ydata()]
+    return ys + [float(y) for c in ax.collections for p in c.get_paths() for y in p.vertices[:, 1]]
 
 
 def _titles(fig: Any, panel: Panel, runs: list[Run], factor: float) -> float:
@@ -144,13 +159,15 @@ def _titles(fig: Any, panel: Panel, runs: list[Run], factor: float) -> float:
     the share of the figure's height they take at the top."""
     from matplotlib.lines import Line2D
 
-    title = panel.title if len(runs) > 1 else f"{panel.title}: {runs[0].name}"
+    title = panel.title if len(runs) != 1 else f"{panel.title}: {runs[0].name}"
     height = fig.get_figheight()
     fig.suptitle(title, y=1 - 0.08 / height, va="top")
-    top = 0.4 / height
+    top = 0.3 / height
     handles: list[Any] = []
-    if panel.stacked:
-        handles = fig.axes[0].get_legend_handles_labels()[0]
+    if panel.stacked:  # every stage some run has, in a step's order
+        found = {label: h for ax in fig.axes for h, label in zip(*ax.get_legend_handles_labels(),
+                                                                 strict=True)}  # fmt: skip
+        handles = [found[s] for s in sorted(found, key=lambda s: _stage_order(f"time/{s}"))]
     elif len(runs) > 1:
         colors = _colors()
         handles = [Line2D([], [], color=colors[i % len(colors)], linewidth=2.5, label=r.name)
@@ -158,7 +175,7 @@ def _titles(fig: Any, panel: Panel, runs: list[Run], factor: float) -> float:
     if handles:
         fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 1 - top),
                    ncols=min(6, len(handles)), frameon=False)  # fmt: skip
-        top += 0.3 / height
+        top += 0.2 / height
     if factor:
         raw = "" if panel.stacked else "; raw values faint"
         fig.text(0.995, 0.005, f"smoothed: exponential moving average, factor {factor:g}{raw}",

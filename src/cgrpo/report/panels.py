@@ -27,7 +27,9 @@ class Panel:
     per_set: bool = False  # one axis per evaluation set (small multiples)
     smooth: bool = True  # per-step noise; evaluations (every N steps) are drawn as they are
     zero_is_empty: bool = False  # a metric that is 0 at every step has nothing to show
+    zero_why: str = ""  # why it may be 0 throughout
     absent: str = ""  # why a run logs none of these metrics
+    log_y: bool = False  # values spanning decades
 
 
 @dataclass(frozen=True)
@@ -71,12 +73,18 @@ PANELS = (
         ("refine/token_prob_mean", "refine/shaped_weight_mean"),
         absent="no refinement tokens trained on",
     ),
-    Panel("update", "Update health", ("clip/fraction", "kl/mean", "update/grad_norm")),
+    Panel(
+        "update",
+        "Update health",
+        ("clip/fraction", "kl/mean", "update/grad_norm"),
+        zero_is_empty=True,
+        zero_why="nothing was clipped: with one update per rollout the ratio is 1",
+    ),
     Panel(
         "mismatch",
         "Sampler vs trainer log-prob difference",
         ("sampler/logprob_diff_max", "sampler/logprob_diff_mean", "policy/sync_logprob_diff_max"),
-        absent="logged when a separate sampler (vllm) computes log-probs",
+        log_y=True,
     ),
     Panel(
         "critic",
@@ -84,6 +92,7 @@ PANELS = (
         ("critique/cost", "critique/latency_s_mean", "critique/failed"),
         cumulative=("critique/cost",),
         zero_is_empty=True,
+        zero_why="rule-based critiques cost nothing and take no time",
         absent="no critiques (plain GRPO)",
     ),
     Panel("time", "Seconds per stage", ("time/",), stacked=True),
@@ -133,7 +142,9 @@ def plan(
         zero = [m for m in metrics if panel.zero_is_empty and _all_zero(runs, m)]
         if zero:
             metrics = [m for m in metrics if m not in zero]
-            left.append(f"{panel.title}: {', '.join(zero)} 0 at every step{_critic_note(runs)}")
+            left.append(
+                f"{panel.title}: {', '.join(zero)} 0 at every step{_zero_note(panel, runs)}"
+            )
         if metrics:
             drawn.append((panel, metrics))
         elif not zero:
@@ -143,11 +154,13 @@ def plan(
     return drawn, left
 
 
-def _critic_note(runs: list[Run]) -> str:
-    rule = sorted({r.critic for r in runs if r.critic in RULE_BASED_CRITICS})
-    if not rule:
-        return ""
-    return f" (critic {', '.join(rule)}: rule-based, no cost, latency or failures to draw)"
+def _zero_note(panel: Panel, runs: list[Run]) -> str:
+    """Why a metric of ``panel`` may be 0 throughout; for the critic panel, which runs'
+    critics are rule-based."""
+    if panel.name == "critic":
+        rule = sorted({r.critic for r in runs if r.critic in RULE_BASED_CRITICS})
+        return f" (critic {', '.join(rule)}: {panel.zero_why})" if rule else ""
+    return f" ({panel.zero_why})" if panel.zero_why else ""
 
 
 def panels_with_data(
@@ -157,12 +170,19 @@ def panels_with_data(
     return plan(runs, only)[0]
 
 
-def axes(panel: Panel, metrics: list[str]) -> list[Axis]:
-    """The axes of ``panel``: one per evaluation set (``per_set``), else one per quantity
-    (metrics that share a y label share an axis), in the order the metrics come."""
+def axes(panel: Panel, metrics: list[str], runs: int = 1) -> list[Axis]:
+    """The axes of ``panel``: one per evaluation set (``per_set``); else for one run one per
+    quantity (metrics that share a y label share an axis, told apart by colour), and for
+    several runs one per metric (colour is the run's), in the order the metrics come."""
+
+    def group(m: str) -> str:
+        if panel.per_set:
+            return _set_of(m)
+        return m if runs > 1 else metric_info(m).axis
+
     groups: dict[str, list[str]] = {}
     for m in metrics:
-        groups.setdefault(_set_of(m) if panel.per_set else metric_info(m).axis, []).append(m)
+        groups.setdefault(group(m), []).append(m)
     out = []
     for key, members in groups.items():
         ylabel = metric_info(members[0]).axis

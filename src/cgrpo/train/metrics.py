@@ -58,8 +58,11 @@ def rollout_metrics(ro: Rollout) -> dict[str, float]:
             [float(any(r.verdict.correct for r in init if r.group == g)) for g in range(groups)]
         ),
         "groups/all_failed_share": ro.groups_all_failed / max(1, groups),
+        # only where refinements could rescue (plain GRPO has none: not a share of 0)
         "groups/rescued_share": (
-            ro.groups_rescued / ro.groups_all_failed if ro.groups_all_failed else float("nan")
+            ro.groups_rescued / ro.groups_all_failed
+            if ro.groups_all_failed and (refs or ro.refinements_skipped)
+            else float("nan")
         ),
         "refine/generated": float(len(refs)),
         "refine/skipped_too_long": float(ro.refinements_skipped),
