@@ -70,7 +70,7 @@ def test_two_runs_overlay_and_the_summary_matches_the_metrics(tmp_path):
         if line.startswith("| ") and not line.startswith("| metric"):
             metric, statistic, *values = (c.strip() for c in line.strip("|").split("|"))
             cells[metric, statistic] = values  # columns: grpo, cgrpo
-    assert cells["steps", "logged"] == ["4", "3"]  # the half-written line is not a step
+    assert cells["step", "last"] == ["4", "3"]  # the half-written line is not a step
     assert float(cells["reward/initial_mean", "final"][1]) == pytest.approx(0.2 + 0.3)
     assert float(cells["refine/success_rate", "best (max)"][1]) == pytest.approx(0.6)
     assert cells["refine/success_rate", "final"][0] == "-"  # GRPO has no refinements

@@ -43,11 +43,11 @@ def _value(statistic: str, ys: list[float]) -> float | None:
 
 
 def summary(runs: list[Run], keys: tuple[str, ...] = SUMMARY_KEYS) -> list[dict[str, object]]:
-    """Rows of ``{"metric", "statistic", <run name>: value}``: first the steps each run
-    logged, then each key some run logged, one row per statistic."""
-    table: list[dict[str, object]] = [
-        {"metric": "steps", "statistic": "logged", **{r.name: len(r.rows) for r in runs}}
-    ]
+    """Rows of ``{"metric", "statistic", <run name>: value}``: first each run's last step
+    (a step-0 evaluation is not a step), then each key some run logged, one row per
+    statistic."""
+    last = {r.name: max((int(row["step"]) for row in r.rows), default=0) for r in runs}
+    table: list[dict[str, object]] = [{"metric": "step", "statistic": "last", **last}]
     for key in keys:
         values = {r.name: r.series(key)[1] for r in runs}
         if not any(values.values()):
