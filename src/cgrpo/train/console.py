@@ -148,7 +148,7 @@ class Console:
 
     def _numbers(self, metrics: dict[str, float]) -> str:
         parts = [f"{short} {fmt.format(metrics[k])}" for k, short, fmt in self.KEYS if k in metrics]
-        if "critique/cost" in metrics or self.spent_usd:
+        if self.spent_usd or self.budget_usd:  # a rule-based critic costs nothing: no $0
             parts.append(f"critic ${self.spent_usd:.4f}")
         return "  ".join(parts)
 
