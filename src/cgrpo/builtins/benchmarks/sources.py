@@ -153,7 +153,7 @@ class Source:
             f"benchmark {self.benchmark}: {self.dataset} ({self.subset or 'default'} subset, "
             f"split {self.split}) could not be loaded from the hub"
         )
-        fix = (f"; download it where the hub is reachable and set the benchmark's path "
+        fix = (f"; download it where the hub is reachable and set the benchmark's path=... "
                f"(cgrpo eval: --benchmarks {self.benchmark}=PATH)")  # fmt: skip
         try:
             import datasets
