@@ -10,6 +10,7 @@ TensorBoard does; evaluations, measured every N steps, are drawn as they are.
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import Any
@@ -92,14 +93,15 @@ def _lines(ax: Any, axis: Axis, runs: list[Run], panel: Panel, factor: float) ->
             xs, ys = run.series(metric)
             if not xs:
                 continue
-            if metric in panel.cumulative:
-                ys = [sum(ys[: k + 1]) for k in range(len(ys))]
+            smoothing = factor
+            if metric in panel.cumulative:  # a running sum has no noise to smooth
+                ys, smoothing = list(itertools.accumulate(ys)), 0.0
             color = colors[(i if several else j) % len(colors)]
             style = STYLES[j % len(STYLES)] if several else "-"
             marker = "o" if len(xs) < 3 or not panel.smooth else None
-            if factor:
+            if smoothing:
                 ax.plot(xs, ys, style, color=color, alpha=0.22, linewidth=0.8)
-            ax.plot(xs, ema(ys, factor), style, color=color, marker=marker, markersize=4,
+            ax.plot(xs, ema(ys, smoothing), style, color=color, marker=marker, markersize=4,
                     linewidth=1.8, label=run.name if several else metric)  # fmt: skip
     if several and len(axis.metrics) > 1:  # which line style is which metric (held-out eval)
         handles = [Line2D([], [], color="0.3", linestyle=STYLES[j % len(STYLES)], label=m)
