@@ -63,7 +63,7 @@ def test_two_runs_overlay_and_the_summary_matches_the_metrics(tmp_path):
     names = {p.stem for p in rep.glob("*.png")}
     # panels with data only: no eval, entropy, shaping, mismatch figures
     assert names == {"reward", "refinement", "zero_advantage", "critic", "time"}
-    assert "not drawn: Evaluation: no run logged eval/... (no evaluation" in out.stdout
+    assert "not drawn: Evaluation: no run logged eval/... (evaluation is off" in out.stdout
     md = (rep / "report.md").read_text()
     cells = {}
     for line in md.splitlines():

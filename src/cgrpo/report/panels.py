@@ -47,7 +47,7 @@ PANELS = (
         "refinement",
         "Refinement success and rescued all-failed groups",
         ("refine/success_rate", "groups/rescued_share", "groups/all_failed_share"),
-        absent="no refinements (algorithm.refinements_per_prompt: 0, plain GRPO)",
+        absent="plain GRPO refines nothing: algorithm.refinements_per_prompt: 0",
     ),
     Panel(
         "zero_advantage", "Share of groups with zero advantage", ("advantage/zero_groups_share",)
@@ -60,7 +60,7 @@ PANELS = (
         headline="/score",
         per_set=True,
         smooth=False,
-        absent="no evaluation (eval.every: 0)",
+        absent="evaluation is off: eval.every: 0",
     ),
     Panel(
         "entropy",
@@ -71,7 +71,7 @@ PANELS = (
         "shaping",
         "Refinement-token probability and shaped weight",
         ("refine/token_prob_mean", "refine/shaped_weight_mean"),
-        absent="no refinement tokens trained on",
+        absent="no refinement tokens were trained on",
     ),
     Panel(
         "update",
@@ -93,7 +93,7 @@ PANELS = (
         cumulative=("critique/cost",),
         zero_is_empty=True,
         zero_why="rule-based critiques cost nothing and take no time",
-        absent="no critiques (plain GRPO)",
+        absent="nothing was critiqued: plain GRPO",
     ),
     Panel("time", "Seconds per stage", ("time/",), stacked=True),
 )
