@@ -16,6 +16,7 @@ their hash; the sampling settings), ``eval.md`` (a table like the paper's) and
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -183,10 +184,11 @@ def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
         caption="scores and cut in %, length in tokens; eval.json has every number",
     )
     for i, name in enumerate(header):
-        table.add_column(name, justify="left" if i == 0 else "right", no_wrap=i == 0)
+        table.add_column(name, justify="left" if i == 0 else "right", no_wrap=True)
     for row in rows:
         table.add_row(*row)
-    Console().print(table)
+    # piped or redirected: the table at its own width, not cut to 80 columns (rich's default)
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
 def run_compare(a: str, b: str, out: str | None) -> int:
