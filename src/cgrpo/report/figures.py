@@ -52,10 +52,11 @@ def ema(values: list[float], factor: float) -> list[float]:
 def draw(panel: Panel, metrics: list[str], runs: list[Run], smoothing: float) -> Any:
     """The figure of ``panel`` (a matplotlib Figure; the caller saves and closes it)."""
     plt = pyplot()
+    present = [r for r in runs if _has_data(r, metrics)]
     if panel.stacked:  # one axis per run, titled by it when there are several
-        grid = [Axis(r.name if len(runs) > 1 else "", "seconds", tuple(metrics)) for r in runs]
+        grid = [Axis(r.name if len(runs) > 1 else "", "seconds", tuple(metrics)) for r in present]
     else:
-        grid = axes(panel, metrics, len([r for r in runs if _has_data(r, metrics)]))
+        grid = axes(panel, metrics, len(present))
     cols = min(3, len(grid))
     rows = math.ceil(len(grid) / cols)
     with plt.rc_context(FONT):
@@ -65,7 +66,7 @@ def draw(panel: Panel, metrics: list[str], runs: list[Run], smoothing: float) ->
         factor = smoothing if panel.smooth else 0.0
         for index, (ax, axis) in enumerate(zip(cells, grid, strict=False)):
             if panel.stacked:
-                _stack(ax, runs[index], metrics, factor)
+                _stack(ax, present[index], metrics, factor)
             else:
                 _lines(ax, axis, runs, panel, factor)
         shown = cells[: len(grid)]
@@ -73,7 +74,7 @@ def draw(panel: Panel, metrics: list[str], runs: list[Run], smoothing: float) ->
             _dress(ax, axis, panel, shown if panel.stacked else [ax])
         for ax in cells[len(grid) :]:
             ax.set_visible(False)
-        top = _titles(fig, panel, [r for r in runs if _has_data(r, metrics)], factor)
+        top = _titles(fig, panel, present, factor)
         fig.tight_layout(rect=(0, 0.2 / fig.get_figheight() if factor else 0, 1, 1 - top))
     return fig
 
