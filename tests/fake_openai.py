@@ -20,6 +20,7 @@ Kinds of endpoint (attributes, set before or between requests):
   ``api-key`` header; Azure's 401 and 404 bodies otherwise.
 
 Per-request behaviours (``script``, then ``default``): ``ok``, ``slow`` (0.3 s then ok),
+``slow_500`` (0.3 s then 500),
 ``hang`` (sleeps ``hang_s``), ``429`` (Retry-After: 0), ``500``, ``400``, ``401``,
 ``malformed`` (200 with a body that is not JSON), ``empty`` (200 with no choices),
 ``length`` (the content cut, finish_reason "length"), ``whitespace`` (content of
@@ -195,9 +196,9 @@ class FakeOpenAI:
         return msg, finish, tokens
 
     def respond(self, handler: BaseHTTPRequestHandler, behaviour: str, body: dict) -> None:
-        if behaviour == "slow":
+        if behaviour in ("slow", "slow_500"):
             time.sleep(0.3)
-            behaviour = "ok"
+            behaviour = "ok" if behaviour == "slow" else "500"
         if behaviour == "hang":
             time.sleep(self.hang_s)
             behaviour = "ok"

@@ -93,19 +93,23 @@ def test_reasoning_effort_is_sent_and_keys_the_cache(make_critic, server):
         ),
         # a 400 about something else changes nothing
         ("max_tokens", {"message": "'messages' must be a list", "param": "messages"}, None),
+        # nor a bad value of the parameter (vLLM names it in "param" too)
+        ("max_tokens", {"message": "max_tokens must be at least 1", "param": "max_tokens"}, None),
     ],
 )
 def test_a_refusal_switches_the_limit_parameter_once(sent, error, changed):
     options = OpenAICritic.Options(model="m", api_key_env=None, token_limit_param="auto")
     shape = RequestShape(options, "compatible")
     shape.limit_param = sent
-    exc = SimpleNamespace(message=error["message"], param=error.get("param"))
-    said = shape.adapt(exc)
+    exc = SimpleNamespace(message=error["message"], param=error.get("param"),
+                          code=error.get("code"))  # fmt: skip
+    said = shape.adapt(exc, shape.params(64))
     assert (said is not None) == (changed is not None)
     assert shape.limit_param == (changed or sent)
     if changed:  # the other one refused too: final, with the reason
-        exc = SimpleNamespace(message=f"Unsupported parameter: '{changed}'", param=changed)
-        assert shape.adapt(exc) is None
+        exc = SimpleNamespace(message=f"Unsupported parameter: '{changed}'", param=changed,
+                              code="unsupported_parameter")  # fmt: skip
+        assert shape.adapt(exc, shape.params(64)) is None
         assert "refused both" in shape.hint(exc)
 
 
@@ -113,10 +117,12 @@ def test_temperature_refusal_drops_it_once():
     options = OpenAICritic.Options(model="o3", api_key_env=None)
     shape = RequestShape(options, "openai")
     body = temperature_refused(0.0)
-    exc = SimpleNamespace(message=body["message"], param=body["param"])
-    assert "only its default temperature" in shape.adapt(exc)
+    exc = SimpleNamespace(message=body["message"], param=body["param"], code=body["code"])
+    sent = shape.params(64)
+    assert "only its default temperature" in shape.adapt(exc, sent)
     assert "temperature" not in shape.params(64)
-    assert shape.adapt(exc) is None  # a second refusal is final
+    # a request sent with it before the change: sent again, the change not said again
+    assert shape.adapt(exc, sent) == ""
 
 
 def test_an_endpoint_that_ignores_the_limit_is_named(make_critic, server, caplog):
@@ -171,3 +177,14 @@ def test_azure_url_forms_are_checked_with_the_recipe():
     name, kwargs = client_spec("https://res.cognitiveservices.azure.com/", "2025-04-01", "k", 5)
     assert name == "AsyncAzureOpenAI"
     assert kwargs["azure_endpoint"] == "https://res.cognitiveservices.azure.com"
+
+
+def test_requests_go_out_together_after_a_first_request_that_failed(make_critic, server):
+    """Only the first request goes alone (to learn the request shape): one that fails for
+    another reason (here a server error after 0.3 s) does not keep the others one at a
+    time (an outage at the start would otherwise cost every request's retries in turn)."""
+    server.default = "slow_500"
+    critic = make_critic(max_retries=0, concurrency=8, cache=False)
+    out = critic.critique([request(response=f"r{i}") for i in range(8)])
+    assert all(c.fallback and "server error 500" in c.error for c in out)
+    assert server.max_in_flight >= 2  # the 7 after the first were in flight together

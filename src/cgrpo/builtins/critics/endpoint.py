@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 AZURE_HOSTS = (".openai.azure.com", ".cognitiveservices.azure.com", ".services.ai.azure.com")
+UNSUPPORTED_CODES = ("unsupported_parameter", "unsupported_value")
 OTHER_LIMIT = {"max_tokens": "max_completion_tokens", "max_completion_tokens": "max_tokens"}
 _REFUSED = re.compile(
     r"unsupported|not supported|unrecognized|unknown|does not support|not allowed|"
@@ -97,20 +98,24 @@ def make_client(base_url: str | None, api_version: str | None, key: str, timeout
 
 
 def _names(exc: Any, param: str) -> bool:
-    """Whether a 400 refuses ``param``: its ``param`` field, or else its message."""
+    """Whether a 400 refuses ``param`` as unsupported (not merely a bad value of it, such
+    as a limit over the context): named in its ``param`` field, or else in its message,
+    and refused in OpenAI's codes or in words."""
+    message = str(getattr(exc, "message", "") or exc)
+    refused = getattr(exc, "code", None) in UNSUPPORTED_CODES or bool(_REFUSED.search(message))
     named = getattr(exc, "param", None)
     if named:
-        return named == param
-    message = str(getattr(exc, "message", "") or exc)
-    return bool(re.search(rf"(?<![\w]){param}(?![\w])", message) and _REFUSED.search(message))
+        return named == param and refused
+    return refused and bool(re.search(rf"(?<![\w]){param}(?![\w])", message))
 
 
 class RequestShape:
     """The parameters every request carries, adapted once to what the endpoint accepts.
 
-    ``confirmed`` turns true at the first answer the endpoint accepted: until then the
-    critic sends one request at a time, so a shape the endpoint refuses costs one refused
-    request, not one per request in flight."""
+    ``confirmed`` turns true once a first request has settled: until then the critic
+    sends one request at a time, so a shape the endpoint refuses costs one refused
+    request, not one per request in flight. A refusal that reaches several requests in
+    flight anyway changes the shape once; the others are sent again in it."""
 
     def __init__(self, options: Any, kind: str):
         self.options = options
@@ -133,24 +138,32 @@ class RequestShape:
             out["reasoning_effort"] = self.options.reasoning_effort
         return out
 
-    def adapt(self, exc: Any) -> str | None:
-        """Change the shape as a 400 asks and say how, or None when it is final."""
+    def adapt(self, exc: Any, sent: dict[str, Any]) -> str | None:
+        """Change the shape as a 400 to a request sent with ``sent`` asks: how (a line for
+        the log; "" when another request already made that change), or None when the
+        refusal is final."""
         model = self.options.model
-        if self.send_temperature and _names(exc, "temperature"):
+        if "temperature" in sent and _names(exc, "temperature"):
+            if not self.send_temperature:
+                return ""
             self.send_temperature = False
             return (
                 f"{model} accepts only its default temperature; sending none from now on "
                 f"(critic.options.temperature {self.options.temperature} is not used)"
             )
-        if self.auto and not self.switched_limit and _names(exc, self.limit_param):
-            old, self.limit_param = self.limit_param, OTHER_LIMIT[self.limit_param]
-            self.switched_limit = True
-            return (
-                f"the endpoint refused {old} for {model}; sending the token limit as "
-                f"{self.limit_param} from now on (set critic.options.token_limit_param: "
-                f"{self.limit_param} to skip this)"
-            )
-        return None
+        limit = next(p for p in OTHER_LIMIT if p in sent)
+        if not (self.auto and _names(exc, limit)):
+            return None
+        if limit != self.limit_param:
+            return ""
+        if self.switched_limit:
+            return None
+        self.limit_param, self.switched_limit = OTHER_LIMIT[limit], True
+        return (
+            f"the endpoint refused {limit} for {model}; sending the token limit as "
+            f"{self.limit_param} from now on (set critic.options.token_limit_param: "
+            f"{self.limit_param} to skip this)"
+        )
 
     def hint(self, exc: Any) -> str:
         """A fix for a final 400 that names one of the parameters the recipe controls."""

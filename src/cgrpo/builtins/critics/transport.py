@@ -67,9 +67,10 @@ class Requester:
             assert self._probe_lock is not None
             async with self._probe_lock:
                 if not self.shape.confirmed:
-                    reply = await self._with_retries(messages, limit)
-                    self.shape.confirmed = True
-                    return reply
+                    try:
+                        return await self._with_retries(messages, limit)
+                    finally:  # answered or failed for another reason: the shape is known
+                        self.shape.confirmed = True
         return await self._with_retries(messages, limit)
 
     async def _wait_for_rate(self) -> None:
@@ -111,9 +112,10 @@ class Requester:
         import openai
 
         o = self.options
+        sent = self.shape.params(limit)
         try:
             resp = await self._client.chat.completions.create(
-                model=o.model, messages=messages, timeout=o.timeout_s, **self.shape.params(limit)
+                model=o.model, messages=messages, timeout=o.timeout_s, **sent
             )
         except openai.RateLimitError as exc:
             raise Retryable(f"rate limited by {o.model} (429)", _retry_after(exc)) from exc
@@ -128,11 +130,12 @@ class Requester:
                 f"{o.model}: authentication failed (401); check the key in {o.api_key_env}"
             ) from exc
         except openai.BadRequestError as exc:
-            change = self.shape.adapt(exc)
+            change = self.shape.adapt(exc, sent)
             if change is None:
                 raise Fatal(f"{o.model}: request rejected (400): {exc.message}"
                             f"{self.shape.hint(exc)}") from exc  # fmt: skip
-            self.say(change, f"critic openai: {change}")
+            if change:
+                self.say(change, f"critic openai: {change}")
             raise _Reshaped() from exc
         except openai.APIStatusError as exc:
             raise Fatal(f"{o.model}: request rejected ({exc.status_code}): {exc.message}") from exc
