@@ -74,25 +74,28 @@ class OpenAICriticOptions(CoTOptions):
 
     @model_validator(mode="after")
     def _consistent(self) -> OpenAICriticOptions:
+        """Every problem at once (one recipe edit fixes them all)."""
+        problems = []
         if (
             self.budget_usd is not None
             and self.input_price_per_million == 0
             and self.output_price_per_million == 0
         ):
-            raise ValueError(
+            problems.append(
                 "budget_usd is set but input_price_per_million and output_price_per_million "
                 "are both 0, so nothing would ever count against it; set the model's prices "
                 "(USD per million tokens) or remove budget_usd"
             )
-        if self.truncated_retry_tokens is not None and self.truncated_retry_tokens <= (
-            self.max_tokens
-        ):
-            raise ValueError(
-                f"truncated_retry_tokens ({self.truncated_retry_tokens}) must be larger than "
-                f"max_tokens ({self.max_tokens}): the second request would be cut the same "
-                "way; raise it or remove it"
+        retry = self.truncated_retry_tokens
+        if retry is not None and retry <= self.max_tokens:
+            problems.append(
+                f"truncated_retry_tokens ({retry}) must be larger than max_tokens "
+                f"({self.max_tokens}): the second request would be cut the same way; raise "
+                "it or remove it"
             )
-        problem = endpoint_problem(self.base_url, self.api_version)
-        if problem:
-            raise ValueError(problem)
+        endpoint = endpoint_problem(self.base_url, self.api_version)
+        if endpoint:
+            problems.append(endpoint)
+        if problems:
+            raise ValueError("; and ".join(problems))
         return self
