@@ -4,8 +4,10 @@ Inputs are either lines of a run's ``samples.jsonl`` (``--samples``) or problems
 recipe's task, each paired once with its reference solution (a response the verifier
 should accept) and once with another problem's solution (one it should reject). Prints
 each sample's question, response and critique with the verifier's and the critic's
-verdicts, latency, tokens and cost, then totals. Exits 1 when every critique failed (the
-critic is misconfigured: a run would train on fallback critiques only).
+verdicts, latency, tokens and cost, then totals: failed critiques by reason (empty, cut
+at the token limit, refused, thinking only, request errors) and, for the API critic, its
+reasoning tokens. Exits 1 when every critique failed (the critic is misconfigured: a run
+would train on fallback critiques only).
 """
 
 from __future__ import annotations
@@ -109,6 +111,8 @@ def run_critique(recipe_path: str, overrides: list[str], samples: str | None, n:
     }
     console.print("totals: " + "  ".join(f"{k} {v}" for k, v in summary.items()), markup=False)
     _warn_of_empty(critiques, recipe.critic.name)
+    for line in _details(failed, getattr(critic, "telemetry", None)):
+        console.print(line, markup=False)
     close = getattr(critic, "close", None)
     if callable(close):
         close()
@@ -131,6 +135,26 @@ def _warn_of_empty(critiques: list[Any], critic: str) -> None:
               f"(critic {critic}); a run would refine from the template alone. Check the "
               "critic's max_tokens and prompt, or warm the model up first",
               file=sys.stderr)  # fmt: skip
+
+
+def _details(failed: list[Any], telemetry: Any) -> list[str]:
+    """Why critiques failed, by kind, and what the API critic saw of the reasoning."""
+    from collections import Counter
+
+    from cgrpo.builtins.critics.replies import failure_kind
+
+    lines = []
+    if failed:
+        kinds = Counter(failure_kind(c.error or "") for c in failed)
+        lines.append("failed by reason: " + "  ".join(f"{k} {n}" for k, n in kinds.items()))
+    totals = telemetry() if callable(telemetry) else {}
+    if "reasoning_tokens_total" in totals:
+        lines.append(  # reasoning tokens are billed as completion tokens
+            f"reasoning_tokens {totals['reasoning_tokens_total']:.0f}  think_stripped "
+            f"{totals['think_stripped_total']:.0f}  separate_reasoning "
+            f"{totals['separate_reasoning_total']:.0f}"
+        )
+    return lines
 
 
 def _show(console: Any, i: int, total: int, req: CritiqueRequest, c: Any, shown: str) -> None:
