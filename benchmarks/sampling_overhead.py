@@ -10,7 +10,8 @@ A 2-layer model is built in code (Qwen2, hidden ``--hidden``, the test tokenizer
   new tokens each at temperature 1 (no row can stop early: the end-of-sequence id is one the
   model never emits), unseeded and seeded (``run.reproducible_sampling``);
 * bare forward: the same prefill and ``--tokens - 1`` decode forwards of the same model
-  with the same cache and attention mask, the next token an argmax, nothing else.
+  with the same cache and attention mask (handed over as a ready 4D mask, the cheapest
+  way to call the model), the next token an argmax, nothing else.
 
 Each side's time is divided by ``--tokens``: the time per decode step. The ratio
 sampler / bare is the framework's overhead per step (sampling, log-prob recording, stop
@@ -35,7 +36,7 @@ def build(args):
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from cgrpo.model.attention import use_cpu_gqa
+    from cgrpo.model.attention import use_cgrpo_sdpa
 
     config = Qwen2Config(
         vocab_size=args.vocab,
@@ -53,11 +54,11 @@ def build(args):
     )
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(config).to(args.device).eval()
-    use_cpu_gqa(model)
+    use_cgrpo_sdpa(model)
     return model
 
 
-def policy_for(model, device: str):
+def policy_for(model, device: str, decode: str = "auto"):
     """The hf backend on ``model`` with an end-of-sequence id the model never emits."""
     from cgrpo.builtins.policies.hf import HFPolicy
     from cgrpo.interfaces import BuildContext
@@ -68,7 +69,7 @@ def policy_for(model, device: str):
     ctx = BuildContext(
         model=model, tokenizer=build_tokenizer(), precision=Precision.from_recipe(dtype, device)
     )
-    policy = HFPolicy(HFPolicy.Options(generation_batch_size=1024), ctx)
+    policy = HFPolicy(HFPolicy.Options(generation_batch_size=1024, decode=decode), ctx)
     policy.eos_ids = [model.config.vocab_size + 7]  # out of the vocabulary: never sampled
     return policy
 
@@ -97,7 +98,8 @@ def bare_decode(model, prompts, tokens: int, precision) -> None:
         for _ in range(tokens - 1):
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
             pos = pos + 1
-            out = model(input_ids=nxt, attention_mask=mask, position_ids=pos,
+            ready = mask[:, None, None, :].bool()  # the cheapest mask: no mask building
+            out = model(input_ids=nxt, attention_mask=ready, position_ids=pos,
                         past_key_values=cache, use_cache=True, logits_to_keep=1)  # fmt: skip
             nxt = out.logits[:, -1].argmax(-1, keepdim=True)
         nxt.cpu()
@@ -143,6 +145,7 @@ def measure(model, policy, batch: int, args) -> dict:
         step_s=med["sampler"],
         forward_s=med["forward"],
         ratio=med["sampler"] / med["forward"],
+        decode="eager" if policy.compiled is None else "compiled",
         seeded_step_s=med["seeded"],
         seeded_ratio=med["seeded"] / med["forward"],
     )
@@ -158,12 +161,14 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=128)
     p.add_argument("--vocab", type=int, default=384)
     p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--decode", choices=["auto", "compiled", "eager"], default="auto",
+                   help="the hf backend's decode option (auto: compiled on CUDA)")  # fmt: skip
     p.add_argument("--json", help="write one record per batch size here")
     args = p.parse_args()
     if args.device == "cpu":
         torch.set_num_threads(1)
     model = build(args)
-    policy = policy_for(model, args.device)
+    policy = policy_for(model, args.device, args.decode)
     unit = "wall ms" if args.device == "cuda" else "CPU-ms"
     print(f"2-layer Qwen2, hidden {args.hidden}, vocabulary {args.vocab}, {args.tokens} new "
           f"tokens; {unit} per decode step, median of {args.reps}")  # fmt: skip
