@@ -97,38 +97,29 @@ def build_model(args):
     )
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(config)
-    from cgrpo.model.attention import use_cpu_gqa
+    from cgrpo.model.attention import use_cgrpo_sdpa
 
-    use_cpu_gqa(model)  # what model loading does on CPU
+    use_cgrpo_sdpa(model)  # what model loading does on CPU
     return model
 
 
 def settings_for(kind: str, args):
-    """UpdateSettings of one side; None for 'packed' on a cgrpo without packing."""
-    from dataclasses import fields
-
+    """UpdateSettings of one side."""
     from cgrpo.algo.loss import LossConfig
     from cgrpo.model.precision import FULL, Precision
     from cgrpo.train.update import UpdateSettings
 
     precision = Precision.from_recipe("bfloat16", "cuda") if args.device == "cuda" else FULL
     extra = {}
+    if kind == "bucketed":  # padded, rows of similar length up to the same token budget
+        extra = dict(micro_batch_size=args.rows, max_tokens_per_micro_batch=args.budget)
     if kind == "packed":
-        if "micro_batch_tokens" not in {f.name for f in fields(UpdateSettings)}:
-            return None
-        extra["micro_batch_tokens"] = args.budget
+        extra = dict(micro_batch_tokens=args.budget)
     loss = LossConfig(
         entropy_coef=0.001, normalizer=float(max(lengths(args.rows, args.median, args.tail)))
     )
-    return UpdateSettings(
-        updates_per_step=1,
-        micro_batch_size=8,
-        temperature=1.0,
-        loss=loss,
-        grad_clip=1.0,
-        precision=precision,
-        **extra,
-    )
+    base = dict(micro_batch_size=8, temperature=1.0, loss=loss, grad_clip=1.0)
+    return UpdateSettings(updates_per_step=1, precision=precision, **{**base, **extra})
 
 
 class GradRecorder:
@@ -160,21 +151,6 @@ def compare(model, rows, sides: dict) -> tuple[float, float]:
     (la, ga), (lb, gb) = got["padded"], got["packed"]
     grad = max(float((a - b).abs().max()) for a, b in zip(ga, gb, strict=True))
     return abs(la - lb), grad
-
-
-def padded_utilization(rows) -> float:
-    """Real tokens over rows x (longest prompt + longest response) of each padded
-    micro-batch (for a cgrpo that does not log ``update/token_utilization``)."""
-    from cgrpo.algo.mixing import pack_micro_batches
-
-    plan = pack_micro_batches([(len(r.prompt_ids), len(r.response_ids)) for r in rows], 8)
-    real = sum(len(r.prompt_ids) + len(r.response_ids) for r in rows)
-    padded = sum(
-        len(idx)
-        * (max(len(rows[i].prompt_ids) for i in idx) + max(len(rows[i].response_ids) for i in idx))
-        for idx in plan
-    )
-    return real / padded
 
 
 def clock(device: str):
@@ -214,9 +190,8 @@ def main() -> None:
     vocab = model.config.vocab_size
     rows = update_rows(args, vocab)
     real = sum(len(r.prompt_ids) + len(r.response_ids) for r in rows)
-    sides = {k: settings_for(k, args) for k in ("padded", "packed")}
-    sides = {k: s for k, s in sides.items() if s is not None}
-    diffs = compare(model, rows, sides) if len(sides) == 2 else (None, None)
+    sides = {k: settings_for(k, args) for k in ("padded", "bucketed", "packed")}
+    diffs = compare(model, rows, {k: sides[k] for k in ("padded", "packed")})
     from cgrpo.config.schema import OptimConfig
 
     opt, _ = make_optimizer(model, OptimConfig(lr=1e-6), total_updates=100)
@@ -230,7 +205,7 @@ def main() -> None:
             started, wall = now(), time.perf_counter()
             metrics = update_policy(model, opt, None, rows, sides[kind], pad_id=0)
             spent[kind].append(now() - started)
-            util[kind] = metrics.get("update/token_utilization", padded_utilization(rows))
+            util[kind] = metrics["update/token_utilization"]
             print(f"  {kind:6s} rep {rep}: {spent[kind][-1]:.2f} s "
                   f"(wall {time.perf_counter() - wall:.2f} s)", flush=True)  # fmt: skip
     rate = {k: real / statistics.median(v) for k, v in spent.items()}
@@ -241,9 +216,8 @@ def main() -> None:
     for kind in sides:
         print(f"  {kind:6s}: {statistics.median(spent[kind]):.2f} s, {rate[kind]:,.0f} real "
               f"tokens/s, utilisation {util[kind]:.1%}")  # fmt: skip
-    if len(sides) == 2:
-        print(f"  packed / padded: {rate['packed'] / rate['padded']:.2f}x; max |loss diff| "
-              f"{diffs[0]:.2e}, max |grad diff| {diffs[1]:.2e}")  # fmt: skip
+    print(f"  packed / padded: {rate['packed'] / rate['padded']:.2f}x; max |loss diff| "
+          f"{diffs[0]:.2e}, max |grad diff| {diffs[1]:.2e}")  # fmt: skip
     if args.json:
         record = dict(
             device=args.device,
@@ -251,6 +225,8 @@ def main() -> None:
             packed_tokens_per_s=rate.get("packed"),
             utilization=util.get("packed"),
             padded_utilization=util.get("padded"),
+            bucketed_tokens_per_s=rate.get("bucketed"),
+            bucketed_utilization=util.get("bucketed"),
             max_abs_loss_diff=diffs[0],
             max_abs_grad_diff=diffs[1],
         )

@@ -345,7 +345,9 @@ def cross_issues(r: Recipe) -> list[ConfigIssue]:
         )
     else:
         rows = a.prompts_per_step // a.updates_per_step * n
-        if a.micro_batch_size > rows or rows % a.micro_batch_size:
+        if a.micro_batch_tokens is None and (
+            a.micro_batch_size > rows or rows % a.micro_batch_size
+        ):
             ok = [d for d in range(1, rows + 1) if rows % d == 0]
             out.append(
                 ConfigIssue(
@@ -483,6 +485,7 @@ def cross_issues(r: Recipe) -> list[ConfigIssue]:
             )
         )
     out += _creation_issues(r)
+    out += _throughput_issues(r)
     path = r.model.path
     local = path.startswith((".", "/", "~")) or Path(path).exists()
     if local and r.model.create is None and not Path(path).expanduser().is_dir():
@@ -491,6 +494,33 @@ def cross_issues(r: Recipe) -> list[ConfigIssue]:
                 "model.path",
                 f"directory not found: {path}",
                 "fix the path, or add model.create to build a tiny model there",
+            )
+        )
+    return out
+
+
+def _throughput_issues(r: Recipe) -> list[ConfigIssue]:
+    """Packed micro-batches must hold the longest sequence; the hf backend's compiled
+    CUDA-graph decode needs CUDA."""
+    out = []
+    tokens = r.algorithm.micro_batch_tokens
+    if tokens is not None and tokens < r.model.max_length:
+        out.append(
+            ConfigIssue(
+                "algorithm.micro_batch_tokens",
+                f"{tokens} is less than model.max_length {r.model.max_length}: the longest "
+                "sequence would not fit a micro-batch of its own",
+                f"set it to at least {r.model.max_length}",
+            )
+        )
+    options = r.policy.options or {}
+    if r.policy.name == "hf" and options.get("decode") == "compiled" and r.model.device == "cpu":
+        out.append(
+            ConfigIssue(
+                "policy.options.decode",
+                "'compiled' captures the decode step in CUDA graphs, which needs CUDA, but "
+                "model.device is cpu",
+                "remove it (auto: compiled on CUDA, eager on CPU), or set it to eager",
             )
         )
     return out

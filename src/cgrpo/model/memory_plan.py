@@ -178,6 +178,7 @@ class Setup:
     sample_len: int
     vllm_fraction: float
     vllm_sleep: int
+    packed: bool = False  # algorithm.micro_batch_tokens is set
 
     @classmethod
     def from_recipe(cls, recipe: Any, gpus: int) -> Setup:
@@ -185,6 +186,8 @@ class Setup:
         tokens = a.micro_batch_size * m.max_length
         if a.max_tokens_per_micro_batch is not None:
             tokens = min(tokens, a.max_tokens_per_micro_batch)
+        if a.micro_batch_tokens is not None:  # packed: no padding, at most this many
+            tokens = a.micro_batch_tokens
         # a dict: defaults filled by validation, or raw (partial_recipe); the fallbacks
         # are the hf / vllm backends' defaults, also assumed for a plugin backend
         opts = recipe.policy.options or {}
@@ -203,6 +206,7 @@ class Setup:
             sample_len=m.max_length,
             vllm_fraction=float(opts.get("gpu_memory_utilization", 0.5)),
             vllm_sleep=int(opts.get("sleep_level", 1)),
+            packed=a.micro_batch_tokens is not None,
         )
 
 
@@ -308,9 +312,9 @@ def fixes(shape: ModelShape, s: Setup, gpu_memory: float) -> list[str]:
         candidates.append(("model.gradient_checkpointing=true", replace(s, checkpointing=True)))
     for tokens in (16384, 8192, 4096, 2048):
         if tokens < s.micro_tokens and tokens >= s.sample_len:
-            candidates.append(
-                (f"algorithm.max_tokens_per_micro_batch={tokens}", replace(s, micro_tokens=tokens))
-            )
+            # the token cap of whichever micro-batching the recipe uses (both bound tokens)
+            setting = "micro_batch_tokens" if s.packed else "max_tokens_per_micro_batch"
+            candidates.append((f"algorithm.{setting}={tokens}", replace(s, micro_tokens=tokens)))
     if s.backend == "vllm":
         if s.vllm_sleep == 0:
             candidates.append(("policy.options.sleep_level=1", replace(s, vllm_sleep=1)))
