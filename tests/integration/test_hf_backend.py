@@ -151,6 +151,24 @@ def test_static_cache_decode_equals_the_growing_cache(tiny):
     assert torch.allclose(grow.logprobs, fixed.logprobs, atol=1e-5)
 
 
+def test_the_decode_step_traces_into_one_graph_over_the_static_cache(tiny):
+    """What ``decode: compiled`` hands to torch.compile on CUDA, traced here by dynamo alone
+    (backend "eager", fullgraph: any graph break raises): the step over a static cache has
+    no graph break (none would be captured whole in a CUDA graph otherwise) and decodes the
+    same tokens as the eager loop."""
+    from cgrpo.builtins.policies.decode import eager_forward
+
+    model, tok = tiny
+    ids, mask = left_pad(prompts(tok), tok.pad_token_id)
+    step = torch.compile(eager_forward(model), backend="eager", fullgraph=True, dynamic=False)
+    with torch.inference_mode():
+        cache = static_cache(model, 3, 128)
+        graph = decode(model, ids, mask, 6, TokenDraw(greedy=True), [10_000], 0, cache=cache,
+                       step=step)  # fmt: skip
+        eager = decode(model, ids, mask, 6, TokenDraw(greedy=True), [10_000], 0)
+    assert torch.equal(graph.tokens, eager.tokens)
+
+
 def test_token_utilization_counts_prompt_padding_and_ended_rows(tiny):
     """Prompts of 2 and 5 tokens (width 5) and 4 forced steps: 2 x (5 + 4) = 18 positions
     computed, 2 + 5 + 4 + 4 = 15 real tokens; the report resets."""

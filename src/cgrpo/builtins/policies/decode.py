@@ -116,7 +116,7 @@ def decode(
     rows, width = input_ids.shape
     static = cache is not None and getattr(cache, "is_compileable", False)
     cache = cache if cache is not None else dynamic_cache(model, rows, width + max_new_tokens)
-    total = cache.get_max_cache_shape() if static else width + max_new_tokens
+    total = _cache_length(cache) if static else width + max_new_tokens
     if total < width + max_new_tokens:
         raise ValueError(f"a cache of {total} positions cannot hold {width} + {max_new_tokens}")
     prefill = eager_forward(model)
@@ -148,6 +148,15 @@ def decode(
         # (transformers then builds none, and reads nothing back from the device)
         logits = step(token.unsqueeze(-1), seen[:, None, None, :].bool(), position, cache)
     return _finish(tokens[:, :steps], logprobs[:, :steps], attention_mask, eos_ids)
+
+
+def _cache_length(cache: Any) -> int:
+    """The positions a static cache holds (the method's name changed in transformers 5)."""
+    for name in ("get_max_length", "get_max_cache_shape"):
+        method = getattr(cache, name, None)
+        if callable(method):
+            return int(method())
+    raise TypeError(f"{type(cache).__name__} does not say how many positions it holds")
 
 
 def _finish(tokens, logprobs, attention_mask, eos_ids) -> Decoded:
