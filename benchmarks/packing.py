@@ -10,11 +10,13 @@ response lengths on a log-normal curve whose longest row is ``--tail`` x the med
 paper allows 6,144 response tokens; most responses are far shorter), placed at the
 quantiles (i + 0.5) / rows, so every run sees the same lengths, and shuffled.
 
-Both sides run cgrpo's own :func:`cgrpo.train.update.update_policy`, one optimizer step
-per rep, alternating (padded, packed, packed, padded, ...):
+Every side runs cgrpo's own :func:`cgrpo.train.update.update_policy`, one optimizer step
+per rep, alternating (padded, bucketed, packed, packed, bucketed, padded, ...):
 
 * padded: the recipe default, ``algorithm.micro_batch_size: 8`` rows per micro-batch
   (longest first, each padded to its longest row);
+* bucketed: padded micro-batches of rows of similar length, up to ``--budget`` padded
+  tokens each (``max_tokens_per_micro_batch``): what padding can do at its best;
 * packed: ``algorithm.micro_batch_tokens`` (``--budget``) tokens per micro-batch, rows
   concatenated without padding (:mod:`cgrpo.model.packing`).
 
@@ -166,6 +168,29 @@ def clock(device: str):
     return time.process_time
 
 
+def alternate(model, rows, sides: dict, args) -> tuple[dict, dict]:
+    """One real update (AdamW) per side and rep, the sides in turn (A B C C B A ...), after
+    a warm-up of each: (seconds per side, token utilisation per side)."""
+    from cgrpo.config.schema import OptimConfig
+    from cgrpo.train.update import make_optimizer, update_policy
+
+    opt, _ = make_optimizer(model, OptimConfig(lr=1e-6), total_updates=100)
+    now = clock(args.device)
+    spent: dict[str, list[float]] = {k: [] for k in sides}
+    util: dict[str, float] = {}
+    for kind in sides:  # warm-up
+        update_policy(model, opt, None, rows, sides[kind], pad_id=0)
+    for rep in range(args.reps):
+        for kind in sides if rep % 2 == 0 else list(reversed(sides)):
+            started, wall = now(), time.perf_counter()
+            metrics = update_policy(model, opt, None, rows, sides[kind], pad_id=0)
+            spent[kind].append(now() - started)
+            util[kind] = metrics["update/token_utilization"]
+            print(f"  {kind:8s} rep {rep}: {spent[kind][-1]:.2f} s "
+                  f"(wall {time.perf_counter() - wall:.2f} s)", flush=True)  # fmt: skip
+    return spent, util
+
+
 def main() -> None:
     import torch
 
@@ -184,37 +209,20 @@ def main() -> None:
     p.add_argument("--json", help="write the medians here")
     args = p.parse_args()
     torch.set_num_threads(1) if args.device == "cpu" else None
-    from cgrpo.train.update import make_optimizer, update_policy
-
     model = build_model(args)
     vocab = model.config.vocab_size
     rows = update_rows(args, vocab)
     real = sum(len(r.prompt_ids) + len(r.response_ids) for r in rows)
     sides = {k: settings_for(k, args) for k in ("padded", "bucketed", "packed")}
     diffs = compare(model, rows, {k: sides[k] for k in ("padded", "packed")})
-    from cgrpo.config.schema import OptimConfig
-
-    opt, _ = make_optimizer(model, OptimConfig(lr=1e-6), total_updates=100)
-    now = clock(args.device)
-    spent: dict[str, list[float]] = {k: [] for k in sides}
-    util: dict[str, float] = {}
-    for kind in sides:  # warm-up
-        update_policy(model, opt, None, rows, sides[kind], pad_id=0)
-    for rep in range(args.reps):
-        for kind in sides if rep % 2 == 0 else list(reversed(sides)):
-            started, wall = now(), time.perf_counter()
-            metrics = update_policy(model, opt, None, rows, sides[kind], pad_id=0)
-            spent[kind].append(now() - started)
-            util[kind] = metrics["update/token_utilization"]
-            print(f"  {kind:6s} rep {rep}: {spent[kind][-1]:.2f} s "
-                  f"(wall {time.perf_counter() - wall:.2f} s)", flush=True)  # fmt: skip
+    spent, util = alternate(model, rows, sides, args)
     rate = {k: real / statistics.median(v) for k, v in spent.items()}
     unit = "wall s" if args.device == "cuda" else "CPU-s"
     longest = max(len(r.response_ids) for r in rows)
     print(f"{args.rows} rows, {real} real tokens (responses: median {args.median:.0f}, longest "
           f"{longest}); {unit} per update, median of {args.reps}")  # fmt: skip
     for kind in sides:
-        print(f"  {kind:6s}: {statistics.median(spent[kind]):.2f} s, {rate[kind]:,.0f} real "
+        print(f"  {kind:8s}: {statistics.median(spent[kind]):.2f} s, {rate[kind]:,.0f} real "
               f"tokens/s, utilisation {util[kind]:.1%}")  # fmt: skip
     print(f"  packed / padded: {rate['packed'] / rate['padded']:.2f}x; max |loss diff| "
           f"{diffs[0]:.2e}, max |grad diff| {diffs[1]:.2e}")  # fmt: skip

@@ -173,3 +173,37 @@ def test_models_that_cannot_pack_are_refused(tiny_model_dir, packable, ragged_ro
     windowed = copy.deepcopy(model)
     windowed.config.layer_types = ["sliding_attention", "full_attention"]
     assert "sliding_attention" in packing_problem(windowed)
+
+
+def _segments_in_token_layout(causal_alignment: str):
+    """A varlen-style kernel ((tokens, heads, d) in, out) written with SDPA per segment,
+    its causal mask aligned at the end (correct) or at the start (the other convention)."""
+    import torch.nn.functional as F
+
+    def kernel(q, k, v, layout, scale):
+        outs = []
+        for (q0, q1), (k0, k1) in zip(layout.q_bounds, layout.k_bounds, strict=True):
+            lq, lk = q1 - q0, k1 - k0
+            shift = lk - lq if causal_alignment == "end" else 0
+            mask = torch.ones(lq, lk, dtype=torch.bool).tril(shift)
+            qs, ks, vs = (t.transpose(0, 1) for t in (q[q0:q1], k[k0:k1], v[k0:k1]))
+            o = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, enable_gqa=True)
+            outs.append(o.transpose(0, 1))
+        return torch.cat(outs)
+
+    return kernel
+
+
+def test_a_varlen_kernel_is_used_only_when_it_matches_the_reference():
+    """The check each CUDA kernel passes before use: values and gradients against the
+    segment loop, on a prompt and a response that also sees it. A kernel that aligns the
+    causal mask at the start (another library's convention) would let a response token
+    miss its own last keys: it is refused. On CPU no kernel is tried."""
+    from cgrpo.model.packing import _probe, varlen_kernel
+
+    cpu = torch.device("cpu")
+    assert _probe(_segments_in_token_layout("end"), cpu, torch.float32)
+    assert not _probe(_segments_in_token_layout("start"), cpu, torch.float32)
+    with torch.no_grad():  # the first packed forward may be a no-grad recompute
+        assert _probe(_segments_in_token_layout("end"), cpu, torch.float32)
+    assert varlen_kernel(cpu, torch.bfloat16) is None

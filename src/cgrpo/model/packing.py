@@ -26,6 +26,7 @@ saw the layout and raises if one layer did not.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 from collections.abc import Callable
@@ -140,10 +141,19 @@ def _flash_attn_varlen(q, k, v, layout: PackedLayout, scale) -> torch.Tensor:
     )  # fmt: skip
 
 
-def _torch_varlen(q, k, v, layout: PackedLayout, scale) -> torch.Tensor:
+@functools.cache
+def _torch_varlen_parameters() -> frozenset[str]:
     from torch.nn.attention.varlen import varlen_attn
 
-    params = inspect.signature(varlen_attn).parameters
+    return frozenset(inspect.signature(varlen_attn).parameters)
+
+
+def _torch_varlen(q, k, v, layout: PackedLayout, scale) -> torch.Tensor:
+    """torch's varlen flash attention; its causal switch and GQA support changed between
+    torch versions (the probe checks whichever this one has)."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    params = _torch_varlen_parameters()
     kwargs: dict[str, Any] = {"scale": scale}
     if "window_size" in params:
         kwargs["window_size"] = (-1, 0)  # causal
@@ -167,7 +177,15 @@ _chosen: dict[tuple[str, torch.dtype], tuple[str, Callable] | None] = {}
 
 def _probe(fn: Callable, device: torch.device, dtype: torch.dtype) -> bool:
     """Does ``fn`` give the segment loop's values and gradients on a square segment and on
-    one with more keys than queries (4 query heads, 2 key/value heads)?"""
+    one with more keys than queries (4 query heads, 2 key/value heads)? Run with autograd
+    on and autocast off, whatever the caller's context (the first packed forward may be a
+    no-grad recompute)."""
+    no_autocast = torch.autocast(device.type, enabled=False)
+    with torch.inference_mode(False), torch.enable_grad(), no_autocast:
+        return _compare_with_reference(fn, device, dtype)
+
+
+def _compare_with_reference(fn: Callable, device: torch.device, dtype: torch.dtype) -> bool:
     gen = torch.Generator().manual_seed(0)
     # a prompt of 3 tokens, then a response of 2 that also sees the prompt
     layout = PackedLayout.build(
