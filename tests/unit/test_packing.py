@@ -60,6 +60,21 @@ def test_layout_worked_example():
         collate_packed([TrainRow(0, [], [1], None, False, 0.0)], 0)
 
 
+def test_a_prompt_with_one_row_is_one_sequence_with_it():
+    """Prompt [5, 6] with response [7, 8, 9] alone, then [20] with [21]: two sequences,
+    each attending to its own tokens only; token 7 is predicted by position 1."""
+    rows = [
+        TrainRow(0, [5, 6], [7, 8, 9], None, False, 0.0),
+        TrainRow(1, [20], [21], None, False, 0.0),
+    ]
+    b = collate_packed(rows, pad_id=0)
+    assert b.input_ids.tolist() == [5, 6, 7, 8, 9, 20, 21]
+    assert b.position_ids.tolist() == [0, 1, 2, 3, 4, 0, 1]
+    assert b.q_bounds == b.k_bounds == ((0, 5), (5, 7))
+    assert b.kv_index.tolist() == list(range(7))
+    assert b.predict_index.tolist() == [1, 2, 3, 5]
+
+
 @pytest.fixture(scope="module")
 def packable(tiny):
     """The tiny model (2 query heads, 1 key/value head) switched to cgrpo's attention, as

@@ -144,7 +144,7 @@ class Batch(ResponseTensors):
         return int(self.attention_mask.sum()), self.attention_mask.numel()
 
 
-def _long_tensor(ids: Sequence[int]) -> torch.Tensor:
+def long_tensor(ids: Sequence[int]) -> torch.Tensor:
     """A 1-D int64 tensor of a non-empty list of token ids, through an ``array`` buffer:
     0.18 ms for 8,192 ids where ``torch.tensor(list)`` takes 0.59 ms (1,024 such rows a
     step at the paper's scale)."""
@@ -164,7 +164,7 @@ def response_tensors(rows: Sequence[TrainRow], pad_id: int) -> ResponseTensors:
         n = len(row.response_ids)
         if not n:
             continue
-        response_ids[i, :n] = _long_tensor(row.response_ids)
+        response_ids[i, :n] = long_tensor(row.response_ids)
         response_mask[i, :n] = 1.0
         if row.old_logprobs is not None:
             old[i, :n] = torch.as_tensor(row.old_logprobs[:n], dtype=torch.float32)
@@ -194,7 +194,7 @@ def collate(rows: Sequence[TrainRow], pad_id: int) -> Batch:
     for i, row in enumerate(rows):
         p, n = len(row.prompt_ids), len(row.response_ids)
         if p:
-            input_ids[i, lp - p : lp] = _long_tensor(row.prompt_ids)
+            input_ids[i, lp - p : lp] = long_tensor(row.prompt_ids)
         attention[i, lp - p : lp + n] = 1
     input_ids[:, lp:] = resp.response_ids
     position_ids = (attention.cumsum(dim=1) - 1).clamp(min=0)

@@ -4,9 +4,10 @@ A padded micro-batch is rows x (longest prompt + longest response) positions; wi
 long-tailed response lengths most of them can be padding. A packed micro-batch holds only
 real tokens, in segments:
 
-* each distinct prompt of the micro-batch once (its positions 0 .. p-1), then
-* each row's response (positions p .. p+r-1), attending to its prompt's segment and to
-  itself, causally.
+* each prompt that several rows of the micro-batch share once (its positions 0 .. p-1),
+  then each of their responses (positions p .. p+r-1), attending to the prompt's segment
+  and to itself, causally;
+* a prompt with one row, and that row's response, as one sequence (positions 0 .. p+r-1).
 
 A group's G + K rows share one prompt (refinements are trained on the original prompt),
 so packing a group's rows together computes its prompt once, forward and backward, like
@@ -22,12 +23,13 @@ same tensors either way.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from cgrpo.algo.mixing import ResponseTensors, TrainRow, response_tensors
+from cgrpo.algo.mixing import ResponseTensors, TrainRow, long_tensor, response_tensors
 
 
 def plan_packs(rows: Sequence[tuple[Hashable, int, int]], budget: int) -> list[list[int]]:
@@ -94,50 +96,62 @@ def _arange(start: int, end: int) -> torch.Tensor:
     return torch.arange(start, end, dtype=torch.long)
 
 
-def collate_packed(rows: Sequence[TrainRow], pad_id: int) -> PackedBatch:
-    """Pack ``rows`` into one :class:`PackedBatch` (each distinct prompt once)."""
-    if not rows:
-        raise ValueError("cannot pack an empty list of rows")
-    ids: list[torch.Tensor] = []
-    pos: list[torch.Tensor] = []
-    kv: list[torch.Tensor] = []
-    predict: list[torch.Tensor] = []
-    q_bounds: list[tuple[int, int]] = []
-    k_bounds: list[tuple[int, int]] = []
-    prompt_at: dict[tuple[int, ...], tuple[int, int]] = {}
-    n = m = 0  # tokens so far; gathered keys so far
+class _Segments:
+    """The growing token sequence of a packed micro-batch and its attention segments."""
 
-    def segment(tokens: Sequence[int], first: int, keys: list[torch.Tensor]) -> int:
-        nonlocal n, m
-        start, count = n, len(tokens)
-        ids.append(torch.as_tensor(tokens, dtype=torch.long))
-        pos.append(_arange(first, first + count))
-        keys = [*keys, _arange(start, start + count)]
-        kv.extend(keys)
+    def __init__(self) -> None:
+        self.ids: list[torch.Tensor] = []
+        self.positions: list[torch.Tensor] = []
+        self.keys: list[torch.Tensor] = []
+        self.predict: list[torch.Tensor] = []
+        self.q_bounds: list[tuple[int, int]] = []
+        self.k_bounds: list[tuple[int, int]] = []
+        self.tokens = self.gathered = 0
+
+    def add(self, tokens: Sequence[int], first: int, prompt: tuple[int, int] | None) -> int:
+        """Append ``tokens`` at positions ``first``, ``first + 1``, ...; they attend to
+        ``prompt`` = (start, length) if given, then to themselves. Returns their start."""
+        start, count = self.tokens, len(tokens)
+        self.ids.append(long_tensor(tokens))
+        self.positions.append(_arange(first, first + count))
+        keys = [_arange(prompt[0], prompt[0] + prompt[1])] if prompt else []
+        keys.append(_arange(start, start + count))
+        self.keys += keys
         width = sum(k.numel() for k in keys)
-        q_bounds.append((start, start + count))
-        k_bounds.append((m, m + width))
-        n, m = n + count, m + width
+        self.q_bounds.append((start, start + count))
+        self.k_bounds.append((self.gathered, self.gathered + width))
+        self.tokens, self.gathered = start + count, self.gathered + width
         return start
 
+
+def collate_packed(rows: Sequence[TrainRow], pad_id: int) -> PackedBatch:
+    """Pack ``rows`` into one :class:`PackedBatch`: a prompt that several rows share is one
+    segment their responses attend to; a prompt with one row is one segment with it."""
+    if not rows or not all(r.prompt_ids for r in rows):
+        raise ValueError("a packed row needs a prompt: its first token is predicted by it")
+    uses = Counter(tuple(r.prompt_ids) for r in rows if r.response_ids)
+    seg = _Segments()
+    prompt_at: dict[tuple[int, ...], int] = {}
     for row in rows:
-        key = tuple(row.prompt_ids)
-        if not key:
-            raise ValueError("a packed row needs a prompt: its first token is predicted by it")
-        if key not in prompt_at:
-            prompt_at[key] = (segment(key, 0, []), len(key))
-        start, p = prompt_at[key]
-        r = len(row.response_ids)
-        if r:
-            s = segment(row.response_ids, p, [_arange(start, start + p)])
-            predict += [torch.tensor([start + p - 1]), _arange(s, s + r - 1)]
-    resp = response_tensors(rows, pad_id)
+        key, r = tuple(row.prompt_ids), len(row.response_ids)
+        p = len(key)
+        if uses[key] == 1 and r:  # the prompt's only row: one sequence, its own keys
+            s = seg.add([*key, *row.response_ids], 0, None)
+            seg.predict.append(_arange(s + p - 1, s + p + r - 1))
+        elif r:
+            if key not in prompt_at:
+                prompt_at[key] = seg.add(key, 0, None)
+            start = prompt_at[key]
+            s = seg.add(row.response_ids, p, (start, p))
+            seg.predict += [torch.tensor([start + p - 1]), _arange(s, s + r - 1)]
+    if not seg.ids:  # no row has a response token: the forward still runs (FSDP), on a prompt
+        seg.add(rows[0].prompt_ids, 0, None)
     return PackedBatch(
-        **vars(resp),
-        input_ids=torch.cat(ids),
-        position_ids=torch.cat(pos),
-        kv_index=torch.cat(kv),
-        q_bounds=tuple(q_bounds),
-        k_bounds=tuple(k_bounds),
-        predict_index=torch.cat(predict) if predict else torch.zeros(0, dtype=torch.long),
+        **vars(response_tensors(rows, pad_id)),
+        input_ids=torch.cat(seg.ids),
+        position_ids=torch.cat(seg.positions),
+        kv_index=torch.cat(seg.keys),
+        q_bounds=tuple(seg.q_bounds),
+        k_bounds=tuple(seg.k_bounds),
+        predict_index=torch.cat(seg.predict) if seg.predict else _arange(0, 0),
     )

@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 class PackedLayout:
     """A packed micro-batch's segments on the model's device (see ``PackedBatch``)."""
 
-    kv_index: torch.Tensor
+    kv_index: torch.Tensor | None  # None: every segment's keys are its own tokens
     q_bounds: tuple[tuple[int, int], ...]
     k_bounds: tuple[tuple[int, int], ...]
     cu_q: torch.Tensor  # (S + 1,) int32 segment starts, queries
@@ -76,8 +76,10 @@ class PackedLayout:
             out[1:] = torch.tensor(lengths, dtype=torch.int32).cumsum(0)
             return out.to(device)
 
+        # no prompt shared: the keys are the tokens themselves, in order (no gather)
+        own = tuple(q_bounds) == tuple(k_bounds) and kv_index.numel() == (k_bounds[-1][1])
         return cls(
-            kv_index=kv_index.to(device),
+            kv_index=None if own else kv_index.to(device),
             q_bounds=tuple(q_bounds),
             k_bounds=tuple(k_bounds),
             cu_q=starts(q_lens),
@@ -231,8 +233,9 @@ def packed_attention(query, key, value, layout: PackedLayout, scale, dropout: fl
     """transformers' attention-function result, (1, N, Hq, d), for a packed micro-batch:
     query (1, Hq, N, d), key and value (1, Hkv, N, d) after rotary embeddings."""
     layout.calls += 1
-    k = key.index_select(2, layout.kv_index)
-    v = value.index_select(2, layout.kv_index)
+    k, v = key, value
+    if layout.kv_index is not None:  # each response also sees its prompt's keys
+        k, v = key.index_select(2, layout.kv_index), value.index_select(2, layout.kv_index)
     kernel = varlen_kernel(query.device, query.dtype) if dropout == 0.0 else None
     if kernel is None:
         out = _segment_attention(query, k, v, layout, scale, dropout)
