@@ -1,6 +1,9 @@
 """Issue 27's GPU check in one script: update MFU padded and packed at the Qwen3-1.7B shape,
-hf decode tokens/s at 1.7B and batch 64, packed = padded gradients in bf16. About 3-5
-minutes on one H100/H200 (most of it compiling the decode step); prints a short summary.
+hf decode tokens/s at 1.7B and batch 64, packed = padded gradients in bf16. Meant to take
+under 8 minutes on one H100/H200 (an estimate: it has not run on a GPU yet; compiling the
+decode step should be most of it). Each stage prints its numbers (and rewrites --json) as
+it ends, with the seconds since the start, then a short summary; a stage that runs out of
+GPU memory is reported as such and the next stages still run.
 
     python tests/gpu/throughput.py [--json FILE]   # on a GPU machine (bash tests/gpu/run.sh)
     python tests/gpu/throughput.py --dry-run       # CPU: a tiny shape through the same steps
@@ -197,15 +200,30 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("no CUDA here: run with --dry-run")
     name = torch.cuda.get_device_name(0) if cfg["device"] == "cuda" else "cpu"
     peak = mfu.chip_peak(name, None) if cfg["device"] == "cuda" else None
+    started = time.perf_counter()
     model = mfu.build(cfg["shape"], cfg["device"], vocab=cfg["vocab"])
-    found = dict(device=name, shape=cfg["shape"], kernel=kernel_and_syncs(cfg["device"]))
-    found["gradients"] = gradients(model, cfg)
-    found["updates"] = updates(model, cfg, peak)
-    found["decode"] = decoding(model, cfg)
+    found: dict = dict(device=name, shape=cfg["shape"], seconds={})
+    stages = (("kernel", lambda: kernel_and_syncs(cfg["device"])),
+              ("gradients", lambda: gradients(model, cfg)),
+              ("updates", lambda: updates(model, cfg, peak)),
+              ("decode", lambda: decoding(model, cfg)))  # fmt: skip
+    for stage, run in stages:  # each stage's numbers are printed and saved as they come,
+        try:  # so a run stopped by a time limit still reports its part
+            found[stage] = run()
+        except torch.OutOfMemoryError as exc:  # the next stages may still fit
+            found[stage] = {"error": f"out of memory: {str(exc)[:300]}"}
+            torch.cuda.empty_cache()
+        found["seconds"][stage] = round(time.perf_counter() - started, 1)
+        print(f"[{found['seconds'][stage]:7.1f} s] {stage}: {json.dumps(found[stage])}",
+              flush=True)  # fmt: skip
+        if args.json:
+            Path(args.json).write_text(json.dumps(found, indent=1) + "\n")
+    failed = [stage for stage, _ in stages if "error" in found[stage]]
+    if failed:
+        print(f"== throughput (issue 27): out of memory in {', '.join(failed)}", flush=True)
+        return 1
     lines, ok = summary(found, peak)
     print("\n".join(["== throughput (issue 27)", *lines]), flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(found, indent=1) + "\n")
     return 0 if ok else 1
 
 

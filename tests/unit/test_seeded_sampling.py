@@ -142,3 +142,19 @@ def test_decode_reads_the_device_only_at_its_stop_checks(tiny):
     with CallCounter() as every, torch.inference_mode():  # checked every step: 15 checks
         decode(model, ids, mask, 16, TokenDraw(), [10_000], 0, check_every=1)
     assert every.syncs == 16
+
+
+def test_a_seeded_draw_is_pinned_to_its_stream():
+    """The seeded stream is a contract: these tokens are what cgrpo draws for these seeds,
+    and a change that moves them breaks every seeded run's reproducibility (this stream
+    replaced the per-row torch generators; docs/performance.md says what changed).
+    Probabilities (0.1, 0.2, 0.3, 0.4), cumulative (0.1, 0.3, 0.6, 1.0). The uniforms
+    (top 53 bits of the splitmix64 values over 2^53) of steps 0, 1, 2: seed 0 0.8833,
+    0.4315, 0.0264 -> tokens 3, 2, 0; seed 7 0.3898, 0.0168, 0.9008 -> tokens 2, 0, 3."""
+    uniforms = [[(v >> 11) / 2**53 for v in splitmix64_reference(s, 3)] for s in (0, 7)]
+    assert uniforms == [pytest.approx([0.8833, 0.4315, 0.0264], abs=1e-4),
+                        pytest.approx([0.3898, 0.0168, 0.9008], abs=1e-4)]  # fmt: skip
+    logits = torch.tensor([0.1, 0.2, 0.3, 0.4]).log().repeat(2, 1)
+    draw = TokenDraw(seeds=torch.tensor([0, 7]))
+    tokens = [draw(logits, step=step)[0].tolist() for step in range(3)]
+    assert tokens == [[3, 2], [2, 0], [0, 3]]
