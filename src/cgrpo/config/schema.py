@@ -275,6 +275,15 @@ class AlgorithmConfig(Section):
         "short responses share a pass, long ones get their own (dynamic batching); must be "
         ">= model.max_length; null = cap by micro_batch_size only",
     )
+    micro_batch_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="pack micro-batches without padding: rows concatenated up to this many "
+        "tokens (a group's shared prompt counted once, rows never split), each row attending "
+        "only to itself and its prompt; replaces micro_batch_size and "
+        "max_tokens_per_micro_batch; must be >= model.max_length; null = padded micro-batches "
+        "(docs/performance.md)",
+    )
     logprob_chunk_tokens: int = Field(
         512,
         ge=1,
@@ -291,6 +300,13 @@ class AlgorithmConfig(Section):
     @property
     def group_size(self) -> int:
         return self.samples_per_prompt + self.refinements_per_prompt
+
+    def ignored_settings(self) -> dict[str, str]:
+        if self.micro_batch_tokens is None:
+            return {}
+        why = ("has no effect with algorithm.micro_batch_tokens (packed micro-batches are cut "
+               "by tokens); remove it, or unset micro_batch_tokens")  # fmt: skip
+        return {"micro_batch_size": why, "max_tokens_per_micro_batch": why}
 
 
 class RolloutConfig(Section):
