@@ -361,6 +361,26 @@ def test_the_resolved_recipe_a_run_saves_validates_again(tmp_path):
     assert again.algorithm.loss.clip.mode == "none"
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model.device=cpu"],  # run.memory_check: enforce is written, on a CPU machine
+        ["verifier=exact"],  # run.verify_workers: 0 is written, with no pooled verifier
+        ["model.device=cpu", "verifier=exact", "critic=indicative", "sft.steps=0"],
+    ],
+)
+def test_a_saved_recipe_with_every_default_written_out_validates_again(tmp_path, overrides):
+    """A run writes every default into its recipe.yaml; settings left at their defaults
+    must not be refused as ignored when that file is checked, evaluated or rerun."""
+    import yaml
+
+    from tests.helpers import REPO
+
+    _, resolved = load_recipe(REPO / "recipes" / "quickstart-cpu.yaml", overrides)
+    assert resolved["run"]["memory_check"] == "enforce" and resolved["run"]["verify_workers"] == 0
+    load_recipe(write(tmp_path, yaml.safe_dump(resolved), "saved.yaml"))
+
+
 def test_extends_switching_a_mode_or_a_name_drops_what_belonged_to_the_old_one(tmp_path):
     write(tmp_path, GOOD, "base0.yaml")
     write(

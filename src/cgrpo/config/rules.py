@@ -295,7 +295,7 @@ def warmup_checkpoints_under_fsdp(r: Recipe) -> RuleResult:
 
 @rule("run.memory_check")
 def memory_check_needs_a_gpu(r: Recipe) -> RuleResult:
-    if "memory_check" in r.run.model_fields_set and r.model.device == "cpu":
+    if r.run.changes("memory_check") and r.model.device == "cpu":
         return Finding(
             "the memory plan is checked only on GPU; with model.device: cpu it would be ignored",
             "remove run.memory_check, or train on a GPU (model.device: auto or cuda)",

@@ -24,6 +24,14 @@ class Section(BaseModel):
         ``Options`` models (plugins too) may define the same method."""
         return {}
 
+    def changes(self, name: str) -> bool:
+        """Whether the recipe sets field ``name`` to something other than its default. A
+        default written out (a run's saved recipe.yaml holds every one) asks for nothing,
+        so a rule that refuses a setting as ignored refuses only a changed one."""
+        field = type(self).model_fields[name]
+        default = None if field.is_required() else field.get_default(call_default_factory=True)
+        return name in self.model_fields_set and getattr(self, name) != default
+
 
 class ComponentSpec(Section):
     """A registered component by name, with its options."""
