@@ -91,6 +91,37 @@ def test_switching_a_component_name_drops_the_old_options(tmp_path):
     assert "size" not in recipe.data.task.options
 
 
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        ["data.task={name: jsonl, options: {path: PATH}}"],  # the whole value
+        ["data.task.name=jsonl", "data.task.options.path=PATH"],  # name, then options
+        ["data.task=jsonl", "data.task.options.path=PATH"],  # shorthand, then options
+    ],
+)
+def test_every_spelling_of_a_new_component_starts_from_its_own_options(tmp_path, caplog, spelling):
+    """Switching data.task from arithmetic to jsonl drops arithmetic's options (size) in
+    every spelling, and says so: they would be unknown keys of the new task."""
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"question": "q", "answer": "1"}\n')
+    overrides = [o.replace("PATH", str(data)) for o in spelling]
+    with caplog.at_level("WARNING", logger="cgrpo"):
+        recipe, _ = load_recipe(write(tmp_path, GOOD), overrides)
+    assert recipe.data.task.name == "jsonl" and "size" not in recipe.data.task.options
+    said = [r.getMessage() for r in caplog.records]
+    assert any("data.task" in m and "arithmetic" in m and "size" in m for m in said), said
+
+
+def test_a_whole_value_override_of_the_same_component_keeps_its_options(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="cgrpo"):
+        recipe, _ = load_recipe(write(tmp_path, GOOD), ["data.task={options: {digits: 3}}"])
+        recipe, _ = load_recipe(
+            write(tmp_path, GOOD), ["data.task={name: arithmetic, options: {digits: 3}}"]
+        )
+    assert recipe.data.task.options["size"] == 10 and recipe.data.task.options["digits"] == 3
+    assert not caplog.records
+
+
 def test_bad_override_syntax_and_missing_interpolation(tmp_path):
     found, _ = problems(tmp_path, GOOD, "algorithm.samples_per_prompt")
     assert "algorithm.samples_per_prompt" in found
@@ -381,7 +412,7 @@ def test_a_saved_recipe_with_every_default_written_out_validates_again(tmp_path,
     load_recipe(write(tmp_path, yaml.safe_dump(resolved), "saved.yaml"))
 
 
-def test_extends_switching_a_mode_or_a_name_drops_what_belonged_to_the_old_one(tmp_path):
+def test_extends_switching_a_mode_or_a_name_drops_what_belonged_to_the_old_one(tmp_path, caplog):
     write(tmp_path, GOOD, "base0.yaml")
     write(
         tmp_path,
@@ -396,9 +427,14 @@ def test_extends_switching_a_mode_or_a_name_drops_what_belonged_to_the_old_one(t
         "critic: {name: ground_truth}\n",
         "c.yaml",
     )
-    recipe, _ = load_recipe(child)
+    with caplog.at_level("WARNING", logger="cgrpo"):
+        recipe, _ = load_recipe(child)
     assert recipe.algorithm.loss.clip.bounds() == (0.2, 0.2)
     assert recipe.critic.name == "ground_truth"
+    assert (
+        "c.yaml (extends base.yaml) switches critic from openai to ground_truth: the "
+        "options of openai were dropped (max_tokens, model)" in caplog.text
+    )
     same = write(tmp_path, "extends: base.yaml\nalgorithm: {loss: {clip: {eps_high: 0.4}}}\n")
     assert load_recipe(same)[0].algorithm.loss.clip.bounds() == (0.1, 0.4)  # merged as before
 
