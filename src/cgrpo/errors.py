@@ -60,5 +60,10 @@ class DataError(CgrpoError):
     """A data file or row is unusable (names the file and line)."""
 
 
+class InputError(CgrpoError):
+    """What the user gave cannot be used as it is (data files, a reward function): exit 2
+    like a bad recipe, with the file and line and the fix, never a traceback."""
+
+
 class TrainingError(CgrpoError):
     """A failure during training that the user must act on (names the stage and the fix)."""

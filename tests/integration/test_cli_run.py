@@ -104,9 +104,10 @@ def test_bad_data_file_fails_before_training_with_file_and_line(tmp_path):
         f"data.task.options.path={data}",
         cwd=tmp_path,
     )
-    assert out.returncode == 1
+    assert out.returncode == 2  # as a bad recipe: before the model or the run directory
     assert f"{data}:2: missing field 'answer'" in out.stderr
     assert "bad_rows: skip" in out.stderr
+    assert not (tmp_path / "tiny").exists() and not (tmp_path / "runs").exists()
 
 
 def test_eval_keep_last_and_keep_best(tmp_path):

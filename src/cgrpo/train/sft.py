@@ -34,6 +34,7 @@ from cgrpo.model.precision import FULL, Precision
 from cgrpo.model.prompts import PromptBuilder, RefinementTooLong
 from cgrpo.model.sharding import grad_norm_value, is_sharded
 from cgrpo.train.checkpoint import maybe_crash
+from cgrpo.train.data import NO_REFINEMENT_SOLUTIONS, NO_SOLUTIONS
 from cgrpo.train.update import adamw, make_optimizer
 from cgrpo.types import CritiqueRequest, Problem, Verdict
 
@@ -112,18 +113,12 @@ class WarmupExamples:
     ):
         self.with_solution = [p for p in problems if p.solution]
         if not self.with_solution:
-            raise DataError(
-                "sft.steps > 0 but no problem has a reference solution; map a "
-                "solution field in data.task.options (solution_field) or set sft.steps: 0"
-            )
+            raise DataError(NO_SOLUTIONS)
         self.ref_pool = None
         if refinement_problems is not None:
             self.ref_pool = [p for p in refinement_problems if p.solution]
             if not self.ref_pool:
-                raise DataError(
-                    "sft.refinement_task has no problem with a reference solution; map its "
-                    "solution_field"
-                )
+                raise DataError(NO_REFINEMENT_SOLUTIONS)
         self.wrong = wrong or build_wrong_answer(getattr(cfg, "wrong_answer", None))
         self.own_samples = bool(getattr(self.wrong, "uses_own_sample", False))
         self.share = getattr(cfg, "refinement_share", 0.0)
