@@ -169,8 +169,8 @@ NUMBERS = [r"\boxed{10}", "The answer is 10.", r"\boxed{10.0}", r"1 + 9 = \boxed
 
 
 def test_the_arithmetic_task_rewards_a_number_not_the_question_echoed():
-    """"What is 1 + 9?": math-verify finds 1 + 9 equal to 10 symbolically, so a policy that
-    copies the question scored 1.0. The arithmetic task's problems ask the math verifier
+    """For "What is 1 + 9?" math-verify finds 1 + 9 equal to 10 symbolically, so a policy
+    that copies the question scored 1.0. The arithmetic task's problems ask the math verifier
     (default answer_form: auto) for a number literal."""
     from cgrpo.builtins.tasks.arithmetic import ArithmeticTask
 
