@@ -34,7 +34,12 @@ def test_good_recipe_resolves_component_defaults(tmp_path):
     assert recipe.algorithm.group_size == 8
     assert resolved["verifier"] == {
         "name": "math",
-        "options": {"timeout_s": 5, "fallback": "expression", "float_rounding": 6},
+        "options": {
+            "timeout_s": 5,
+            "fallback": "expression",
+            "float_rounding": 6,
+            "answer_form": "auto",
+        },
     }
     assert resolved["data"]["task"]["options"]["size"] == 10
     assert resolved["algorithm"]["advantage"]["options"]["std_scaling"] == "none"
