@@ -65,5 +65,10 @@ class InputError(CgrpoError):
     like a bad recipe, with the file and line and the fix, never a traceback."""
 
 
+class VerifierError(InputError):
+    """Every verification of a step raised: the reward function is broken, not the policy
+    (exit 2, naming the error's file and line)."""
+
+
 class TrainingError(CgrpoError):
     """A failure during training that the user must act on (names the stage and the fix)."""

@@ -419,6 +419,12 @@ class TrainConfig(Section):
     max_nonfinite_steps: int = Field(
         3, ge=1, description="stop after this many steps in a row with non-finite loss/grads"
     )
+    verifier_errors: Literal["stop", "tolerate"] = Field(
+        "stop",
+        description="a step in which every verification raised (a broken reward function): "
+        "'stop' ends the run (exit 2) naming the error's file:line; 'tolerate' trains on "
+        "with reward 0 for them. Errors are counted either way (verify/errors)",
+    )
 
 
 class EvalConfig(Section):

@@ -33,7 +33,7 @@ import torch
 from cgrpo.algo.loss import LossConfig
 from cgrpo.algo.mixing import TrainRow
 from cgrpo.config.schema import Recipe
-from cgrpo.errors import TrainingError
+from cgrpo.errors import TrainingError, VerifierError
 from cgrpo.model import distributed
 from cgrpo.model.loading import eos_token_ids
 from cgrpo.model.logprobs import forward_response
@@ -258,6 +258,7 @@ class Trainer:
         mine = problems[self.rank * share : (self.rank + 1) * share]
         with self.sampling_weights():
             ro = self._rollout(step, mine, share)
+        self._guard_verifier_errors(step, ro)
         self.assign_advantages(ro.rows)  # 7
         if r.algorithm.old_logprobs == "recompute":
             self.recompute_old_logprobs(ro.rows)
@@ -422,6 +423,24 @@ class Trainer:
                 f"(updates skipped){where}. Lower optim.lr, check the data, or raise "
                 "train.max_nonfinite_steps"
             )
+
+    def _guard_verifier_errors(self, step: int, ro: Rollout) -> None:
+        """Stop before the update when every verification of the step (on every rank)
+        raised: training on reward 0 everywhere would teach nothing and end in exit 0,
+        unless ``train.verifier_errors: tolerate``."""
+        raised = [r.verdict for r in ro.records if r.verdict.raised]
+        errors = distributed.sum_scalar(float(len(raised)))
+        total = distributed.sum_scalar(float(len(ro.records)))
+        if not errors or errors < total or self.recipe.train.verifier_errors == "tolerate":
+            return
+        first = raised[0].reason if raised else "on another rank"
+        raise VerifierError(
+            f"every verification of step {step} raised ({total:.0f} responses), so no "
+            f"response has a reward: the verifier {self.recipe.verifier.name!r} is broken, "
+            f"not the policy. The first: {first} (its traceback is above and in "
+            "train.log). Fix the verifier, or set train.verifier_errors: tolerate to train "
+            "on with reward 0"
+        )
 
     def _on_signal(self, signum, frame) -> None:
         self.stop_signal = signal.Signals(signum).name

@@ -78,6 +78,7 @@ def rollout_metrics(ro: Rollout) -> dict[str, float]:
         ),
         "verify/no_answer_share": _mean([float(r.verdict.reason == "no_answer") for r in init]),
         "verify/timeouts": float(sum(r.verdict.reason == "timeout" for r in ro.records)),
+        "verify/errors": float(sum(r.verdict.raised for r in ro.records)),
         "verify/nonfinite_rewards": float(
             sum(not math.isfinite(r.verdict.score) for r in ro.records)
         ),
@@ -215,6 +216,9 @@ def step_alerts(
     ):
         out.append(f"sampler and trainer log-probs differ (mean {mean or 0:.3f}, max "
                    f"{worst or 0:.3f}): more than precision; check the weight sync")  # fmt: skip
+    if metrics.get("verify/errors", 0) > 0:
+        out.append(f"{metrics['verify/errors']:.0f} verifications raised (reward 0; the first "
+                   "error is in train.log)")  # fmt: skip
     if metrics.get("critique/failed", 0) > 0:
         out.append(f"{metrics['critique/failed']:.0f} critiques failed (ground-truth fallback)")
     if budget_usd and spent_usd >= 0.9 * budget_usd:

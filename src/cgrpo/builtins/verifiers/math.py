@@ -203,7 +203,7 @@ class MathVerifier:
                     timeout,
                 )
         except Exception as exc:  # a verifier bug on one response must not stop a run
-            return Verdict(0.0, False, boxed, f"error: {type(exc).__name__}: {exc}")
+            return Verdict.from_exception(exc, boxed)
         if result is _TIMED_OUT:
             return Verdict(0.0, False, boxed, "timeout")
         ok, extracted = result
