@@ -4,9 +4,10 @@
   when the ranks hold different numbers of micro-batches (the padding path);
 - the full weights handed to a vLLM engine come one FSDP unit at a time and equal the
   model's state dict;
-- ``torchrun --nproc_per_node 2 ... distributed.strategy=fsdp`` trains like 1 process,
-  with a KL reference; killed mid-step (SIGKILL) and resumed, it ends bitwise equal to the
-  uninterrupted run; its sharded checkpoints export to plain transformers weights.
+- ``torchrun --nproc_per_node 2 ... distributed.strategy=fsdp`` creates the tiny model on
+  rank 0 alone and trains like 1 process, with a KL reference; killed mid-step (SIGKILL)
+  and resumed, it ends bitwise equal to the uninterrupted run; its sharded checkpoints
+  export to plain transformers weights.
 """
 
 import json
@@ -213,10 +214,13 @@ def test_torchrun_fsdp_trains_like_one_process_and_resumes_exactly(tmp_path):
             *extra,
         ]
 
-    assert main(args("one")) == 0  # 1 process, ddp (and creates the tiny model)
+    # a fresh start: rank 0 creates the tiny model while rank 1 waits for it (both ranks
+    # creating it, one reading what the other was still writing, failed 3 starts in 12)
     sharded = _torchrun([*args("two"), "distributed.strategy=fsdp"], tmp_path)
     assert sharded.returncode == 0, sharded.stdout + sharded.stderr
     assert "2 processes" in sharded.stdout
+    assert (sharded.stdout + sharded.stderr).count("creating a tiny random one there") == 1
+    assert main(args("one")) == 0  # 1 process, ddp, on the same tiny model
     for a, b in zip(_metrics(tmp_path / "one"), _metrics(tmp_path / "two"), strict=True):
         assert a["reward/initial_mean"] == b["reward/initial_mean"]  # the same samples
         assert a["loss/total"] == pytest.approx(b["loss/total"], abs=1e-5)

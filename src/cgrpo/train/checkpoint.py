@@ -22,23 +22,12 @@ from typing import Any
 
 import torch
 
+from cgrpo.model.faults import CRASH_ENV, maybe_crash  # noqa: F401 (the loop's crash points)
 from cgrpo.model.shards import DCP_DIR, save_shards, tied_duplicates
 
 MANIFEST = "manifest.json"
 STATE = "trainer_state.pt"
 SFT_DIR = "sft"  # checkpoints/sft/: the warm-up's own
-CRASH_ENV = "CGRPO_CRASH_AT"  # fault injection for tests: "checkpoint:N" or "step:N"
-
-
-def maybe_crash(point: str, step: int) -> None:
-    """SIGKILL this process at ``point`` of ``step`` when CGRPO_CRASH_AT asks for it.
-
-    Only the crash-safety tests set the variable; it lets them kill a run at an exact
-    point (mid-step, mid-checkpoint-write) instead of racing a timer."""
-    if os.environ.get(CRASH_ENV) == f"{point}:{step}":
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _fsync_dir(path: Path) -> None:
