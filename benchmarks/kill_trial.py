@@ -53,10 +53,10 @@ def run_args(root: Path, name: str) -> list[str]:
             f"run.output_dir={root / 'runs'}", f"run.name={name}", "resume=auto"]  # fmt: skip
 
 
-def start(args: list[str]) -> subprocess.Popen:
+def start(args: list[str], cwd: Path) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "cgrpo", *args]
     return subprocess.Popen(
-        cmd, env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        cmd, env=ENV, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
 
 
@@ -97,7 +97,7 @@ def kill_once(
     None when the run ended before the kill; the mode used)."""
     if mode == "create" and (root / f"tiny-{name}" / "config.json").exists():
         mode = "uniform"  # a resumed run whose model exists: nothing to wait for
-    proc = start(run_args(root, name))
+    proc = start(run_args(root, name), root)
     began = time.monotonic()
     if mode == "uniform":
         deadline = began + rng.uniform(0, span)
@@ -121,7 +121,7 @@ def kills(args: argparse.Namespace) -> dict:
     rng = random.Random(args.seed)
     began = time.monotonic()
     ref = subprocess.run([sys.executable, "-m", "cgrpo", *run_args(root, "ref")], env=ENV,
-                         cwd=REPO, capture_output=True, text=True)  # fmt: skip
+                         cwd=root, capture_output=True, text=True)  # fmt: skip
     span = time.monotonic() - began
     if ref.returncode != 0:
         raise SystemExit(f"the uninterrupted run failed:\n{ref.stdout}{ref.stderr}")
@@ -143,7 +143,7 @@ def kills(args: argparse.Namespace) -> dict:
             out["phases"][hit] = out["phases"].get(hit, 0) + 1
             print(f"trial {name}: kill {out['kills']} ({mode}) during {hit}", flush=True)
         done = subprocess.run([sys.executable, "-m", "cgrpo", *run_args(root, name)], env=ENV,
-                              cwd=REPO, capture_output=True, text=True)  # fmt: skip
+                              cwd=root, capture_output=True, text=True)  # fmt: skip
         out["trials"] += 1
         same = False
         if done.returncode == 0:
@@ -176,7 +176,7 @@ def fresh_starts(args: argparse.Namespace) -> dict:
                "run.console=plain", "distributed.strategy=fsdp", f"model.path={root / f'm{i}'}",
                f"run.output_dir={root / 'runs'}", f"run.name=s{i}"]  # fmt: skip
         began = time.monotonic()
-        proc = subprocess.run(cmd, env=ENV, cwd=REPO, capture_output=True, text=True)
+        proc = subprocess.run(cmd, env=ENV, cwd=root, capture_output=True, text=True)
         out["wall_s"].append(round(time.monotonic() - began, 1))
         out["starts"] += 1
         ok = proc.returncode == 0

@@ -235,17 +235,19 @@ def test_missing_file_and_yaml_syntax_error(tmp_path):
         ),
         (["model.dtype=float16"], "model.dtype", "loss scaling"),
         (["model.lora.target_modules=[]"], "model.lora.target_modules", "at least one"),
-        (
-            ["sft.steps=10", "sft.save_every=5", "distributed.strategy=fsdp"],
-            "sft.save_every",
-            "reruns from its start",
-        ),
     ],
 )
 def test_cross_field_checks(tmp_path, override, path, needle):
     found, _ = problems(tmp_path, GOOD, *override)
     assert path in found, found
     assert needle in found[path].message + found[path].hint
+
+
+def test_warm_up_checkpoints_under_fsdp_are_a_setting_like_any_other(tmp_path):
+    recipe, _ = load_recipe(
+        write(tmp_path, GOOD), ["sft.steps=10", "sft.save_every=5", "distributed.strategy=fsdp"]
+    )
+    assert recipe.sft.save_every == 5
 
 
 def test_zero_or_negative_k_with_refinement_and_k_ge_n(tmp_path):

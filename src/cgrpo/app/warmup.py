@@ -11,7 +11,13 @@ from typing import Any
 
 from cgrpo.app.run import RunSession
 from cgrpo.model import distributed
-from cgrpo.train.checkpoint import complete_checkpoints, restore_rng, save_checkpoint
+from cgrpo.model.sharding import is_sharded
+from cgrpo.train.checkpoint import (
+    complete_checkpoints,
+    restore_rng,
+    save_checkpoint,
+    save_sharded_checkpoint,
+)
 from cgrpo.train.resume import SFT_METRICS
 
 
@@ -25,8 +31,8 @@ def warm_up(run: RunSession) -> None:
 
     recipe, built = run.recipe, run.built
     start = None
-    if run.warm_from is not None:
-        start = load_trainer_state(run.warm_from)
+    if run.warm_from is not None:  # a sharded model's weights come with its optimizer
+        start = {**load_trainer_state(run.warm_from), "checkpoint": run.warm_from}
         restore_rng(start["rng"])
         run.say(f"cgrpo: the warm-up goes on after its step {start['step']}")
     out = JsonlWriter(run.run_dir / SFT_METRICS) if run.main else None
@@ -48,7 +54,7 @@ def warm_up(run: RunSession) -> None:
         start=start,
         wrong=wrong,
         sample=_warmup_sampler(recipe, built, wrong),
-        save=lambda step, state: _save_warmup(run.run_dir, step, built, state),
+        save=lambda step, state, opt: _save_warmup(run.run_dir, step, built, state, opt),
         save_every=recipe.sft.save_every,
     )
     if out is not None:
@@ -117,11 +123,18 @@ def _warmup_sampler(recipe: Any, built: Any, wrong: Any):
     return sample
 
 
-def _save_warmup(run_dir: Path, step: int, built: Any, state: dict[str, Any]) -> None:
-    """Rank 0 writes warm-up checkpoint ``step`` and drops the older ones (every rank
-    holds the same weights: the warm-up batch is the same on every rank)."""
-    if distributed.is_main():
+def _save_warmup(
+    run_dir: Path, step: int, built: Any, state: dict[str, Any], optimizer: Any
+) -> None:
+    """Write warm-up checkpoint ``step`` and drop the older ones: rank 0 alone (every rank
+    holds the same weights: the warm-up batch is the same on every rank), or under fsdp
+    every rank its shards of the model and the warm-up's optimizer."""
+    if is_sharded(built.model):
+        save_sharded_checkpoint(run_dir, step, built.model, optimizer, built.tokenizer, state,
+                                hf_weights=False, warmup=True)  # fmt: skip
+    elif distributed.is_main():
         save_checkpoint(run_dir, step, built.model, built.tokenizer, state, warmup=True)
+    if distributed.is_main():
         for older, path in complete_checkpoints(run_dir, warmup=True):
             if older != step:
                 shutil.rmtree(path, ignore_errors=True)

@@ -281,18 +281,6 @@ def fsdp_without_lora(r: Recipe) -> RuleResult:
     return None
 
 
-@rule("sft.save_every")
-def warmup_checkpoints_under_fsdp(r: Recipe) -> RuleResult:
-    if r.distributed.strategy == "fsdp" and r.sft.steps and r.sft.save_every:
-        return Finding(
-            "warm-up checkpoints are not written under fsdp yet (its model and optimizer are "
-            "sharded and need the collective checkpoint RL steps use)",
-            "remove sft.save_every: a killed warm-up then reruns from its start and ends with "
-            "the same weights, or warm up with distributed.strategy: ddp",
-        )
-    return None
-
-
 @rule("run.memory_check")
 def memory_check_needs_a_gpu(r: Recipe) -> RuleResult:
     if r.run.changes("memory_check") and r.model.device == "cpu":

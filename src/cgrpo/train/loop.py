@@ -38,9 +38,9 @@ from cgrpo.model import distributed
 from cgrpo.model.loading import eos_token_ids
 from cgrpo.model.logprobs import forward_response
 from cgrpo.model.sharding import is_sharded
-from cgrpo.model.shards import is_sharded_checkpoint, load_sharded_checkpoint
 from cgrpo.train.checkpoint import (
     complete_checkpoints,
+    load_sharded_state,
     maybe_crash,
     prune_checkpoints,
     restore_rng,
@@ -358,15 +358,8 @@ class Trainer:
         sharded model's, which come with the optimizer from ``checkpoint``'s shards."""
         if "optimizer" in state:
             self.optimizer.load_state_dict(state["optimizer"])
-        elif checkpoint is not None and is_sharded_checkpoint(checkpoint):
-            if not is_sharded(self.b.model):
-                raise TrainingError(
-                    f"{checkpoint} was written by an fsdp run; resume it with "
-                    "distributed.strategy=fsdp"
-                )
-            load_sharded_checkpoint(checkpoint, self.b.model, self.optimizer)
         else:
-            raise TrainingError(f"the checkpoint {checkpoint} holds no optimizer state")
+            load_sharded_state(checkpoint, self.b.model, self.optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
         self.data.load_state_dict(state["data"])
         self.step_done = int(state["step"])
