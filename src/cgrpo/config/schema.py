@@ -431,7 +431,12 @@ class EvalConfig(Section):
     """Evaluation during training and by ``cgrpo eval``: named benchmarks, or held-out
     problems of data.task / an eval.task (no critique at evaluation; docs/evaluation.md)."""
 
-    every: int = Field(0, ge=0, description="evaluate every N steps and at the end; 0 = off")
+    every: int = Field(
+        0,
+        ge=0,
+        description="evaluate every N RL steps and at the end, and every N warm-up steps "
+        "(its metrics in sft_metrics.jsonl); 0 = off",
+    )
     size: int | None = Field(
         None,
         ge=1,

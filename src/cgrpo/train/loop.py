@@ -48,7 +48,7 @@ from cgrpo.train.checkpoint import (
     save_sharded_checkpoint,
 )
 from cgrpo.train.data import DataStream
-from cgrpo.train.evaluation import evaluate_sets
+from cgrpo.train.evaluation import evaluate_now
 from cgrpo.train.metrics import Console, JsonlWriter, rollout_metrics, sample_lines
 from cgrpo.train.parts import Built
 from cgrpo.train.rollout import Rollout, RolloutSettings, rollout
@@ -311,30 +311,14 @@ class Trainer:
         metrics = {"step": 0, **self.evaluate()}
         if self.main:
             self.metrics_out.write(metrics)
-            self.console.evaluated(0, metrics)
+            self.console.evaluated("RL step 0", metrics)
             if self.hooks is not None:
                 self.hooks.step(step=0, metrics=metrics, samples=[], training=False)
 
     def evaluate(self) -> dict[str, float]:
-        """Greedy pass@1 on the evaluation problems (rank 0 computes, all ranks receive)."""
-        with self.sampling_weights():  # every rank gathers; rank 0 alone generates
-            result = self._evaluate_on_main()
-        return distributed.broadcast(result)
-
-    def _evaluate_on_main(self) -> dict[str, float]:
-        """Greedy accuracy (pass@1) and, where a set samples k > 1, pass@k / avg@k / maj@k,
-        per benchmark and macro-averaged (:func:`cgrpo.train.evaluation.evaluate_sets`)."""
-        if not (self.main and self.b.eval_sets):
-            return {}
-        return evaluate_sets(
-            self.b.policy,
-            self.b.prompts,
-            self.b.eval_sets,
-            max_new_tokens=self.recipe.sampling.max_new_tokens,
-            seed=self.recipe.run.seed * 1_000_003 + self.step_done,
-            device=self.b.device,
-            pool=self.verify_pool,
-        ).metrics
+        """Greedy pass@1 (and k-sample metrics) on the evaluation sets, now (every rank
+        calls it; rank 0 computes, all ranks receive)."""
+        return evaluate_now(self.b, self.recipe, self.verify_pool, self.step_done)
 
     # -- state, checkpoints, guards ----------------------------------------------------------
     def state(self) -> dict[str, Any]:
