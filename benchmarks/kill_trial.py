@@ -66,21 +66,29 @@ def final_weights(root: Path, name: str) -> dict:
     return load_file(root / "runs" / name / "checkpoints" / "step-4" / "model.safetensors")
 
 
-def transient(root: Path, name: str, mode: str) -> bool:
-    """Whether the state a ``mode`` kill waits for is there now."""
-    if mode == "create":
-        return any(root.glob(f".tiny-{name}.creating-*"))
+def _transients(root: Path, name: str) -> tuple[set[Path], set[Path]]:
+    """(temporary directories of a model being created, of checkpoints being written)."""
     ckpts = root / "runs" / name / "checkpoints"
-    return any(ckpts.glob(".tmp-step-*")) or any((ckpts / "sft").glob(".tmp-step-*"))
+    writing = {*ckpts.glob(".tmp-step-*"), *(ckpts / "sft").glob(".tmp-step-*")}
+    return set(root.glob(f".tiny-{name}.creating-*")), writing
 
 
-def phase(root: Path, name: str) -> str:
-    """What the run was doing, from the files it had written when it was killed."""
+def creating(root: Path, name: str, before: set[Path]) -> bool:
+    """Whether this launch is writing the model (a killed launch's leftovers are
+    ``before``: their names hold the killed process's id)."""
+    return bool(_transients(root, name)[0] - before)
+
+
+def writing_checkpoint(root: Path, name: str, before: set[Path]) -> bool:
+    return bool(_transients(root, name)[1] - before)
+
+
+def phase(root: Path, name: str, before: set[Path]) -> str:
+    """What the run was doing, from the files this launch had written when it was killed."""
     run = root / "runs" / name
-    if any(root.glob(f".tiny-{name}.creating-*")) and not (root / f"tiny-{name}").exists():
+    if creating(root, name, before) and not (root / f"tiny-{name}").exists():
         return "model creation"
-    ckpts = run / "checkpoints"
-    if any(ckpts.glob(".tmp-step-*")) or any((ckpts / "sft").glob(".tmp-step-*")):
+    if writing_checkpoint(root, name, before):
         return "checkpoint write"
     if not (root / f"tiny-{name}" / "config.json").exists():
         return "start-up"
@@ -97,20 +105,22 @@ def kill_once(
     None when the run ended before the kill; the mode used)."""
     if mode == "create" and (root / f"tiny-{name}" / "config.json").exists():
         mode = "uniform"  # a resumed run whose model exists: nothing to wait for
+    before = set().union(*_transients(root, name))  # what killed launches left
     proc = start(run_args(root, name), root)
     began = time.monotonic()
-    if mode == "uniform":
+    waiting = {"create": creating, "checkpoint": writing_checkpoint}.get(mode)
+    if waiting is None:
         deadline = began + rng.uniform(0, span)
         while time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.005)
     else:
-        while not transient(root, name, mode) and proc.poll() is None:
+        while not waiting(root, name, before) and proc.poll() is None:
             time.sleep(0.002)
         time.sleep(rng.uniform(0, 2.0) if mode == "create" else rng.uniform(0, 0.03))
     if proc.poll() is not None:
         proc.communicate()
         return None, mode
-    hit = phase(root, name)
+    hit = phase(root, name, before)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     return hit, mode
