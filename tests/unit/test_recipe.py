@@ -243,6 +243,21 @@ def test_cross_field_checks(tmp_path, override, path, needle):
     assert needle in found[path].message + found[path].hint
 
 
+def test_a_model_directory_without_a_model_is_refused_before_anything_runs(tmp_path, monkeypatch):
+    """cgrpo run failed on it only when loading, after making the run directory."""
+    monkeypatch.chdir(tmp_path)
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "readme.txt").write_text("not a model")
+    found, _ = problems(tmp_path, GOOD, f"model.path={notes}")
+    assert "holds no config.json" in found["model.path"].message
+    quick = tmp_path / "q.yaml"
+    quick.write_text(GOOD.replace("model: {path: some-org/model,", "model: {create: {},"))
+    found, _ = problems(tmp_path, quick.read_text(), f"model.path={notes}")
+    assert "model.create would not replace" in found["model.path"].message
+    load_recipe(quick, [f"model.path={tmp_path / 'empty'}"])  # created there: fine
+
+
 def test_warm_up_checkpoints_under_fsdp_are_a_setting_like_any_other(tmp_path):
     recipe, _ = load_recipe(
         write(tmp_path, GOOD), ["sft.steps=10", "sft.save_every=5", "distributed.strategy=fsdp"]
@@ -274,6 +289,14 @@ def test_extends_merges_a_base_recipe(tmp_path):
     assert recipe.model.max_length == 512
 
 
+def a_model_dir(tmp_path):
+    """A stand-in model directory (a config.json is what validation looks for)."""
+    model = tmp_path / "model"
+    model.mkdir(exist_ok=True)
+    (model / "config.json").write_text("{}")
+    return model
+
+
 @pytest.mark.parametrize(
     "name",
     [
@@ -294,7 +317,7 @@ def test_shipped_recipes_validate(tmp_path, name):
         [] if name.endswith("-cpu") else ["model.path=org/model", f"data.task.options.path={data}"]
     )
     if name == "quickstart-lora-cpu":  # its base is the quickstart's warm-up checkpoint
-        overrides = [f"model.path={tmp_path}"]
+        overrides = [f"model.path={a_model_dir(tmp_path)}"]
     if name == "weak-to-strong":  # the small critic's directory is a placeholder too
         overrides.append(f"critic.options.path={tmp_path}")
     recipe, _ = load_recipe(REPO / "recipes" / f"{name}.yaml", overrides)
@@ -519,7 +542,7 @@ def test_the_weak_to_strong_placeholder_critic_path_is_flagged(tmp_path):
     with pytest.raises(RecipeError) as err:
         load_recipe(
             REPO / "recipes" / "weak-to-strong.yaml",
-            [f"model.path={tmp_path}", f"data.task.options.path={data}"],
+            [f"model.path={a_model_dir(tmp_path)}", f"data.task.options.path={data}"],
         )
     (problem,) = err.value.problems
     assert problem.path == "critic.options.path" and "/path/to/small" in problem.message

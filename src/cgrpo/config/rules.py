@@ -332,3 +332,24 @@ def model_directory_exists(r: Recipe) -> RuleResult:
             "fix the path, or add model.create to build a tiny model there",
         )
     return None
+
+
+@rule("model.path")
+def model_directory_holds_a_model(r: Recipe) -> RuleResult:
+    """A directory without config.json failed only when the model was loaded, after the
+    run directory was made; with model.create it is not replaced either."""
+    path = Path(r.model.path).expanduser()
+    if not path.is_dir() or (path / "config.json").is_file():
+        return None
+    if r.model.create is None:
+        return Finding(
+            f"{r.model.path} holds no config.json: not a model directory",
+            "point model.path at the directory with config.json and the weights (a "
+            "checkpoint, a hub snapshot), or add model.create to build a tiny model there",
+        )
+    if any(path.iterdir()):
+        return Finding(
+            f"{r.model.path} holds files but no model, and model.create would not replace them",
+            "remove the directory or point model.path elsewhere",
+        )
+    return None
