@@ -100,6 +100,7 @@ def test_switching_a_component_name_drops_the_old_options(tmp_path):
     "spelling",
     [
         ["data.task={name: jsonl, options: {path: PATH}}"],  # the whole value
+        ["data={task: {name: jsonl, options: {path: PATH}}}"],  # the section that holds it
         ["data.task.name=jsonl", "data.task.options.path=PATH"],  # name, then options
         ["data.task=jsonl", "data.task.options.path=PATH"],  # shorthand, then options
     ],

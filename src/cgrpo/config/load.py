@@ -150,24 +150,37 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str], source: str) -> D
 
 def _apply_override(cfg: DictConfig, key: str, item: str) -> None:
     """Apply one ``key=value`` override. A value that names another component than the
-    one there (``critic=self``, ``critic.name=self``, ``critic={name: self, ...}``)
-    starts from the new component's options: the old ones are dropped, and said so."""
+    one there (``critic=self``, ``critic.name=self``, ``critic={name: self, ...}``, or a
+    section holding one: ``data={task: {name: jsonl, ...}}``) starts from the new
+    component's options: the old ones are dropped, and said so."""
     parsed = OmegaConf.select(OmegaConf.from_dotlist([item]), key)
     existing = OmegaConf.select(cfg, key, default=None)
     _expand_shorthand(cfg, key)
     _drop_replaced_by_override(cfg, key)
-    if key in COMPONENT_PATHS and _switches(existing, parsed):
-        _say_dropped(key, existing, parsed, f"override {item!r}")
-        OmegaConf.update(cfg, key, parsed, merge=False, force_add=True)
-        return
-    parent_key, _, leaf = key.rpartition(".")
-    parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else None
-    if leaf == "name" and parent_key in COMPONENT_PATHS and _switches(parent, parsed):
-        _say_dropped(parent_key, parent, parsed, f"override {item!r}")
-        if isinstance(parent, DictConfig) and "options" in parent:
-            parent.options = {}
+    _drop_switched_options(cfg, key, parsed, f"override {item!r}")
     replace = isinstance(existing, DictConfig) and not isinstance(parsed, DictConfig)
     OmegaConf.update(cfg, key, parsed, merge=not replace, force_add=True)
+
+
+def _drop_switched_options(cfg: DictConfig, key: str, value: Any, why: str) -> None:
+    """Before ``key=value`` is merged: drop (and name) the options of every component at
+    or under ``key`` that ``value`` switches to another one, so the merge leaves only the
+    new component's; ``P.name=other`` does the same for the component at ``P``."""
+    parent_key, _, leaf = key.rpartition(".")
+    for path in COMPONENT_PATHS:
+        if path == key:
+            new = value
+        elif path.startswith(key + ".") and isinstance(value, DictConfig):
+            new = OmegaConf.select(value, path[len(key) + 1 :], default=None)
+        elif path == parent_key and leaf == "name":
+            new = value
+        else:
+            continue
+        old = OmegaConf.select(cfg, path, default=None)
+        if _switches(old, new):
+            _say_dropped(path, old, new, why)
+            if isinstance(old, DictConfig):
+                old.pop("options", None)
 
 
 def _component_name(spec: Any) -> Any:
