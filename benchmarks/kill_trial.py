@@ -13,10 +13,11 @@ a model path that does not exist yet, so model creation is inside the window. Ki
 - ``checkpoint``: while a checkpoint (warm-up or RL) is being written (its ``.tmp-step-``
   directory exists), after a uniform delay of 0-30 ms;
 - ``step``: once this launch has logged a warm-up or RL step, after a uniform delay of
-  0-2 s (inside training, whatever the machine's load does to start-up times).
+  0-2 s (inside training, whatever the machine's load does to start-up times);
+- ``rl``: the same once it has logged an RL step.
 
-Modes are drawn with the weights ``--weights`` gives (uniform:create:checkpoint:step,
-default 2:1:1:1) from a seeded RNG; a kill that finds the run already
+Modes are drawn with the weights ``--weights`` gives (uniform:create:checkpoint:step:rl,
+default 2:1:1:1:1) from a seeded RNG; a kill that finds the run already
 ended is not counted. The phase a kill hit is read from the files present.
 
 ``fresh-starts``: ``torchrun --nproc_per_node 2 ... distributed.strategy=fsdp`` from a model
@@ -86,10 +87,10 @@ def writing_checkpoint(root: Path, name: str, before: set[Path]) -> bool:
     return bool(_transients(root, name)[1] - before)
 
 
-def _logged(root: Path, name: str) -> int:
+def _logged(root: Path, name: str, rl_only: bool = False) -> int:
     """Warm-up and RL steps logged so far (lines of sft_metrics.jsonl and metrics.jsonl)."""
     run = root / "runs" / name
-    files = [run / "sft_metrics.jsonl", run / "metrics.jsonl"]
+    files = [run / "metrics.jsonl"] + ([] if rl_only else [run / "sft_metrics.jsonl"])
     return sum(len(f.read_text().splitlines()) for f in files if f.is_file())
 
 
@@ -116,12 +117,13 @@ def kill_once(
     if mode == "create" and (root / f"tiny-{name}" / "config.json").exists():
         mode = "uniform"  # a resumed run whose model exists: nothing to wait for
     before = set().union(*_transients(root, name))  # what killed launches left
-    logged = _logged(root, name)  # a line more than the fewest seen is this launch's
+    rl_only = mode == "rl"
+    logged = _logged(root, name, rl_only)  # a line more than the fewest seen is this launch's
     proc = start(run_args(root, name), root)
     began = time.monotonic()
     waiting = {"create": creating, "checkpoint": writing_checkpoint}.get(mode)
-    if mode == "step":
-        while (now := _logged(root, name)) <= logged and proc.poll() is None:
+    if mode in ("step", "rl"):
+        while (now := _logged(root, name, rl_only)) <= logged and proc.poll() is None:
             logged = min(logged, now)  # cut back to the checkpoint's step on resume
             time.sleep(0.01)
         time.sleep(rng.uniform(0, 2.0))
@@ -160,7 +162,8 @@ def kills(args: argparse.Namespace) -> dict:
         name = f"t{trial}"
         trial += 1
         for _ in range(args.kills_per_trial):
-            mode = rng.choices(["uniform", "create", "checkpoint", "step"], args.weights)[0]
+            modes = ["uniform", "create", "checkpoint", "step", "rl"]
+            mode = rng.choices(modes, args.weights)[0]
             hit, mode = kill_once(root, name, mode, rng, span)
             if hit is None:
                 continue
@@ -223,8 +226,9 @@ def main() -> None:
     k.add_argument("--kills-per-trial", type=int, default=2)
     k.add_argument("--seed", type=int, default=0)
     k.add_argument(
-        "--weights", type=lambda t: [float(w) for w in t.split(":")], default=[2, 1, 1, 1],
-        help="how often each mode is drawn, uniform:create:checkpoint:step (default 2:1:1:1)",
+        "--weights", type=lambda t: [float(w) for w in t.split(":")], default=[2, 1, 1, 1, 1],
+        help="how often each mode is drawn, uniform:create:checkpoint:step:rl (default "
+        "2:1:1:1:1)",
     )  # fmt: skip
     f = sub.add_parser("fresh-starts", help="2-rank fsdp starts from a missing model")
     f.add_argument("--starts", type=int, default=20)
