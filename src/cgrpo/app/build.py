@@ -160,7 +160,7 @@ def build_eval_sets(
     the first ``eval.size`` with a warning when that cuts it; its own verifier and sampling
     unless eval.k/temperature/top_p are set), or else one unnamed set of the eval task or
     held-out problems with the recipe's verifier."""
-    from cgrpo.train.evaluation import EvalSet
+    from cgrpo.train.evaluation import EvalSet, source_sets
 
     ev = recipe.eval
     if ev.every == 0:
@@ -181,29 +181,37 @@ def build_eval_sets(
                 f"{where}: no problem fits data.prompt.max_prompt_tokens={limit}; raise it "
                 "(and model.max_length)"
             )
-        if ev.size is not None and ev.size < len(problems):
-            log.warning(
-                "%s: evaluating the first %d of its %d problems (eval.size)",
-                where,
-                ev.size,
-                len(problems),
-            )
-            problems = problems[: ev.size]
         name, options = bench.verifier
-        sets.append(
-            EvalSet(
-                bench.name,
-                problems,
-                registries["verifier"].build(name, options, ctx),
-                (name, dict(options)),
-                ev.k or bench.k,
-                ev.temperature or bench.temperature,
-                ev.top_p or bench.top_p,
-                bench.category,
-                {"benchmark": spec.name, "options": spec.options, **bench.describe()},
-            )
+        whole = EvalSet(
+            bench.name,
+            problems,
+            registries["verifier"].build(name, options, ctx),
+            (name, dict(options)),
+            ev.k or bench.k,
+            ev.temperature or bench.temperature,
+            ev.top_p or bench.top_p,
+            bench.category,
+            {"benchmark": spec.name, "options": spec.options, **bench.describe()},
+            own_k=bench.k,
         )
+        # one set per data source, if the rows name them (eval.k: 1 = greedy only: the
+        # repeated rows of a source are not sampled either)
+        for part in source_sets(whole, sample_repeats=ev.k != 1):
+            sets.append(_first(part, ev.size, f"eval.benchmarks[{i}] ({part.name})"))
     return sets
+
+
+def _first(s: Any, size: int | None, where: str) -> Any:
+    """An evaluation set cut to its first ``size`` problems (eval.size), with a warning."""
+    if size is not None and size < len(s.problems):
+        log.warning(
+            "%s: evaluating the first %d of its %d problems (eval.size)",
+            where,
+            size,
+            len(s.problems),
+        )
+        s.problems = s.problems[:size]
+    return s
 
 
 def fitting_problems(
