@@ -146,6 +146,7 @@ def kill_once(
 
 def kills(args: argparse.Namespace) -> dict:
     root = Path(args.dir or tempfile.mkdtemp(prefix="kill-trial-"))
+    root.mkdir(parents=True, exist_ok=True)  # --dir may name a new directory
     rng = random.Random(args.seed)
     began = time.monotonic()
     ref = subprocess.run([sys.executable, "-m", "cgrpo", *run_args(root, "ref")], env=ENV,
@@ -196,6 +197,7 @@ def free_port() -> int:
 
 def fresh_starts(args: argparse.Namespace) -> dict:
     root = Path(args.dir or tempfile.mkdtemp(prefix="fresh-starts-"))
+    root.mkdir(parents=True, exist_ok=True)  # --dir may name a new directory
     out = {"starts": 0, "succeeded": 0, "failures": [], "wall_s": []}
     for i in range(args.starts):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
