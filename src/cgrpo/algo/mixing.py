@@ -111,7 +111,7 @@ class Batch:
 
     ``input_ids``/``attention_mask``/``position_ids``: (B, prompt_len + T);
     ``response_ids``/``response_mask``/``refinement_mask``/``old_logprobs``: (B, T);
-    ``advantages``/``rewards``: (B,).
+    ``advantages``/``rewards``: (B,), float64 (the loss casts them to its dtype).
     """
 
     input_ids: torch.Tensor
@@ -176,8 +176,8 @@ def collate(rows: Sequence[TrainRow], pad_id: int) -> Batch:
         response_mask=response_mask,
         refinement_mask=response_mask * is_ref.unsqueeze(-1),
         old_logprobs=old,
-        advantages=torch.tensor([r.advantage for r in rows], dtype=torch.float32),
-        rewards=torch.tensor([r.reward for r in rows], dtype=torch.float32),
+        advantages=torch.tensor([r.advantage for r in rows], dtype=torch.float64),
+        rewards=torch.tensor([r.reward for r in rows], dtype=torch.float64),
         sampler_logprobs=sampler,
     )
 

@@ -184,7 +184,7 @@ class Trainer:
         groups = sorted({r.group for r in rows})
         index = {g: i for i, g in enumerate(groups)}
         width = max(sum(1 for r in rows if r.group == g) for g in groups)
-        rewards = torch.zeros(len(groups), width)
+        rewards = torch.zeros(len(groups), width, dtype=torch.float64)  # exact to the loss
         mask = torch.zeros(len(groups), width, dtype=torch.bool)
         slots: list[tuple[int, int]] = []
         fill = dict.fromkeys(groups, 0)
