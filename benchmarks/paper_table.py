@@ -13,8 +13,9 @@ The rows of one seed share one warm-up: a table's rows must have the same ``mode
 ``data.prompt`` and ``sft`` sections (checked), the script runs ``cgrpo sft`` once per seed
 and starts each row from that checkpoint (``sft.steps=0``), as if each recipe had been run
 on its own with that seed. Every run is a ``cgrpo run`` subprocess with one torch thread;
-``--jobs`` run at once. A finished run (status ``completed``) is reused, so a table that
-was stopped picks up where it was. ``--set`` applies overrides to every run (for a quick
+``--jobs`` run at once. A finished run (status ``completed``) is reused and an interrupted
+one continues from its last checkpoint (``resume=auto``), so a table that was stopped
+picks up where it was. ``--set`` applies overrides to every run (for a quick
 try: ``--set train.steps=4 sft.steps=8``). Not part of CI: the ladder's 18 runs take about
 40 CPU-minutes (recipes/paper/README.md gives the measured times).
 """
@@ -118,10 +119,10 @@ def cgrpo(command: str, recipe: str, run_dir: Path, seed: int, overrides: list[s
         return {"run": str(run_dir), "reused": True}
     args = [sys.executable, "-m", "cgrpo", command, str(REPO / recipe)]
     args += [f"run.name={run_dir.name}", f"run.output_dir={run_dir.parent}", f"run.seed={seed}"]
-    args += ["run.console=plain", "run.overwrite=true", *overrides]
+    args += ["run.console=plain", "resume=auto", *overrides]  # an interrupted run goes on
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    with open(run_dir.parent / f"{run_dir.name}.log", "w") as log:
+    with open(run_dir.parent / f"{run_dir.name}.log", "a") as log:  # a resumed run appends
         env = {**os.environ, **ENV}
         with LOCK:
             if STOPPING.is_set():

@@ -24,8 +24,9 @@ aggregated by :func:`aggregate`, the entropy bonus and the KL penalty each by th
 :data:`TermAggregation` (:func:`aggregate_term`). No KL and no reference model by default.
 
 Masked positions never reach a term: every input is replaced by 0 where the mask is 0
-before any arithmetic (``torch.where``, as verl masks), so a NaN or an infinity in padding
-(an old log-prob of -inf, say) changes neither the loss nor any gradient.
+before any arithmetic (``torch.where``, as current verl's ``masked_sum`` does), so a NaN
+or an infinity in padding (an old log-prob of -inf, say) changes neither the loss nor any
+gradient.
 """
 
 from __future__ import annotations
