@@ -97,7 +97,8 @@ def _made_meaningless(section: str, key: str, value: Any) -> tuple[str, ...]:
 
 def _drop_replaced(parent: DictConfig, child: DictConfig) -> None:
     """Before ``extends:`` merges ``child`` over ``parent``: drop the parent's keys that a
-    key the child sets replaces (see ``REPLACED_KEYS``), unless the child sets them too."""
+    key the child sets replaces or switches off (``REPLACED_KEYS``, ``SWITCHED_OFF``),
+    unless the child sets them too."""
     for section in {*REPLACED_KEYS, *SWITCHED_OFF}:
         old, new = parent.get(section), child.get(section)
         if not (isinstance(old, DictConfig) and isinstance(new, DictConfig)):
