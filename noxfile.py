@@ -15,10 +15,11 @@ ENV = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": 
 
 @nox.session
 def lint(session):
-    """ruff lint and format check."""
-    session.install("ruff>=0.6")
+    """ruff lint and format check, and the layers contract (import-linter)."""
+    session.install(*CPU, "-e", ".", "ruff>=0.6", "import-linter>=2.1")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    session.run("lint-imports")
 
 
 @nox.session

@@ -366,8 +366,10 @@ def test_the_resolved_recipe_a_run_saves_validates_again(tmp_path):
         ["model.path=org/model", f"data.task.options.path={data}"],
     )
     assert resolved["algorithm"]["loss"]["clip"] == {"mode": "none"}
-    math500 = resolved["eval"]["benchmarks"][0]["options"]
-    assert "temperature" not in math500 and "dataset" not in math500  # k 1; a local path
+    valid = resolved["eval"]["benchmarks"][0]
+    assert valid["name"] == "verl" and "dataset" not in valid["options"]  # a local path
+    # k 1, but the temperature samples the repeated rows (repeats: samples): kept
+    assert valid["options"]["temperature"] == 0.6
     again, _ = load_recipe(write(tmp_path, yaml.safe_dump(resolved), "resolved.yaml"))
     assert again.algorithm.loss.clip.mode == "none"
 

@@ -32,30 +32,11 @@ def build(
     resume from (a checkpoint of a ``model.lora`` run). ``evaluation_only`` (``cgrpo
     eval``): no KL reference, critic or advantage scheme, and data.task is read only when
     its held-out problems are what is evaluated."""
-    from cgrpo.model import distributed
-    from cgrpo.model.loading import load_policy
-    from cgrpo.model.precision import Precision
-
     # benchmarks first: a missing local copy stops the run before minutes of weight loading
     benchmarks = load_benchmarks(recipe, registries)
-    model, tokenizer, device = load_policy(
-        recipe.model,
-        device=distributed.local_device(),
-        adapter_dir=adapter_dir,
-        seed=recipe.run.seed,
+    model, tokenizer, device, precision, ref_model = _load_models(
+        recipe, adapter_dir, with_reference=not evaluation_only
     )
-    precision = Precision.from_recipe(recipe.model.dtype, device)
-    ref_model = None
-    if recipe.algorithm.loss.kl_coef > 0 and not evaluation_only:  # KL 0: no reference
-        from cgrpo.model.reference import make_reference
-
-        ref_model = make_reference(model, precision)  # before sharding: a plain copy
-    if recipe.distributed.strategy == "fsdp":
-        from cgrpo.model.sharding import shard_model
-
-        model = shard_model(model, precision.compute)
-        if ref_model is not None:
-            ref_model = shard_model(ref_model, precision.compute)
     ctx = BuildContext(
         run_dir=run_dir,
         seed=recipe.run.seed,
@@ -64,15 +45,6 @@ def build(
         recipe=recipe,
         precision=precision,
     )
-    ev = recipe.eval
-    holdout = ev.every > 0 and not ev.benchmarks and ev.task is None
-    route_specs: dict[str, tuple[str, dict[str, Any]]] = {}
-    if evaluation_only and not holdout:
-        problems = []  # the evaluation problems come from elsewhere
-    else:
-        task = registries["task"].build(recipe.data.task.name, recipe.data.task.options, ctx)
-        problems = task.load()
-        route_specs.update(getattr(task, "verifiers", {}))
     prompts = PromptBuilder(
         tokenizer,
         recipe.data.prompt,
@@ -80,15 +52,11 @@ def build(
         recipe.model.max_length,
         recipe.sampling.max_new_tokens,
     )
-    limit = recipe.data.prompt.max_prompt_tokens
-    fitting = fitting_problems(problems, prompts, limit, "data.task")
-    skipped = len(problems) - len(fitting)
-    if not fitting and problems:
-        raise DataError(
-            f"every problem's prompt is longer than data.prompt.max_prompt_tokens="
-            f"{limit}; raise it (and model.max_length)"
-        )
-    fitting, eval_problems = _split_eval(recipe, registries, ctx, fitting, prompts, route_specs)
+    route_specs: dict[str, tuple[str, dict[str, Any]]] = {}
+    problems, skipped = _training_problems(
+        recipe, registries, ctx, prompts, route_specs, evaluation_only
+    )
+    problems, eval_problems = _split_eval(recipe, registries, ctx, problems, prompts, route_specs)
     ctx.policy = registries["policy"].build(recipe.policy.name, recipe.policy.options, ctx)
     critic = advantage = None
     if not evaluation_only:
@@ -104,23 +72,64 @@ def build(
     sets = build_eval_sets(
         recipe, registries, ctx, prompts, verifier, eval_problems, routes, benchmarks
     )
-    return Built(
-        model,
-        tokenizer,
-        device,
-        ctx.policy,
-        critic,
-        verifier,
-        advantage,
-        fitting,
-        prompts,
-        skipped,
-        eval_problems,
-        precision,
-        ref_model,
-        sets,
-        routes,
+    return Built(model, tokenizer, device, ctx.policy, critic, verifier, advantage, problems,
+                 prompts, skipped, eval_problems, precision, ref_model, sets, routes)  # fmt: skip
+
+
+def _load_models(recipe: Recipe, adapter_dir: Path | None, with_reference: bool):
+    """(model, tokenizer, device, precision, KL reference or None), sharded under fsdp. The
+    reference is a plain copy of the policy made before sharding; KL 0 loads none."""
+    from cgrpo.model import distributed
+    from cgrpo.model.loading import load_policy
+    from cgrpo.model.precision import Precision
+
+    model, tokenizer, device = load_policy(
+        recipe.model,
+        device=distributed.local_device(),
+        adapter_dir=adapter_dir,
+        seed=recipe.run.seed,
     )
+    precision = Precision.from_recipe(recipe.model.dtype, device)
+    ref_model = None
+    if recipe.algorithm.loss.kl_coef > 0 and with_reference:
+        from cgrpo.model.reference import make_reference
+
+        ref_model = make_reference(model, precision)
+    if recipe.distributed.strategy == "fsdp":
+        from cgrpo.model.sharding import shard_model
+
+        model = shard_model(model, precision.compute)
+        if ref_model is not None:
+            ref_model = shard_model(ref_model, precision.compute)
+    return model, tokenizer, device, precision, ref_model
+
+
+def _training_problems(
+    recipe: Recipe,
+    registries: Any,
+    ctx: BuildContext,
+    prompts: PromptBuilder,
+    route_specs: dict[str, tuple[str, dict[str, Any]]],
+    evaluation_only: bool,
+) -> tuple[list[Problem], int]:
+    """(data.task's problems whose prompts fit, how many did not). A mixture task adds its
+    sources' verifiers to ``route_specs``. ``cgrpo eval`` reads the task only when its
+    held-out problems are what it evaluates."""
+    ev = recipe.eval
+    holdout = ev.every > 0 and not ev.benchmarks and ev.task is None
+    if evaluation_only and not holdout:
+        return [], 0
+    task = registries["task"].build(recipe.data.task.name, recipe.data.task.options, ctx)
+    problems = task.load()
+    route_specs.update(getattr(task, "verifiers", {}))
+    limit = recipe.data.prompt.max_prompt_tokens
+    fitting = fitting_problems(problems, prompts, limit, "data.task")
+    if not fitting and problems:
+        raise DataError(
+            f"every problem's prompt is longer than data.prompt.max_prompt_tokens="
+            f"{limit}; raise it (and model.max_length)"
+        )
+    return fitting, len(problems) - len(fitting)
 
 
 def load_benchmarks(recipe: Recipe, registries: Any) -> list[tuple[Any, list[Problem]]]:
@@ -150,7 +159,7 @@ def build_eval_sets(
     the first ``eval.size`` with a warning when that cuts it; its own verifier and sampling
     unless eval.k/temperature/top_p are set), or else one unnamed set of the eval task or
     held-out problems with the recipe's verifier."""
-    from cgrpo.train.evaluation import EvalSet
+    from cgrpo.train.evaluation import EvalSet, source_sets
 
     ev = recipe.eval
     if ev.every == 0:
@@ -171,29 +180,37 @@ def build_eval_sets(
                 f"{where}: no problem fits data.prompt.max_prompt_tokens={limit}; raise it "
                 "(and model.max_length)"
             )
-        if ev.size is not None and ev.size < len(problems):
-            log.warning(
-                "%s: evaluating the first %d of its %d problems (eval.size)",
-                where,
-                ev.size,
-                len(problems),
-            )
-            problems = problems[: ev.size]
         name, options = bench.verifier
-        sets.append(
-            EvalSet(
-                bench.name,
-                problems,
-                registries["verifier"].build(name, options, ctx),
-                (name, dict(options)),
-                ev.k or bench.k,
-                ev.temperature or bench.temperature,
-                ev.top_p or bench.top_p,
-                bench.category,
-                {"benchmark": spec.name, "options": spec.options, **bench.describe()},
-            )
+        whole = EvalSet(
+            bench.name,
+            problems,
+            registries["verifier"].build(name, options, ctx),
+            (name, dict(options)),
+            ev.k or bench.k,
+            ev.temperature or bench.temperature,
+            ev.top_p or bench.top_p,
+            bench.category,
+            {"benchmark": spec.name, "options": spec.options, **bench.describe()},
+            own_k=bench.k,
         )
+        # one set per data source, if the rows name them (eval.k: 1 = greedy only: the
+        # repeated rows of a source are not sampled either)
+        for part in source_sets(whole, sample_repeats=ev.k != 1):
+            sets.append(_first(part, ev.size, f"eval.benchmarks[{i}] ({part.name})"))
     return sets
+
+
+def _first(s: Any, size: int | None, where: str) -> Any:
+    """An evaluation set cut to its first ``size`` problems (eval.size), with a warning."""
+    if size is not None and size < len(s.problems):
+        log.warning(
+            "%s: evaluating the first %d of its %d problems (eval.size)",
+            where,
+            size,
+            len(s.problems),
+        )
+        s.problems = s.problems[:size]
+    return s
 
 
 def fitting_problems(

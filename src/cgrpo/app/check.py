@@ -36,7 +36,12 @@ class TaskReport:
     loaded: list[Any] = field(default_factory=list, repr=False)  # the usable problems
 
     def lines(self) -> list[str]:
-        head = f"{self.section} ({self.name}): {self.rows} usable rows read"
+        read = sum(p.metadata.get("repeats", 1) for p in self.loaded) or self.rows
+        head = f"{self.section} ({self.name}): {read} usable rows read"
+        if read != self.rows:  # repeated rows read as one problem each (repeats: samples)
+            head += f" as {self.rows} problems"
+        if sources := source_counts(self.loaded):
+            head += f"; per source: {sources}"
         if self.note:
             head += f"; {self.note}"
         out = [head]
@@ -45,6 +50,16 @@ class TaskReport:
             if len(items) > SHOWN:
                 out.append(f"  ... and {len(items) - SHOWN} more {kind}s")
         return out
+
+
+def source_counts(problems: list[Any]) -> str:
+    """Problems per source (``metadata["task"]``: a source_field or a mixture's labels),
+    with the rows each repeats ("aime 30 x8, math 500"); "" when they name none."""
+    counts: dict[str, list[int]] = {}
+    for p in problems:
+        if (label := p.metadata.get("task")) is not None:
+            counts.setdefault(label, [0, p.metadata.get("repeats", 1)])[0] += 1
+    return ", ".join(f"{k} {n}" + (f" x{r}" if r > 1 else "") for k, (n, r) in counts.items())
 
 
 def tasks_of(recipe: Any) -> list[tuple[str, Any]]:

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,53 +17,6 @@ from cgrpo.errors import CgrpoError, TrainingError
 
 log = logging.getLogger("cgrpo")
 EXIT_INTERRUPTED = 130
-SFT_METRICS = "sft_metrics.jsonl"
-
-
-def _warmup_sampler(recipe: Any, built: Any, wrong: Any):
-    """``sample(problems, seeds)`` for a ``sft.wrong_answer`` that ``uses_own_sample``: one
-    response per problem from the model being warmed up (the recipe's sampling settings,
-    seeded so that a resumed warm-up draws the same), each with its verdict; else None."""
-    if not getattr(wrong, "uses_own_sample", False):
-        return None
-    from cgrpo.model.sharding import sampling_weights
-    from cgrpo.train.verify_pool import VerifyPool
-    from cgrpo.types import SamplingParams
-
-    s = recipe.sampling
-    params = SamplingParams(
-        n=1, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
-        max_new_tokens=s.max_new_tokens,
-    )  # fmt: skip
-    inline = VerifyPool(1)  # a few responses per step: not worth the worker processes
-
-    def sample(problems, seeds):
-        policy = built.policy
-        if not getattr(policy, "samples_with_trainer_model", False):
-            policy.sync_weights(built.model)  # a separate engine (vllm): this step's weights
-        with sampling_weights(policy, built.model):
-            out = policy.generate([built.prompts.prompt_ids(p) for p in problems], params, seeds)
-        texts = [group[0].text for group in out]
-        verdicts = inline.verify_routed(
-            (built.verifier, None), built.verifier_routes, list(zip(texts, problems, strict=True))
-        )
-        return list(zip(texts, verdicts, strict=True))
-
-    return sample
-
-
-def _save_warmup(run_dir: Path, step: int, built: Any, state: dict[str, Any]) -> None:
-    """Rank 0 writes warm-up checkpoint ``step`` and drops the older ones (every rank
-    holds the same weights: the warm-up batch is the same on every rank)."""
-    from cgrpo.model import distributed
-    from cgrpo.train.checkpoint import complete_checkpoints, save_checkpoint
-
-    if distributed.is_main():
-        save_checkpoint(run_dir, step, built.model, built.tokenizer, state, warmup=True)
-        for older, path in complete_checkpoints(run_dir, warmup=True):
-            if older != step:
-                shutil.rmtree(path, ignore_errors=True)
-    distributed.barrier()
 
 
 def _check_writable(run_dir: Path) -> None:
@@ -104,7 +56,7 @@ def _start_on_rank0(recipe, resolved, run_dir: Path, source: str) -> str | None:
 
     from cgrpo.model import distributed
     from cgrpo.train.checkpoint import is_warmup_checkpoint
-    from cgrpo.train.resume import choose_start, cut_logs
+    from cgrpo.train.resume import SFT_METRICS, choose_start, cut_logs
 
     outcome: tuple[str, object] = ("ok", None)
     if distributed.is_main():
@@ -171,7 +123,31 @@ def _check_memory(recipe, source: str) -> None:
     )
 
 
+@dataclass
+class RunSession:
+    """What every phase of one ``cgrpo run`` reads: the recipe, where the run lives, where it
+    starts from, and what it has built so far."""
+
+    path: str
+    overrides: Sequence[str]
+    recipe: Any
+    resolved: Any
+    registries: Any
+    run_dir: Path
+    ckpt: str | None  # the RL checkpoint training goes on from (None: RL starts fresh)
+    warm_from: Path | None  # a warm-up checkpoint the warm-up goes on from
+    console: Any
+    main: bool
+    built: Any = None
+    observers: Any = None
+    status: str = "failed"
+
+    def say(self, text: str) -> None:
+        self.console.message(text)
+
+
 def run_recipe(path: str, overrides: Sequence[str]) -> int:
+    """``cgrpo run``: validate, then the phases in order: build, warm-up, KL reference, RL."""
     from cgrpo.config import load_recipe
     from cgrpo.plugins import get_registries
 
@@ -182,18 +158,41 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
 
     from transformers.utils import logging as hf_logging
 
-    from cgrpo.app.build import build
-    from cgrpo.interfaces import BuildContext
-    from cgrpo.model import distributed
-    from cgrpo.train.checkpoint import is_warmup_checkpoint, load_trainer_state, restore_rng
-    from cgrpo.train.loop import Trainer
-    from cgrpo.train.metrics import Console, JsonlWriter
-    from cgrpo.train.observers import Observers, build_observers
-    from cgrpo.train.resume import check_disk
-    from cgrpo.train.sft import build_wrong_answer, sft_warmup
-
     hf_logging.disable_progress_bar()
     _check_memory(recipe, path)
+    run = _open_session(path, overrides, recipe, resolved, registries)
+    handlers = _setup_logging(run.run_dir, run.console) if run.main else []
+    _announce(run)
+    if run.main:
+        registries.hook.on_run_start(run_dir=str(run.run_dir), recipe=resolved)
+    try:
+        from cgrpo.app.warmup import warm_up, warn_of_another_template
+
+        warn_of_another_template(recipe, run.run_dir)
+        build_parts(run)
+        if recipe.sft.steps and run.ckpt is None:
+            warm_up(run)
+        prepare_reference(run)
+        return train_rl(run)
+    except KeyboardInterrupt:
+        run.status = "interrupted"
+        log.info("interrupted (KeyboardInterrupt)")
+        raise
+    except Exception as exc:  # the CLI shows it; train.log keeps it beside the run
+        log.error("run failed: %s", exc, exc_info=not isinstance(exc, CgrpoError),
+                  extra={"console": False})  # fmt: skip
+        raise
+    finally:
+        _close_session(run, handlers)
+
+
+def _open_session(path, overrides, recipe, resolved, registries) -> RunSession:
+    """Join the process group, let rank 0 prepare the run directory and choose where to
+    start, and open the console."""
+    from cgrpo.model import distributed
+    from cgrpo.train.checkpoint import is_warmup_checkpoint
+    from cgrpo.train.metrics import Console
+
     distributed.setup(recipe.distributed.backend, recipe.distributed.strategy)
     run_dir = Path(recipe.run.output_dir) / recipe.run.name
     ckpt = _start_on_rank0(recipe, resolved, run_dir, path)
@@ -204,145 +203,118 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
         log_every=recipe.run.log_every,
         budget_usd=(recipe.critic.options or {}).get("budget_usd"),
     )
-    handlers = _setup_logging(run_dir, console) if main else []
-    say = console.message
-    say(
-        f"cgrpo: run directory {run_dir}"
-        + (f", resuming from {ckpt}" if ckpt else "")
+    warm_from = None  # a warm-up checkpoint: the warm-up goes on from it, then RL
+    if ckpt is not None and is_warmup_checkpoint(Path(ckpt)):
+        warm_from, ckpt = Path(ckpt), None
+    return RunSession(path, overrides, recipe, resolved, registries, run_dir, ckpt, warm_from,
+                      console, main)  # fmt: skip
+
+
+def _announce(run: RunSession) -> None:
+    from cgrpo.model import distributed
+
+    started = run.ckpt or run.warm_from
+    run.say(
+        f"cgrpo: run directory {run.run_dir}"
+        + (f", resuming from {started}" if started else "")
         + (f", {distributed.world_size()} processes" if distributed.active() else "")
     )
-    hooks = registries.hook
-    status, built, observers = "failed", None, None
-    if main:
-        hooks.on_run_start(run_dir=str(run_dir), recipe=resolved)
-    try:
-        weights = ckpt  # an RL or a warm-up checkpoint: its weights are loaded either way
-        warm_from = None  # a warm-up checkpoint: the warm-up goes on from it, then RL
-        if ckpt is not None and is_warmup_checkpoint(Path(ckpt)):
-            warm_from, ckpt = Path(ckpt), None
-        adapters = None
-        if weights is not None and recipe.model.lora is not None:
-            adapters = Path(weights)  # the checkpoint holds the adapters; the base stays
-        elif weights is not None:  # the checkpoint holds the weights and the tokenizer
-            recipe.model.path, recipe.model.create = weights, None
-        built = build(recipe, registries, run_dir, adapter_dir=adapters)
-        check_disk(run_dir, built.model)
-        if recipe.model.lora is not None:
-            from cgrpo.model.lora import trainable_summary
 
-            say(f"cgrpo: LoRA adapters, {trainable_summary(built.model)}")
-        say(
-            f"cgrpo: {len(built.problems)} problems, model on {built.device}, "
-            f"policy={recipe.policy.name} critic={recipe.critic.name} "
-            f"verifier={recipe.verifier.name}"
+
+def build_parts(run: RunSession) -> None:
+    """Phase 1: model, tokenizer and components, from the checkpoint's weights on resume."""
+    from cgrpo.app.build import build
+    from cgrpo.train.resume import check_disk
+
+    recipe = run.recipe
+    weights = run.ckpt or run.warm_from  # RL or warm-up checkpoint: its weights either way
+    adapters = None
+    if weights is not None and recipe.model.lora is not None:
+        adapters = Path(weights)  # the checkpoint holds the adapters; the base stays
+    elif weights is not None:  # the checkpoint holds the weights and the tokenizer
+        recipe.model.path, recipe.model.create = str(weights), None
+    run.built = build(recipe, run.registries, run.run_dir, adapter_dir=adapters)
+    check_disk(run.run_dir, run.built.model)
+    if recipe.model.lora is not None:
+        from cgrpo.model.lora import trainable_summary
+
+        run.say(f"cgrpo: LoRA adapters, {trainable_summary(run.built.model)}")
+    run.say(
+        f"cgrpo: {len(run.built.problems)} problems, model on {run.built.device}, "
+        f"policy={recipe.policy.name} critic={recipe.critic.name} "
+        f"verifier={recipe.verifier.name}"
+    )
+
+
+def prepare_reference(run: RunSession) -> None:
+    """Phase 3: the KL reference is the policy as RL starts (after the warm-up); a resumed
+    run loads the reference of the run that wrote its checkpoint."""
+    built = run.built
+    if built.ref_model is None:
+        return
+    from cgrpo.model.reference import load_reference, refresh_reference, save_reference
+
+    if run.ckpt is None:
+        refresh_reference(built.ref_model, built.model)
+        save_reference(run.run_dir, built.ref_model, built.model)
+        return
+    origin = Path(run.ckpt).resolve().parent.parent
+    load_reference(origin, built.ref_model, built.model)
+    if origin != run.run_dir.resolve():
+        save_reference(run.run_dir, built.ref_model, built.model)
+
+
+def train_rl(run: RunSession) -> int:
+    """Phase 4: the RL steps (with their evaluations and checkpoints), then the final
+    words: where the results are, or how to continue an interrupted run."""
+    from cgrpo.interfaces import BuildContext
+    from cgrpo.train.checkpoint import load_trainer_state
+    from cgrpo.train.loop import Trainer
+    from cgrpo.train.observers import Observers, build_observers
+
+    recipe, hooks = run.recipe, run.registries.hook
+    context = BuildContext(run_dir=run.run_dir, seed=recipe.run.seed, recipe=recipe)
+    trackers = build_observers(recipe, run.registries, context) if run.main else []
+    run.observers = Observers(hooks, trackers)
+    trainer = Trainer(recipe, run.built, run.run_dir, hooks=run.observers, console=run.console)
+    if run.ckpt is not None:
+        trainer.load_state(load_trainer_state(Path(run.ckpt)), Path(run.ckpt))
+    run.observers.start(str(run.run_dir), run.resolved, trainer.step_done)
+    run.status = trainer.fit()
+    if run.status == "interrupted":
+        run.say(
+            f"cgrpo: interrupted; checkpoint saved at step {trainer.step_done}. Continue "
+            f"with: {resume_command(run.path, run.overrides)}"
         )
-        if recipe.sft.steps and ckpt is None:
-            # no RL checkpoint yet: the warm-up runs from its start, or from its newest
-            # checkpoint (sft.save_every). After a kill with neither, resume=auto has
-            # removed the run directory; the seeded warm-up ends bitwise where the killed
-            # one would have
-            start = None
-            if warm_from is not None:
-                start = load_trainer_state(warm_from)
-                restore_rng(start["rng"])
-                say(f"cgrpo: the warm-up goes on after its step {start['step']}")
-            first = 1 if start is None else start["step"] + 1
-            out = JsonlWriter(run_dir / SFT_METRICS) if main else None
+        return EXIT_INTERRUPTED
+    if recipe.train.steps == 0:  # cgrpo sft: the warm-up's files, not an empty metrics file
+        from cgrpo.app.warmup import warm_up_done
 
-            sft_started = time.monotonic()
-
-            def on_sft(step, m):
-                if out is not None:
-                    out.write({"step": step, **m})
-                n = recipe.sft.steps
-                if step in (first, n) or step % max(1, n // 10) == 0:
-                    per_step = (time.monotonic() - sft_started) / (step - first + 1)
-                    say(f"sft {step}/{n}  loss {m['sft/loss']:.3f}  ({per_step:.2f}s/step, "
-                        f"eta {per_step * (n - step):.0f}s)")  # fmt: skip
-
-            sft_problems = built.problems
-            if recipe.sft.task is not None:
-                sft_problems = (
-                    registries["task"]
-                    .build(recipe.sft.task.name, recipe.sft.task.options, None)
-                    .load()
-                )
-            refinement_problems = None
-            if recipe.sft.refinement_task is not None and recipe.sft.refinement_share > 0:
-                spec = recipe.sft.refinement_task
-                refinement_problems = registries["task"].build(spec.name, spec.options, None).load()
-            wrong = build_wrong_answer(recipe.sft.wrong_answer)
-            sft_warmup(
-                built.model,
-                built.tokenizer,
-                sft_problems,
-                built.prompts,
-                recipe.sft,
-                recipe.run.seed,
-                on_sft,
-                critic=built.critic,
-                precision=built.precision,
-                chunk_tokens=recipe.algorithm.logprob_chunk_tokens,
-                optim=recipe.optim,
-                refinement_problems=refinement_problems,
-                start=start,
-                wrong=wrong,
-                sample=_warmup_sampler(recipe, built, wrong),
-                save=lambda step, state: _save_warmup(run_dir, step, built, state),
-                save_every=recipe.sft.save_every,
-            )
-            if out is not None:
-                out.close()
-        if built.ref_model is not None:  # the KL reference: the policy as RL starts
-            from cgrpo.model.reference import load_reference, refresh_reference, save_reference
-
-            if ckpt is None:
-                refresh_reference(built.ref_model, built.model)  # after the warm-up
-                save_reference(run_dir, built.ref_model, built.model)
-            else:  # the reference of the run that wrote the checkpoint
-                origin = Path(ckpt).resolve().parent.parent
-                load_reference(origin, built.ref_model, built.model)
-                if origin != run_dir.resolve():
-                    save_reference(run_dir, built.ref_model, built.model)
-        context = BuildContext(run_dir=run_dir, seed=recipe.run.seed, recipe=recipe)
-        observers = Observers(hooks, build_observers(recipe, registries, context) if main else [])
-        trainer = Trainer(recipe, built, run_dir, hooks=observers, console=console)
-        if ckpt is not None:
-            trainer.load_state(load_trainer_state(Path(ckpt)), Path(ckpt))
-        observers.start(str(run_dir), resolved, trainer.step_done)
-        status = trainer.fit()
-        if status == "interrupted":
-            say(
-                f"cgrpo: interrupted; checkpoint saved at step {trainer.step_done}. Continue "
-                f"with: {resume_command(path, overrides)}"
-            )
-            return EXIT_INTERRUPTED
-        say(
-            f"cgrpo: done; metrics in {run_dir / 'metrics.jsonl'}, final weights in "
-            f"{run_dir / 'checkpoints' / f'step-{recipe.train.steps}'}"
-        )
+        run.say(warm_up_done(run))
         return 0
-    except KeyboardInterrupt:
-        status = "interrupted"
-        log.info("interrupted (KeyboardInterrupt)")
-        raise
-    except Exception as exc:  # the CLI shows it; train.log keeps it beside the run
-        log.error("run failed: %s", exc, exc_info=not isinstance(exc, CgrpoError),
-                  extra={"console": False})  # fmt: skip
-        raise
-    finally:
-        console.close()
-        if built is not None:
-            for part in (built.critic, built.policy):
-                close = getattr(part, "close", None)
-                if callable(close):
-                    close()
-        if observers is not None:
-            observers.end(status)
-        if main:
-            hooks.on_run_end(run_dir=str(run_dir), status=status)
-            (run_dir / "status.json").write_text(json.dumps({"status": status}))
-        for h in handlers:
-            logging.getLogger("cgrpo").removeHandler(h)
-            h.close()
-        distributed.teardown()
+    run.say(
+        f"cgrpo: done; metrics in {run.run_dir / 'metrics.jsonl'}, final weights in "
+        f"{run.run_dir / 'checkpoints' / f'step-{recipe.train.steps}'}"
+    )
+    return 0
+
+
+def _close_session(run: RunSession, handlers: list[logging.Handler]) -> None:
+    """Close what the run opened, in every outcome, and record the outcome."""
+    from cgrpo.model import distributed
+
+    run.console.close()
+    if run.built is not None:
+        for part in (run.built.critic, run.built.policy):
+            close = getattr(part, "close", None)
+            if callable(close):
+                close()
+    if run.observers is not None:
+        run.observers.end(run.status)
+    if run.main:
+        run.registries.hook.on_run_end(run_dir=str(run.run_dir), status=run.status)
+        (run.run_dir / "status.json").write_text(json.dumps({"status": run.status}))
+    for h in handlers:
+        logging.getLogger("cgrpo").removeHandler(h)
+        h.close()
+    distributed.teardown()

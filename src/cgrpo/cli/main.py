@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from cgrpo import __version__
 from cgrpo.errors import CgrpoError, DataError, PluginError, RecipeError, UsageError
@@ -26,6 +27,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"cgrpo {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    _add_run_commands(sub)
+    _add_check(sub)
+    _add_critique(sub)
+    _add_export(sub)
+    _add_eval(sub)
+    _add_report(sub)
+    _add_list(sub)
+    return p
+
+
+def _add_run_commands(sub: Any) -> None:
     run = sub.add_parser("run", help="train with a recipe")
     run.add_argument("recipe", help="path to a YAML recipe")
     run.add_argument("overrides", nargs="*", help="key=value overrides")
@@ -38,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     sft.add_argument("recipe", help="path to a YAML recipe with sft.steps > 0")
     sft.add_argument("overrides", nargs="*", help="key=value overrides")
 
+
+def _add_check(sub: Any) -> None:
     check = sub.add_parser("check", help="validate a recipe and print it resolved (builds nothing)")
     check.add_argument("recipe", help="path to a YAML recipe")
     check.add_argument("overrides", nargs="*", help="key=value overrides")
@@ -54,6 +68,8 @@ def _parser() -> argparse.ArgumentParser:
         help="read only the first N usable rows of each task (default: all; 0: skip the data)",
     )
 
+
+def _add_critique(sub: Any) -> None:
     crit = sub.add_parser(
         "critique", help="run the recipe's critic on a few samples and show cost and latency"
     )
@@ -62,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     crit.add_argument("--samples", help="a run's samples.jsonl to critique (default: the task)")
     crit.add_argument("-n", type=int, default=4, help="how many samples (default 4)")
 
+
+def _add_export(sub: Any) -> None:
     exp = sub.add_parser(
         "export", help="write a checkpoint as plain transformers weights (LoRA merged)"
     )
@@ -72,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     exp.add_argument("--base", help="base model directory of a LoRA checkpoint (default: saved)")
 
+
+def _add_eval(sub: Any) -> None:
     ev = sub.add_parser(
         "eval",
         help="evaluate a model, checkpoint or run on benchmarks or a recipe's eval problems",
@@ -100,6 +120,8 @@ def _parser() -> argparse.ArgumentParser:
         help="instead: two eval output directories side by side, with B - A per benchmark",
     )  # fmt: skip
 
+
+def _add_report(sub: Any) -> None:
     rep = sub.add_parser("report", help="plot one or several runs: PNGs, report.html, report.md")
     rep.add_argument("runs", nargs="+", help="run directories (overlaid on every panel)")
     rep.add_argument(
@@ -108,13 +130,28 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument(
         "--metrics", help="comma-separated metrics, one panel each, instead of the defaults"
     )
-    rep.add_argument("--smooth", type=int, default=1, help="moving-average window in steps")
+    rep.add_argument(
+        "--smooth",
+        type=float,
+        default=None,
+        metavar="FACTOR",
+        help="exponential smoothing of per-step curves, 0 (off) to below 1 (default 0.8; "
+        "the raw curve is drawn faint behind)",
+    )
 
+
+def _add_list(sub: Any) -> None:
     lst = sub.add_parser("list", help="list registered components")
     lst.add_argument(
         "kind", nargs="?", help="policy, critic, verifier, advantage, task, benchmark or observer"
     )
-    return p
+    lst.add_argument(
+        "--format",
+        choices=["auto", "table", "markdown"],
+        default="auto",
+        help="table (rich, wrapped to the terminal) or markdown (whole words and summaries, "
+        "for pipes and files); auto: a table on a terminal, markdown otherwise",
+    )
 
 
 def cmd_check(
@@ -144,12 +181,16 @@ def cmd_check(
         print(f"cgrpo check: --gpu-memory: {exc}", file=sys.stderr)
         return EXIT_USAGE
     console = Console()
+    # a CPU run: the recipe says so, or no GPU is visible and none was described
+    asked_gpu = gpus is not None or memory is not None
     gpus = gpus or memory_plan.default_gpus()
     memory = memory if memory is not None else memory_plan.visible_gpu_memory()
 
     def show_plan(recipe) -> bool:
         """Print the plan; False when it does not fit."""
-        verdict = memory_plan.check_recipe(recipe, gpus, memory)
+        device = recipe.model.device
+        cpu = device == "cpu" or (device == "auto" and memory is None and not asked_gpu)
+        verdict = memory_plan.check_recipe(recipe, gpus, memory, cpu)
         console.print(escape(verdict.text), highlight=False)
         if verdict.fits is False:
             console.print(escape(memory_plan.fixes_text(verdict.fixes)), highlight=False)
@@ -198,13 +239,8 @@ def _show_data(console, recipe, data_rows: int | None) -> bool:
     return not any(r.problems for r in reports)
 
 
-def cmd_list(kind: str | None) -> int:
-    from pydantic import BaseModel
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    from cgrpo.plugins import get_registries
+def cmd_list(kind: str | None, fmt: str = "auto") -> int:
+    from cgrpo.cli.listing import list_components
     from cgrpo.registry import KINDS, closest
 
     if kind is not None and kind not in KINDS:
@@ -214,46 +250,29 @@ def cmd_list(kind: str | None) -> int:
             f"cgrpo list: unknown kind {kind!r}; kinds: {', '.join(KINDS)}.{hint}", file=sys.stderr
         )
         return EXIT_USAGE
-    regs = get_registries()
-    console = Console()
-    for k in [kind] if kind else KINDS:
-        table = Table(title=f"{k} components", title_justify="left", show_lines=False)
-        for col in ("name", "plugin", "options (defaults)", "summary"):
-            table.add_column(col, overflow="fold")
-        for comp in regs[k]:
-            opts = []
-            for fname, field in comp.options.model_fields.items():
-                value = (
-                    None if field.is_required() else field.get_default(call_default_factory=True)
-                )
-                if k == "benchmark" and value in (None, []) and not field.is_required():
-                    continue  # a preset's long option list: the unset ones are noise here
-                if isinstance(value, BaseModel):
-                    value = value.model_dump()
-                default = "required" if field.is_required() else repr(value)
-                opts.append(f"{fname}={default}")
-            # escaped: rich would read "[data]" in "pip install 'cgrpo[data]'" as markup
-            cells = (comp.name, comp.plugin, "\n".join(opts) or "-", comp.summary)
-            table.add_row(*(escape(str(c)) for c in cells))
-        console.print(table)
+    list_components([kind] if kind else list(KINDS), fmt)
     return EXIT_OK
 
 
-def cmd_report(runs: Sequence[str], out: str | None, metrics: str | None, smoothing: int) -> int:
+def cmd_report(
+    runs: Sequence[str], out: str | None, metrics: str | None, smoothing: float | None
+) -> int:
     from pathlib import Path
 
-    from cgrpo.report import read_run, write_report
+    from cgrpo.report import DEFAULT_SMOOTHING, read_run, write_report
 
-    if smoothing < 1:
-        print("cgrpo report: --smooth must be 1 or more", file=sys.stderr)
-        return EXIT_USAGE
+    smoothing = DEFAULT_SMOOTHING if smoothing is None else smoothing
+    if not 0 <= smoothing < 1:
+        raise UsageError(f"--smooth {smoothing:g}: give a factor from 0 (off) to below 1")
     loaded = [read_run(r) for r in runs]
     target = Path(out) if out else (Path(runs[0]) / "report" if len(runs) == 1 else Path("report"))
     only = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
-    pngs = write_report(loaded, target, only, smoothing)
+    pngs, left_out = write_report(loaded, target, only, smoothing)
     empty = [r.name for r in loaded if not r.rows]
     if empty:
         print(f"cgrpo report: no steps logged yet in {', '.join(empty)}", file=sys.stderr)
+    for line in left_out:
+        print(f"cgrpo report: not drawn: {line}")
     print(f"cgrpo report: {len(pngs)} figures, {target / 'report.html'}, {target / 'report.md'}")
     return EXIT_OK
 
@@ -262,6 +281,46 @@ def cmd_run(recipe_path: str, overrides: Sequence[str]) -> int:
     from cgrpo.app.run import run_recipe
 
     return run_recipe(recipe_path, overrides)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from cgrpo.cli.evaluate import run_compare, run_eval
+
+    if args.compare:
+        if args.target:
+            raise UsageError("--compare takes two eval directories and no target")
+        return run_compare(*args.compare, args.out)
+    if not args.target:
+        raise UsageError("name what to evaluate: a recipe, run, checkpoint or model")
+    return run_eval(
+        args.target, args.overrides, args.model, args.k, args.temperature, args.limit,
+        args.out, args.benchmarks, args.backend, args.verify_workers,
+    )  # fmt: skip
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from cgrpo.cli.export import run_export
+
+    return run_export(args.checkpoint, args.out, args.dtype, args.base)
+
+
+def _cmd_critique(args: argparse.Namespace) -> int:
+    from cgrpo.cli.critique import run_critique
+
+    return run_critique(args.recipe, args.overrides, args.samples, args.n)
+
+
+COMMANDS = {
+    "check": lambda a: cmd_check(a.recipe, a.overrides, a.gpus, a.gpu_memory, a.data_rows),
+    "list": lambda a: cmd_list(a.kind, a.format),
+    "run": lambda a: cmd_run(a.recipe, a.overrides),
+    # the warm-up alone, as a run of zero RL steps
+    "sft": lambda a: cmd_run(a.recipe, [*a.overrides, "train.steps=0"]),
+    "eval": _cmd_eval,
+    "report": lambda a: cmd_report(a.runs, a.out, a.metrics, a.smooth),
+    "export": _cmd_export,
+    "critique": _cmd_critique,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -273,39 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        if args.command == "check":
-            return cmd_check(
-                args.recipe, args.overrides, args.gpus, args.gpu_memory, args.data_rows
-            )
-        if args.command == "list":
-            return cmd_list(args.kind)
-        if args.command == "run":
-            return cmd_run(args.recipe, args.overrides)
-        if args.command == "sft":  # the warm-up alone, as a run of zero RL steps
-            return cmd_run(args.recipe, [*args.overrides, "train.steps=0"])
-        if args.command == "eval":
-            from cgrpo.cli.evaluate import run_compare, run_eval
-
-            if args.compare:
-                if args.target:
-                    raise UsageError("--compare takes two eval directories and no target")
-                return run_compare(*args.compare, args.out)
-            if not args.target:
-                raise UsageError("name what to evaluate: a recipe, run, checkpoint or model")
-            return run_eval(
-                args.target, args.overrides, args.model, args.k, args.temperature, args.limit,
-                args.out, args.benchmarks, args.backend, args.verify_workers,
-            )  # fmt: skip
-        if args.command == "report":
-            return cmd_report(args.runs, args.out, args.metrics, args.smooth)
-        if args.command == "export":
-            from cgrpo.cli.export import run_export
-
-            return run_export(args.checkpoint, args.out, args.dtype, args.base)
-        if args.command == "critique":
-            from cgrpo.cli.critique import run_critique
-
-            return run_critique(args.recipe, args.overrides, args.samples, args.n)
+        return COMMANDS[args.command](args)
     except RecipeError as exc:
         print(exc.render(), file=sys.stderr)
         return EXIT_USAGE
@@ -318,7 +345,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cgrpo: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    raise AssertionError(f"unhandled command {args.command}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,7 +3,8 @@
 Three passes, all run even when an earlier one found problems, so a user fixes a recipe
 in one edit: (1) the schema (pydantic), (2) each component's name and own ``Options``,
 (3) cross-field checks that GRPO users keep tripping over (group sizes, batch divisions,
-the refinement context budget, secrets written into the recipe), and settings that the
+the refinement context budget: the table of named rules in :mod:`cgrpo.config.rules`),
+secrets written into the recipe, and settings that the
 others make meaningless (``ignored_settings()`` of each section and component options):
 a setting is either used or refused, never accepted and ignored.
 """
@@ -11,13 +12,12 @@ a setting is either used or refused, never accepted and ignored.
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from cgrpo.config.rules import cross_issues
 from cgrpo.config.schema import COMPONENT_PATHS, ComponentSpec, Recipe
 from cgrpo.errors import ConfigIssue, RecipeError, UnknownComponentError
 from cgrpo.registry import closest
@@ -242,33 +242,6 @@ def _secret_issues(data: Any, path: str = "") -> list[ConfigIssue]:
     return issues
 
 
-def _eval_issues(r: Recipe) -> list[ConfigIssue]:
-    """Benchmarks listed twice under one name, and a train.keep_best that no evaluation
-    would ever log (the best checkpoint would silently never be kept)."""
-    out: list[ConfigIssue] = []
-    labels = [str(b.options.get("label") or b.name) for b in r.eval.benchmarks]
-    for i, label in enumerate(labels):
-        if label in labels[:i]:
-            out.append(ConfigIssue(
-                f"eval.benchmarks[{i}]", f"{label} is listed twice (its metrics would mix)",
-                "give one options.label"))  # fmt: skip
-    key = r.train.keep_best
-    if key is None or not key.startswith("eval/"):
-        return out
-    if r.eval.every == 0:
-        out.append(ConfigIssue("train.keep_best", f"{key} is never logged: evaluation is off",
-                               "set eval.every"))  # fmt: skip
-    elif labels:
-        name, _, metric = key[len("eval/") :].partition("/")
-        known = [*labels, "avg", "avg_math"]
-        if not metric or name not in known:
-            out.append(ConfigIssue(
-                "train.keep_best", f"{key} is not an evaluation metric of this recipe",
-                f"use eval/<benchmark>/<metric> with a benchmark among {', '.join(known)}, "
-                "e.g. eval/avg/score"))  # fmt: skip
-    return out
-
-
 def _verify_workers_issues(
     r: Recipe, options: dict[str, BaseModel], registries: Any
 ) -> list[ConfigIssue]:
@@ -305,219 +278,6 @@ def _in_processes(registries: Any, name: str, options: Any) -> bool:
         isinstance(p, dict) and _in_processes(registries, p.get("name"), p.get("options"))
         for p in parts or []
     )
-
-
-def cross_issues(r: Recipe) -> list[ConfigIssue]:
-    """Checks that need several fields at once."""
-    out: list[ConfigIssue] = _eval_issues(r)
-    a = r.algorithm
-    g, k = a.samples_per_prompt, a.refinements_per_prompt
-    n = g + k
-    if k == 0 and g < 2:
-        out.append(
-            ConfigIssue(
-                "algorithm.samples_per_prompt",
-                f"plain GRPO (K=0) needs G >= 2 samples per prompt, got {g}",
-                "set samples_per_prompt to 2 or more, or refinements_per_prompt >= 1",
-            )
-        )
-    if k >= 1:
-        most = min(g, a.max_refinements_generated or g)
-        if k > most:
-            out.append(
-                ConfigIssue(
-                    "algorithm.refinements_per_prompt",
-                    f"K={k} refinements cannot be kept: at most {most} are "
-                    "generated per prompt (one per initial response, capped by "
-                    "max_refinements_generated)",
-                    f"set refinements_per_prompt <= {most}",
-                )
-            )
-    if a.prompts_per_step % a.updates_per_step:
-        ok = [d for d in range(1, a.prompts_per_step + 1) if a.prompts_per_step % d == 0]
-        out.append(
-            ConfigIssue(
-                "algorithm.updates_per_step",
-                f"{a.prompts_per_step} prompts per step cannot be split into "
-                f"{a.updates_per_step} mini-batches of whole groups",
-                f"use one of {ok}",
-            )
-        )
-    else:
-        rows = a.prompts_per_step // a.updates_per_step * n
-        if a.micro_batch_size > rows or rows % a.micro_batch_size:
-            ok = [d for d in range(1, rows + 1) if rows % d == 0]
-            out.append(
-                ConfigIssue(
-                    "algorithm.micro_batch_size",
-                    f"a mini-batch holds {rows} sequences (P/updates x N = "
-                    f"{a.prompts_per_step}/{a.updates_per_step} x {n}); "
-                    f"{a.micro_batch_size} does not divide it",
-                    f"use one of {ok}",
-                )
-            )
-    budget = r.model.max_length
-    cap = a.max_tokens_per_micro_batch
-    if cap is not None and cap < budget:
-        out.append(
-            ConfigIssue(
-                "algorithm.max_tokens_per_micro_batch",
-                f"{cap} is less than model.max_length {budget}: the longest sequence "
-                "would not fit a micro-batch of its own",
-                f"set it to at least {budget}",
-            )
-        )
-    prompt = r.data.prompt.max_prompt_tokens
-    new = r.sampling.max_new_tokens
-    if prompt + new > budget:
-        out.append(
-            ConfigIssue(
-                "model.max_length",
-                f"prompt ({prompt}) + response ({new}) = {prompt + new} tokens "
-                f"exceeds the context budget {budget}",
-                "raise model.max_length or lower data.prompt.max_prompt_tokens / "
-                "sampling.max_new_tokens",
-            )
-        )
-    if k >= 1:
-        ref = r.refinement
-        # the template's own words and the chat framing, estimated without a tokenizer
-        # (~3 characters per token; a prompt that still does not fit at run time is
-        # skipped and counted in refine/skipped_too_long)
-        fixed = re.sub(r"\{(question|response|critique)\}", "", ref.template)
-        framing = len(fixed) // 3 + (16 if r.data.prompt.chat_template else 0)
-        need = prompt + ref.max_critique_tokens + ref.min_previous_response_tokens + new + framing
-        if need > budget:
-            out.append(
-                ConfigIssue(
-                    "refinement",
-                    f"a refinement prompt needs question ({prompt}) + previous "
-                    f"response (>= {ref.min_previous_response_tokens}) + critique "
-                    f"({ref.max_critique_tokens}) + template and chat framing (~{framing}) + "
-                    f"refinement ({new}) = {need} tokens, over model.max_length {budget}",
-                    "raise model.max_length or lower refinement.max_critique_tokens"
-                    " / min_previous_response_tokens",
-                )
-            )
-        try:
-            ref.template.format(question="q", response="r", critique="c")
-        except (KeyError, IndexError, ValueError) as exc:
-            out.append(
-                ConfigIssue(
-                    "refinement.template",
-                    f"cannot be filled: {exc!r}",
-                    "use only {question}, {response}, {critique}; "
-                    "write {{ and }} for literal braces",
-                )
-            )
-        if "{critique}" not in ref.template:
-            out.append(
-                ConfigIssue(
-                    "refinement.template",
-                    "does not contain {critique}",
-                    "the refinement prompt must show the critique",
-                )
-            )
-    if "{question}" not in r.data.prompt.template:
-        out.append(
-            ConfigIssue(
-                "data.prompt.template", "does not contain {question}", "e.g. template: '{question}'"
-            )
-        )
-    loss = a.loss
-    if loss.normalizer != "auto" and loss.aggregation != "token_sum":
-        out.append(
-            ConfigIssue(
-                "algorithm.loss.normalizer",
-                f"only used with aggregation 'token_sum' (got '{loss.aggregation}')",
-                "remove it or set aggregation: token_sum",
-            )
-        )
-    if loss.tis_cap is not None and a.old_logprobs != "recompute":
-        out.append(
-            ConfigIssue(
-                "algorithm.loss.tis_cap",
-                "importance correction compares the trainer's recomputed "
-                "log-probs with the sampler's; there is nothing to correct when "
-                "the sampler's are used as old log-probs",
-                "set algorithm.old_logprobs: recompute, or remove tis_cap",
-            )
-        )
-    if r.distributed.strategy == "fsdp" and r.model.lora is not None:
-        out.append(
-            ConfigIssue(
-                "distributed.strategy",
-                "fsdp with model.lora is not supported: LoRA's trainable state is a few "
-                "megabytes and its frozen base is held in the compute dtype, so sharding "
-                "buys little, and peft's adapter-disabled reference does not compose with "
-                "FSDP's sharded forward",
-                "use distributed.strategy: ddp with model.lora (each GPU holds the bf16 "
-                "base), or remove model.lora to shard full training",
-            )
-        )
-    if r.distributed.strategy == "fsdp" and r.sft.steps and r.sft.save_every:
-        out.append(
-            ConfigIssue(
-                "sft.save_every",
-                "warm-up checkpoints are not written under fsdp yet (its model and "
-                "optimizer are sharded and need the collective checkpoint RL steps use)",
-                "remove sft.save_every: a killed warm-up then reruns from its start and "
-                "ends with the same weights, or warm up with distributed.strategy: ddp",
-            )
-        )
-    if "memory_check" in r.run.model_fields_set and r.model.device == "cpu":
-        out.append(
-            ConfigIssue(
-                "run.memory_check",
-                "the memory plan is checked only on GPU; with model.device: cpu it would "
-                "be ignored",
-                "remove run.memory_check, or train on a GPU (model.device: auto or cuda)",
-            )
-        )
-    if r.train.steps == 0 and r.sft.steps == 0:
-        out.append(
-            ConfigIssue(
-                "train.steps",
-                "train.steps: 0 runs only the SFT warm-up, but sft.steps is 0 too: nothing to do",
-                "set sft.steps > 0 (a warm-up-only run), or train.steps > 0",
-            )
-        )
-    out += _creation_issues(r)
-    path = r.model.path
-    local = path.startswith((".", "/", "~")) or Path(path).exists()
-    if local and r.model.create is None and not Path(path).expanduser().is_dir():
-        out.append(
-            ConfigIssue(
-                "model.path",
-                f"directory not found: {path}",
-                "fix the path, or add model.create to build a tiny model there",
-            )
-        )
-    return out
-
-
-def _creation_issues(r: Recipe) -> list[ConfigIssue]:
-    """``model.create`` builds a random model where none exists: only under the working
-    directory or ``run.output_dir`` (unless ``model.create.anywhere``), so a mistyped
-    ``model.path=/models/Qwen3-8b`` is an error instead of a new random model."""
-    create = r.model.create
-    target = Path(r.model.path).expanduser()
-    if create is None or create.anywhere or (target / "config.json").exists():
-        return []
-    here = Path.cwd().resolve()
-    allowed = [here, (here / r.run.output_dir).resolve()]
-    resolved = (here / target).resolve()
-    if any(resolved == a or a in resolved.parents for a in allowed):
-        return []
-    return [
-        ConfigIssue(
-            "model.path",
-            f"{r.model.path} holds no model, and model.create would build a random tiny "
-            f"one there, outside the working directory {here} and run.output_dir",
-            "fix model.path if it names an existing model; to create a tiny model there on "
-            "purpose set model.create.anywhere=true",
-        )
-    ]
 
 
 def validate_recipe(

@@ -127,6 +127,7 @@ class Plan:
     gpus: int
     gpu_memory: float | None
     notes: list[str] = field(default_factory=list)
+    on_gpu: bool = True  # False: one CPU process's memory (a CPU run)
 
     @property
     def sampling(self) -> float:
@@ -145,12 +146,16 @@ class Plan:
         return None if self.gpu_memory is None else self.peak <= self.gpu_memory
 
     def render(self, title: str = "memory plan") -> str:
-        gib = lambda b: f"{b / GIB:8.1f}"  # noqa: E731
-        out = [f"{title}, per GPU ({self.gpus} GPU{'s' if self.gpus > 1 else ''}):"]
-        out.append(f"  {'':46} {'sampling':>8} {'update':>8}  GiB")
+        """The plan as a table, in GiB (MiB when it peaks under 1 GiB: a tiny CPU model's
+        plan would be all 0.0)."""
+        unit, scale = ("GiB", GIB) if self.peak >= GIB else ("MiB", 2**20)
+        size = lambda b: f"{b / scale:8.1f}"  # noqa: E731
+        where = f"per GPU ({self.gpus} GPU{'s' if self.gpus > 1 else ''})"
+        out = [f"{title}, {where if self.on_gpu else 'a CPU run (one process, no GPU)'}:"]
+        out.append(f"  {'':46} {'sampling':>8} {'update':>8}  {unit}")
         for what, s, u in self.lines:
-            out.append(f"  {what:46} {gib(s)} {gib(u)}")
-        out.append(f"  {'total':46} {gib(self.sampling)} {gib(self.update)}")
+            out.append(f"  {what:46} {size(s)} {size(u)}")
+        out.append(f"  {'total':46} {size(self.sampling)} {size(self.update)}")
         if self.gpu_memory is not None:
             verdict = "fits" if self.fits else "does NOT fit"
             out.append(
@@ -206,136 +211,141 @@ class Setup:
         )
 
 
+Line = tuple[str, float, float]  # (what, bytes while sampling, bytes during the update)
+
+
 def estimate(shape: ModelShape, s: Setup, gpu_memory: float | None, on_gpu: bool = True) -> Plan:
     """The plan of one GPU (or, with ``on_gpu=False``, of one CPU process: no CUDA runtime,
     no engine sleep)."""
-    c = DTYPE_BYTES[s.compute]
-    mixed = s.compute != "float32"
-    p = shape.params
-    shard = s.gpus if s.strategy == "fsdp" else 1
-    lines: list[tuple[str, float, float]] = []
+    lines, trainable_copy = _training_state(shape, s)
+    lines += _micro_batch(shape, s)
     notes: list[str] = []
+    lines += _sampler(shape, s, gpu_memory, on_gpu, trainable_copy, notes)
+    if on_gpu:
+        lines.append(("CUDA runtime and allocator slack", CUDA_RUNTIME, CUDA_RUNTIME))
+    return Plan(lines, s.gpus, gpu_memory, notes, on_gpu)
+
+
+def _training_state(shape: ModelShape, s: Setup) -> tuple[list[Line], float]:
+    """Weights, optimizer moments, gradients (and the KL reference), and the bytes of the
+    compute-dtype copy of the trainable weights that sampling holds too (0 when none)."""
+    c, p = DTYPE_BYTES[s.compute], shape.params
+    shard = s.gpus if s.strategy == "fsdp" else 1
     if s.lora_r is not None:
         adapters = shape.lora_params(s.lora_r, s.lora_targets)
-        base = p * c
-        lines.append((f"frozen base weights ({s.compute})", base, base))
-        lines.append(("LoRA adapters (float32)", adapters * 4, adapters * 4))
-        lines.append(("AdamW moments (float32)", adapters * 8, adapters * 8))
-        lines.append(("gradients (float32)", 0, adapters * 4))
-        trainable_copy = 0.0
-    else:
-        per = f", 1/{shard} each" if shard > 1 else ""
-        lines.append((f"weights (float32 masters{per})", p * 4 / shard, p * 4 / shard))
-        lines.append((f"AdamW moments (float32{per})", p * 8 / shard, p * 8 / shard))
-        lines.append((f"gradients (float32{per})", 0, p * 4 / shard))
-        if s.kl:
-            lines.append((f"KL reference ({s.compute}{per})", p * c / shard, p * c / shard))
-        if shard > 1:  # the root stays gathered through forward+backward; ~2 layers in flight
-            gathered = (shape.root_params + 2 * shape.layer_params) * c
-            grads = (shape.root_params + shape.layer_params) * 4
-            lines.append(("FSDP gathered root + 2 layers, their grads", 0, gathered + grads))
-            trainable_copy = p * c  # hf sampling gathers the whole model
-        elif mixed:  # autocast keeps the cast of every weight for the micro-batch
-            lines.append((f"autocast {s.compute} weight copies", 0, p * c))
-            trainable_copy = p * c  # ... and for a whole generate call
-        else:
-            trainable_copy = 0.0
-    # activations of one micro-batch
-    t = s.micro_tokens
+        return [
+            (f"frozen base weights ({s.compute})", p * c, p * c),
+            ("LoRA adapters (float32)", adapters * 4, adapters * 4),
+            ("AdamW moments (float32)", adapters * 8, adapters * 8),
+            ("gradients (float32)", 0, adapters * 4),
+        ], 0.0
+    per = f", 1/{shard} each" if shard > 1 else ""
+    lines: list[Line] = [
+        (f"weights (float32 masters{per})", p * 4 / shard, p * 4 / shard),
+        (f"AdamW moments (float32{per})", p * 8 / shard, p * 8 / shard),
+        (f"gradients (float32{per})", 0, p * 4 / shard),
+    ]
+    if s.kl:
+        lines.append((f"KL reference ({s.compute}{per})", p * c / shard, p * c / shard))
+    if shard > 1:  # the root stays gathered through forward+backward; ~2 layers in flight
+        gathered = (shape.root_params + 2 * shape.layer_params) * c
+        grads = (shape.root_params + shape.layer_params) * 4
+        lines.append(("FSDP gathered root + 2 layers, their grads", 0, gathered + grads))
+        return lines, p * c  # hf sampling gathers the whole model
+    if s.compute != "float32":  # autocast keeps the cast of every weight for the micro-batch
+        lines.append((f"autocast {s.compute} weight copies", 0, p * c))
+        return lines, p * c  # ... and for a whole generate call
+    return lines, 0.0
+
+
+def _micro_batch(shape: ModelShape, s: Setup) -> list[Line]:
+    """The activations of one micro-batch and the output layer's chunked logits."""
+    c, t = DTYPE_BYTES[s.compute], s.micro_tokens
     per_layer = shape.activation_bytes_per_token(c)
     residual = 4 * shape.hidden  # float32 residual stream between layers
     if s.checkpointing:
-        act = shape.layers * t * residual + t * per_layer
-        what = f"activations, {t} tokens, checkpointed"
-    else:
-        act = shape.layers * t * per_layer
-        what = f"activations, {t} tokens"
-    lines.append((what, 0, act))
-    head = 3 * min(s.chunk_tokens, t) * shape.vocab * 4 + t * shape.hidden * 4
-    lines.append((f"output layer, chunks of {s.chunk_tokens} tokens", 0, head))
-    # the sampler
-    if s.backend == "vllm" and on_gpu:
-        engine = s.vllm_fraction * (gpu_memory or 0)
-        during_update = engine if s.vllm_sleep == 0 else 0.0
-        if gpu_memory is None:
-            notes.append("vLLM engine share not counted: give --gpu-memory")
-        lines.append(
-            (
-                f"vLLM engine ({s.vllm_fraction:.0%} of the GPU; sleeps: {s.vllm_sleep > 0})",
-                engine,
-                during_update,
-            )
+        act, what = (
+            shape.layers * t * residual + t * per_layer,
+            f"activations, {t} tokens, checkpointed",
         )
     else:
-        b = s.generation_batch
-        kv = b * s.sample_len * shape.layers * 2 * shape.kv_heads * shape.head_dim * c
-        logits = 3 * b * shape.vocab * 4
-        lines.append((f"hf sampling: KV cache of {b} x {s.sample_len}, logits", kv + logits, 0))
-        if trainable_copy:
-            label = "FSDP gathered weights" if shard > 1 else "autocast weight copies"
-            lines.append((f"hf sampling: {label} ({s.compute})", trainable_copy, 0))
-    if on_gpu:
-        lines.append(("CUDA runtime and allocator slack", CUDA_RUNTIME, CUDA_RUNTIME))
-    return Plan(lines, s.gpus, gpu_memory, notes)
+        act, what = shape.layers * t * per_layer, f"activations, {t} tokens"
+    head = 3 * min(s.chunk_tokens, t) * shape.vocab * 4 + t * shape.hidden * 4
+    return [(what, 0, act), (f"output layer, chunks of {s.chunk_tokens} tokens", 0, head)]
+
+
+def _sampler(shape, s: Setup, gpu_memory, on_gpu, trainable_copy, notes) -> list[Line]:
+    """The vLLM engine's share of the GPU, or the hf sampler's KV cache and logits."""
+    if s.backend == "vllm" and on_gpu:
+        engine = s.vllm_fraction * (gpu_memory or 0)
+        if gpu_memory is None:
+            notes.append("vLLM engine share not counted: give --gpu-memory")
+        what = f"vLLM engine ({s.vllm_fraction:.0%} of the GPU; sleeps: {s.vllm_sleep > 0})"
+        return [(what, engine, engine if s.vllm_sleep == 0 else 0.0)]
+    c, b = DTYPE_BYTES[s.compute], s.generation_batch
+    kv = b * s.sample_len * shape.layers * 2 * shape.kv_heads * shape.head_dim * c
+    logits = 3 * b * shape.vocab * 4
+    lines: list[Line] = [(f"hf sampling: KV cache of {b} x {s.sample_len}, logits", kv + logits, 0)]
+    if trainable_copy:
+        shard = s.gpus if s.strategy == "fsdp" else 1
+        label = "FSDP gathered weights" if shard > 1 else "autocast weight copies"
+        lines.append((f"hf sampling: {label} ({s.compute})", trainable_copy, 0))
+    return lines
 
 
 def fixes(shape: ModelShape, s: Setup, gpu_memory: float) -> list[str]:
-    """Changes that would make the plan fit, each alone where one is enough."""
-    candidates: list[tuple[str, Setup]] = []
-    if s.lora_r is None:
-        if s.strategy != "fsdp" or s.gpus < 2:
-            for n in (2, 4, 8, 16, 32, 64):
-                if (
-                    n >= s.gpus
-                    and estimate(shape, replace(s, strategy="fsdp", gpus=n), gpu_memory).fits
-                ):
-                    where = "the" if n == s.gpus else "at least"
-                    candidates.append(
-                        (
-                            f"distributed.strategy=fsdp over {where} {n} GPUs "
-                            f"(torchrun --nproc_per_node {n})",
-                            replace(s, strategy="fsdp", gpus=n),
-                        )
-                    )
-                    break
-        candidates.append(
-            (
-                "model.lora={r: 16} (train LoRA adapters on a frozen base)",
-                replace(s, lora_r=16, lora_targets="all-linear"),
-            )
-        )
-    if not s.checkpointing:
-        candidates.append(("model.gradient_checkpointing=true", replace(s, checkpointing=True)))
-    for tokens in (16384, 8192, 4096, 2048):
-        if tokens < s.micro_tokens and tokens >= s.sample_len:
-            candidates.append(
-                (f"algorithm.max_tokens_per_micro_batch={tokens}", replace(s, micro_tokens=tokens))
-            )
-    if s.backend == "vllm":
-        if s.vllm_sleep == 0:
-            candidates.append(("policy.options.sleep_level=1", replace(s, vllm_sleep=1)))
-        for frac in (0.4, 0.3, 0.2):
-            if frac < s.vllm_fraction:
-                candidates.append(
-                    (
-                        f"policy.options.gpu_memory_utilization={frac}",
-                        replace(s, vllm_fraction=frac),
-                    )
-                )
-    elif s.generation_batch > 8:
-        candidates.append(
-            ("policy.options.generation_batch_size=8", replace(s, generation_batch=8))
-        )
+    """Changes that would make the plan fit, each alone where one is enough, else pairs."""
+    candidates = _fix_candidates(shape, s, gpu_memory)
     alone = [text for text, alt in candidates if estimate(shape, alt, gpu_memory).fits]
     if alone:
         return alone
     pairs = []
     for i, (t1, a1) in enumerate(candidates):
         for t2, a2 in candidates[i + 1 :]:
-            merged = _merge(s, a1, a2)
-            if estimate(shape, merged, gpu_memory).fits:
+            if estimate(shape, _merge(s, a1, a2), gpu_memory).fits:
                 pairs.append(f"{t1} and {t2}")
     return pairs[:4]
+
+
+def _fix_candidates(shape: ModelShape, s: Setup, gpu_memory: float) -> list[tuple[str, Setup]]:
+    """(setting to change, the setup with it changed), in the order they are suggested."""
+    out: list[tuple[str, Setup]] = []
+    if s.lora_r is None:
+        out += _sharding_fix(shape, s, gpu_memory)
+        lora = replace(s, lora_r=16, lora_targets="all-linear")
+        out.append(("model.lora={r: 16} (train LoRA adapters on a frozen base)", lora))
+    if not s.checkpointing:
+        out.append(("model.gradient_checkpointing=true", replace(s, checkpointing=True)))
+    for tokens in (16384, 8192, 4096, 2048):
+        if s.sample_len <= tokens < s.micro_tokens:
+            setting = f"algorithm.max_tokens_per_micro_batch={tokens}"
+            out.append((setting, replace(s, micro_tokens=tokens)))
+    if s.backend == "vllm":
+        if s.vllm_sleep == 0:
+            out.append(("policy.options.sleep_level=1", replace(s, vllm_sleep=1)))
+        for frac in (0.4, 0.3, 0.2):
+            if frac < s.vllm_fraction:
+                setting = f"policy.options.gpu_memory_utilization={frac}"
+                out.append((setting, replace(s, vllm_fraction=frac)))
+    elif s.generation_batch > 8:
+        setting = "policy.options.generation_batch_size=8"
+        out.append((setting, replace(s, generation_batch=8)))
+    return out
+
+
+def _sharding_fix(shape: ModelShape, s: Setup, gpu_memory: float) -> list[tuple[str, Setup]]:
+    """fsdp over the fewest GPUs (a power of two, at least today's) that fits, if any."""
+    if s.strategy == "fsdp" and s.gpus >= 2:
+        return []
+    for n in (2, 4, 8, 16, 32, 64):
+        alt = replace(s, strategy="fsdp", gpus=n)
+        if n >= s.gpus and estimate(shape, alt, gpu_memory).fits:
+            where = "the" if n == s.gpus else "at least"
+            text = (
+                f"distributed.strategy=fsdp over {where} {n} GPUs (torchrun --nproc_per_node {n})"
+            )
+            return [(text, alt)]
+    return []
 
 
 def _merge(base: Setup, a: Setup, b: Setup) -> Setup:
@@ -401,8 +411,16 @@ class Verdict:
     fixes: list[str]
 
 
-def check_recipe(recipe: Any, gpus: int, gpu_memory: float | None) -> Verdict:
-    """The memory plan of ``recipe`` on ``gpus`` GPUs of ``gpu_memory`` bytes each."""
+def params_text(count: int) -> str:
+    """A parameter count as people write it: 8.19B, 0.35M (not 0.00B)."""
+    return f"{count / 1e9:.2f}B" if count >= 1e9 else f"{count / 1e6:.2f}M"
+
+
+def check_recipe(
+    recipe: Any, gpus: int, gpu_memory: float | None, cpu: bool | None = None
+) -> Verdict:
+    """The memory plan of ``recipe`` on ``gpus`` GPUs of ``gpu_memory`` bytes each, or, for
+    a CPU run (``cpu``; default: model.device is "cpu"), of its one process."""
     shape = read_shape(recipe.model.path)
     if shape is None:
         return Verdict(
@@ -411,12 +429,15 @@ def check_recipe(recipe: Any, gpus: int, gpu_memory: float | None) -> Verdict:
             None,
             [],
         )
-    setup = Setup.from_recipe(recipe, gpus)
-    plan = estimate(shape, setup, gpu_memory)
+    cpu = recipe.model.device == "cpu" if cpu is None else cpu
+    setup = Setup.from_recipe(recipe, 1 if cpu else gpus)
+    plan = estimate(shape, setup, None if cpu else gpu_memory, on_gpu=not cpu)
     if recipe.critic.name == "local":
         plan.notes.append("the local critic's own model is not counted: add its weights")
-    text = plan.render(f"memory plan for {shape.params / 1e9:.2f}B parameters")
-    if gpu_memory is None:
+    text = plan.render(f"memory plan for {params_text(shape.params)} parameters")
+    if cpu and recipe.model.device != "cpu":
+        text += "\n  no GPU visible: pass --gpus or --gpu-memory (e.g. 80GiB) to plan a GPU run"
+    elif gpu_memory is None and not cpu:
         text += "\n  no GPU visible: pass --gpu-memory (e.g. 80GiB) to check the fit"
     found = fixes(shape, setup, gpu_memory) if plan.fits is False else []
     return Verdict(text, plan.fits, found)

@@ -21,6 +21,7 @@ from cgrpo.train.checkpoint import complete_checkpoints, is_complete
 # keys that may differ between the original and the resumed run
 _VOLATILE = {"resume", "run.overwrite", "run.allow_recipe_change", "run.console"}
 LOGS = ("metrics.jsonl", "samples.jsonl")
+SFT_METRICS = "sft_metrics.jsonl"  # the warm-up's own steps
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:

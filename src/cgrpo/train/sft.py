@@ -76,126 +76,169 @@ def sft_warmup(
     default: built from ``cfg.wrong_answer``). ``sample(problems, seeds)``, for one that
     ``uses_own_sample``, draws one response per problem from the model as it is, with those
     seeds, and returns each with its verdict."""
-    with_solution = [p for p in problems if p.solution]
-    if not with_solution:
-        raise DataError(
-            "sft.steps > 0 but no problem has a reference solution; map a "
-            "solution field in data.task.options (solution_field) or set sft.steps: 0"
-        )
-    ref_pool = None
-    if refinement_problems is not None:
-        ref_pool = [p for p in refinement_problems if p.solution]
-        if not ref_pool:
-            raise DataError(
-                "sft.refinement_task has no problem with a reference solution; map its "
-                "solution_field"
-            )
-    if wrong is None:
-        wrong = build_wrong_answer(getattr(cfg, "wrong_answer", None))
-    own_samples = bool(getattr(wrong, "uses_own_sample", False))
-    rng = random.Random(f"sft:{seed}")
-    eos = tokenizer.eos_token_id
-    rows: dict[str, TrainRow] = {}
-    share = getattr(cfg, "refinement_share", 0.0)
-    if share > 0 and critic is None:
-        raise ValueError("sft.refinement_share > 0 needs the recipe's critic")
-
-    if own_samples and share > 0 and sample is None:
-        raise ValueError("this sft.wrong_answer needs a sampler of the warm-up model")
-
-    def refinement_row(prob: Problem, own: tuple[str, Verdict] | None = None) -> TrainRow | None:
-        """A refinement example, or None when its prompt cannot fit (then the plain
-        example is used). ``own``: the model's own response and its verdict."""
-        previous, wrong_verdict = wrong.make(prob, ref_pool or with_solution, rng, own)
-        crit = critic.critique([CritiqueRequest(prob, previous, wrong_verdict)])[0]
-        ids = [*tokenizer.encode(prob.solution, add_special_tokens=False), eos]
-        try:
-            prompt = prompts.refinement_ids(prob, previous, crit.text)
-        except RefinementTooLong:
-            return None
-        return TrainRow(0, prompt, ids, None, True, 0.0)
-
-    own = getattr(cfg, "optim", None)
-    if own is not None:  # the warm-up's own optimizer and schedule
-        optim = own
-        opt, scheduler = make_optimizer(model, own, total_updates=cfg.steps)
-    else:
-        if optim is None:
-            from cgrpo.config.schema import OptimConfig
-
-            optim = OptimConfig()
-        opt, scheduler = adamw(model, optim, cfg.lr), None
-    max_norm = optim.grad_clip if optim.grad_clip is not None else float("inf")
+    examples = WarmupExamples(
+        tokenizer, problems, prompts, cfg, seed, critic, refinement_problems, sample, wrong
+    )
+    trainer = WarmupTrainer(model, cfg, optim, precision, chunk_tokens, tokenizer.pad_token_id)
     first = 1
     if start is not None:  # go on from a warm-up checkpoint
-        opt.load_state_dict(start["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(start["scheduler"])
-        rng.setstate(start["data_rng"])
+        trainer.load_state(start)
+        examples.rng.setstate(start["data_rng"])
         first = int(start["step"]) + 1
-    sharded = is_sharded(model)
     history = []
     model.train()
-
-    def plain_row(prob: Problem) -> TrainRow:
-        if prob.id not in rows:
-            ids = [*tokenizer.encode(prob.solution, add_special_tokens=False), eos]
-            rows[prob.id] = TrainRow(0, prompts.prompt_ids(prob), ids, None, False, 0.0)
-        return rows[prob.id]
-
     for step in range(first, cfg.steps + 1):
-        batch_rows: list[TrainRow | None] = []
-        deferred = []  # own_sample: (position, problem, refinement source), sampled together
-        for prob in rng.sample(with_solution, min(cfg.batch_size, len(with_solution))):
-            if share > 0 and rng.random() < share:
-                source = prob if ref_pool is None else rng.choice(ref_pool)
-                if own_samples:
-                    deferred.append((len(batch_rows), prob, source))
-                    batch_rows.append(None)
-                    continue
-                if row := refinement_row(source):
-                    batch_rows.append(row)
-                    continue
-            batch_rows.append(plain_row(prob))
-        own_used = 0
-        if deferred:  # one generate call for the step; seeds from the warm-up's own RNG
-            assert sample is not None
-            drawn = sample([src for *_, src in deferred], [rng.getrandbits(31) for _ in deferred])
-            for (at, prob, source), (text, verdict) in zip(deferred, drawn, strict=True):
-                own_used += not verdict.correct
-                batch_rows[at] = refinement_row(source, (text, verdict)) or plain_row(prob)
-        batch = collate(batch_rows, tokenizer.pad_token_id)  # type: ignore[arg-type]
-        with precision.autocast():
-            lp, _ = forward_response(model, batch, 1.0, chunk_tokens=chunk_tokens)
-        mask = batch.response_mask.to(lp.device)
-        loss = -(lp * mask).sum() / mask.sum()
-        opt.zero_grad(set_to_none=True)
-        # every rank runs the same warm-up batch; FSDP sums the ranks' gradients
-        (loss / (distributed.world_size() if sharded else 1)).backward()
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        norm = grad_norm_value(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
-        opt.step()
-        metrics = {"sft/loss": float(loss.detach()), "sft/grad_norm": norm,
-                   "sft/lr": float(opt.param_groups[0]["lr"])}  # fmt: skip
-        if deferred:  # how many refinement examples drew a wrong answer from the model
-            metrics["sft/own_wrong_share"] = own_used / len(deferred)
-        if scheduler is not None:
-            scheduler.step()
+        rows, own_wrong_share = examples.batch(cfg.batch_size)
+        metrics = trainer.step(rows)
+        if own_wrong_share is not None:  # refinement examples that drew a wrong answer
+            metrics["sft/own_wrong_share"] = own_wrong_share
         history.append(metrics)
         if on_step is not None:
             on_step(step, metrics)
         if save is not None and save_every and step % save_every == 0:
-            save(
-                step,
-                {
-                    "optimizer": opt.state_dict(),
-                    "scheduler": None if scheduler is None else scheduler.state_dict(),
-                    "data_rng": rng.getstate(),
-                },
-            )
+            save(step, {**trainer.state(), "data_rng": examples.rng.getstate()})
         maybe_crash("sft", step)
-    opt.zero_grad(set_to_none=True)
+    trainer.optimizer.zero_grad(set_to_none=True)
     return history
+
+
+class WarmupExamples:
+    """Draws each warm-up batch with the warm-up's own seeded RNG: plain examples (prompt ->
+    reference solution) and, with ``cfg.refinement_share``, refinement examples (refinement
+    prompt from a wrong previous response and its critique -> reference solution)."""
+
+    def __init__(
+        self, tokenizer, problems, prompts, cfg, seed, critic, refinement_problems, sample, wrong
+    ):
+        self.with_solution = [p for p in problems if p.solution]
+        if not self.with_solution:
+            raise DataError(
+                "sft.steps > 0 but no problem has a reference solution; map a "
+                "solution field in data.task.options (solution_field) or set sft.steps: 0"
+            )
+        self.ref_pool = None
+        if refinement_problems is not None:
+            self.ref_pool = [p for p in refinement_problems if p.solution]
+            if not self.ref_pool:
+                raise DataError(
+                    "sft.refinement_task has no problem with a reference solution; map its "
+                    "solution_field"
+                )
+        self.wrong = wrong or build_wrong_answer(getattr(cfg, "wrong_answer", None))
+        self.own_samples = bool(getattr(self.wrong, "uses_own_sample", False))
+        self.share = getattr(cfg, "refinement_share", 0.0)
+        if self.share > 0 and critic is None:
+            raise ValueError("sft.refinement_share > 0 needs the recipe's critic")
+        if self.own_samples and self.share > 0 and sample is None:
+            raise ValueError("this sft.wrong_answer needs a sampler of the warm-up model")
+        self.tokenizer, self.prompts, self.critic, self.sample = tokenizer, prompts, critic, sample
+        self.rng = random.Random(f"sft:{seed}")
+        self._plain: dict[str, TrainRow] = {}
+
+    def _target(self, prob: Problem) -> list[int]:
+        ids = self.tokenizer.encode(prob.solution, add_special_tokens=False)
+        return [*ids, self.tokenizer.eos_token_id]
+
+    def plain_row(self, prob: Problem) -> TrainRow:
+        if prob.id not in self._plain:
+            prompt = self.prompts.prompt_ids(prob)
+            self._plain[prob.id] = TrainRow(0, prompt, self._target(prob), None, False, 0.0)
+        return self._plain[prob.id]
+
+    def refinement_row(self, prob: Problem, own: tuple[str, Verdict] | None = None):
+        """A refinement example, or None when its prompt cannot fit (then the plain example
+        is used). ``own``: the model's own response and its verdict."""
+        pool = self.ref_pool or self.with_solution
+        previous, wrong_verdict = self.wrong.make(prob, pool, self.rng, own)
+        crit = self.critic.critique([CritiqueRequest(prob, previous, wrong_verdict)])[0]
+        try:
+            prompt = self.prompts.refinement_ids(prob, previous, crit.text)
+        except RefinementTooLong:
+            return None
+        return TrainRow(0, prompt, self._target(prob), None, True, 0.0)
+
+    def batch(self, size: int) -> tuple[list[TrainRow], float | None]:
+        """One step's rows, and the share of own-sample refinement examples whose sampled
+        answer was wrong (None when the step drew none)."""
+        rows: list[TrainRow | None] = []
+        deferred = []  # own_sample: (position, problem, refinement source), sampled together
+        for prob in self.rng.sample(self.with_solution, min(size, len(self.with_solution))):
+            if self.share > 0 and self.rng.random() < self.share:
+                source = prob if self.ref_pool is None else self.rng.choice(self.ref_pool)
+                if self.own_samples:
+                    deferred.append((len(rows), prob, source))
+                    rows.append(None)
+                    continue
+                if row := self.refinement_row(source):
+                    rows.append(row)
+                    continue
+            rows.append(self.plain_row(prob))
+        if not deferred:
+            return rows, None  # type: ignore[return-value]
+        return rows, self._fill_own_samples(rows, deferred)  # type: ignore[return-value]
+
+    def _fill_own_samples(self, rows: list[TrainRow | None], deferred: list) -> float:
+        """One generate call for the step's own-sample examples, seeded from the warm-up's
+        own RNG (a resumed warm-up draws the same)."""
+        assert self.sample is not None
+        seeds = [self.rng.getrandbits(31) for _ in deferred]
+        drawn = self.sample([src for *_, src in deferred], seeds)
+        wrong = 0
+        for (at, prob, source), (text, verdict) in zip(deferred, drawn, strict=True):
+            wrong += not verdict.correct
+            rows[at] = self.refinement_row(source, (text, verdict)) or self.plain_row(prob)
+        return wrong / len(deferred)
+
+
+class WarmupTrainer:
+    """Cross-entropy steps on the solution tokens, with the warm-up's optimizer."""
+
+    def __init__(self, model, cfg, optim, precision, chunk_tokens, pad_id):
+        own = getattr(cfg, "optim", None)
+        if own is not None:  # the warm-up's own optimizer and schedule
+            optim = own
+            self.optimizer, self.scheduler = make_optimizer(model, own, total_updates=cfg.steps)
+        else:
+            if optim is None:
+                from cgrpo.config.schema import OptimConfig
+
+                optim = OptimConfig()
+            self.optimizer, self.scheduler = adamw(model, optim, cfg.lr), None
+        self.max_norm = optim.grad_clip if optim.grad_clip is not None else float("inf")
+        self.model, self.precision, self.chunk_tokens, self.pad_id = (
+            model, precision, chunk_tokens, pad_id,
+        )  # fmt: skip
+        self.sharded = is_sharded(model)
+
+    def step(self, rows: list[TrainRow]) -> dict[str, float]:
+        batch = collate(rows, self.pad_id)
+        with self.precision.autocast():
+            lp, _ = forward_response(self.model, batch, 1.0, chunk_tokens=self.chunk_tokens)
+        mask = batch.response_mask.to(lp.device)
+        loss = -(lp * mask).sum() / mask.sum()
+        opt = self.optimizer
+        opt.zero_grad(set_to_none=True)
+        # every rank runs the same warm-up batch; FSDP sums the ranks' gradients
+        (loss / (distributed.world_size() if self.sharded else 1)).backward()
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        norm = grad_norm_value(torch.nn.utils.clip_grad_norm_(trainable, self.max_norm))
+        opt.step()
+        metrics = {"sft/loss": float(loss.detach()), "sft/grad_norm": norm,
+                   "sft/lr": float(opt.param_groups[0]["lr"])}  # fmt: skip
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return metrics
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
 
 
 def build_wrong_answer(spec: Any) -> Any:

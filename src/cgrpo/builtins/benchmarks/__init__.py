@@ -1,5 +1,6 @@
 """Built-in benchmarks, registered as the ``builtins.benchmarks`` plugin: the paper's nine
-presets, ``rows`` (any file, every field set by the recipe) and ``arithmetic-test``."""
+presets, ``verl`` (a verl-format validation file, one metric set per source), ``rows``
+(any file, every field set by the recipe) and ``arithmetic-test``."""
 
 from __future__ import annotations
 

@@ -13,8 +13,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 from pydantic_core import PydanticUndefined
 
+from cgrpo.builtins.benchmarks.repeats import collapse_repeats
 from cgrpo.builtins.benchmarks.sources import Source
 from cgrpo.builtins.specs import QuestionTemplate, VerifierChoice
+from cgrpo.builtins.tasks.fields import (
+    MISSING,
+    field_value,
+    fields_present,
+    prompt_of,
+    source_label,
+)
 from cgrpo.errors import DataError
 from cgrpo.types import Problem
 
@@ -37,13 +45,31 @@ class BenchmarkOptions(BaseModel):
     )
     split: str = Field("test", description="split; in a directory, the file path must name it")
     revision: str | None = Field(None, description="hub revision (None = main)")
-    question_field: str = Field("question", description="column holding the question")
+    question_field: str = Field(
+        "question", description="field holding the question (a path: reward_model.question)"
+    )
+    messages_field: str | None = Field(
+        None,
+        description="field holding the prompt as chat messages ([{role, content}, ...]), "
+        "rendered as they are (the template does not apply)",
+    )
     answer_field: str = Field(
         "answer",
         description="column holding the reference (a list is joined with ', '; with "
         "choices_field a letter or a 0-based index)",
     )
-    id_field: str | None = Field(None, description="id column (None = the row's position)")
+    id_field: str | None = Field(None, description="id field (None = the row's position)")
+    source_field: str | None = Field(
+        None,
+        description="field naming each row's source (verl's data_source): one metric set "
+        "per source, eval/<name>/<source>/..., and their macro average eval/<name>/score",
+    )
+    repeats: Literal["rows", "samples"] = Field(
+        "rows",
+        description="rows repeating a problem (same source, prompt and answer): 'rows' "
+        "scores each row as a problem; 'samples' reads them as one problem sampled once "
+        "per row (k = the repeat count: avg@k, as verl's mean@k over repeated rows)",
+    )
     choices_field: str | None = Field(
         None, description="multiple choice: column holding the options as a list"
     )
@@ -94,6 +120,8 @@ class BenchmarkOptions(BaseModel):
             raise ValueError("correct_field needs incorrect_fields (the distractors)")
         if self.incorrect_fields and not self.correct_field:
             raise ValueError("incorrect_fields needs correct_field")
+        if self.messages_field and self.template != "{question}":
+            raise ValueError("template does not apply to a prompt given as messages_field")
         mc = bool(self.choices_field or self.correct_field)
         if mc != ("{choices}" in self.template):
             raise ValueError(
@@ -104,7 +132,7 @@ class BenchmarkOptions(BaseModel):
 
     def ignored_settings(self) -> dict[str, str]:
         out: dict[str, str] = {}
-        if self.k == 1:
+        if self.k == 1 and self.repeats == "rows":
             why = "applies to the k samples (k: 1 = greedy only); set k"
             out.update(temperature=why, top_p=why)
         if self.path is not None:
@@ -148,13 +176,18 @@ class RowBenchmark:
         self.source = Source(o.path, o.dataset, o.subset, o.split, o.revision, name)
 
     def load(self) -> list[Problem]:
+        """The benchmark's problems; with ``repeats: samples`` rows repeating a problem
+        are one problem (``metadata["repeats"]``), and ``limit`` counts problems."""
+        o = self.options
         problems: list[Problem] = []
         for where, row in self.source.rows():
             problems.append(self._problem(len(problems), where, row))
-            if self.options.limit is not None and len(problems) >= self.options.limit:
+            if o.repeats == "rows" and o.limit is not None and len(problems) >= o.limit:
                 break
         if not problems:
             raise DataError(f"benchmark {self.name}: no rows")
+        if o.repeats == "samples":
+            problems = collapse_repeats(problems, self.name)[: o.limit]
         return problems
 
     def describe(self) -> dict[str, Any]:
@@ -165,20 +198,38 @@ class RowBenchmark:
         }
 
     def _field(self, row: dict[str, Any], key: str, where: str, role: str) -> Any:
-        if key not in row or row[key] is None or (isinstance(row[key], str) and not row[key]):
-            have = ", ".join(map(str, row)) or "none"
+        value = field_value(row, key)
+        if value is MISSING or (isinstance(value, str) and not value):
+            why = "it is empty" if value is not MISSING else fields_present(row, key)
             raise DataError(
                 f"{where}: benchmark {self.name}: missing or empty field {key!r} ({role}); "
-                f"fields present: {have}. Map it with options.{role}_field"
+                f"{why}. Map it with options.{role}_field"
             )
-        return row[key]
+        return value
 
-    def _problem(self, index: int, where: str, row: Any) -> Problem:
+    def _head(self, index: int, where: str, row: Any) -> tuple[str, str, dict[str, Any]]:
+        """``(question, id, metadata)`` of a row: the prompt's messages and the row's source
+        (``metadata["task"]``, prefixed to the id) when the benchmark maps them."""
         o = self.options
         if not isinstance(row, dict):
             raise DataError(f"{where}: expected an object with fields, got {type(row).__name__}")
-        question = str(self._field(row, o.question_field, where, "question")).strip()
-        pid = str(row[o.id_field]) if o.id_field and row.get(o.id_field) is not None else str(index)
+        metadata: dict[str, Any] = {"source": where, "benchmark": self.name}
+        if o.messages_field:
+            question, metadata["messages"] = prompt_of(
+                row, o.question_field, o.messages_field, where
+            )
+        else:
+            question = str(self._field(row, o.question_field, where, "question")).strip()
+        pid = field_value(row, o.id_field) if o.id_field else MISSING
+        pid = str(index) if pid is MISSING else str(pid)
+        if o.source_field:
+            label = source_label(str(self._field(row, o.source_field, where, "source")))
+            metadata["task"], pid = label, f"{label}/{pid}"
+        return question, pid, metadata
+
+    def _problem(self, index: int, where: str, row: Any) -> Problem:
+        o = self.options
+        question, pid, metadata = self._head(index, where, row)
         choices: list[str] = []
         if o.choices_field:
             choices = [str(c) for c in self._field(row, o.choices_field, where, "choices")]
@@ -197,7 +248,6 @@ class RowBenchmark:
             raise DataError(f"{where}: {len(choices)} options; at most {len(LETTERS)}")
         listed = "\n".join(f"{LETTERS[i]}) {c}" for i, c in enumerate(choices))
         text = o.template.format(question=question, choices=listed)
-        metadata = {"source": where, "benchmark": self.name}
         return Problem(pid, text, answer, metadata=metadata)
 
     def _letter(self, value: Any, choices: list[str], where: str) -> str:

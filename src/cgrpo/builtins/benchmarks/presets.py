@@ -7,6 +7,11 @@ AIME24, AIME25. General/STEM: GPQA-Diamond, MMLU-Pro, TheoremQA. AIME and AMC ar
 these presets sample k = 16 at temperature 0.6, top-p 0.95 (DeepSeek-R1's reporting
 settings); the others are greedy. Every option can be changed in the recipe, and ``path``
 points a preset at a local copy (the hub is not needed).
+
+``verl`` reads a validation file in verl's row format (the Critique-GRPO authors' and
+LUFFY's ``valid.parquet``: five sources in one file, AMC rows repeated 4x and AIME 8x):
+one metric set per ``data_source``, repeated rows as that many samples at T=0.6, top-p 1.0
+(avg@4, avg@8; verl's mean@k over the repeats), the other sources greedy.
 """
 
 from __future__ import annotations
@@ -100,5 +105,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         "question_field": "Question",
         "answer_field": "Answer",
         "category": "general",
+    },
+    "verl": {
+        "summary": "a verl/LUFFY parquet (the authors' valid.parquet): one metric set per "
+        "data_source; repeated rows = samples (avg@k at T=0.6), the rest greedy",
+        "messages_field": "prompt",
+        "question_field": "reward_model.question",  # else the prompt's last user message
+        "answer_field": "reward_model.ground_truth",
+        "id_field": "extra_info.index",
+        "source_field": "data_source",
+        "repeats": "samples",
+        "temperature": 0.6,
+        "top_p": 1.0,
     },
 }

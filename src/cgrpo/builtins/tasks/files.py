@@ -1,8 +1,10 @@
 """Problems from JSONL / CSV / Parquet files or a ``datasets`` dataset, with field mapping.
 
-A bad row (missing or empty question or answer, undecodable line) is reported with its
-file and line; ``bad_rows: skip`` drops it and keeps a report, ``error`` (default) stops
-before training starts, never deep inside a step.
+A field option names a column or a path into nested records (``reward_model.ground_truth``,
+:mod:`cgrpo.builtins.tasks.fields`); ``format: verl`` sets them all for verl/LUFFY rows. A
+bad row (missing or empty question or answer, undecodable line) is reported with its file
+and line and the field's path; ``bad_rows: skip`` drops it and keeps a report, ``error``
+(default) stops before training starts, never deep inside a step.
 """
 
 from __future__ import annotations
@@ -14,8 +16,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from cgrpo.builtins.tasks.fields import (
+    MISSING,
+    apply_format,
+    field_value,
+    prompt_of,
+    required_text,
+    source_label,
+    text_of,
+)
 from cgrpo.errors import DataError
 from cgrpo.types import Problem
 
@@ -24,21 +35,42 @@ log = logging.getLogger(__name__)
 
 class FieldMap(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    question_field: str = Field("question", description="column holding the question")
-    answer_field: str = Field("answer", description="column holding the reference answer")
-    solution_field: str | None = Field(
-        None, description="optional column with a worked solution (used by the SFT warm-up)"
+    format: Literal["verl"] | None = Field(
+        None,
+        description="a row format that sets the field options below at once: 'verl' "
+        "(verl/LUFFY parquet: prompt messages, reward_model.ground_truth, target as the "
+        "solution, data_source as the source, extra_info.index as the id); field options "
+        "given beside it win",
     )
-    id_field: str | None = Field(None, description="optional id column (default: row number)")
+    question_field: str = Field(
+        "question", description="field holding the question (a path: a.b, list index: a.0)"
+    )
+    answer_field: str = Field("answer", description="field holding the reference answer")
+    solution_field: str | None = Field(
+        None,
+        description="optional field with a worked solution (the SFT warm-up's "
+        "demonstrations); a chat-message list is its assistant message's content",
+    )
+    id_field: str | None = Field(None, description="optional id field (default: row number)")
     messages_field: str | None = Field(
         None,
-        description="column holding the prompt as chat messages ([{role, content}, ...]); "
+        description="field holding the prompt as chat messages ([{role, content}, ...]); "
         "used as they are instead of question_field (needs the chat template)",
+    )
+    source_field: str | None = Field(
+        None,
+        description="optional field naming each row's source (verl's data_source): step "
+        "metrics per source (reward/<source>/...), ids <source>/<id>",
     )
     bad_rows: Literal["error", "skip"] = Field(
         "error", description="'error' stops with the file and line; 'skip' drops and reports"
     )
     limit: int | None = Field(None, ge=1, description="use only the first N good rows")
+
+    @model_validator(mode="after")
+    def _format(self) -> FieldMap:
+        apply_format(self, self.format)
+        return self
 
 
 class FileOptions(FieldMap):
@@ -93,44 +125,21 @@ class _RowTask:
         at = f"{self.where()}:{line}"
         if not isinstance(row, dict):
             raise DataError(f"{at}: expected an object with fields, got {type(row).__name__}")
-        values = {}
         metadata: dict[str, Any] = {"source": at}  # file:line, for messages about it
-        if o.messages_field is not None:
-            messages = _messages(row.get(o.messages_field), o.messages_field, at)
+        question, messages = prompt_of(row, o.question_field, o.messages_field, at)
+        if messages is not None:
             metadata["messages"] = messages
-            users = [m["content"] for m in messages if m["role"] == "user"]
-            row = {**row, o.question_field: row.get(o.question_field) or users[-1]}
-        for role, key in (("question", o.question_field), ("answer", o.answer_field)):
-            if key not in row or row[key] is None:
-                have = ", ".join(map(str, row)) or "none"
-                raise DataError(f"{at}: missing field {key!r} ({role}); fields present: {have}")
-            value = str(row[key]).strip()
-            if not value:
-                raise DataError(f"{at}: field {key!r} ({role}) is empty")
-            values[role] = value
-        solution = row.get(o.solution_field) if o.solution_field else None
-        pid = str(row[o.id_field]) if o.id_field and row.get(o.id_field) is not None else str(line)
-        return Problem(
-            pid,
-            values["question"],
-            values["answer"],
-            None if solution is None else str(solution),
-            metadata=metadata,
-        )
-
-
-def _messages(value: Any, field: str, at: str) -> list[dict[str, str]]:
-    """A row's chat messages, checked: a non-empty list of {role, content} strings with at
-    least one user message."""
-    if not isinstance(value, list) or not value:
-        raise DataError(f"{at}: field {field!r} must be a non-empty list of chat messages")
-    for i, m in enumerate(value):
-        if not (isinstance(m, dict) and isinstance(m.get("role"), str)
-                and isinstance(m.get("content"), str)):  # fmt: skip
-            raise DataError(f"{at}: {field}[{i}] must be {{role: ..., content: ...}} strings")
-    if not any(m["role"] == "user" for m in value):
-        raise DataError(f"{at}: {field!r} has no user message")
-    return [{"role": m["role"], "content": m["content"]} for m in value]
+        answer = required_text(row, o.answer_field, "answer", at)
+        solution = None
+        if o.solution_field and (value := field_value(row, o.solution_field)) is not MISSING:
+            solution = text_of(value, o.solution_field, at)  # a demonstration, as text
+        pid = field_value(row, o.id_field) if o.id_field else MISSING
+        pid = str(line) if pid is MISSING else str(pid)
+        if o.source_field:
+            label = source_label(required_text(row, o.source_field, "source", at))
+            metadata["task"] = label  # the label mixtures set: metrics per source
+            pid = f"{label}/{pid}"
+        return Problem(pid, question, answer, solution, metadata=metadata)
 
 
 class _FileTask(_RowTask):
@@ -211,7 +220,12 @@ class ParquetTask(_FileTask):
             import pyarrow.parquet as pq
         except ImportError as exc:
             raise DataError("the parquet task needs pyarrow: pip install 'cgrpo[data]'") from exc
-        table = pq.read_table(self.path)
+        import pyarrow as pa
+
+        try:
+            table = pq.read_table(self.path)
+        except (OSError, pa.ArrowException) as exc:  # not parquet, truncated, unreadable
+            raise DataError(f"{self.path}: cannot be read as Parquet: {exc}") from None
         yield from enumerate(table.to_pylist(), 1)
 
 
