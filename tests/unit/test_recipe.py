@@ -317,6 +317,14 @@ def test_component_shorthand_then_options_override(tmp_path):
             "algorithm.loss.micro_batch_token_budget",
         ),
         (["algorithm.selection=random", "algorithm.fallback=first"], "algorithm.fallback"),
+        (
+            [
+                "algorithm.refinements_per_prompt=0",
+                "algorithm.samples_per_prompt=8",
+                "algorithm.selection=random",
+            ],
+            "algorithm.selection",
+        ),
         (["eval.size=16"], "eval.size"),
         (["eval.task=arithmetic"], "eval.task"),
         (["eval.at_start=false"], "eval.at_start"),

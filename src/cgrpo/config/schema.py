@@ -355,11 +355,16 @@ class AlgorithmConfig(Section):
         return self.samples_per_prompt + self.refinements_per_prompt
 
     def ignored_settings(self) -> dict[str, str]:
+        out = {}
+        if self.refinements_per_prompt == 0:
+            out["selection"] = ("has no effect with refinements_per_prompt: 0 (no "
+                                "refinement is kept); remove selection, or set "
+                                "refinements_per_prompt")  # fmt: skip
         if self.selection == "random":
-            return {"fallback": "has no effect with selection: random (K refinements are "
-                    "drawn whatever their verdicts); remove fallback, or set selection: "
-                    "correct_first"}  # fmt: skip
-        return {}
+            out["fallback"] = ("has no effect with selection: random (K refinements are "
+                               "drawn whatever their verdicts); remove fallback, or set "
+                               "selection: correct_first")  # fmt: skip
+        return out
 
 
 class RefinementConfig(Section):
