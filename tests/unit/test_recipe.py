@@ -234,6 +234,13 @@ def test_missing_file_and_yaml_syntax_error(tmp_path):
             "algorithm.max_tokens_per_micro_batch",
             "at least 512",
         ),
+        (["algorithm.micro_batch_tokens=511"], "algorithm.micro_batch_tokens", "at least 512"),
+        (["algorithm.micro_batch_tokens=4096"], "algorithm.micro_batch_size", "no effect"),
+        (
+            ["model.device=cpu", "policy.options.decode=compiled"],
+            "policy.options.decode",
+            "needs CUDA",
+        ),
         (["model.dtype=float16"], "model.dtype", "loss scaling"),
         (["model.lora.target_modules=[]"], "model.lora.target_modules", "at least one"),
     ],
@@ -368,6 +375,25 @@ def test_component_shorthand_then_options_override(tmp_path):
         (["algorithm.loss.clip={mode: asymmetric, eps: 0.3}"], "algorithm.loss.clip.eps"),
         (["algorithm.loss.clip={mode: none, eps: 0.3}"], "algorithm.loss.clip.eps"),
         (["algorithm.loss.shaping={mode: none, gamma: 0.5}"], "algorithm.loss.shaping.gamma"),
+        (["algorithm.loss.shaping={mode: p, gamma: 0.5}"], "algorithm.loss.shaping.gamma"),
+        (
+            ["algorithm.loss.entropy_coef=0", "algorithm.loss.entropy_aggregation=token_mean"],
+            "algorithm.loss.entropy_aggregation",
+        ),
+        (["algorithm.loss.kl_aggregation=token_mean"], "algorithm.loss.kl_aggregation"),
+        (
+            ["algorithm.loss.micro_batch_token_budget=4096"],
+            "algorithm.loss.micro_batch_token_budget",
+        ),
+        (["algorithm.selection=random", "algorithm.fallback=first"], "algorithm.fallback"),
+        (
+            [
+                "algorithm.refinements_per_prompt=0",
+                "algorithm.samples_per_prompt=8",
+                "algorithm.selection=random",
+            ],
+            "algorithm.selection",
+        ),
         (["eval.size=16"], "eval.size"),
         (["eval.task=arithmetic"], "eval.task"),
         (["eval.at_start=false"], "eval.at_start"),
@@ -445,6 +471,26 @@ def test_a_saved_recipe_with_every_default_written_out_validates_again(tmp_path,
     load_recipe(write(tmp_path, yaml.safe_dump(resolved), "saved.yaml"))
 
 
+def test_switching_to_random_selection_drops_an_inherited_fallback(tmp_path):
+    """``fallback`` means nothing once refinements are kept at random: a child recipe or an
+    override that switches ``selection`` to random drops the one it inherits (the released
+    code's ``fallback: first``) instead of failing on it; giving both is still an error."""
+    write(tmp_path, GOOD, "base0.yaml")
+    write(tmp_path, "extends: base0.yaml\nalgorithm: {fallback: first}\n", "base.yaml")
+    child = write(tmp_path, "extends: base.yaml\nalgorithm: {selection: random}\n", "c.yaml")
+    recipe, resolved = load_recipe(child)
+    assert recipe.algorithm.selection == "random" and "fallback" not in resolved["algorithm"]
+    recipe, _ = load_recipe(tmp_path / "base.yaml", ["algorithm.selection=random"])
+    assert recipe.algorithm.selection == "random"
+    back, _ = load_recipe(child, ["algorithm.selection=correct_first"])
+    assert back.algorithm.fallback == "random"  # the default: the parent's was dropped
+    # overrides apply in order: switching to random last drops the fallback given first
+    ok, _ = load_recipe(
+        write(tmp_path, GOOD), ["algorithm.fallback=first", "algorithm.selection=random"]
+    )
+    assert ok.algorithm.selection == "random"
+
+
 def test_extends_switching_a_mode_or_a_name_drops_what_belonged_to_the_old_one(tmp_path, caplog):
     write(tmp_path, GOOD, "base0.yaml")
     write(
@@ -497,7 +543,7 @@ def test_null_takes_back_an_inherited_section_that_would_be_ignored(tmp_path):
 def test_options_without_a_name_keep_the_default_component(tmp_path):
     recipe, _ = load_recipe(write(tmp_path, GOOD), ["policy.options.generation_batch_size=8"])
     assert recipe.policy.name == "hf"
-    assert recipe.policy.options == {"generation_batch_size": 8}
+    assert recipe.policy.options == {"generation_batch_size": 8, "decode": "auto"}
     found, _ = problems(tmp_path, GOOD, "policy.options.no_such_option=1")
     assert "policy.options.no_such_option" in found  # still validated as hf's options
 

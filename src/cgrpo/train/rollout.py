@@ -32,6 +32,7 @@ class RolloutSettings:
     max_refinements_generated: int | None
     fallback: str  # first | random | none
     sampling: SamplingParams
+    selection: str = "correct_first"  # correct_first | random
 
 
 @dataclass
@@ -312,12 +313,13 @@ def rollout(
         by_prompt: dict[int, list[int]] = {}
         for j, (p, _) in enumerate(targets):
             by_prompt.setdefault(p, []).append(j)
-        for p, js in by_prompt.items():  # 5. keep K per prompt: correct first
+        for p, js in by_prompt.items():  # 5. keep K per prompt: correct first (or at random)
             picks = select_refinements(
                 [ref_verdicts[j].correct for j in js],
                 s.refinements_per_prompt,
                 s.fallback,
                 random.Random(f"{rng_key}:{prompt_offset + p}"),  # per prompt: split-proof
+                s.selection,
             )  # type: ignore[arg-type]
             first = len(records)
             for local, j in enumerate(js):
