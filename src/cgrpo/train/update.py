@@ -30,7 +30,14 @@ from typing import Any
 import torch
 
 from cgrpo.algo.loss import LossConfig, LossOutput, policy_loss
-from cgrpo.algo.mixing import Batch, TrainRow, collate, pack_micro_batches
+from cgrpo.algo.mixing import (
+    Batch,
+    TrainRow,
+    collate,
+    pack_micro_batches,
+    token_budget_micro_batch_count,
+    token_budget_micro_batch_tokens,
+)
 from cgrpo.algo.packing import PackedBatch, collate_packed, plan_packs
 from cgrpo.model import distributed
 from cgrpo.model.logprobs import DEFAULT_CHUNK_TOKENS, forward_response
@@ -52,6 +59,9 @@ class UpdateSettings:
     logprob_chunk_tokens: int = DEFAULT_CHUNK_TOKENS
     precision: Precision = FULL
     micro_batch_tokens: int | None = None  # set: packed micro-batches of this many tokens
+    # the token budget of the micro-batches whose token means the entropy and KL terms
+    # take (algorithm.loss.micro_batch_token_budget); None: the update's own
+    term_micro_batch_budget: int | None = None
 
 
 def micro_batches(
@@ -134,6 +144,27 @@ def _combine(parts: list[tuple[dict[str, float], dict[str, float]]]) -> dict[str
     return out
 
 
+def term_micro_batch_tokens(
+    plan: list[tuple[list[TrainRow], Batch]], budget: int | None
+) -> list[torch.Tensor | None]:
+    """Per micro-batch of ``plan``, each row's response-token count in the micro-batch the
+    released code would put it in (:func:`token_budget_micro_batch_tokens`, with every
+    rank using the largest count of any, as verl does), for the loss's per-micro-batch
+    entropy and KL means; ``None`` each without a budget (the update's own micro-batches)."""
+    if budget is None:
+        return [None] * len(plan)
+    rows = [r for chunk, _ in plan for r in chunk]
+    lengths = [(len(r.prompt_ids), len(r.response_ids)) for r in rows]
+    parts = int(distributed.max_scalar(float(token_budget_micro_batch_count(lengths, budget))))
+    tokens = token_budget_micro_batch_tokens(lengths, budget, parts)
+    counts = dict(zip(map(id, rows), tokens, strict=True))
+    return [torch.tensor([float(counts[id(r)]) for r in chunk]) for chunk, _ in plan]
+
+
+def _on(tensor: torch.Tensor | None, dev: Any) -> torch.Tensor | None:
+    return None if tensor is None else tensor.to(dev)
+
+
 def padding_to_match_ranks(count: int) -> int:
     """How many calls this rank must add so it makes as many as the rank with the most
     (0 for one process): under FSDP every forward and backward is collective."""
@@ -156,24 +187,31 @@ class _MiniBatch:
     real: int  # micro-batches beyond it are zero-weight copies (sharded models only)
     num_tokens: float
     num_seqs: float
+    # per micro-batch, each row's token count for the entropy / KL means (None: its own)
+    term_tokens: list[torch.Tensor | None]
 
 
 def _mini_batch(model: Any, rows: list[TrainRow], settings: UpdateSettings, pad_id: int):
     # global counts: with several processes each rank's loss is its share of the whole
     num_tokens = distributed.sum_scalar(float(sum(len(r.response_ids) for r in rows)))
     num_seqs = distributed.sum_scalar(float(sum(1 for r in rows if r.response_ids)))
-    micros = [m for _, m in micro_batches(rows, settings, pad_id)]
+    plan = micro_batches(rows, settings, pad_id)
+    micros = [m for _, m in plan]
+    term_tokens = term_micro_batch_tokens(plan, settings.term_micro_batch_budget)
     real = len(micros)
     if is_sharded(model):  # every rank runs as many forward/backward calls (each all-gathers)
-        micros += [micros[-1]] * padding_to_match_ranks(real)
-    return _MiniBatch(micros, real, num_tokens, num_seqs)
+        extra = padding_to_match_ranks(real)
+        micros += [micros[-1]] * extra
+        term_tokens += [term_tokens[-1]] * extra
+    return _MiniBatch(micros, real, num_tokens, num_seqs, term_tokens)
 
 
 def _micro_loss(
-    model: Any, micro: MicroBatch, mini: _MiniBatch, settings: UpdateSettings, ref_model: Any
+    model: Any, index: int, mini: _MiniBatch, settings: UpdateSettings, ref_model: Any
 ) -> tuple[LossOutput, torch.Tensor]:
-    """Forward (policy, and the reference for KL) and the loss share of one micro-batch;
-    returns the loss and the log-probs."""
+    """Forward (policy, and the reference for KL) and the loss share of the mini-batch's
+    ``index``-th micro-batch; returns the loss and the log-probs."""
+    micro = mini.micros[index]
     cfg, chunk = settings.loss, settings.logprob_chunk_tokens
     # per-kind entropy is always logged (no gradient); the bonus needs its graph
     entropy_mode = "loss" if cfg.entropy_coef else "metric"
@@ -199,6 +237,7 @@ def _micro_loss(
         sampler_logprobs=None if sampler is None else sampler.to(dev),
         num_tokens=mini.num_tokens,
         num_seqs=mini.num_seqs,
+        micro_batch_tokens=_on(mini.term_tokens[index], dev),
     )
     return out, logprobs
 
@@ -210,7 +249,7 @@ def _accumulate(model, mini: _MiniBatch, settings, ref_model, measure_mismatch: 
     parts: list[tuple[dict[str, float], dict[str, float]]] = []
     real = processed = 0
     for index, micro in enumerate(mini.micros):
-        out, logprobs = _micro_loss(model, micro, mini, settings, ref_model)
+        out, logprobs = _micro_loss(model, index, mini, settings, ref_model)
         if index >= mini.real:  # a padding copy: same collectives, no gradient, no metrics
             (out.loss * 0.0).backward()
             continue
