@@ -29,11 +29,13 @@ a step needs several decode calls, sequences are grouped by prompt length first.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cgrpo.builtins.policies.batching import RequestBatcher
 from cgrpo.interfaces import collect_stream
 from cgrpo.model.loading import eos_token_ids
 from cgrpo.types import Completion, SamplingParams
@@ -77,10 +79,17 @@ def _round_up(n: int, to: int) -> int:
 
 
 class HFPolicy:
-    """Samples with transformers generate on the training model (no weight sync needed)."""
+    """Samples with transformers generate on the training model (no weight sync needed).
+
+    Single requests (:meth:`sample`, the per-group rollout's interface) are gathered into
+    batched calls by a :class:`~cgrpo.builtins.policies.batching.RequestBatcher`, which runs
+    them in a worker thread; calls from several threads take turns (one lock)."""
 
     # the trainer gathers a sharded (FSDP) model whole around sampling (model/sharding.py)
     samples_with_trainer_model = True
+    # a row's numbers depend on its batch (padding) and unseeded draws on the order of
+    # calls: the rollout gives it the serial rollout's batches (train/gates.py LockStep)
+    batches_continuously = False
 
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -108,8 +117,19 @@ class HFPolicy:
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = self.eos_ids[0]
+        self.weight_version = 0  # weight syncs received (set by the trainer on resume)
+        self._lock = threading.Lock()
+        self._batcher = RequestBatcher(self)
         self.compiled = self._compiled_decode(options.decode)
         self.stats = {"real": 0, "positions": 0}
+
+    async def sample(
+        self, prompt_ids: Sequence[int], params: SamplingParams, seed: int | None = None
+    ) -> list[Completion]:
+        """``params.n`` completions of one prompt, from a batched ``generate`` call shared
+        with the requests made at the same time (seeded: the same tokens as ``generate``
+        with ``seeds=[seed]`` in the same batch)."""
+        return await self._batcher.sample(prompt_ids, params, seed)
 
     def _compiled_decode(self, setting: str) -> Any:
         """A :class:`.decode.CompiledDecode` where ``decode`` asks for one."""
@@ -194,15 +214,16 @@ class HFPolicy:
             seeds=None if seeds is None or not sample else seeds.to(device),
             greedy=not sample,
         )
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with _without_autograd(self.model), self.precision.autocast():
-                out = self._decode(prompts, params.max_new_tokens, draw)
-        finally:
-            self.model.train(was_training)
-        self.stats["real"] += out.real
-        self.stats["positions"] += out.positions
+        with self._lock:  # the rollout's worker thread and a critic on the main thread
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                with _without_autograd(self.model), self.precision.autocast():
+                    out = self._decode(prompts, params.max_new_tokens, draw)
+            finally:
+                self.model.train(was_training)
+            self.stats["real"] += out.real
+            self.stats["positions"] += out.positions
         return self._completions(out)
 
     def _decode(self, prompts: list[list[int]], max_new_tokens: int, draw: Any) -> Any:
@@ -250,6 +271,7 @@ class HFPolicy:
                     logprobs=lp[:n],
                     text=self.tokenizer.decode(tokens, skip_special_tokens=True),
                     finish_reason="stop" if stop else "length",
+                    weight_version=self.weight_version,
                 )
             )
         return completions
@@ -262,7 +284,9 @@ class HFPolicy:
         return {"token_utilization": real / positions} if positions else {}
 
     def sync_weights(self, model: Any) -> None:
-        """Nothing to do: this backend samples with the training model itself."""
+        """Nothing to copy: this backend samples with the training model itself. Counts
+        the version its completions carry."""
+        self.weight_version += 1
 
     def close(self) -> None:
         self.model = None
