@@ -79,6 +79,24 @@ class PolicyBackend(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class AsyncPolicyBackend(Protocol):
+    """A sampler that takes single requests and batches them itself (continuous batching).
+
+    A backend may implement it beside the batch :class:`PolicyBackend`. ``Completion.
+    weight_version`` says which weights sampled a completion (the number of weight syncs
+    the backend has received, or None when it does not know).
+    """
+
+    async def sample(
+        self, prompt_ids: Sequence[int], params: SamplingParams, seed: int | None = None
+    ) -> list[Completion]:
+        """params.n completions of one prompt (each with its per-token log-probs), returned
+        when all are done. With seed set, the completions depend only on the seed and the
+        weights."""
+        ...
+
+
 def collect_stream(
     batches: Iterable[list[tuple[int, list[Completion]]]], prompts: int
 ) -> list[list[Completion]]:
@@ -89,6 +107,21 @@ def collect_stream(
         for p, completions in batch:
             out[p] = completions
     return out
+
+
+class StreamedGenerate:
+    """``generate`` for a backend whose ``generate_stream`` does the work: the stream,
+    collected in prompt order."""
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        params: SamplingParams,
+        seeds: Sequence[int] | None = None,
+    ) -> list[list[Completion]]:
+        """``params.n`` completions per prompt, in prompt order."""
+        stream = self.generate_stream(prompts, params, seeds)  # type: ignore[attr-defined]
+        return collect_stream(stream, len(prompts))
 
 
 @runtime_checkable

@@ -243,6 +243,7 @@ def test_extends_merges_a_base_recipe(tmp_path):
         "quickstart-lora-cpu",
         "api-critic-cpu",
         "paper-qwen3-8b",
+        "paper-qwen3-8b-servers",
         "released-code-qwen3-8b",
         "weak-to-strong",
     ],

@@ -1,0 +1,401 @@
+"""``vllm-server``: rollouts from running vLLM OpenAI-compatible servers (``vllm serve``),
+weights pushed to them after every update (docs/vllm-server.md).
+
+- Sampling: each prompt is one request (token ids in; ``n`` samples with their token ids,
+  log-probs and weight versions out) to the live server with the fewest requests in
+  flight, so the servers share a step's prompts (data-parallel rollout). Every request has
+  a seed (from torch's per-step RNG unless the loop gives one), so a sample depends on its
+  seed and the weights only, whichever server draws it. ``generate_stream`` hands over
+  groups as they finish; ``sample`` is the asynchronous, one-request interface
+  (:class:`cgrpo.interfaces.AsyncPolicyBackend`).
+- Faults: a server that refuses, drops or times out a request leaves the pool and the
+  request goes to another one; the step fails, with each server's last error, only when
+  none answers. The next weight sync checks every server again and reloads those that are
+  back.
+- Weight versions: every sync labels the servers' weights ``"<nonce>:<count>"``
+  (:mod:`~cgrpo.builtins.policies.server_protocol`) and every sample comes back with the
+  labels it was drawn under. A sample drawn under other weights (a server restarted from
+  disk, a reload that failed, another trainer) is never used: its server is brought to the
+  current weights (or leaves the pool) and the request is sent again. ``accept_lag``
+  (0: on-policy) is how many versions back a sample may be; ``Completion.weight_version``
+  is the count it was drawn under.
+- Weight sync (``weight_sync``, :mod:`~cgrpo.builtins.policies.server_weights`), then a
+  probe: every server samples a few tokens of one sequence at the recipe's temperature and
+  their log-probs are compared with the trainer's (``policy/sync_logprob_diff_max``);
+  above ``sync_tolerance`` the run stops. This checks the weights and the servers'
+  ``--logprobs-mode`` at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import logging
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from cgrpo.builtins.policies.server_launch import LocalServers
+from cgrpo.builtins.policies.server_pool import (
+    GENERATE,
+    EventLoopThread,
+    Server,
+    ServerFailed,
+    ServerPool,
+)
+from cgrpo.builtins.policies.server_protocol import (
+    choice_versions,
+    completions,
+    describe,
+    sampling_body,
+    scale_out_disabled,
+    tag_count,
+    version_tag,
+)
+from cgrpo.builtins.policies.server_weights import FilesystemSync, NcclSync
+from cgrpo.config.schema import VLLMServerOptions
+from cgrpo.errors import TrainingError
+from cgrpo.interfaces import StreamedGenerate
+from cgrpo.model.loading import eos_token_ids
+from cgrpo.types import Completion, SamplingParams
+
+log = logging.getLogger(__name__)
+
+PROBE_TOKENS = 8
+PROBE_TEXT = "What is 2 + 3? The answer is \\boxed{5}."
+
+
+class VLLMServerPolicy(StreamedGenerate):
+    """Samples on vLLM servers; the trainer's weights are pushed to them after every update."""
+
+    Options = VLLMServerOptions
+    samples_with_trainer_model = False
+
+    def __init__(self, options: VLLMServerOptions, context: Any):
+        if context is None or context.model is None or context.recipe is None:
+            raise ValueError("the vllm-server backend needs the trainer's model and the recipe")
+        import torch
+
+        from cgrpo.model import distributed
+        from cgrpo.model.precision import FULL
+
+        recipe = context.recipe
+        self.options, self.recipe = options, recipe
+        self.model, self.tokenizer = context.model, context.tokenizer
+        self.precision = context.precision or FULL
+        self.eos_ids = eos_token_ids(self.model.generation_config, self.tokenizer)
+        self.pad_id = self.tokenizer.pad_token_id or 0
+        self.nonce = secrets.token_hex(4)  # this trainer process's weight versions
+        self.count, self.tag = 0, None  # syncs made; the current version's label
+        self.accept_lag = 0  # how many versions back a sample may be (0: on-policy)
+        self.last: tuple[list[int], list[int]] | None = None  # a sampled (prompt, response)
+        self.stats: dict[str, float] = {}
+        self.stale_answers = 0
+        self._ids = itertools.count()
+        self.ready = False
+        main = distributed.is_main()
+        on_gpu = torch.cuda.is_available() and next(self.model.parameters()).is_cuda
+        nccl = options.weight_sync == "nccl"
+        self.local = None
+        # the run directory (cgrpo eval has none: a directory of its own, removed at close)
+        self.scratch = None if context.run_dir else Path(tempfile.mkdtemp(prefix="cgrpo-servers-"))
+        here = Path(context.run_dir) if context.run_dir else self.scratch
+        urls = list(options.urls)
+        if options.launch is not None:
+            urls = [f"http://127.0.0.1:{p}" for p in options.launch.ports]
+            if main:  # one set of servers for the whole (single-node) job
+                self.local = LocalServers(options.launch, recipe, here / "servers", on_gpu, nccl)
+        api_key = _api_key(options.api_key_env)
+        self.loop = EventLoopThread("cgrpo-vllm-server")
+        self.pool = ServerPool(
+            urls,
+            request_timeout=options.request_timeout_s,
+            max_inflight=options.max_inflight_per_server,
+            api_key=api_key,
+        )
+        dtype = getattr(torch, recipe.model.dtype)
+        if nccl:
+            self.transport: Any = NcclSync(self.pool, self.loop, options, distributed.rank(), dtype)
+        else:
+            where = Path(options.weights_dir) if options.weights_dir else here / "server-weights"
+            self.transport = FilesystemSync(self.pool, self.loop, where, dtype)
+
+    # -- connecting ------------------------------------------------------------------------
+    def _ensure_ready(self) -> None:
+        """Wait for the servers (the first time), check each can serve this run and log
+        what it is: the run's record of where its samples came from."""
+        if self.ready:
+            return
+        o = self.options
+        alive = self.local.check_alive if self.local is not None else None
+        log.info(
+            "vllm-server: %d servers %s; weight sync %s%s; request timeout %.0f s, up to %d "
+            "requests in flight per server",
+            len(self.pool.servers),
+            [s.url for s in self.pool.servers],
+            self.transport.name,
+            f" through {getattr(self.transport, 'directory', '')}"
+            if o.weight_sync == "filesystem"
+            else "",
+            o.request_timeout_s,
+            o.max_inflight_per_server,
+        )
+        self.loop.run(self.pool.wait_ready(o.startup_timeout_s, alive))
+        for server in self.pool.live():
+            info = self.loop.run(describe(self.pool, server, self.recipe.model.max_length))
+            log.info(
+                "vllm-server: %s healthy: vLLM %s, model %s, context %d, weights %r",
+                server.url,
+                info["vllm"],
+                info["model"],
+                info["max_model_len"],
+                info["weights"],
+            )
+        self.ready = True
+
+    # -- sampling ----------------------------------------------------------------------------
+    def _accepts(self, version: str) -> bool:
+        count = tag_count(version, self.nonce)
+        return count is not None and self.count - self.accept_lag <= count <= self.count
+
+    async def _post(self, server: Server, body: dict[str, Any]) -> tuple[dict, Server]:
+        body = {**body, "request_id": f"cgrpo-{self.nonce}-{next(self._ids)}"}
+        try:
+            return await self.pool.call(server, "POST", GENERATE, json=body), server
+        except TrainingError as exc:
+            if "Scale-out endpoints are disabled" in str(exc):
+                raise scale_out_disabled(exc) from exc
+            raise
+
+    async def _sample(
+        self, prompt: Sequence[int], params: SamplingParams, seed: int | None
+    ) -> list[Completion]:
+        """``params.n`` samples of ``prompt`` drawn under the current weights (or within
+        ``accept_lag`` versions of them); see the module docstring for the retries."""
+        body = sampling_body(prompt, params, seed, self.eos_ids)
+        healed: set[str] = set()
+        while True:
+            answer, server = await self.pool.on_any(lambda s: self._post(s, body))
+            versions = [choice_versions(c) for c in answer["choices"]]
+            if not all(versions):
+                raise TrainingError(
+                    f"vLLM server {server.url} returned no weight versions with its samples; "
+                    "cgrpo needs vLLM >= 0.32 on the servers"
+                )
+            stale = [v for vs in versions for v in vs if not self._accepts(v)]
+            if not stale:
+                oldest = min(tag_count(v, self.nonce) or 0 for vs in versions for v in vs)
+                out = completions(answer, self.eos_ids, self._decode, oldest)
+                if out and out[0].token_ids:
+                    self.last = (list(prompt), out[0].token_ids)
+                return out
+            self.stale_answers += 1
+            server.version = stale[0]
+            if server.url in healed:
+                self.pool.mark_dead(server, f"still answers with weights {stale[0]!r}")
+            else:
+                healed.add(server.url)
+                await self._heal(server)
+
+    async def _heal(self, server: Server) -> None:
+        """Bring a server that answered with other weights to the current ones, or take it
+        out of the pool; its samples are dropped either way."""
+        held = server.version
+        try:
+            await self.transport.heal(server, self.tag)
+        except (ServerFailed, TrainingError) as exc:
+            self.pool.mark_dead(server, f"holds weights {held!r}, not {self.tag!r}: {exc}")
+            return
+        log.warning(
+            "vllm-server: %s answered with weights %r instead of %r (restarted?); "
+            "its samples were dropped and the current weights reloaded",
+            server.url,
+            held,
+            self.tag,
+        )
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    async def sample(
+        self, prompt_ids: Sequence[int], params: SamplingParams, seed: int | None = None
+    ) -> list[Completion]:
+        """``params.n`` completions of one prompt (the asynchronous interface): the request
+        joins whatever the servers are decoding."""
+        if self.tag is None:
+            await asyncio.to_thread(self.sync_weights, self.model)
+        return await asyncio.wrap_future(self.loop.submit(self._sample(prompt_ids, params, seed)))
+
+    def generate_stream(
+        self,
+        prompts: Sequence[Sequence[int]],
+        params: SamplingParams,
+        seeds: Sequence[int] | None = None,
+    ) -> Iterator[list[tuple[int, list[Completion]]]]:
+        """Every prompt's request goes out at once; groups are handed over as they finish.
+        Closing the stream early cancels the requests still out (vLLM aborts them)."""
+        import torch
+
+        if not prompts:
+            return
+        if self.tag is None:  # never synced (cgrpo eval): the servers get the model first
+            self.sync_weights(self.model)
+        if seeds is None:  # from torch's RNG, which the loop reseeds every step
+            seeds = torch.randint(0, 2**31 - 1, (len(prompts),)).tolist()
+        futures = {
+            self.loop.submit(self._sample(p, params, s)): i
+            for i, (p, s) in enumerate(zip(prompts, seeds, strict=True))
+        }
+        pending = set(futures)
+        try:
+            while pending:
+                done, pending = concurrent.futures.wait(
+                    pending, return_when=concurrent.futures.FIRST_COMPLETED
+                )
+                yield sorted(((futures[f], f.result()) for f in done), key=lambda x: x[0])
+        finally:
+            for f in pending:
+                f.cancel()
+
+    # -- weights ------------------------------------------------------------------------------
+    def sync_weights(self, model: Any) -> None:
+        """Push the trainer's weights to every server that answers (the dead ones are asked
+        again), label them with the next version, and probe that each agrees with the
+        trainer. Fails only when no server took them."""
+        from cgrpo.model import distributed
+
+        self._ensure_ready()
+        started = time.perf_counter()
+        main = distributed.is_main()
+        if main:
+            self.loop.run(self.pool.refresh())
+        targets = distributed.broadcast([s.url for s in self.pool.live()])
+        servers = [s for s in self.pool.servers if s.url in targets]
+        count = self.count + 1
+        tag = version_tag(self.nonce, count)
+        failures = self.transport.push(model, tag, count, servers, main)
+        for server, exc in failures:
+            self.pool.mark_dead(server, f"weight sync failed: {exc}")
+        live = distributed.broadcast([s.url for s in self.pool.live()])
+        for server in self.pool.servers:
+            server.alive = server.url in live
+        if not live:
+            raise TrainingError("weight sync: " + self.pool.none_answer())
+        self.transport.adopt(count)
+        self.count, self.tag = count, tag
+        self.stats["sync_seconds"] = time.perf_counter() - started
+        self.stats["servers_live"] = float(len(live))
+        if self.options.sync_check:
+            self._probe(model)
+
+    def _probe(self, model: Any) -> None:
+        """Each live server samples PROBE_TOKENS tokens after one prompt (the last sampled
+        one, else a fixed text) at the recipe's temperature; the largest |server - trainer|
+        log-prob difference is logged, and above ``sync_tolerance`` it stops the run."""
+        import torch
+
+        from cgrpo.model import distributed
+        from cgrpo.model.logprobs import sequence_logprobs
+
+        prompt = self.last[0] if self.last else self.tokenizer.encode(PROBE_TEXT)
+        answers = self.loop.run(self._probe_answers(prompt)) if distributed.is_main() else None
+        answers = distributed.broadcast(answers)  # every rank runs the same forwards (FSDP)
+        temperature = self.recipe.sampling.temperature
+        worst, where = 0.0, ""
+        for url, ids, server_lps in answers:
+            trainer = sequence_logprobs(
+                model,
+                prompt,
+                ids,
+                temperature,
+                self.pad_id,
+                self.precision,
+                self.recipe.algorithm.logprob_chunk_tokens,
+            )
+            diff = float((trainer - torch.tensor(server_lps)).abs().max())
+            if diff >= worst:
+                worst, where = diff, url
+        self.stats["sync_logprob_diff_max"] = worst
+        if worst > self.options.sync_tolerance:
+            raise TrainingError(
+                f"after weight sync the vLLM server {where} and the trainer disagree: max "
+                f"|log-prob difference| {worst:.4f} > sync_tolerance "
+                f"{self.options.sync_tolerance}. The weights did not take effect, or the "
+                "server was started without --logprobs-mode processed_logprobs; stopping"
+            )
+
+    async def _probe_answers(self, prompt: list[int]) -> list[tuple[str, list[int], list[float]]]:
+        """(server, sampled ids, their log-probs) of every live server; a server that fails
+        or answers under other weights leaves the pool."""
+        params = SamplingParams(
+            n=1, temperature=self.recipe.sampling.temperature, max_new_tokens=PROBE_TOKENS
+        )
+        body = sampling_body(prompt, params, 0, [])
+
+        async def one(server: Server) -> tuple[str, list[int], list[float]] | None:
+            try:
+                answer, _ = await self._post(server, body)
+            except ServerFailed as exc:
+                self.pool.mark_dead(server, f"probe after the weight sync failed: {exc}")
+                return None
+            choice = answer["choices"][0]
+            if choice_versions(choice) != [self.tag]:
+                self.pool.mark_dead(
+                    server,
+                    f"answered the probe under weights {choice_versions(choice)}, not {self.tag!r}",
+                )
+                return None
+            return (
+                server.url,
+                choice["token_ids"],
+                [c["logprob"] for c in choice["logprobs"]["content"]],
+            )
+
+        answers = await asyncio.gather(*(one(s) for s in self.pool.live()))
+        if not self.pool.live():
+            raise TrainingError("weight sync probe: " + self.pool.none_answer())
+        return [a for a in answers if a is not None]
+
+    # -- the rest of the backend contract -----------------------------------------------------
+    def telemetry(self) -> dict[str, float]:
+        """This step's figures (the counters restart every step)."""
+        out = dict(self.stats)
+        out.update(
+            weight_version=float(self.count),
+            requests_retried=float(self.pool.retried),
+            stale_answers=float(self.stale_answers),
+        )
+        self.pool.retried = self.stale_answers = 0
+        return out
+
+    def close(self) -> None:
+        """Stop the servers cgrpo started and remove the weight files it wrote."""
+        from cgrpo.model import distributed
+
+        if distributed.is_main():
+            self.transport.clear()
+        if self.loop is not None:
+            self.loop.run(self.pool.aclose())
+            self.loop.close()
+            self.loop = None  # type: ignore[assignment]
+        if self.local is not None:
+            self.local.stop()
+            self.local = None
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def _api_key(env: str | None) -> str | None:
+    import os
+
+    if env is None:
+        return None
+    key = os.environ.get(env)
+    if not key:
+        raise TrainingError(f"policy.options.api_key_env: the environment variable {env} is unset")
+    return key
