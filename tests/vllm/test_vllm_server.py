@@ -226,10 +226,11 @@ def test_trainer_killed_and_resumed_continues_with_the_servers_on_its_weights(
     """Killed in step 4 (checkpoint: step 2; the servers hold step 3's weights), resumed
     with resume=auto: every step once in metrics.jsonl, every sample of the resumed run
     drawn under weights the resumed trainer pushed (the checkpoint's, then its own), and
-    the servers end on the final checkpoint's weights."""
-    args = run_args(
-        two_servers, tmp_path, "resume", "train.steps=5", "train.save_every=2", "sft.steps=0"
-    )
+    the servers end on the final checkpoint's weights. GRPO without warm-up: what is
+    tested here does not need the critique stage, and it keeps the test short."""
+    args = run_args(two_servers, tmp_path, "resume", "train.steps=4", "train.save_every=2",
+                    "sft.steps=0", "algorithm.refinements_per_prompt=0",
+                    "algorithm.micro_batch_size=28")  # fmt: skip
     crashed = run_cli(*args, cwd=tmp_path, env={"CGRPO_CRASH_AT": "step:4"})
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-3000:]
     checkpoints = tmp_path / "runs" / "resume" / "checkpoints"
@@ -238,25 +239,57 @@ def test_trainer_killed_and_resumed_continues_with_the_servers_on_its_weights(
     resumed = run_cli(*args, "resume=auto", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     metrics = metrics_of(tmp_path, "resume")
-    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
     # the resumed process starts its own versions: its first sync (the checkpoint's
     # weights) is 1, so step 3 samples under 1 and reports 2 after its update
-    assert [m["policy/weight_version"] for m in metrics[2:]] == [2, 3, 4]
+    assert [m["policy/weight_version"] for m in metrics[2:]] == [2, 3]
     for m in metrics:
         assert m["sampler/logprob_diff_max"] < 1e-2 and m["policy/stale_answers"] == 0
     now = [server_call(u, "GET", "/weight_info")["weight_version"] for u in two_servers.urls]
     nonces = {v.rpartition(":")[0] for v in held}, {v.rpartition(":")[0] for v in now}
     assert len(nonces[0]) == len(nonces[1]) == 1 and nonces[0] != nonces[1]
-    assert all(v.endswith(":4") for v in now)
-    after = max(weight_gap(u, checkpoints / "step-5") for u in two_servers.urls)
+    assert all(v.endswith(":3") for v in now)
+    after = max(weight_gap(u, checkpoints / "step-4") for u in two_servers.urls)
     assert after < 1e-4 < before  # step 3's weights before the resume; the run's after
+
+
+@pytest.mark.skipif(
+    os.environ.get("CGRPO_FULL_QUICKSTART") != "1",
+    reason="the whole quickstart twice (~4-10 min on 2 cores); CGRPO_FULL_QUICKSTART=1 runs it",
+)
+def test_the_whole_quickstart_learns_through_the_servers_as_in_process(two_servers, tmp_path):
+    """The quickstart to its end (200 warm-up and 100 RL steps) through the two servers and
+    with the in-process engine, from the same model: the mismatch stays below 1e-2 every
+    step, and the reward rises, by as much as in process (measured: 0.637 -> 0.759 through
+    the servers, 0.637 -> 0.768 in process, means of the first and last 10 steps)."""
+    common = [
+        "run", str(REPO / "recipes" / "quickstart-cpu.yaml"), "run.console=plain",
+        f"model.path={two_servers.model_dir}", f"run.output_dir={tmp_path / 'runs'}",
+    ]  # fmt: skip
+    urls = f"policy.options.urls=[{','.join(two_servers.urls)}]"
+    runs = {
+        "servers": [*common, "run.name=servers", "policy=vllm-server", urls],
+        "inproc": [*common, "run.name=inproc", "policy=vllm",
+                   "policy.options.kv_cache_memory_bytes=268435456"],
+    }  # fmt: skip
+    means = {}
+    for name, args in runs.items():
+        out = run_cli(*args, cwd=tmp_path, timeout=1800)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        metrics = metrics_of(tmp_path, name)
+        assert len(metrics) == 100
+        assert max(m["sampler/logprob_diff_max"] for m in metrics) < 1e-2
+        rewards = [m["reward/initial_mean"] for m in metrics]
+        means[name] = (sum(rewards[:10]) / 10, sum(rewards[-10:]) / 10)
+        assert means[name][1] > means[name][0] + 0.05, (name, means[name])
+    assert abs(means["servers"][1] - means["inproc"][1]) < 0.08, means
 
 
 def test_quickstart_through_two_servers_and_on_one_after_the_other_dies(two_servers, tmp_path):
     """Runs last: it kills the second server, once step 2 is logged (the trainer is then in
     step 3). Whether that server's requests were out or the next sync finds it gone, the
     run goes on with the other."""
-    args = run_args(two_servers, tmp_path, "servers", "train.steps=5", "sft.steps=20")
+    args = run_args(two_servers, tmp_path, "servers", "train.steps=4", "sft.steps=20")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "cgrpo", *args],
@@ -276,12 +309,12 @@ def test_quickstart_through_two_servers_and_on_one_after_the_other_dies(two_serv
     assert proc.returncode == 0, stdout[-3000:] + stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
     metrics = metrics_of(tmp_path, "servers")
-    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
     for m in metrics:
         assert m["sampler/logprob_diff_max"] < 1e-2  # the servers sample the trained weights
         assert m["policy/sync_logprob_diff_max"] < 1e-2 and m["policy/stale_answers"] == 0
     # one sync at the start, one after each step
-    assert [m["policy/weight_version"] for m in metrics] == [2, 3, 4, 5, 6]
+    assert [m["policy/weight_version"] for m in metrics] == [2, 3, 4, 5]
     assert [m["policy/servers_live"] for m in metrics[:2]] == [2, 2]
     assert metrics[-1]["policy/servers_live"] == 1
     log = (tmp_path / "runs" / "servers" / "train.log").read_text()

@@ -98,32 +98,38 @@ class VLLMServerPolicy(StreamedGenerate):
         self.stale_answers = 0
         self._ids = itertools.count()
         self.ready = False
-        main = distributed.is_main()
-        on_gpu = torch.cuda.is_available() and next(self.model.parameters()).is_cuda
-        nccl = options.weight_sync == "nccl"
         self.local = None
         # the run directory (cgrpo eval has none: a directory of its own, removed at close)
         self.scratch = None if context.run_dir else Path(tempfile.mkdtemp(prefix="cgrpo-servers-"))
         here = Path(context.run_dir) if context.run_dir else self.scratch
+        self.loop = EventLoopThread("cgrpo-vllm-server")
+        self.pool, self.transport = self._connect(options, here)
+        if options.launch is not None and distributed.is_main():  # one set for the whole job
+            on_gpu = torch.cuda.is_available() and next(self.model.parameters()).is_cuda
+            nccl = options.weight_sync == "nccl"
+            self.local = LocalServers(options.launch, recipe, here / "servers", on_gpu, nccl)
+
+    def _connect(self, options: VLLMServerOptions, here: Path) -> tuple[ServerPool, Any]:
+        """The pool of servers and the weight transport (before any server is started, so
+        a setting that fails here leaves nothing running)."""
+        import torch
+
+        from cgrpo.model import distributed
+
         urls = list(options.urls)
         if options.launch is not None:
             urls = [f"http://127.0.0.1:{p}" for p in options.launch.ports]
-            if main:  # one set of servers for the whole (single-node) job
-                self.local = LocalServers(options.launch, recipe, here / "servers", on_gpu, nccl)
-        api_key = _api_key(options.api_key_env)
-        self.loop = EventLoopThread("cgrpo-vllm-server")
-        self.pool = ServerPool(
+        pool = ServerPool(
             urls,
             request_timeout=options.request_timeout_s,
             max_inflight=options.max_inflight_per_server,
-            api_key=api_key,
+            api_key=_api_key(options.api_key_env),
         )
-        dtype = getattr(torch, recipe.model.dtype)
-        if nccl:
-            self.transport: Any = NcclSync(self.pool, self.loop, options, distributed.rank(), dtype)
-        else:
-            where = Path(options.weights_dir) if options.weights_dir else here / "server-weights"
-            self.transport = FilesystemSync(self.pool, self.loop, where, dtype)
+        dtype = getattr(torch, self.recipe.model.dtype)
+        if options.weight_sync == "nccl":
+            return pool, NcclSync(pool, self.loop, options, distributed.rank(), dtype)
+        where = Path(options.weights_dir) if options.weights_dir else here / "server-weights"
+        return pool, FilesystemSync(pool, self.loop, where, dtype)
 
     # -- connecting ------------------------------------------------------------------------
     def _ensure_ready(self) -> None:
@@ -166,11 +172,14 @@ class VLLMServerPolicy(StreamedGenerate):
     async def _post(self, server: Server, body: dict[str, Any]) -> tuple[dict, Server]:
         body = {**body, "request_id": f"cgrpo-{self.nonce}-{next(self._ids)}"}
         try:
-            return await self.pool.call(server, "POST", GENERATE, json=body), server
+            answer = await self.pool.call(server, "POST", GENERATE, json=body)
         except TrainingError as exc:
             if "Scale-out endpoints are disabled" in str(exc):
                 raise scale_out_disabled(exc) from exc
             raise
+        if any(c.get("finish_reason") == "abort" for c in answer["choices"]):
+            raise ServerFailed("it aborted the request (paused with mode=abort?)")
+        return answer, server
 
     async def _sample(
         self, prompt: Sequence[int], params: SamplingParams, seed: int | None
@@ -302,9 +311,11 @@ class VLLMServerPolicy(StreamedGenerate):
         from cgrpo.model import distributed
         from cgrpo.model.logprobs import sequence_logprobs
 
-        prompt = self.last[0] if self.last else self.tokenizer.encode(PROBE_TEXT)
-        answers = self.loop.run(self._probe_answers(prompt)) if distributed.is_main() else None
-        answers = distributed.broadcast(answers)  # every rank runs the same forwards (FSDP)
+        probe = None
+        if distributed.is_main():
+            prompt = self.last[0] if self.last else self.tokenizer.encode(PROBE_TEXT)
+            probe = prompt, self.loop.run(self._probe_answers(prompt))
+        prompt, answers = distributed.broadcast(probe)  # every rank runs the same forwards
         temperature = self.recipe.sampling.temperature
         worst, where = 0.0, ""
         for url, ids, server_lps in answers:
