@@ -248,3 +248,27 @@ def test_the_servers_recipe_samples_off_the_trainer_gpus(tmp_path):
     lines = memory_plan.estimate(shape, setup, 80 * 2**30).lines
     sampling = [line for line in lines if line[0].startswith("sampling")]
     assert sampling == [("sampling: on the vLLM servers, not on this GPU", 0, 0)]
+
+
+def test_a_launched_server_that_exits_while_starting_is_a_clear_error(tiny, tmp_path):
+    """``launch`` wiring without vLLM: the server process is started, exits at once (an
+    unknown flag, or no vLLM in this Python), and the first sync says so with the end of
+    its log instead of waiting for the startup timeout; close() leaves nothing running."""
+    from cgrpo.interfaces import BuildContext
+    from cgrpo.plugins import get_registries
+
+    model, tok = tiny
+    recipe = recipe_for({"model": {"path": "org/m", "max_length": 1024},
+                         "data": {"task": "arithmetic"}})  # fmt: skip
+    port = free_port()
+    options = {"launch": {"ports": [port], "extra_args": ["--no-such-flag"]}}
+    ctx = BuildContext(model=model, tokenizer=tok, recipe=recipe, run_dir=tmp_path)
+    backend = get_registries()["policy"].build("vllm-server", options, ctx)
+    try:
+        assert [s.url for s in backend.pool.servers] == [f"http://127.0.0.1:{port}"]
+        with pytest.raises(TrainingError, match=f"port {port} exited with code"):
+            backend.sync_weights(model)
+        assert (tmp_path / "servers" / f"{port}.log").exists()
+    finally:
+        backend.close()
+    assert backend.local is None

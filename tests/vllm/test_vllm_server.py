@@ -152,7 +152,7 @@ def test_the_probe_stops_a_sync_that_did_not_take_effect(served, two_servers):
     url = backend.pool.servers[0].url
     reload_from_disk(url, two_servers.model_dir)
     with pytest.raises(TrainingError, match=f"{url} and the trainer disagree"):
-        backend._probe(model)
+        backend.probe.check(model, backend.last[0], backend.tag)
     backend.sync_weights(model)  # a real sync puts it right
     assert backend.telemetry()["sync_logprob_diff_max"] < 1e-4
 
@@ -179,6 +179,34 @@ def test_a_hung_server_times_out_its_requests_go_to_the_other_and_it_rejoins(
         assert backend.telemetry()["servers_live"] == 2 and hung.version == backend.tag
     finally:
         backend.close()
+
+
+def test_the_nccl_sync_is_a_clear_error_without_cuda_and_its_weight_source_is_consistent(
+    tiny, tmp_path
+):
+    """The nccl transfer cannot run here (no GPU); what can be checked on CPU: it refuses
+    with a message naming the fix, and the WeightSource it hands vLLM declares exactly the
+    names, shapes and dtype that it then yields (vLLM sizes its receive buffers from the
+    declaration)."""
+    from cgrpo.builtins.policies.server_pool import EventLoopThread, ServerPool
+    from cgrpo.builtins.policies.server_weights import NcclSync, _trainer_source
+    from cgrpo.config.schema import VLLMServerOptions
+
+    model, _ = tiny
+    options = VLLMServerOptions(urls=["http://127.0.0.1:1"], weight_sync="nccl")
+    loop = EventLoopThread("test")
+    try:
+        pool = ServerPool(options.urls, request_timeout=1, max_inflight=1)
+        if not torch.cuda.is_available():
+            with pytest.raises(TrainingError, match="weight_sync: filesystem"):
+                NcclSync(pool, loop, options, 0, torch.bfloat16)
+    finally:
+        loop.close()
+    source = _trainer_source(model, torch.bfloat16)
+    declared = [(m.name, m.dtype, m.shape) for m in source.metadata()]
+    sent = [(name, t.dtype, tuple(t.shape)) for name, t in source]
+    assert declared == sent and {d for _, d, _ in sent} == {torch.bfloat16}
+    assert [n for n, _, _ in sent] == list(model.state_dict())
 
 
 # -- cgrpo run through the servers ---------------------------------------------------------

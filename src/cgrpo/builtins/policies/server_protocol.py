@@ -189,8 +189,18 @@ async def describe(pool: ServerPool, server: Server, context: int) -> dict[str, 
     return info
 
 
-def scale_out_disabled(exc: TrainingError) -> TrainingError:
-    return TrainingError(
-        f"{exc}. The vLLM server must serve {GENERATE}: start it with --enable-scale-out "
-        "(docs/vllm-server.md)"
-    )
+async def generate_on(pool: ServerPool, server: Server, body: dict[str, Any]) -> dict[str, Any]:
+    """``server``'s answer to one generate request; a server that aborted it (an admin's
+    ``/pause?mode=abort``) counts as failed, so the request goes elsewhere."""
+    try:
+        answer = await pool.call(server, "POST", GENERATE, json=body)
+    except TrainingError as exc:
+        if "Scale-out endpoints are disabled" in str(exc):
+            raise TrainingError(
+                f"{exc}. The vLLM server must serve {GENERATE}: start it with "
+                "--enable-scale-out (docs/vllm-server.md)"
+            ) from exc
+        raise
+    if any(c.get("finish_reason") == "abort" for c in answer["choices"]):
+        raise ServerFailed("it aborted the request (paused with mode=abort?)")
+    return answer

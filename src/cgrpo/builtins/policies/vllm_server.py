@@ -35,6 +35,7 @@ import logging
 import secrets
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -42,18 +43,18 @@ from typing import Any
 
 from cgrpo.builtins.policies.server_launch import LocalServers
 from cgrpo.builtins.policies.server_pool import (
-    GENERATE,
     EventLoopThread,
     Server,
     ServerFailed,
     ServerPool,
 )
+from cgrpo.builtins.policies.server_probe import SyncProbe
 from cgrpo.builtins.policies.server_protocol import (
     choice_versions,
     completions,
     describe,
+    generate_on,
     sampling_body,
-    scale_out_disabled,
     tag_count,
     version_tag,
 )
@@ -66,7 +67,6 @@ from cgrpo.types import Completion, SamplingParams
 
 log = logging.getLogger(__name__)
 
-PROBE_TOKENS = 8
 PROBE_TEXT = "What is 2 + 3? The answer is \\boxed{5}."
 
 
@@ -97,6 +97,7 @@ class VLLMServerPolicy(StreamedGenerate):
         self.stats: dict[str, float] = {}
         self.stale_answers = 0
         self._ids = itertools.count()
+        self._first_sync = threading.Lock()
         self.ready = False
         self.local = None
         # the run directory (cgrpo eval has none: a directory of its own, removed at close)
@@ -104,6 +105,9 @@ class VLLMServerPolicy(StreamedGenerate):
         here = Path(context.run_dir) if context.run_dir else self.scratch
         self.loop = EventLoopThread("cgrpo-vllm-server")
         self.pool, self.transport = self._connect(options, here)
+        self.probe = SyncProbe(
+            self.pool, self.loop, recipe, self.pad_id, self.precision, options.sync_tolerance
+        )
         if options.launch is not None and distributed.is_main():  # one set for the whole job
             on_gpu = torch.cuda.is_available() and next(self.model.parameters()).is_cuda
             nccl = options.weight_sync == "nccl"
@@ -152,8 +156,20 @@ class VLLMServerPolicy(StreamedGenerate):
             o.max_inflight_per_server,
         )
         self.loop.run(self.pool.wait_ready(o.startup_timeout_s, alive))
+        self._describe_new()
+        self.ready = True
+
+    def _describe_new(self) -> None:
+        """Check and log each live server not described yet (at the start, and a server
+        that joins later)."""
         for server in self.pool.live():
-            info = self.loop.run(describe(self.pool, server, self.recipe.model.max_length))
+            if server.info:
+                continue
+            try:
+                info = self.loop.run(describe(self.pool, server, self.recipe.model.max_length))
+            except ServerFailed as exc:
+                self.pool.mark_dead(server, str(exc))
+                continue
             log.info(
                 "vllm-server: %s healthy: vLLM %s, model %s, context %d, weights %r",
                 server.url,
@@ -162,7 +178,6 @@ class VLLMServerPolicy(StreamedGenerate):
                 info["max_model_len"],
                 info["weights"],
             )
-        self.ready = True
 
     # -- sampling ----------------------------------------------------------------------------
     def _accepts(self, version: str) -> bool:
@@ -171,15 +186,7 @@ class VLLMServerPolicy(StreamedGenerate):
 
     async def _post(self, server: Server, body: dict[str, Any]) -> tuple[dict, Server]:
         body = {**body, "request_id": f"cgrpo-{self.nonce}-{next(self._ids)}"}
-        try:
-            answer = await self.pool.call(server, "POST", GENERATE, json=body)
-        except TrainingError as exc:
-            if "Scale-out endpoints are disabled" in str(exc):
-                raise scale_out_disabled(exc) from exc
-            raise
-        if any(c.get("finish_reason") == "abort" for c in answer["choices"]):
-            raise ServerFailed("it aborted the request (paused with mode=abort?)")
-        return answer, server
+        return await generate_on(self.pool, server, body), server
 
     async def _sample(
         self, prompt: Sequence[int], params: SamplingParams, seed: int | None
@@ -228,6 +235,13 @@ class VLLMServerPolicy(StreamedGenerate):
             self.tag,
         )
 
+    def _ensure_synced(self) -> None:
+        """Never synced (cgrpo eval; the loop syncs before its first step): the servers
+        get the model's weights first."""
+        with self._first_sync:
+            if self.tag is None:
+                self.sync_weights(self.model)
+
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
@@ -237,7 +251,7 @@ class VLLMServerPolicy(StreamedGenerate):
         """``params.n`` completions of one prompt (the asynchronous interface): the request
         joins whatever the servers are decoding."""
         if self.tag is None:
-            await asyncio.to_thread(self.sync_weights, self.model)
+            await asyncio.to_thread(self._ensure_synced)
         return await asyncio.wrap_future(self.loop.submit(self._sample(prompt_ids, params, seed)))
 
     def generate_stream(
@@ -252,8 +266,7 @@ class VLLMServerPolicy(StreamedGenerate):
 
         if not prompts:
             return
-        if self.tag is None:  # never synced (cgrpo eval): the servers get the model first
-            self.sync_weights(self.model)
+        self._ensure_synced()
         if seeds is None:  # from torch's RNG, which the loop reseeds every step
             seeds = torch.randint(0, 2**31 - 1, (len(prompts),)).tolist()
         futures = {
@@ -283,6 +296,7 @@ class VLLMServerPolicy(StreamedGenerate):
         main = distributed.is_main()
         if main:
             self.loop.run(self.pool.refresh())
+            self._describe_new()
         targets = distributed.broadcast([s.url for s in self.pool.live()])
         servers = [s for s in self.pool.servers if s.url in targets]
         count = self.count + 1
@@ -300,77 +314,8 @@ class VLLMServerPolicy(StreamedGenerate):
         self.stats["sync_seconds"] = time.perf_counter() - started
         self.stats["servers_live"] = float(len(live))
         if self.options.sync_check:
-            self._probe(model)
-
-    def _probe(self, model: Any) -> None:
-        """Each live server samples PROBE_TOKENS tokens after one prompt (the last sampled
-        one, else a fixed text) at the recipe's temperature; the largest |server - trainer|
-        log-prob difference is logged, and above ``sync_tolerance`` it stops the run."""
-        import torch
-
-        from cgrpo.model import distributed
-        from cgrpo.model.logprobs import sequence_logprobs
-
-        probe = None
-        if distributed.is_main():
             prompt = self.last[0] if self.last else self.tokenizer.encode(PROBE_TEXT)
-            probe = prompt, self.loop.run(self._probe_answers(prompt))
-        prompt, answers = distributed.broadcast(probe)  # every rank runs the same forwards
-        temperature = self.recipe.sampling.temperature
-        worst, where = 0.0, ""
-        for url, ids, server_lps in answers:
-            trainer = sequence_logprobs(
-                model,
-                prompt,
-                ids,
-                temperature,
-                self.pad_id,
-                self.precision,
-                self.recipe.algorithm.logprob_chunk_tokens,
-            )
-            diff = float((trainer - torch.tensor(server_lps)).abs().max())
-            if diff >= worst:
-                worst, where = diff, url
-        self.stats["sync_logprob_diff_max"] = worst
-        if worst > self.options.sync_tolerance:
-            raise TrainingError(
-                f"after weight sync the vLLM server {where} and the trainer disagree: max "
-                f"|log-prob difference| {worst:.4f} > sync_tolerance "
-                f"{self.options.sync_tolerance}. The weights did not take effect, or the "
-                "server was started without --logprobs-mode processed_logprobs; stopping"
-            )
-
-    async def _probe_answers(self, prompt: list[int]) -> list[tuple[str, list[int], list[float]]]:
-        """(server, sampled ids, their log-probs) of every live server; a server that fails
-        or answers under other weights leaves the pool."""
-        params = SamplingParams(
-            n=1, temperature=self.recipe.sampling.temperature, max_new_tokens=PROBE_TOKENS
-        )
-        body = sampling_body(prompt, params, 0, [])
-
-        async def one(server: Server) -> tuple[str, list[int], list[float]] | None:
-            try:
-                answer, _ = await self._post(server, body)
-            except ServerFailed as exc:
-                self.pool.mark_dead(server, f"probe after the weight sync failed: {exc}")
-                return None
-            choice = answer["choices"][0]
-            if choice_versions(choice) != [self.tag]:
-                self.pool.mark_dead(
-                    server,
-                    f"answered the probe under weights {choice_versions(choice)}, not {self.tag!r}",
-                )
-                return None
-            return (
-                server.url,
-                choice["token_ids"],
-                [c["logprob"] for c in choice["logprobs"]["content"]],
-            )
-
-        answers = await asyncio.gather(*(one(s) for s in self.pool.live()))
-        if not self.pool.live():
-            raise TrainingError("weight sync probe: " + self.pool.none_answer())
-        return [a for a in answers if a is not None]
+            self.stats["sync_logprob_diff_max"] = self.probe.check(model, prompt, self.tag)
 
     # -- the rest of the backend contract -----------------------------------------------------
     def telemetry(self) -> dict[str, float]:
