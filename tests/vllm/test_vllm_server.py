@@ -283,7 +283,7 @@ def test_trainer_killed_and_resumed_continues_with_the_servers_on_its_weights(
 
 @pytest.mark.skipif(
     os.environ.get("CGRPO_FULL_QUICKSTART") != "1",
-    reason="the whole quickstart twice (~4-10 min on 2 cores); CGRPO_FULL_QUICKSTART=1 runs it",
+    reason="the whole quickstart twice (~20 min, loaded 2 cores): CGRPO_FULL_QUICKSTART=1",
 )
 def test_the_whole_quickstart_learns_through_the_servers_as_in_process(two_servers, tmp_path):
     """The quickstart to its end (200 warm-up and 100 RL steps) through the two servers and
