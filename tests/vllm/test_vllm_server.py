@@ -24,6 +24,7 @@ from cgrpo.model.logprobs import sequence_logprobs
 from cgrpo.model.precision import FULL
 from cgrpo.types import SamplingParams
 from tests.helpers import REPO, run_cli
+from tests.vllm.rollout_case import check_rollout_with_and_without_speculation
 
 
 def make_backend(two_servers, tmp_path, **options):
@@ -108,6 +109,8 @@ def test_samples_come_from_both_servers_with_the_trainers_weights_and_version(se
     assert all(s.answered > b for s, b in zip(backend.pool.servers, before, strict=True))
     assert max_diff(model, tok, ps, out, 0.8) < 1e-4  # processed log-probs, synced weights
     assert backend.telemetry()["sync_logprob_diff_max"] < 1e-4
+    with pytest.raises(TrainingError, match="before the first sync"):  # servers hold count's
+        backend.weight_version = 7
 
 
 def test_a_seed_gives_the_same_samples_on_either_server_and_through_sample(served):
@@ -119,6 +122,11 @@ def test_a_seed_gives_the_same_samples_on_either_server_and_through_sample(serve
     assert [c.token_ids for c in together[2]] == [c.token_ids for c in alone[0]]
     awaited = asyncio.run(backend.sample(ps[2], params, seed=33))  # the async interface
     assert [c.token_ids for c in awaited] == [c.token_ids for c in alone[0]]
+
+    async def each():  # n one-sample requests with seeds 33 + j: the same tokens
+        return {j: c.token_ids async for j, c in backend.sample_each(ps[2], params, seed=33)}
+
+    assert asyncio.run(each()) == {j: c.token_ids for j, c in enumerate(alone[0])}
     # the same request on each server by hand: the same tokens
     from cgrpo.builtins.policies.server_protocol import sampling_body
 
@@ -179,6 +187,19 @@ def test_a_hung_server_times_out_its_requests_go_to_the_other_and_it_rejoins(
         assert backend.telemetry()["servers_live"] == 2 and hung.version == backend.tag
     finally:
         backend.close()
+
+
+def test_the_per_group_rollout_on_the_servers_with_speculation(served):
+    """The per-group rollout (issue 26) drives the servers: each group's samples and each
+    refinement go out as the group asks, spread over both servers; the initial samples are
+    the seeded generate's, every sample carries the servers' weight version, and
+    speculative refinement changes when work starts, never what is kept."""
+    backend, _, tok = served
+    before = [s.answered for s in backend.pool.servers]
+    plain = check_rollout_with_and_without_speculation(backend, tok, backend.eos_ids)
+    assert all(s.answered > b for s, b in zip(backend.pool.servers, before, strict=True))
+    assert {r.completion.weight_version for r in plain.records} == {backend.weight_version}
+    assert all(s.inflight == 0 for s in backend.pool.servers)  # nothing left out
 
 
 def test_the_nccl_sync_is_a_clear_error_without_cuda_and_its_weight_source_is_consistent(
@@ -268,15 +289,18 @@ def test_trainer_killed_and_resumed_continues_with_the_servers_on_its_weights(
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     metrics = metrics_of(tmp_path, "resume")
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]
-    # the resumed process starts its own versions: its first sync (the checkpoint's
-    # weights) is 1, so step 3 samples under 1 and reports 2 after its update
-    assert [m["policy/weight_version"] for m in metrics[2:]] == [2, 3]
+    # versions count the run's updates: the resumed trainer's first sync (the checkpoint's
+    # weights) is 3, so step 3 samples under 3 and reports 4 after its update, as unbroken
+    assert [m["policy/weight_version"] for m in metrics] == [2, 3, 4, 5]
+    samples = [json.loads(line) for line in (tmp_path / "runs" / "resume" / "samples.jsonl")
+               .read_text().splitlines()]  # fmt: skip
+    assert {(s["step"], s["weight_version"]) for s in samples if s["step"] > 2} == {(3, 3), (4, 4)}
     for m in metrics:
         assert m["sampler/logprob_diff_max"] < 1e-2 and m["policy/stale_answers"] == 0
     now = [server_call(u, "GET", "/weight_info")["weight_version"] for u in two_servers.urls]
     nonces = {v.rpartition(":")[0] for v in held}, {v.rpartition(":")[0] for v in now}
     assert len(nonces[0]) == len(nonces[1]) == 1 and nonces[0] != nonces[1]
-    assert all(v.endswith(":3") for v in now)
+    assert all(v.endswith(":5") for v in now)
     after = max(weight_gap(u, checkpoints / "step-4") for u in two_servers.urls)
     assert after < 1e-4 < before  # step 3's weights before the resume; the run's after
 
@@ -341,8 +365,11 @@ def test_quickstart_through_two_servers_and_on_one_after_the_other_dies(two_serv
     for m in metrics:
         assert m["sampler/logprob_diff_max"] < 1e-2  # the servers sample the trained weights
         assert m["policy/sync_logprob_diff_max"] < 1e-2 and m["policy/stale_answers"] == 0
-    # one sync at the start, one after each step
+    # one sync at the start, one after each step; step s samples under version s
     assert [m["policy/weight_version"] for m in metrics] == [2, 3, 4, 5]
+    samples = [json.loads(line) for line in (tmp_path / "runs" / "servers" / "samples.jsonl")
+               .read_text().splitlines()]  # fmt: skip
+    assert {(s["step"], s["weight_version"]) for s in samples} == {(s, s) for s in range(1, 5)}
     assert [m["policy/servers_live"] for m in metrics[:2]] == [2, 2]
     assert metrics[-1]["policy/servers_live"] == 1
     log = (tmp_path / "runs" / "servers" / "train.log").read_text()

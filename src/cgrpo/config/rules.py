@@ -155,7 +155,7 @@ def speculation_needs_failed_groups(r: Recipe) -> RuleResult:
         return Finding(
             "has no effect with policy: hf (its groups go through the stages together, in "
             "the serial rollout's batches)",
-            "remove it, or use policy: vllm",
+            "remove it, or use policy: vllm or vllm-server",
         )
     return None
 

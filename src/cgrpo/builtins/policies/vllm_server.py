@@ -6,8 +6,11 @@ weights pushed to them after every update (docs/vllm-server.md).
   flight, so the servers share a step's prompts (data-parallel rollout). Every request has
   a seed (from torch's per-step RNG unless the loop gives one), so a sample depends on its
   seed and the weights only, whichever server draws it. ``generate_stream`` hands over
-  groups as they finish; ``sample`` is the asynchronous, one-request interface
-  (:class:`cgrpo.interfaces.AsyncPolicyBackend`).
+  groups as they finish. The per-group rollout (:class:`cgrpo.interfaces.
+  AsyncPolicyBackend`) awaits ``sample_each`` for a group's samples, each handed over as it
+  finishes (one request per sample, seeds seed + j: how vLLM splits a request for n seeded
+  samples, so the tokens are ``sample``'s), and ``sample`` for each refinement; the
+  requests go out as the groups make them and join whatever the servers are decoding.
 - Faults: a server that refuses, drops or times out a request leaves the pool and the
   request goes to another one; the step fails, with each server's last error, only when
   none answers. The next weight sync checks every server again and reloads those that are
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import itertools
 import logging
 import secrets
@@ -37,7 +41,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +79,7 @@ class VLLMServerPolicy(StreamedGenerate):
 
     Options = VLLMServerOptions
     samples_with_trainer_model = False
+    batches_continuously = True  # a request's tokens depend on its seed and the weights only
 
     def __init__(self, options: VLLMServerOptions, context: Any):
         if context is None or context.model is None or context.recipe is None:
@@ -245,14 +250,56 @@ class VLLMServerPolicy(StreamedGenerate):
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
+    @property
+    def weight_version(self) -> int:
+        """Weight syncs made (the trainer sets it to the checkpoint's step when it resumes a
+        run, before the first sync, so that versions count the run's updates)."""
+        return self.count
+
+    @weight_version.setter
+    def weight_version(self, value: int) -> None:
+        if self.tag is not None:  # the servers hold weights labelled with the old count
+            raise TrainingError("vllm-server: weight_version is set before the first sync only")
+        self.count = value
+
+    def _submit(
+        self, prompt_ids: Sequence[int], params: SamplingParams, seed: int | None
+    ) -> asyncio.Future[list[Completion]]:
+        """One request on the backend's loop, awaitable from the caller's."""
+        return asyncio.wrap_future(self.loop.submit(self._sample(prompt_ids, params, seed)))
+
     async def sample(
         self, prompt_ids: Sequence[int], params: SamplingParams, seed: int | None = None
     ) -> list[Completion]:
-        """``params.n`` completions of one prompt (the asynchronous interface): the request
-        joins whatever the servers are decoding."""
+        """``params.n`` completions of one prompt in one request (the asynchronous
+        interface): it joins whatever the servers are decoding."""
         if self.tag is None:
             await asyncio.to_thread(self._ensure_synced)
-        return await asyncio.wrap_future(self.loop.submit(self._sample(prompt_ids, params, seed)))
+        return await self._submit(prompt_ids, params, seed)
+
+    async def sample_each(
+        self, prompt_ids: Sequence[int], params: SamplingParams, seed: int | None = None
+    ) -> AsyncIterator[tuple[int, Completion]]:
+        """The ``params.n`` completions of one prompt as (index, completion), each as soon
+        as it is done: n one-sample requests with seeds seed + j (vLLM runs a request for n
+        seeded samples as exactly these), spread over the servers like any request. A
+        caller that stops early cancels the requests still out (the servers abort them)."""
+        import torch
+
+        if self.tag is None:
+            await asyncio.to_thread(self._ensure_synced)
+        base = int(torch.randint(0, 2**31 - 1, (1,))) if seed is None else seed
+        one = dataclasses.replace(params, n=1)
+        index = {self._submit(prompt_ids, one, base + j): j for j in range(params.n)}
+        pending = set(index)
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for future in sorted(done, key=index.__getitem__):
+                    yield index[future], future.result()[0]
+        finally:
+            for future in pending:
+                future.cancel()
 
     def generate_stream(
         self,
