@@ -44,8 +44,10 @@ class Component:
 
     @property
     def summary(self) -> str:
+        """The docstring's first paragraph on one line (a first sentence may run over
+        several lines)."""
         doc = inspect.getdoc(self.factory) or ""
-        return doc.strip().splitlines()[0] if doc.strip() else ""
+        return " ".join(doc.strip().split("\n\n")[0].split())
 
 
 def closest(name: str, candidates: list[str]) -> str | None:

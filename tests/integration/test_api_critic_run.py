@@ -144,3 +144,69 @@ def test_missing_api_key_fails_before_training(tmp_path):
     )
     assert out.returncode == 1
     assert "CGRPO_TEST_KEY is not set" in out.stderr
+
+
+API_RECIPE = str(REPO / "recipes" / "api-critic-cpu.yaml")
+# the fake's usage as a reasoning model: 100 prompt tokens; 64 reasoning + 20 answer tokens,
+# at the recipe's prices ($0.15 / $0.60 per million)
+PER_CRITIQUE = (100 * 0.15 + 84 * 0.60) / 1e6
+
+
+def reasoning_model(tmp_path, server, *extra):
+    """The shipped API-critic recipe with ``model: gpt-5-mini`` and nothing else changed
+    but where the endpoint and the cache are."""
+    return [
+        API_RECIPE,
+        "critic.options.model=gpt-5-mini",
+        f"critic.options.base_url={server.base_url}",
+        f"critic.options.cache_dir={tmp_path / 'cache'}",
+        *extra,
+    ]
+
+
+def test_critique_with_a_reasoning_model_shows_each_failure_reason(tmp_path):
+    with FakeOpenAI(kind="openai-reasoning") as server:
+        server.script.extend(["ok", "whitespace", "length", "think_only", "refusal", "ok"])
+        out = run_cli(
+            "critique", *reasoning_model(tmp_path, server), "-n", "6",
+            env={"OPENAI_API_KEY": "k", "COLUMNS": "80"}, cwd=tmp_path,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert len(server.requests) == 8  # 2 refused while learning the shape, then 6
+    # each change of the request shape is said once
+    assert out.stderr.count("refused max_tokens") == 1
+    assert out.stderr.count("only its default temperature") == 1
+    assert "failed 4" in out.stdout
+    reasons = next(line for line in out.stdout.splitlines() if line.startswith("failed by"))
+    for kind in ("empty 1", "truncated 1", "thinking_only 1", "refusal 1"):
+        assert kind in reasons
+    assert out.stdout.count("fallback (") == 4 and out.stdout.count("Conclusion: incorrect") == 2
+    # all six billed: 6 x 100 prompt tokens; 5 x 84 completion tokens and the cut reply's
+    # whole limit of 256 (the recipe's max_tokens): 90e-6 + 676 x 0.60e-6 = $0.000496
+    assert "cost_usd 0.000496" in out.stdout
+    assert "reasoning_tokens 384" in out.stdout  # 6 x 64
+
+
+def test_a_short_run_with_a_reasoning_model_critic(tmp_path):
+    """``cgrpo run`` of the shipped recipe with ``model: gpt-5-mini`` trains on its
+    critiques, with the cost counted at the recipe's prices (reasoning tokens included)."""
+    overrides = [
+        "sft.steps=5", "train.steps=1", "data.task.options.size=30",
+        "algorithm.prompts_per_step=2", "algorithm.micro_batch_size=16", "algorithm.refine=all",
+        "run.console=plain", f"model.path={tmp_path / 'tiny'}",
+        f"run.output_dir={tmp_path / 'runs'}", "run.name=r",
+    ]  # fmt: skip
+    with FakeOpenAI(kind="openai-reasoning") as server:
+        out = run_cli(
+            "run", *reasoning_model(tmp_path, server, *overrides),
+            env={"OPENAI_API_KEY": "k"}, cwd=tmp_path,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    [m] = metrics(tmp_path, "r")
+    assert m["critique/requested"] == 14 and m["critique/fallbacks"] == 0
+    paid = m["critique/requested"] - m["critique/cached"]
+    assert m["critique/cost_total"] == pytest.approx(paid * PER_CRITIQUE)
+    assert m["critique/reasoning_tokens_total"] == 64 * paid
+    samples = (tmp_path / "runs" / "r" / "samples.jsonl").read_text().splitlines()
+    critiques = {json.loads(s)["critique"] for s in samples} - {None}
+    assert critiques == {"Step 2 is wrong.\nConclusion: incorrect"}

@@ -285,14 +285,18 @@ def test_report_of_two_real_runs_matches_their_metrics(tmp_path):
         assert imread(png).std() > 0.01, png
     md = (tmp_path / "rep" / "report.md").read_text().splitlines()
     header = [c.strip() for c in md[2].strip("|").split("|")]
+    cells = {}
+    for line in md[4:]:
+        if line.startswith("| "):
+            row = [c.strip() for c in line.strip("|").split("|")]
+            cells[row[0], row[1]] = dict(zip(header[2:], row[2:], strict=True))
     for run in runs:
         metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-        row = next(line for line in md if line.startswith(f"| {run.name} |"))
-        cells = dict(zip(header, [c.strip() for c in row.strip("|").split("|")], strict=True))
         final = metrics[-1]["reward/initial_mean"]
-        assert float(cells["reward/initial_mean final"]) == pytest.approx(final, abs=5e-5)
-        best = max(m["loss/total"] for m in metrics)
-        assert float(cells["loss/total best"]) == pytest.approx(best, rel=1e-3, abs=1e-4)
+        shown = cells["reward/initial_mean", "final"][run.name]
+        assert float(shown) == pytest.approx(final, abs=5e-5)
+        top = max(m["loss/total"] for m in metrics)  # a loss has no better direction
+        assert float(cells["loss/total", "max"][run.name]) == pytest.approx(top, rel=1e-3, abs=1e-4)
     assert (tmp_path / "rep" / "report.html").stat().st_size > 10_000
 
 
@@ -369,12 +373,17 @@ def test_a_warm_up_only_run_writes_a_checkpoint_to_start_rl_from(tmp_path):
     again = run_cli("run", QUICKSTART, *common, "train.steps=0", "sft.steps=4", "run.name=warm",
                     f"model.path={tmp_path / 'tiny'}", "resume=auto", cwd=tmp_path)  # fmt: skip
     assert again.returncode == 0 and "sft 1/4" not in again.stdout  # nothing left to do
-    rl = run_cli(
-        "run", QUICKSTART, *common, "train.steps=1", "sft.steps=0", "run.name=rl",
-        "algorithm.prompts_per_step=2", "algorithm.micro_batch_size=16", f"model.path={step0}",
-        cwd=tmp_path,
-    )  # fmt: skip
+    # the last words point at what the warm-up wrote, and the command they give starts RL
+    said = out.stdout.strip().splitlines()[-1]
+    assert said.startswith(
+        f"cgrpo: warm-up done; its loss per step in {warm / 'sft_metrics.jsonl'}"
+    )
+    suggested = said.split(f"cgrpo run {QUICKSTART} ")[1].split()
+    assert f"model.path={step0}" in suggested and "run.name=warm-rl" in suggested
+    rl = run_cli("run", QUICKSTART, *suggested, "train.steps=1", "algorithm.prompts_per_step=2",
+                 "algorithm.micro_batch_size=16", cwd=tmp_path)  # fmt: skip
     assert rl.returncode == 0, rl.stderr[-3000:]
+    assert (tmp_path / "runs" / "warm-rl" / "checkpoints" / "step-1").is_dir()
     nothing = run_cli("check", QUICKSTART, "train.steps=0", "sft.steps=0")
     assert nothing.returncode == 2 and "nothing to do" in nothing.stderr
 

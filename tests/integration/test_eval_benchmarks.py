@@ -46,6 +46,12 @@ def test_benchmarks_in_training_then_cgrpo_eval_and_compare(tmp_path):
     assert report["recipe"].endswith("recipe.yaml") and report["model"].endswith("step-2")
     (only,) = report["sets"]
     assert only["name"] == "arithmetic-test" and only["sampling"]["k"] == 4
+    # one k in eval.json (the preset's is not kept beside it), who set it, and what score
+    # is: arithmetic-test is a greedy benchmark, so --k adds avg@4 and its score stays greedy
+    assert only["sampling"]["set_by"] == ["eval.k"] and "k" not in only["data"]["options"]
+    assert only["score"] == "accuracy" and {"avg@4", "pass@4", "maj@4"} <= set(only["metrics"])
+    m = report["metrics"]
+    assert m["eval/arithmetic-test/score"] == m["eval/arithmetic-test/accuracy"]
     assert only["data"]["seed"] == 4321 and report["prompt"]["max_prompt_tokens"] == 128
     generations = [
         json.loads(x) for x in (tmp_path / "ev_run" / "generations.jsonl").read_text().splitlines()
@@ -80,3 +86,5 @@ def test_benchmarks_in_training_then_cgrpo_eval_and_compare(tmp_path):
     assert shown in compared  # percentages, as papers print them
     assert "| math-500 |" in compared  # only in A: shown with a dash for B
     assert "prompt_version differs" in cmp.stdout  # different prompt settings are flagged
+    assert "arithmetic-test: k 1 vs 4" in cmp.stdout
+    assert compared.startswith(f"# A = {tmp_path / 'ev_base'} (")  # named by directory

@@ -38,6 +38,32 @@ def test_list_shows_builtins_by_kind():
     assert "'cgrpo[data]'" in out.stdout  # install hints keep their extras (not markup)
 
 
+def test_list_piped_is_markdown_with_whole_words_and_summaries():
+    """`cgrpo list | cat`: no terminal, so Markdown rows, one per component, nothing
+    wrapped mid-word or cut (rich would fold cells to 80 columns)."""
+    out = run_cli("list", "wrong_answer")
+    assert out.returncode == 0, out.stderr
+    row = next(line for line in out.stdout.splitlines() if line.startswith("| own_sample |"))
+    # the docstring's whole first paragraph, though its first sentence spans two lines
+    assert row.endswith(
+        "| The warm-up model's own sampled response when the verifier finds it wrong (one "
+        "seeded generate call per warm-up step, the recipe's sampling settings); where the "
+        "model was right, a perturbed answer instead. |"
+    )
+    assert "╇" not in out.stdout and "│" not in out.stdout
+    table = run_cli("list", "wrong_answer", "--format", "table")
+    assert "┃ name" in table.stdout
+
+
+def test_an_empty_kind_says_how_to_add_one():
+    from cgrpo.cli.listing import markdown
+
+    text = markdown("observer", [])
+    assert "no observers registered: install a tracker plugin (cgrpo-tensorboard" in text
+    assert "register_observers" in text and "|" not in text
+    assert "a plugin adds them" in markdown("critic", [])
+
+
 def test_list_unknown_kind_is_a_usage_error():
     out = run_cli("list", "critc")
     assert out.returncode == 2 and "did you mean 'critic'" in out.stderr.lower()

@@ -89,3 +89,38 @@ def test_plain_lines_every_n_steps_and_whenever_something_is_off(capsys):
     assert "  ! 1 critiques failed" in out
     assert "eval (step 6): accuracy 0.250" in out
     assert "critic $0.0070" in out.splitlines()[-1]  # spend is cumulative
+
+
+def test_sparkline_scales_between_min_and_max():
+    from cgrpo.train.console import sparkline
+
+    # 0 -> lowest; 0.5 * 7 = 3.5, rounded half up -> the 5th block; 1 -> the highest
+    assert sparkline([0.0, 0.5, 1.0]) == "▁▅█"
+    assert sparkline([2.0, 2.0]) == "▁▁"  # flat: no rise to show
+    assert sparkline([3.0, 1.0], ticks="_#") == "#_"
+
+
+def test_the_console_shows_the_trend_of_reward_and_step_time(capsys):
+    import io
+
+    from rich.console import Console as RichConsole
+
+    plain = Console(5, "plain")
+    for step, (reward, secs) in enumerate([(0.1, 2.0), (0.3, 2.0), (0.2, 4.0)], 1):
+        plain.step(step, {"reward/initial_mean": reward, "time/step": secs})
+    lines = capsys.readouterr().out.splitlines()
+    assert "|" not in lines[0]  # one point is no trend yet
+    # the last line: reward 0.1, 0.3, 0.2 -> low, high, (0.1/0.2 * 7 = 3.5 -> 4) middle
+    low, mid, high = (plain.trend.ticks[i] for i in (0, 4, 7))
+    assert lines[-1].endswith(
+        f"| last 3 steps: reward {low}{high}{mid} (0.1 to 0.3)  s/step {low}{low}{high} (2 to 4)"
+    )
+    rich = Console(5, "rich")
+    try:
+        rich.step(1, {"reward/initial_mean": 0.0, "time/step": 1.0})
+        rich.step(2, {"reward/initial_mean": 1.0, "time/step": 1.0})
+        buffer = io.StringIO()
+        RichConsole(file=buffer, width=120).print(*rich._progress.lines)
+        assert "last 2 steps: reward ▁█ (0 to 1)  s/step ▁▁ (1 to 1)" in buffer.getvalue()
+    finally:
+        rich.close()

@@ -65,6 +65,32 @@ def test_metrics_per_benchmark_macro_averages_and_batched_generation():
     assert m["eval/avg/accuracy"] == 0.5 and m["time/eval_verify"] >= 0
 
 
+def test_k_samples_on_a_greedy_benchmark_leave_its_score_greedy():
+    """--k 4 (eval.k) on math-500, a greedy benchmark, adds avg@4, pass@4 and maj@4; its
+    score stays greedy accuracy (the paper's number). A benchmark reported over samples
+    (AIME: own k 16) scores avg@k at the k it was given."""
+    math = [Problem("m1", "1+1?", "2"), Problem("m2", "2+2?", "4")]
+    script = {
+        "m1": ("\\boxed{2}", ["\\boxed{2}", "\\boxed{3}", "\\boxed{2}", "\\boxed{2}"]),
+        "m2": ("\\boxed{4}", ["\\boxed{5}", "\\boxed{5}", "\\boxed{4}", "\\boxed{5}"]),
+    }
+    greedy = EvalSet("math-500", math, MathVerifier(), ("math", {}), k=4, own_k=1)
+    sampled = EvalSet("aime24", math, MathVerifier(), ("math", {}), k=4, own_k=16)
+    assert (greedy.score_metric, sampled.score_metric) == ("accuracy", "avg@4")
+    policy = ScriptedPolicy(math, script)
+    said = []
+    m = evaluate_sets(policy, Prompts(math), [greedy], max_new_tokens=8, say=said.append).metrics
+    assert said[0] == "greedy responses to 2 problems (1 set)"
+    # greedy: both right -> 1.0; samples: 3 of 4 and 1 of 4 right -> avg@4 = 0.5
+    assert m["eval/math-500/accuracy"] == 1.0 and m["eval/math-500/avg@4"] == 0.5
+    assert m["eval/math-500/score"] == 1.0
+    m = evaluate_sets(policy, Prompts(math), [sampled], max_new_tokens=8).metrics
+    assert m["eval/aime24/score"] == 0.5
+    unset = EvalSet("", math, MathVerifier(), ("math", {}), k=4)  # eval.k is its own k
+    assert unset.score_metric == "avg@4"
+    assert EvalSet("x", math, MathVerifier(), k=1, own_k=16).score_metric == "accuracy"
+
+
 def test_worker_processes_give_the_same_verdicts_and_keep_the_timeout_rule():
     """The same 300 responses verified in this process and in 2 spawned workers; a
     pathological expression times out in a worker instead of hanging it."""

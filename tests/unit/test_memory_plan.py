@@ -152,3 +152,23 @@ def test_the_plan_is_printed_even_when_the_data_path_is_elsewhere(qwen3_8b_dir, 
     )
     assert code == 2 and "does NOT fit" in text
     assert "model.lora" in text and "distributed.strategy=fsdp" in text
+
+
+def test_a_cpu_run_plan_says_it_is_a_cpu_run(tiny_model_dir, capsys):
+    """No GPU visible and none described (--gpus, --gpu-memory): the plan is one CPU
+    process's, with the parameters counted in millions and the sizes in MiB (not "0.00B
+    parameters, 1 GPU" and a column of 0.0 GiB); model.device: cpu says so whatever is
+    visible."""
+    from cgrpo.model.memory_plan import params_text
+
+    assert params_text(8_190_735_360) == "8.19B" and params_text(352_000) == "0.35M"
+    recipe = str(REPO / "recipes" / "quickstart-cpu.yaml")
+    over = [f"model.path={tiny_model_dir}", "model.device=cpu", "--data-rows", "0"]
+    code, text = _check(capsys, recipe, *over)
+    assert code == 0, text
+    header = next(line for line in text.splitlines() if line.startswith("memory plan for"))
+    assert header.endswith("M parameters, a CPU run (one process, no GPU):")
+    assert "CUDA runtime" not in text and "MiB" in text
+    code, text = _check(capsys, recipe, *over[:1], "--gpus", "1", "--gpu-memory", "24GiB",
+                        "--data-rows", "0")  # fmt: skip
+    assert "per GPU (1 GPU)" in text and "CUDA runtime" in text and ": fits" in text

@@ -191,6 +191,7 @@ def build_eval_sets(
             ev.top_p or bench.top_p,
             bench.category,
             {"benchmark": spec.name, "options": spec.options, **bench.describe()},
+            own_k=bench.k,
         )
         # one set per data source, if the rows name them (eval.k: 1 = greedy only: the
         # repeated rows of a source are not sampled either)

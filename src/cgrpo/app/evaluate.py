@@ -102,7 +102,7 @@ def _report(recipe, source, adapters, sets, metrics, started) -> dict[str, Any]:
         "max_new_tokens": recipe.sampling.max_new_tokens,
         "seed": recipe.run.seed,
         "problems": sum(len(s.problems) for s in sets),
-        "sets": [_set_report(s, recipe) for s in sets],
+        "sets": [_set_report(s, recipe, metrics) for s in sets],
         "metrics": metrics,
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "host": platform.node(),
@@ -178,16 +178,39 @@ def _hash(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _set_report(s: Any, recipe: Any) -> dict[str, Any]:
-    description = s.description or _task_description(recipe)
+SAMPLING_OPTIONS = ("k", "temperature", "top_p")  # recorded once, under "sampling"
+
+
+def _set_report(s: Any, recipe: Any, metrics: dict[str, float]) -> dict[str, Any]:
+    """One set's entry in eval.json: its name and metrics' prefix, the metrics computed
+    and what its ``score`` is, its data and verifier, and the sampling actually used
+    (which of it the recipe's eval section or --k/--temperature set)."""
+    description = dict(s.description or _task_description(recipe))
+    if isinstance(description.get("options"), dict):  # a preset's k is not the k used
+        description["options"] = {k: v for k, v in description["options"].items()
+                                   if k not in SAMPLING_OPTIONS}  # fmt: skip
+    prefix = s.key("")
+    overridden = [f"eval.{n}" for n in SAMPLING_OPTIONS if getattr(recipe.eval, n) is not None]
     return {
         "name": s.name or "eval",
-        "metric_prefix": s.key(""),  # eval/ for the recipe's eval task, eval/<name>/ else
+        "metric_prefix": prefix,  # eval/ for the recipe's eval task, eval/<name>/ else
+        "metrics": sorted(
+            k[len(prefix) :]
+            for k in metrics
+            if k.startswith(prefix) and "/" not in k[len(prefix) :]
+        ),
+        "score": s.score_metric,
         "category": s.category,
         "problems": len(s.problems),
         "data": description,
         "verifier": {"name": s.verifier_spec[0], "options": s.verifier_spec[1]},
-        "sampling": {"greedy": True, "k": s.k, "temperature": s.temperature, "top_p": s.top_p},
+        "sampling": {
+            "greedy": True,
+            "k": s.k,
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "set_by": overridden or ["benchmark" if s.name else "defaults"],
+        },
     }
 
 

@@ -166,10 +166,11 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
     if run.main:
         registries.hook.on_run_start(run_dir=str(run.run_dir), recipe=resolved)
     try:
+        from cgrpo.app.warmup import warm_up, warn_of_another_template
+
+        warn_of_another_template(recipe, run.run_dir)
         build_parts(run)
         if recipe.sft.steps and run.ckpt is None:
-            from cgrpo.app.warmup import warm_up
-
             warm_up(run)
         prepare_reference(run)
         return train_rl(run)
@@ -286,6 +287,11 @@ def train_rl(run: RunSession) -> int:
             f"with: {resume_command(run.path, run.overrides)}"
         )
         return EXIT_INTERRUPTED
+    if recipe.train.steps == 0:  # cgrpo sft: the warm-up's files, not an empty metrics file
+        from cgrpo.app.warmup import warm_up_done
+
+        run.say(warm_up_done(run))
+        return 0
     run.say(
         f"cgrpo: done; metrics in {run.run_dir / 'metrics.jsonl'}, final weights in "
         f"{run.run_dir / 'checkpoints' / f'step-{recipe.train.steps}'}"

@@ -4,6 +4,7 @@ refinement examples) before RL, logged to ``sft_metrics.jsonl`` and checkpointed
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -13,6 +14,8 @@ from cgrpo.app.run import RunSession
 from cgrpo.model import distributed
 from cgrpo.train.checkpoint import complete_checkpoints, restore_rng, save_checkpoint
 from cgrpo.train.resume import SFT_METRICS
+
+log = logging.getLogger("cgrpo.warmup")
 
 
 def warm_up(run: RunSession) -> None:
@@ -53,6 +56,71 @@ def warm_up(run: RunSession) -> None:
     )
     if out is not None:
         out.close()
+
+
+def taught_template(model_path: str) -> tuple[Path, str] | None:
+    """``(the warm-up run, the refinement template it taught)`` when ``model_path`` is a
+    checkpoint of a run whose warm-up had refinement examples; else None."""
+    from cgrpo.config.load import load_raw
+    from cgrpo.config.schema import RefinementConfig
+    from cgrpo.errors import CgrpoError
+
+    origin = Path(model_path).expanduser().parent.parent  # RUN/checkpoints/step-N -> RUN
+    saved = origin / "recipe.yaml"
+    if not (saved.is_file() and (origin / "checkpoints").is_dir()):
+        return None
+    try:
+        raw = load_raw(saved)
+    except (CgrpoError, OSError):
+        return None
+    sft = raw.get("sft") or {}
+    if not (sft.get("steps") and sft.get("refinement_share")):
+        return None
+    default = RefinementConfig.model_fields["template"].default
+    return origin, (raw.get("refinement") or {}).get("template", default)
+
+
+def warn_of_another_template(recipe: Any, run_dir: Path) -> None:
+    """RL that refines, starting from a warm-up that taught another refinement template:
+    the model acts on critiques only in the form it was taught, so refine/success_rate may
+    stay near 0 with nothing else to say why. Warned, not refused (the user may mean it)."""
+    if recipe.algorithm.refinements_per_prompt == 0 or recipe.sft.steps:
+        return  # no refinements, or this run warms up with its own template
+    found = taught_template(recipe.model.path)
+    if found is None or found[0].resolve() == run_dir.resolve():
+        return
+    origin, taught = found
+    if taught != recipe.refinement.template:
+        log.warning(
+            "model.path is the warm-up of %s, which taught refinements with another "
+            "refinement.template (%r) than this run's (%r): the model was not taught to act "
+            "on critiques in this form, so refine/success_rate may stay near 0. Use the "
+            "warm-up's template, or warm up again with this one",
+            origin, _clip(taught), _clip(recipe.refinement.template),
+        )  # fmt: skip
+
+
+def _clip(text: str, limit: int = 90) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def warm_up_done(run: RunSession) -> str:
+    """The last words of a warm-up-only run (``cgrpo sft``): where its numbers and weights
+    are (metrics.jsonl holds RL steps: here at most the step-0 evaluation), and the
+    command that starts RL from them in a run directory of its own."""
+    sft = run.recipe.sft
+    ckpt = run.run_dir / "checkpoints" / "step-0"
+    replaced = ("model.path=", "model.create=", "train.steps=", "run.name=", "sft.steps=")
+    start = [o for o in run.overrides if not o.startswith(replaced)]
+    start += [f"model.path={ckpt}", "sft.steps=0", f"run.name={run.recipe.run.name}-rl"]
+    # settings of the warm-up that a run without one rejects as ignored
+    start += [f"sft.{name}=null" for name in ("optim", "refinement_task")
+              if getattr(sft, name) is not None]  # fmt: skip
+    start += ["sft.save_every=0"] if sft.save_every else []
+    return (
+        f"cgrpo: warm-up done; its loss per step in {run.run_dir / SFT_METRICS}, its "
+        f"weights in {ckpt}. RL from them: cgrpo run {run.path} {' '.join(start)}"
+    )
 
 
 def _warmup_problems(run: RunSession) -> tuple[list[Any], list[Any] | None]:

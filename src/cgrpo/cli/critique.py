@@ -4,8 +4,10 @@ Inputs are either lines of a run's ``samples.jsonl`` (``--samples``) or problems
 recipe's task, each paired once with its reference solution (a response the verifier
 should accept) and once with another problem's solution (one it should reject). Prints
 each sample's question, response and critique with the verifier's and the critic's
-verdicts, latency, tokens and cost, then totals. Exits 1 when every critique failed (the
-critic is misconfigured: a run would train on fallback critiques only).
+verdicts, latency, tokens and cost, then totals: failed critiques by reason (empty, cut
+at the token limit, refused, thinking only, request errors) and, for the API critic, its
+reasoning tokens. Exits 1 when every critique failed (the critic is misconfigured: a run
+would train on fallback critiques only).
 """
 
 from __future__ import annotations
@@ -41,13 +43,20 @@ def _from_samples(path: Path, n: int) -> list[tuple[Problem, str]]:
     return out
 
 
+OTHER_SOLUTION = "(another problem's solution, shown as a wrong answer) "
+
+
 def _from_task(problems: list[Problem], n: int) -> list[tuple[Problem, str]]:
+    """Each problem with its reference solution, then with the next problem's solution as
+    the wrong answer (its text starts with :data:`OTHER_SOLUTION`, stripped before the
+    critic sees it)."""
     with_solution = [p for p in problems if p.solution] or problems
     out = []
     for i, prob in enumerate(with_solution[: max(1, (n + 1) // 2)]):
         other = with_solution[(i + 1) % len(with_solution)]
         out.append((prob, prob.solution or f"The answer is \\boxed{{{prob.answer}}}."))
-        out.append((prob, other.solution or f"The answer is \\boxed{{{other.answer}}}."))
+        wrong = other.solution or f"The answer is \\boxed{{{other.answer}}}."
+        out.append((prob, OTHER_SOLUTION + wrong))
     return out[:n]
 
 
@@ -74,13 +83,18 @@ def run_critique(recipe_path: str, overrides: list[str], samples: str | None, n:
         task = regs["task"].build(recipe.data.task.name, recipe.data.task.options, ctx)
         problems = [] if samples else task.load()
     pairs = _from_samples(Path(samples), n) if samples else _from_task(problems, n)
+    shown = [r for _, r in pairs]
+    pairs = [(p, r.removeprefix(OTHER_SOLUTION)) for p, r in pairs]
     requests = [CritiqueRequest(p, r, verifier.verify(r, p)) for p, r in pairs]
     started = time.perf_counter()
     critiques = critic.critique(requests)
     wall = time.perf_counter() - started
 
-    for i, (req, c) in enumerate(zip(requests, critiques, strict=True), 1):
-        _show(console, i, len(requests), req, c)
+    if not samples:
+        what = "with its reference solution and with another problem's solution as a wrong answer"
+        console.print(f"no --samples: each problem is critiqued {what}", markup=False)
+    for i, (req, c, text) in enumerate(zip(requests, critiques, shown, strict=True), 1):
+        _show(console, i, len(requests), req, c, text)
     agree = [
         c.critic_verdict == r.verdict.correct
         for r, c in zip(requests, critiques, strict=True)
@@ -96,6 +110,9 @@ def run_critique(recipe_path: str, overrides: list[str], samples: str | None, n:
         "verdict_agreement": f"{sum(agree)}/{len(agree)}" if agree else "no verdict lines",
     }
     console.print("totals: " + "  ".join(f"{k} {v}" for k, v in summary.items()), markup=False)
+    _warn_of_empty(critiques, recipe.critic.name)
+    for line in _details(failed, getattr(critic, "telemetry", None)):
+        console.print(line, markup=False)
     close = getattr(critic, "close", None)
     if callable(close):
         close()
@@ -109,7 +126,38 @@ def run_critique(recipe_path: str, overrides: list[str], samples: str | None, n:
     return 0
 
 
-def _show(console: Any, i: int, total: int, req: CritiqueRequest, c: Any) -> None:
+def _warn_of_empty(critiques: list[Any], critic: str) -> None:
+    """An empty critique (the self critic on a small or cold model writes nothing) would
+    have a run refine from the refinement template alone: say so."""
+    empty = sum(not c.text.strip() for c in critiques)
+    if empty:
+        print(f"cgrpo critique: warning: {empty} of {len(critiques)} critiques are empty "
+              f"(critic {critic}); a run would refine from the template alone. Check the "
+              "critic's max_tokens and prompt, or warm the model up first",
+              file=sys.stderr)  # fmt: skip
+
+
+def _details(failed: list[Any], telemetry: Any) -> list[str]:
+    """Why critiques failed, by kind, and what the API critic saw of the reasoning."""
+    from collections import Counter
+
+    from cgrpo.builtins.critics.replies import failure_kind
+
+    lines = []
+    if failed:
+        kinds = Counter(failure_kind(c.error or "") for c in failed)
+        lines.append("failed by reason: " + "  ".join(f"{k} {n}" for k, n in kinds.items()))
+    totals = telemetry() if callable(telemetry) else {}
+    if "reasoning_tokens_total" in totals:
+        lines.append(  # reasoning tokens are billed as completion tokens
+            f"reasoning_tokens {totals['reasoning_tokens_total']:.0f}  think_stripped "
+            f"{totals['think_stripped_total']:.0f}  separate_reasoning "
+            f"{totals['separate_reasoning_total']:.0f}"
+        )
+    return lines
+
+
+def _show(console: Any, i: int, total: int, req: CritiqueRequest, c: Any, shown: str) -> None:
     """One sample as a block that reads at 80 columns: a header line with the verdicts
     and costs, then the question, the response and the critique, each wrapped."""
     from rich.rule import Rule
@@ -129,8 +177,8 @@ def _show(console: Any, i: int, total: int, req: CritiqueRequest, c: Any) -> Non
     )
     for label, text in (
         ("question", f"{req.problem.question}  (reference answer: {req.problem.answer})"),
-        ("response", req.response),
-        ("critique", c.text),
+        ("response", shown),
+        ("critique", c.text or "(empty)"),
     ):
         line = Text(f"{label}: ", style="bold")
         line.append(_clip(text))

@@ -132,13 +132,27 @@ def _add_report(sub: Any) -> None:
     rep.add_argument(
         "--metrics", help="comma-separated metrics, one panel each, instead of the defaults"
     )
-    rep.add_argument("--smooth", type=int, default=1, help="moving-average window in steps")
+    rep.add_argument(
+        "--smooth",
+        type=float,
+        default=None,
+        metavar="FACTOR",
+        help="exponential smoothing of per-step curves, 0 (off) to below 1 (default 0.8; "
+        "the raw curve is drawn faint behind)",
+    )
 
 
 def _add_list(sub: Any) -> None:
     lst = sub.add_parser("list", help="list registered components")
     lst.add_argument(
         "kind", nargs="?", help="policy, critic, verifier, advantage, task, benchmark or observer"
+    )
+    lst.add_argument(
+        "--format",
+        choices=["auto", "table", "markdown"],
+        default="auto",
+        help="table (rich, wrapped to the terminal) or markdown (whole words and summaries, "
+        "for pipes and files); auto: a table on a terminal, markdown otherwise",
     )
 
 
@@ -169,12 +183,16 @@ def cmd_check(
         print(f"cgrpo check: --gpu-memory: {exc}", file=sys.stderr)
         return EXIT_USAGE
     console = Console()
+    # a CPU run: the recipe says so, or no GPU is visible and none was described
+    asked_gpu = gpus is not None or memory is not None
     gpus = gpus or memory_plan.default_gpus()
     memory = memory if memory is not None else memory_plan.visible_gpu_memory()
 
     def show_plan(recipe) -> bool:
         """Print the plan; False when it does not fit."""
-        verdict = memory_plan.check_recipe(recipe, gpus, memory)
+        device = recipe.model.device
+        cpu = device == "cpu" or (device == "auto" and memory is None and not asked_gpu)
+        verdict = memory_plan.check_recipe(recipe, gpus, memory, cpu)
         console.print(escape(verdict.text), highlight=False)
         if verdict.fits is False:
             console.print(escape(memory_plan.fixes_text(verdict.fixes)), highlight=False)
@@ -223,13 +241,8 @@ def _show_data(console, recipe, data_rows: int | None) -> bool:
     return not any(r.problems for r in reports)
 
 
-def cmd_list(kind: str | None) -> int:
-    from pydantic import BaseModel
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    from cgrpo.plugins import get_registries
+def cmd_list(kind: str | None, fmt: str = "auto") -> int:
+    from cgrpo.cli.listing import list_components
     from cgrpo.registry import KINDS, closest
 
     if kind is not None and kind not in KINDS:
@@ -239,46 +252,29 @@ def cmd_list(kind: str | None) -> int:
             f"cgrpo list: unknown kind {kind!r}; kinds: {', '.join(KINDS)}.{hint}", file=sys.stderr
         )
         return EXIT_USAGE
-    regs = get_registries()
-    console = Console()
-    for k in [kind] if kind else KINDS:
-        table = Table(title=f"{k} components", title_justify="left", show_lines=False)
-        for col in ("name", "plugin", "options (defaults)", "summary"):
-            table.add_column(col, overflow="fold")
-        for comp in regs[k]:
-            opts = []
-            for fname, field in comp.options.model_fields.items():
-                value = (
-                    None if field.is_required() else field.get_default(call_default_factory=True)
-                )
-                if k == "benchmark" and value in (None, []) and not field.is_required():
-                    continue  # a preset's long option list: the unset ones are noise here
-                if isinstance(value, BaseModel):
-                    value = value.model_dump()
-                default = "required" if field.is_required() else repr(value)
-                opts.append(f"{fname}={default}")
-            # escaped: rich would read "[data]" in "pip install 'cgrpo[data]'" as markup
-            cells = (comp.name, comp.plugin, "\n".join(opts) or "-", comp.summary)
-            table.add_row(*(escape(str(c)) for c in cells))
-        console.print(table)
+    list_components([kind] if kind else list(KINDS), fmt)
     return EXIT_OK
 
 
-def cmd_report(runs: Sequence[str], out: str | None, metrics: str | None, smoothing: int) -> int:
+def cmd_report(
+    runs: Sequence[str], out: str | None, metrics: str | None, smoothing: float | None
+) -> int:
     from pathlib import Path
 
-    from cgrpo.report import read_run, write_report
+    from cgrpo.report import DEFAULT_SMOOTHING, read_run, write_report
 
-    if smoothing < 1:
-        print("cgrpo report: --smooth must be 1 or more", file=sys.stderr)
-        return EXIT_USAGE
+    smoothing = DEFAULT_SMOOTHING if smoothing is None else smoothing
+    if not 0 <= smoothing < 1:
+        raise UsageError(f"--smooth {smoothing:g}: give a factor from 0 (off) to below 1")
     loaded = [read_run(r) for r in runs]
     target = Path(out) if out else (Path(runs[0]) / "report" if len(runs) == 1 else Path("report"))
     only = [m.strip() for m in metrics.split(",") if m.strip()] if metrics else None
-    pngs = write_report(loaded, target, only, smoothing)
+    pngs, left_out = write_report(loaded, target, only, smoothing)
     empty = [r.name for r in loaded if not r.rows]
     if empty:
         print(f"cgrpo report: no steps logged yet in {', '.join(empty)}", file=sys.stderr)
+    for line in left_out:
+        print(f"cgrpo report: not drawn: {line}")
     print(f"cgrpo report: {len(pngs)} figures, {target / 'report.html'}, {target / 'report.md'}")
     return EXIT_OK
 
@@ -318,7 +314,7 @@ def _cmd_critique(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "check": lambda a: cmd_check(a.recipe, a.overrides, a.gpus, a.gpu_memory, a.data_rows),
-    "list": lambda a: cmd_list(a.kind),
+    "list": lambda a: cmd_list(a.kind, a.format),
     "run": lambda a: cmd_run(a.recipe, a.overrides),
     # the warm-up alone, as a run of zero RL steps
     "sft": lambda a: cmd_run(a.recipe, [*a.overrides, "train.steps=0"]),

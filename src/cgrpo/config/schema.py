@@ -334,6 +334,24 @@ class OptimConfig(Section):
     grad_clip: float | None = Field(1.0, gt=0, description="max grad norm; null = off")
     schedule: Literal["constant", "linear", "cosine"] = Field("constant", description="decay")
     warmup_steps: int = Field(0, ge=0, description="linear warm-up optimizer steps")
+    min_lr: float = Field(
+        0.0,
+        ge=0,
+        description="the learning rate the linear or cosine decay ends at (0 = decays to "
+        "zero), e.g. lr / 10",
+    )
+
+    @model_validator(mode="after")
+    def _floor_below_peak(self) -> OptimConfig:
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr {self.min_lr:g} is above lr {self.lr:g}; lower it")
+        return self
+
+    def ignored_settings(self) -> dict[str, str]:
+        if self.schedule == "constant":
+            return {"min_lr": "is where a decay ends (schedule: constant); set schedule: "
+                              "cosine or linear, or remove it"}  # fmt: skip
+        return {}
 
 
 class SFTConfig(Section):
@@ -457,8 +475,8 @@ class EvalConfig(Section):
         None,
         ge=1,
         description="samples per problem beyond the greedy one: with k > 1 also pass@k "
-        "(unbiased estimator), avg@k and maj@k; None = each benchmark's own (1 for eval.task "
-        "and held-out problems)",
+        "(unbiased estimator), avg@k and maj@k (a greedy benchmark's score stays greedy "
+        "accuracy); None = each benchmark's own (1 for eval.task and held-out problems)",
     )
     temperature: float | None = Field(
         None, gt=0, description="temperature of the k samples (None = the benchmark's; 0.6)"

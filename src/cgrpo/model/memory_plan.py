@@ -127,6 +127,7 @@ class Plan:
     gpus: int
     gpu_memory: float | None
     notes: list[str] = field(default_factory=list)
+    on_gpu: bool = True  # False: one CPU process's memory (a CPU run)
 
     @property
     def sampling(self) -> float:
@@ -145,12 +146,16 @@ class Plan:
         return None if self.gpu_memory is None else self.peak <= self.gpu_memory
 
     def render(self, title: str = "memory plan") -> str:
-        gib = lambda b: f"{b / GIB:8.1f}"  # noqa: E731
-        out = [f"{title}, per GPU ({self.gpus} GPU{'s' if self.gpus > 1 else ''}):"]
-        out.append(f"  {'':46} {'sampling':>8} {'update':>8}  GiB")
+        """The plan as a table, in GiB (MiB when it peaks under 1 GiB: a tiny CPU model's
+        plan would be all 0.0)."""
+        unit, scale = ("GiB", GIB) if self.peak >= GIB else ("MiB", 2**20)
+        size = lambda b: f"{b / scale:8.1f}"  # noqa: E731
+        where = f"per GPU ({self.gpus} GPU{'s' if self.gpus > 1 else ''})"
+        out = [f"{title}, {where if self.on_gpu else 'a CPU run (one process, no GPU)'}:"]
+        out.append(f"  {'':46} {'sampling':>8} {'update':>8}  {unit}")
         for what, s, u in self.lines:
-            out.append(f"  {what:46} {gib(s)} {gib(u)}")
-        out.append(f"  {'total':46} {gib(self.sampling)} {gib(self.update)}")
+            out.append(f"  {what:46} {size(s)} {size(u)}")
+        out.append(f"  {'total':46} {size(self.sampling)} {size(self.update)}")
         if self.gpu_memory is not None:
             verdict = "fits" if self.fits else "does NOT fit"
             out.append(
@@ -218,7 +223,7 @@ def estimate(shape: ModelShape, s: Setup, gpu_memory: float | None, on_gpu: bool
     lines += _sampler(shape, s, gpu_memory, on_gpu, trainable_copy, notes)
     if on_gpu:
         lines.append(("CUDA runtime and allocator slack", CUDA_RUNTIME, CUDA_RUNTIME))
-    return Plan(lines, s.gpus, gpu_memory, notes)
+    return Plan(lines, s.gpus, gpu_memory, notes, on_gpu)
 
 
 def _training_state(shape: ModelShape, s: Setup) -> tuple[list[Line], float]:
@@ -408,8 +413,16 @@ class Verdict:
     fixes: list[str]
 
 
-def check_recipe(recipe: Any, gpus: int, gpu_memory: float | None) -> Verdict:
-    """The memory plan of ``recipe`` on ``gpus`` GPUs of ``gpu_memory`` bytes each."""
+def params_text(count: int) -> str:
+    """A parameter count as people write it: 8.19B, 0.35M (not 0.00B)."""
+    return f"{count / 1e9:.2f}B" if count >= 1e9 else f"{count / 1e6:.2f}M"
+
+
+def check_recipe(
+    recipe: Any, gpus: int, gpu_memory: float | None, cpu: bool | None = None
+) -> Verdict:
+    """The memory plan of ``recipe`` on ``gpus`` GPUs of ``gpu_memory`` bytes each, or, for
+    a CPU run (``cpu``; default: model.device is "cpu"), of its one process."""
     shape = read_shape(recipe.model.path)
     if shape is None:
         return Verdict(
@@ -418,12 +431,15 @@ def check_recipe(recipe: Any, gpus: int, gpu_memory: float | None) -> Verdict:
             None,
             [],
         )
-    setup = Setup.from_recipe(recipe, gpus)
-    plan = estimate(shape, setup, gpu_memory)
+    cpu = recipe.model.device == "cpu" if cpu is None else cpu
+    setup = Setup.from_recipe(recipe, 1 if cpu else gpus)
+    plan = estimate(shape, setup, None if cpu else gpu_memory, on_gpu=not cpu)
     if recipe.critic.name == "local":
         plan.notes.append("the local critic's own model is not counted: add its weights")
-    text = plan.render(f"memory plan for {shape.params / 1e9:.2f}B parameters")
-    if gpu_memory is None:
+    text = plan.render(f"memory plan for {params_text(shape.params)} parameters")
+    if cpu and recipe.model.device != "cpu":
+        text += "\n  no GPU visible: pass --gpus or --gpu-memory (e.g. 80GiB) to plan a GPU run"
+    elif gpu_memory is None and not cpu:
         text += "\n  no GPU visible: pass --gpu-memory (e.g. 80GiB) to check the fit"
     found = fixes(shape, setup, gpu_memory) if plan.fits is False else []
     return Verdict(text, plan.fits, found)

@@ -13,10 +13,12 @@ Metric names: a set named ``""`` (the recipe's eval task) writes ``eval/<metric>
 benchmark writes ``eval/<name>/<metric>``; with benchmarks, ``eval/avg/<metric>`` and
 ``eval/avg_math/<metric>`` are the macro averages of ``score`` and ``accuracy`` over all
 and over the math benchmarks. ``score`` is what the paper's table reports: avg@k where the
-set samples k responses (AIME, AMC), greedy accuracy otherwise. A benchmark whose rows name
-their source (the ``verl`` preset's ``data_source``) is one set per source
-(:func:`source_sets`: ``eval/<name>/<source>/<metric>``), and ``eval/<name>/score`` and
-``.../accuracy`` are their macro average.
+benchmark is reported over k samples (AIME, AMC), greedy accuracy otherwise; ``eval.k``
+(``--k``) on a greedy benchmark adds pass@k, avg@k and maj@k and leaves its score greedy.
+A benchmark whose rows name their source (the ``verl`` preset's ``data_source``) is one
+set per source (:func:`source_sets`: ``eval/<name>/<source>/<metric>``), and
+``eval/<name>/score`` and ``.../accuracy`` are their macro average; a source whose problems
+repeat r times is reported over its r samples (avg@r).
 """
 
 from __future__ import annotations
@@ -48,9 +50,19 @@ class EvalSet:
     # a mixture source's own verifier for its problems: label -> (verifier, spec)
     routes: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     group: str = ""  # the benchmark a per-source set belongs to (its macro average)
+    # the benchmark's own k (None: k): a benchmark reported greedily keeps greedy accuracy
+    # as its score when eval.k (--k) adds samples
+    own_k: int | None = None
 
     def key(self, metric: str) -> str:
         return f"eval/{self.name}/{metric}" if self.name else f"eval/{metric}"
+
+    @property
+    def score_metric(self) -> str:
+        """What ``score`` is for this set: ``avg@k`` for a set reported over k samples
+        (AIME, AMC), greedy ``accuracy`` otherwise, whatever k samples were added."""
+        sampled = (self.own_k if self.own_k is not None else self.k) > 1
+        return f"avg@{self.k}" if sampled and self.k > 1 else "accuracy"
 
 
 @dataclass
@@ -80,7 +92,8 @@ def evaluate_sets(
     pool = pool or VerifyPool(1)
     say = say or (lambda line: None)
     ids = [[prompts.prompt_ids(p) for p in s.problems] for s in sets]
-    say(f"greedy responses to {sum(map(len, ids))} problems ({len(sets)} sets)")
+    named = "set" if len(sets) == 1 else "sets"
+    say(f"greedy responses to {sum(map(len, ids))} problems ({len(sets)} {named})")
     greedy = _generate_flat(
         policy, ids, SamplingParams(n=1, greedy=True, max_new_tokens=max_new_tokens)
     )
@@ -162,7 +175,6 @@ def _set_metrics(s: EvalSet, outs: list[Any], verdicts: list[Any], samples) -> d
         s.key("length_mean"): sum(len(o.token_ids) for o in outs) / n,
         s.key("truncated_share"): sum(o.finish_reason == "length" for o in outs) / n,
     }
-    score = accuracy
     if samples is not None:
         per_problem = [rest[i * s.k : (i + 1) * s.k] for i in range(n)]
         scores = summarize(
@@ -171,8 +183,7 @@ def _set_metrics(s: EvalSet, outs: list[Any], verdicts: list[Any], samples) -> d
             s.k,
         )
         out.update({s.key(name): value for name, value in scores.items()})
-        score = scores[f"avg@{s.k}"]
-    out[s.key("score")] = score
+    out[s.key("score")] = out[s.key(s.score_metric)]
     return out
 
 
@@ -191,14 +202,19 @@ def source_sets(s: EvalSet, sample_repeats: bool = True) -> list[EvalSet]:
     def samples(problems: list[Problem]) -> int:
         return s.k if s.k > 1 or not sample_repeats else _repeats(problems)
 
+    def own_k(problems: list[Problem]) -> int | None:
+        """A repeated source is reported over its repeats, as the paper's table does."""
+        return _repeats(problems) if _repeats(problems) > 1 and sample_repeats else s.own_k
+
     if None in by_source:
-        return [dataclasses.replace(s, k=samples(s.problems))]
+        return [dataclasses.replace(s, k=samples(s.problems), own_k=own_k(s.problems))]
     return [
         dataclasses.replace(
             s,
             name=f"{s.name}/{source}",
             problems=problems,
             k=samples(problems),
+            own_k=own_k(problems),
             group=s.name,
             description={**s.description, "source": source, "repeats": _repeats(problems)},
         )

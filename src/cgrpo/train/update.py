@@ -213,9 +213,12 @@ def adamw(model: Any, optim_cfg: Any, lr: float) -> torch.optim.AdamW:
 
 
 def make_optimizer(model: Any, optim_cfg: Any, total_updates: int, lr: float | None = None):
-    """AdamW and a LambdaLR schedule (linear warm-up, then constant / linear / cosine)."""
-    opt = adamw(model, optim_cfg, lr if lr is not None else optim_cfg.lr)
+    """AdamW and a LambdaLR schedule (linear warm-up, then constant / linear / cosine from
+    the peak lr down to ``min_lr``)."""
+    peak = lr if lr is not None else optim_cfg.lr
+    opt = adamw(model, optim_cfg, peak)
     warm, kind = optim_cfg.warmup_steps, optim_cfg.schedule
+    floor = optim_cfg.min_lr / peak  # the decay ends at min_lr
 
     def factor(step: int) -> float:
         if warm and step < warm:
@@ -223,8 +226,7 @@ def make_optimizer(model: Any, optim_cfg: Any, total_updates: int, lr: float | N
         if kind == "constant":
             return 1.0
         progress = min(1.0, (step - warm) / max(1, total_updates - warm))
-        if kind == "linear":
-            return 1.0 - progress
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
+        decay = 1.0 - progress if kind == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress))
+        return floor + (1.0 - floor) * decay
 
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)

@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from cgrpo.builtins.tasks.files import CSVTask, FileOptions, JSONLTask, ParquetTask
 from cgrpo.errors import DataError
+
+HUB_TIMEOUT_S = 3.0  # a reachable hub answers a TCP connection well within this
+_hub_checked: dict[str, str | None] = {}  # endpoint -> why it is unreachable (None: it is)
 
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 # JSON files a hub snapshot or a save_to_disk directory holds beside the data
@@ -146,16 +153,22 @@ class Source:
             f"benchmark {self.benchmark}: {self.dataset} ({self.subset or 'default'} subset, "
             f"split {self.split}) could not be loaded from the hub"
         )
-        fix = "; download it where the hub is reachable and set the benchmark's path=..."
+        fix = (f"; download it where the hub is reachable and set the benchmark's path=... "
+               f"(cgrpo eval: --benchmarks {self.benchmark}=PATH)")  # fmt: skip
         try:
             import datasets
         except ImportError:
             raise DataError(f"{hint}: `datasets` is not installed{fix}") from None
+        offline = go_offline_if_unreachable()
         try:
             ds = datasets.load_dataset(
                 self.dataset, self.subset, split=self.split, revision=self.revision
             )
         except Exception as exc:  # offline, gated, renamed: all end the same way
+            if offline is not None:
+                raise DataError(
+                    f"{hint}: it is not in the local cache and {offline}{fix}"
+                ) from None
             raise DataError(f"{hint}: {type(exc).__name__}: {str(exc)[:300]}{fix}") from None
         self._described = {
             "dataset": self.dataset,
@@ -170,6 +183,49 @@ class Source:
     def describe(self) -> dict[str, Any]:
         """Where the rows came from and which version (valid after :meth:`rows`)."""
         return dict(self._described)
+
+
+def hub_unreachable(endpoint: str, timeout: float = HUB_TIMEOUT_S) -> str | None:
+    """None when a TCP connection to ``endpoint``'s host opens within ``timeout`` seconds;
+    else why not. A DNS lookup ignores socket timeouts, so the attempt runs in a daemon
+    thread that is waited on for ``timeout`` at most."""
+    url = urlparse(endpoint)
+    host, port = url.hostname or "", url.port or (80 if url.scheme == "http" else 443)
+    outcome: list[str | None] = []
+
+    def attempt() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as exc:
+            outcome.append(f"{host}:{port}: {exc.strerror or exc}")
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return outcome[0] if outcome else f"{host}:{port}: no answer within {timeout:g} s"
+
+
+def go_offline_if_unreachable() -> str | None:
+    """Before the first hub dataset of a process: when the hub cannot be reached, switch
+    ``huggingface_hub`` and ``datasets`` to offline mode, so that a copy in the local cache
+    still loads and anything else fails at once, instead of half a minute of retries.
+    Returns why nothing will be downloaded, as a clause (None: the hub is reachable, or may
+    be: behind a proxy a direct connection says nothing)."""
+    import datasets
+    import huggingface_hub.constants as hub
+
+    if hub.HF_HUB_OFFLINE or datasets.config.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set (offline mode)"
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    if hub.ENDPOINT not in _hub_checked:
+        _hub_checked[hub.ENDPOINT] = hub_unreachable(hub.ENDPOINT)
+    why = _hub_checked[hub.ENDPOINT]
+    if why is None:
+        return None
+    hub.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
+    return f"the hub is unreachable ({why})"
 
 
 def _saved_to_disk(path: Path) -> bool:

@@ -16,7 +16,11 @@ class CoTOptions(BaseModel):
         None, description="your own user message with {question}, {answer}, {response}"
     )
     system: str | None = Field(None, description="system message replacing the template's")
-    max_tokens: int = Field(512, ge=1, description="longest critique")
+    max_tokens: int = Field(
+        512,
+        ge=1,
+        description="longest critique in tokens (an API reasoning model's thinking counts too)",
+    )
     temperature: float = Field(0.0, ge=0, description="critic sampling temperature")
     on_disagreement: Literal["keep", "retry", "fallback"] = Field(
         "keep",
