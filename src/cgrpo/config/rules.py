@@ -14,7 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cgrpo.config.schema import Recipe
+from pydantic import ValidationError
+
+from cgrpo.config.schema import Recipe, VLLMServerOptions
 from cgrpo.errors import ConfigIssue
 
 
@@ -153,7 +155,7 @@ def speculation_needs_failed_groups(r: Recipe) -> RuleResult:
         return Finding(
             "has no effect with policy: hf (its groups go through the stages together, in "
             "the serial rollout's batches)",
-            "remove it, or use policy: vllm",
+            "remove it, or use policy: vllm or vllm-server",
         )
     return None
 
@@ -299,6 +301,46 @@ def tis_needs_recomputed_logprobs(r: Recipe) -> RuleResult:
             "sampler's; there is nothing to correct when the sampler's are used as old "
             "log-probs",
             "set algorithm.old_logprobs: recompute, or remove tis_cap",
+        )
+    return None
+
+
+# -- vLLM servers (policy: vllm-server) -----------------------------------------------------
+
+
+def _server_options(r: Recipe) -> VLLMServerOptions | None:
+    """The vllm-server backend's options, or None (another backend, or options that the
+    component pass already reports as invalid)."""
+    if r.policy.name != "vllm-server":
+        return None
+    try:
+        return VLLMServerOptions.model_validate(r.policy.options)
+    except ValidationError:
+        return None
+
+
+@rule("policy.options.weight_sync")
+def nccl_sync_needs_cuda(r: Recipe) -> RuleResult:
+    o = _server_options(r)
+    if o is not None and o.weight_sync == "nccl" and r.model.device == "cpu":
+        return Finding(
+            "nccl weight transfer runs from the trainer's GPU; with model.device: cpu there is "
+            "none",
+            "use weight_sync: filesystem (the default), or train on a GPU",
+        )
+    return None
+
+
+@rule("policy.options.launch.max_model_len")
+def launched_servers_hold_the_context(r: Recipe) -> RuleResult:
+    o = _server_options(r)
+    if o is None or o.launch is None or o.launch.max_model_len is None:
+        return None
+    if o.launch.max_model_len < r.model.max_length:
+        return Finding(
+            f"{o.launch.max_model_len} is less than model.max_length {r.model.max_length}: "
+            "the servers would reject the longest prompts",
+            f"set it to at least {r.model.max_length}, or remove it (default: model.max_length)",
         )
     return None
 
