@@ -109,6 +109,10 @@ def test_a_fixed_lag_trains_exactly_the_rows_of_weights_t_minus_n(
     lanes = [x["pipeline"] for x in read(trainer.run_dir, "timeline.jsonl")]
     rollouts = [label for lane in lanes for kind, label, *_ in lane if kind == "rollout"]
     assert sorted(rollouts) == ["1", "2", "3"]  # no rollout past train.steps
+    from cgrpo.report import pipeline_figures, read_run
+
+    (png,) = pipeline_figures([read_run(trainer.run_dir)], tmp_path / "report")
+    assert png.name == "pipeline-timeline.png" and png.stat().st_size > 1000
 
 
 def test_a_row_older_than_n_is_dropped_and_its_group_resampled(
