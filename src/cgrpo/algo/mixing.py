@@ -8,6 +8,9 @@ refinement is trained as a response to the *original* prompt: its row holds
 from __future__ import annotations
 
 import array
+import heapq
+import itertools
+import math
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -18,20 +21,32 @@ import torch
 from cgrpo.types import Completion
 
 Fallback = Literal["first", "random", "none"]
+Selection = Literal["correct_first", "random"]
 
 
 def select_refinements(
-    correct: Sequence[bool], k: int, fallback: Fallback, rng: random.Random | None = None
+    correct: Sequence[bool],
+    k: int,
+    fallback: Fallback,
+    rng: random.Random | None = None,
+    selection: Selection = "correct_first",
 ) -> list[int]:
     """Indices of the refinement candidates to keep for one prompt.
 
-    Correct candidates come first, in response order, up to ``k``. Slots still empty are
-    filled by ``fallback``: ``first`` takes the earliest incorrect candidates (released
-    code), ``random`` draws incorrect ones at random (paper), ``none`` leaves them empty
-    (the group is then shorter than N).
+    ``selection="correct_first"``: correct candidates come first, in response order, up to
+    ``k``. Slots still empty are filled by ``fallback``: ``first`` takes the earliest
+    incorrect candidates (released code), ``random`` draws incorrect ones at random
+    (paper), ``none`` leaves them empty (the group is then shorter than N).
+    ``selection="random"``: ``k`` candidates drawn at random whatever their verdicts (the
+    paper's ablation row "+ one random refinement per group"); ``fallback`` is not used.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    if selection == "random":
+        rng = rng or random.Random()
+        return sorted(rng.sample(range(len(correct)), min(k, len(correct))))
+    if selection != "correct_first":
+        raise ValueError(f"selection must be 'correct_first' or 'random', got {selection!r}")
     chosen = [i for i, ok in enumerate(correct) if ok][:k]
     need = k - len(chosen)
     if need == 0 or fallback == "none":
@@ -111,81 +126,106 @@ def build_group(
 
 
 @dataclass
-class Batch:
-    """Tensors of a list of rows: prompts left-padded to ``prompt_len``, responses
-    right-padded to T. Sequence position j of ``input_ids`` predicts token j+1, so the
-    logits of response token t sit at position ``prompt_len - 1 + t``.
+class ResponseTensors:
+    """The response side of a micro-batch, padded or packed alike: (B, T) per-token
+    tensors aligned with each row's response tokens (T = the longest response, at least 1),
+    and (B,) per-row values. The loss reads only these."""
 
-    ``input_ids``/``attention_mask``/``position_ids``: (B, prompt_len + T);
-    ``response_ids``/``response_mask``/``refinement_mask``/``old_logprobs``: (B, T);
-    ``advantages``/``rewards``: (B,).
-    """
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    position_ids: torch.Tensor
-    prompt_len: int
     response_ids: torch.Tensor
     response_mask: torch.Tensor
     refinement_mask: torch.Tensor
     old_logprobs: torch.Tensor
     advantages: torch.Tensor
     rewards: torch.Tensor
-    sampler_logprobs: torch.Tensor | None = None
+    sampler_logprobs: torch.Tensor | None
+
+
+@dataclass
+class Batch(ResponseTensors):
+    """Tensors of a list of rows: prompts left-padded to ``prompt_len``, responses
+    right-padded to T. Sequence position j of ``input_ids`` predicts token j+1, so the
+    logits of response token t sit at position ``prompt_len - 1 + t``.
+
+    ``input_ids``/``attention_mask``/``position_ids``: (B, prompt_len + T);
+    ``response_ids``/``response_mask``/``refinement_mask``/``old_logprobs``: (B, T);
+    ``advantages``/``rewards``: (B,), float64 (the loss casts them to its dtype).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    prompt_len: int
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
+    @property
+    def token_counts(self) -> tuple[int, int]:
+        """(real tokens, positions the body processes): rows x padded width, counted as if
+        every row ran its own prompt."""
+        return int(self.attention_mask.sum()), self.attention_mask.numel()
 
-def _long_tensor(ids: Sequence[int]) -> torch.Tensor:
+
+def long_tensor(ids: Sequence[int]) -> torch.Tensor:
     """A 1-D int64 tensor of a non-empty list of token ids, through an ``array`` buffer:
     0.18 ms for 8,192 ids where ``torch.tensor(list)`` takes 0.59 ms (1,024 such rows a
     step at the paper's scale)."""
     return torch.frombuffer(array.array("q", ids), dtype=torch.long)
 
 
-def collate(rows: Sequence[TrainRow], pad_id: int) -> Batch:
-    """Pad rows into a :class:`Batch` (left-padded prompts, right-padded responses)."""
-    if not rows:
-        raise ValueError("cannot collate an empty list of rows")
+def response_tensors(rows: Sequence[TrainRow], pad_id: int) -> ResponseTensors:
+    """Right-padded (B, T) response ids, masks and old / sampler log-probs of ``rows``."""
     b = len(rows)
-    lp = max(len(r.prompt_ids) for r in rows)
     t = max(1, max(len(r.response_ids) for r in rows))
-    input_ids = torch.full((b, lp + t), pad_id, dtype=torch.long)
-    attention = torch.zeros((b, lp + t), dtype=torch.long)
     response_ids = torch.full((b, t), pad_id, dtype=torch.long)
     response_mask = torch.zeros((b, t), dtype=torch.float32)
     old = torch.zeros((b, t), dtype=torch.float32)
     has_sampler = any(r.sampler_logprobs is not None for r in rows)
     sampler = torch.zeros((b, t), dtype=torch.float32) if has_sampler else None
     for i, row in enumerate(rows):
-        p, n = len(row.prompt_ids), len(row.response_ids)
-        if p:
-            input_ids[i, lp - p : lp] = _long_tensor(row.prompt_ids)
-        attention[i, lp - p : lp + n] = 1
-        if n:  # one list -> tensor conversion per row (the costly part at 8k tokens)
-            response = _long_tensor(row.response_ids)
-            input_ids[i, lp : lp + n] = response
-            response_ids[i, :n] = response
-            response_mask[i, :n] = 1.0
-            if row.old_logprobs is not None:
-                old[i, :n] = torch.as_tensor(row.old_logprobs[:n], dtype=torch.float32)
-            if sampler is not None and row.sampler_logprobs is not None:
-                sampler[i, :n] = torch.as_tensor(row.sampler_logprobs[:n], dtype=torch.float32)
-    position_ids = (attention.cumsum(dim=1) - 1).clamp(min=0)
+        n = len(row.response_ids)
+        if not n:
+            continue
+        response_ids[i, :n] = long_tensor(row.response_ids)
+        response_mask[i, :n] = 1.0
+        if row.old_logprobs is not None:
+            old[i, :n] = torch.as_tensor(row.old_logprobs[:n], dtype=torch.float32)
+        if sampler is not None and row.sampler_logprobs is not None:
+            sampler[i, :n] = torch.as_tensor(row.sampler_logprobs[:n], dtype=torch.float32)
     is_ref = torch.tensor([r.is_refinement for r in rows], dtype=torch.float32)
-    return Batch(
-        input_ids=input_ids,
-        attention_mask=attention,
-        position_ids=position_ids,
-        prompt_len=lp,
+    return ResponseTensors(
         response_ids=response_ids,
         response_mask=response_mask,
         refinement_mask=response_mask * is_ref.unsqueeze(-1),
         old_logprobs=old,
-        advantages=torch.tensor([r.advantage for r in rows], dtype=torch.float32),
-        rewards=torch.tensor([r.reward for r in rows], dtype=torch.float32),
+        advantages=torch.tensor([r.advantage for r in rows], dtype=torch.float64),
+        rewards=torch.tensor([r.reward for r in rows], dtype=torch.float64),
         sampler_logprobs=sampler,
+    )
+
+
+def collate(rows: Sequence[TrainRow], pad_id: int) -> Batch:
+    """Pad rows into a :class:`Batch` (left-padded prompts, right-padded responses)."""
+    if not rows:
+        raise ValueError("cannot collate an empty list of rows")
+    resp = response_tensors(rows, pad_id)
+    b, t = resp.response_ids.shape
+    lp = max(len(r.prompt_ids) for r in rows)
+    input_ids = torch.full((b, lp + t), pad_id, dtype=torch.long)
+    attention = torch.zeros((b, lp + t), dtype=torch.long)
+    for i, row in enumerate(rows):
+        p, n = len(row.prompt_ids), len(row.response_ids)
+        if p:
+            input_ids[i, lp - p : lp] = long_tensor(row.prompt_ids)
+        attention[i, lp - p : lp + n] = 1
+    input_ids[:, lp:] = resp.response_ids
+    position_ids = (attention.cumsum(dim=1) - 1).clamp(min=0)
+    return Batch(
+        **vars(resp),
+        input_ids=input_ids,
+        attention_mask=attention,
+        position_ids=position_ids,
+        prompt_len=lp,
     )
 
 
@@ -222,3 +262,62 @@ def pack_micro_batches(
     if current:
         plan.append(current)
     return plan
+
+
+def balanced_partition(weights: Sequence[int], parts: int) -> list[list[int]]:
+    """Indices of ``weights`` split into ``parts`` sets whose sums are as even as the
+    largest differencing method (Karmarkar-Karp, k-way) makes them: the method verl's
+    dynamic batching uses to form micro-batches. Each set lists its indices in order.
+
+    Every item starts as a partial solution (its own set and k-1 empty ones). The two
+    partial solutions with the largest spread (largest minus smallest set sum) are merged,
+    the largest set of one with the smallest of the other, until one is left. Ties are
+    broken by the larger largest set, then by creation order.
+    """
+    if not 1 <= parts <= max(1, len(weights)):
+        raise ValueError(f"cannot split {len(weights)} items into {parts} non-empty sets")
+    heap: list[tuple[int, int, int, list[tuple[int, list[int]]]]] = []
+    created = itertools.count()
+
+    def push(sets: list[tuple[int, list[int]]]) -> None:
+        sets.sort(key=lambda s: (s[0], len(s[1])), reverse=True)
+        spread = sets[0][0] - sets[-1][0]
+        heapq.heappush(heap, (-spread, -sets[0][0], next(created), sets))
+
+    for i in sorted(range(len(weights)), key=lambda i: (weights[i], i)):
+        push([(weights[i], [i])] + [(0, []) for _ in range(parts - 1)])
+    while len(heap) > 1:
+        a, b = heapq.heappop(heap)[3], heapq.heappop(heap)[3]
+        push([(sa + sb, ia + ib) for (sa, ia), (sb, ib) in zip(a, reversed(b), strict=True)])
+    return [sorted(items) for _, items in heap[0][3] if items]
+
+
+def token_budget_micro_batch_count(lengths: Sequence[tuple[int, int]], budget: int) -> int:
+    """How many micro-batches verl's dynamic batch size forms from these rows (one GPU's
+    (prompt length, response length) pairs): ``ceil(prompt + response tokens / budget)``,
+    at most one per row."""
+    return min(len(lengths), math.ceil(sum(p + r for p, r in lengths) / budget))
+
+
+def token_budget_micro_batch_tokens(
+    lengths: Sequence[tuple[int, int]], budget: int, parts: int | None = None
+) -> list[int]:
+    """Per row, the response-token count of the micro-batch the released code (verl's
+    dynamic batch size, ``ppo_max_token_len_per_gpu``) would put it in.
+
+    ``lengths`` holds each row's (prompt length, response length) on this GPU. verl forms
+    :func:`token_budget_micro_batch_count` micro-batches (``parts``, when given: verl
+    gives every GPU the largest count of any, capped here at one per row) and spreads the
+    rows over them with :func:`balanced_partition` by prompt + response tokens. The entropy
+    and KL terms then take one token mean per micro-batch over its response tokens.
+    """
+    if not lengths:
+        return []
+    count = token_budget_micro_batch_count(lengths, budget) if parts is None else parts
+    out = [0] * len(lengths)
+    totals = [p + r for p, r in lengths]
+    for members in balanced_partition(totals, min(len(lengths), max(1, count))):
+        tokens = sum(lengths[i][1] for i in members)
+        for i in members:
+            out[i] = tokens
+    return out

@@ -212,6 +212,8 @@ def micro_batches_divide_mini_batches(r: Recipe) -> RuleResult:
         return None  # reported by mini_batches_hold_whole_groups
     n = a.samples_per_prompt + a.refinements_per_prompt
     rows = a.prompts_per_step // a.updates_per_step * n
+    if a.micro_batch_tokens is not None:
+        return None  # packed micro-batches are cut by tokens (micro_batch_size is refused)
     if a.micro_batch_size > rows or rows % a.micro_batch_size:
         return Finding(
             f"a mini-batch holds {rows} sequences (P/updates x N = {a.prompts_per_step}/"
@@ -221,9 +223,7 @@ def micro_batches_divide_mini_batches(r: Recipe) -> RuleResult:
     return None
 
 
-@rule("algorithm.max_tokens_per_micro_batch")
-def longest_sequence_fits_a_micro_batch(r: Recipe) -> RuleResult:
-    cap, budget = r.algorithm.max_tokens_per_micro_batch, r.model.max_length
+def _holds_longest_sequence(cap: int | None, budget: int) -> RuleResult:
     if cap is not None and cap < budget:
         return Finding(
             f"{cap} is less than model.max_length {budget}: the longest sequence would not "
@@ -231,6 +231,17 @@ def longest_sequence_fits_a_micro_batch(r: Recipe) -> RuleResult:
             f"set it to at least {budget}",
         )
     return None
+
+
+@rule("algorithm.max_tokens_per_micro_batch")
+def longest_sequence_fits_a_micro_batch(r: Recipe) -> RuleResult:
+    return _holds_longest_sequence(r.algorithm.max_tokens_per_micro_batch, r.model.max_length)
+
+
+@rule("algorithm.micro_batch_tokens")
+def longest_sequence_fits_a_pack(r: Recipe) -> RuleResult:
+    """Packed micro-batches never split a row."""
+    return _holds_longest_sequence(r.algorithm.micro_batch_tokens, r.model.max_length)
 
 
 # -- context budget and templates ---------------------------------------------------------
@@ -383,21 +394,23 @@ def fsdp_without_lora(r: Recipe) -> RuleResult:
     return None
 
 
-@rule("sft.save_every")
-def warmup_checkpoints_under_fsdp(r: Recipe) -> RuleResult:
-    if r.distributed.strategy == "fsdp" and r.sft.steps and r.sft.save_every:
+@rule("policy.options")
+def compiled_decode_needs_cuda(r: Recipe) -> RuleResult:
+    """The hf backend's compiled decode captures its step in CUDA graphs."""
+    options = r.policy.options or {}
+    if r.policy.name == "hf" and options.get("decode") == "compiled" and r.model.device == "cpu":
         return Finding(
-            "warm-up checkpoints are not written under fsdp yet (its model and optimizer are "
-            "sharded and need the collective checkpoint RL steps use)",
-            "remove sft.save_every: a killed warm-up then reruns from its start and ends with "
-            "the same weights, or warm up with distributed.strategy: ddp",
+            "'compiled' captures the decode step in CUDA graphs, which needs CUDA, but "
+            "model.device is cpu",
+            "remove it (auto: compiled on CUDA, eager on CPU), or set it to eager",
+            "policy.options.decode",
         )
     return None
 
 
 @rule("run.memory_check")
 def memory_check_needs_a_gpu(r: Recipe) -> RuleResult:
-    if "memory_check" in r.run.model_fields_set and r.model.device == "cpu":
+    if r.run.changes("memory_check") and r.model.device == "cpu":
         return Finding(
             "the memory plan is checked only on GPU; with model.device: cpu it would be ignored",
             "remove run.memory_check, or train on a GPU (model.device: auto or cuda)",
@@ -444,5 +457,26 @@ def model_directory_exists(r: Recipe) -> RuleResult:
         return Finding(
             f"directory not found: {path}",
             "fix the path, or add model.create to build a tiny model there",
+        )
+    return None
+
+
+@rule("model.path")
+def model_directory_holds_a_model(r: Recipe) -> RuleResult:
+    """A directory without config.json failed only when the model was loaded, after the
+    run directory was made; with model.create it is not replaced either."""
+    path = Path(r.model.path).expanduser()
+    if not path.is_dir() or (path / "config.json").is_file():
+        return None
+    if r.model.create is None:
+        return Finding(
+            f"{r.model.path} holds no config.json: not a model directory",
+            "point model.path at the directory with config.json and the weights (a "
+            "checkpoint, a hub snapshot), or add model.create to build a tiny model there",
+        )
+    if any(path.iterdir()):
+        return Finding(
+            f"{r.model.path} holds files but no model, and model.create would not replace them",
+            "remove the directory or point model.path elsewhere",
         )
     return None

@@ -34,14 +34,15 @@ from cgrpo.algo.loss import LossConfig
 from cgrpo.algo.mixing import TrainRow
 from cgrpo.algo.staleness import logprob_gaps, stale_groups, staleness_summary
 from cgrpo.config.schema import Recipe
-from cgrpo.errors import TrainingError
+from cgrpo.errors import TrainingError, VerifierError
 from cgrpo.model import distributed
 from cgrpo.model.loading import eos_token_ids
 from cgrpo.model.logprobs import forward_response
+from cgrpo.model.packing import require_packing
 from cgrpo.model.sharding import is_sharded
-from cgrpo.model.shards import is_sharded_checkpoint, load_sharded_checkpoint
 from cgrpo.train.checkpoint import (
     complete_checkpoints,
+    load_sharded_state,
     maybe_crash,
     prune_checkpoints,
     restore_rng,
@@ -49,7 +50,7 @@ from cgrpo.train.checkpoint import (
     save_sharded_checkpoint,
 )
 from cgrpo.train.data import DataStream
-from cgrpo.train.evaluation import evaluate_sets
+from cgrpo.train.evaluation import evaluate_now
 from cgrpo.train.metrics import Console, JsonlWriter, rollout_metrics, sample_lines
 from cgrpo.train.parts import Built
 from cgrpo.train.pipeline import Pipeline, check_pipeline, count_outcomes, drop_groups
@@ -74,12 +75,15 @@ def loss_config(recipe: Recipe) -> LossConfig:
     return LossConfig(
         clip_low=low,
         clip_high=high,
-        shaping_gamma=loss.shaping.gamma if loss.shaping.mode == "p_over_p_plus_gamma" else None,
+        shaping=loss.shaping.mode,
+        shaping_gamma=loss.shaping.gamma,
         aggregation=loss.aggregation,
         normalizer=float(normalizer),
         entropy_coef=loss.entropy_coef,
+        entropy_aggregation=loss.entropy_aggregation,
         kl_coef=loss.kl_coef,
         kl_estimator=loss.kl_estimator,
+        kl_aggregation=loss.kl_aggregation,
         tis_cap=loss.tis_cap,
     )
 
@@ -163,6 +167,7 @@ class Trainer:
             max_refinements_generated=a.max_refinements_generated,
             fallback=a.fallback,
             speculative=r.rollout.speculative_refinement,
+            selection=a.selection,
             sampling=SamplingParams(
                 n=a.samples_per_prompt,
                 temperature=s.temperature,
@@ -180,7 +185,11 @@ class Trainer:
             max_tokens_per_micro_batch=a.max_tokens_per_micro_batch,
             logprob_chunk_tokens=a.logprob_chunk_tokens,
             precision=built.precision,
+            micro_batch_tokens=a.micro_batch_tokens,
+            term_micro_batch_budget=a.loss.micro_batch_token_budget,
         )
+        if a.micro_batch_tokens is not None:
+            require_packing(built.model)
         self.ref_model = built.ref_model  # None when kl_coef == 0 (no copy is loaded)
         self.step_done = 0
         self.nonfinite_in_a_row = 0
@@ -202,7 +211,7 @@ class Trainer:
         groups = sorted({r.group for r in rows})
         index = {g: i for i, g in enumerate(groups)}
         width = max(sum(1 for r in rows if r.group == g) for g in groups)
-        rewards = torch.zeros(len(groups), width)
+        rewards = torch.zeros(len(groups), width, dtype=torch.float64)  # exact to the loss
         mask = torch.zeros(len(groups), width, dtype=torch.bool)
         slots: list[tuple[int, int]] = []
         fill = dict.fromkeys(groups, 0)
@@ -376,6 +385,7 @@ class Trainer:
         started = time.perf_counter()
         torch.manual_seed(hash((r.run.seed, step, self.rank)) & 0x7FFFFFFF)
         ro = self._rows(step)  # 1-6
+        self._guard_verifier_errors(step, ro)
         self.assign_advantages(ro.rows)  # 7
         if r.algorithm.old_logprobs == "recompute":
             self.recompute_old_logprobs(ro.rows)
@@ -428,30 +438,14 @@ class Trainer:
         metrics = {"step": 0, **self.evaluate()}
         if self.main:
             self.metrics_out.write(metrics)
-            self.console.evaluated(0, metrics)
+            self.console.evaluated("RL step 0", metrics)
             if self.hooks is not None:
                 self.hooks.step(step=0, metrics=metrics, samples=[], training=False)
 
     def evaluate(self) -> dict[str, float]:
-        """Greedy pass@1 on the evaluation problems (rank 0 computes, all ranks receive)."""
-        with self.sampling_weights():  # every rank gathers; rank 0 alone generates
-            result = self._evaluate_on_main()
-        return distributed.broadcast(result)
-
-    def _evaluate_on_main(self) -> dict[str, float]:
-        """Greedy accuracy (pass@1) and, where a set samples k > 1, pass@k / avg@k / maj@k,
-        per benchmark and macro-averaged (:func:`cgrpo.train.evaluation.evaluate_sets`)."""
-        if not (self.main and self.b.eval_sets):
-            return {}
-        return evaluate_sets(
-            self.b.policy,
-            self.b.prompts,
-            self.b.eval_sets,
-            max_new_tokens=self.recipe.sampling.max_new_tokens,
-            seed=self.recipe.run.seed * 1_000_003 + self.step_done,
-            device=self.b.device,
-            pool=self.verify_pool,
-        ).metrics
+        """Greedy pass@1 (and k-sample metrics) on the evaluation sets, now (every rank
+        calls it; rank 0 computes, all ranks receive)."""
+        return evaluate_now(self.b, self.recipe, self.verify_pool, self.step_done)
 
     # -- state, checkpoints, guards ----------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -477,15 +471,8 @@ class Trainer:
         sharded model's, which come with the optimizer from ``checkpoint``'s shards."""
         if "optimizer" in state:
             self.optimizer.load_state_dict(state["optimizer"])
-        elif checkpoint is not None and is_sharded_checkpoint(checkpoint):
-            if not is_sharded(self.b.model):
-                raise TrainingError(
-                    f"{checkpoint} was written by an fsdp run; resume it with "
-                    "distributed.strategy=fsdp"
-                )
-            load_sharded_checkpoint(checkpoint, self.b.model, self.optimizer)
         else:
-            raise TrainingError(f"the checkpoint {checkpoint} holds no optimizer state")
+            load_sharded_state(checkpoint, self.b.model, self.optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
         self.data.load_state_dict(state["data"])
         self.step_done = int(state["step"])
@@ -542,6 +529,24 @@ class Trainer:
                 f"(updates skipped){where}. Lower optim.lr, check the data, or raise "
                 "train.max_nonfinite_steps"
             )
+
+    def _guard_verifier_errors(self, step: int, ro: Rollout) -> None:
+        """Stop before the update when every verification of the step (on every rank)
+        raised: training on reward 0 everywhere would teach nothing and end in exit 0,
+        unless ``train.verifier_errors: tolerate``."""
+        raised = [r.verdict for r in ro.records if r.verdict.raised]
+        errors = distributed.sum_scalar(float(len(raised)))
+        total = distributed.sum_scalar(float(len(ro.records)))
+        if not errors or errors < total or self.recipe.train.verifier_errors == "tolerate":
+            return
+        first = raised[0].reason if raised else "on another rank"
+        raise VerifierError(
+            f"every verification of step {step} raised ({total:.0f} responses), so no "
+            f"response has a reward: the verifier {self.recipe.verifier.name!r} is broken, "
+            f"not the policy. The first: {first} (its traceback is above and in "
+            "train.log). Fix the verifier, or set train.verifier_errors: tolerate to train "
+            "on with reward 0"
+        )
 
     def _on_signal(self, signum, frame) -> None:
         self.stop_signal = signal.Signals(signum).name
