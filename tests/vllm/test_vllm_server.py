@@ -305,6 +305,41 @@ def test_trainer_killed_and_resumed_continues_with_the_servers_on_its_weights(
     assert after < 1e-4 < before  # step 3's weights before the resume; the run's after
 
 
+def test_pipelined_run_trains_no_row_staler_than_one_and_resumes_after_a_kill(
+    two_servers, tmp_path, torch_one_thread
+):
+    """rollout.max_staleness: 1 through the servers, killed in step 3 (checkpoint: step 2,
+    step 3's rollout done and step 4's maybe in flight) and resumed: every step once in
+    metrics.jsonl; every trained row, read from samples.jsonl with its own and its group's
+    weight version, at most 1 version older than the weights that trained it; step 3
+    sampled again from the checkpoint's weights (version 3, so staleness 0), step 4 from
+    them too while step 3 updated (staleness 1): with run.reproducible_sampling the lag is
+    fixed, so these ages do not depend on the timing."""
+    args = run_args(two_servers, tmp_path, "pipe", "train.steps=4", "train.save_every=2",
+                    "sft.steps=0", "rollout.max_staleness=1", "algorithm.old_logprobs=recompute",
+                    "algorithm.loss.tis_cap=2.0", "train.log_samples=1000",
+                    "run.reproducible_sampling=true", "algorithm.micro_batch_size=32")  # fmt: skip
+    crashed = run_cli(*args, cwd=tmp_path, env={"CGRPO_CRASH_AT": "step:3"})
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-3000:]
+    resumed = run_cli(*args, "resume=auto", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    metrics = metrics_of(tmp_path, "pipe")
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    samples = [json.loads(line) for line in (tmp_path / "runs" / "pipe" / "samples.jsonl")
+               .read_text().splitlines()]  # fmt: skip
+    trained = [s for s in samples if s["trained"]]
+    assert {s["kind"] for s in trained} >= {"initial"}
+    for s in trained:  # step t trains with weights t
+        assert s["step"] - min(s["weight_version"], s["group_weight_version"]) <= 1, s
+    age = {m["step"]: m["pipeline/staleness_max"] for m in metrics}
+    assert age == {1: 0, 2: 1, 3: 0, 4: 1}
+    for m in metrics:
+        assert m["pipeline/rows_dropped"] == 0 and m["policy/stale_answers"] == 0
+        assert m.get("sampler/logprob_diff_max", 0) < 1e-2  # same weights: the engine only
+        assert m["policy/sync_logprob_diff_max"] < 1e-2
+    assert all(m["pipeline/drift_max"] > 0 for m in metrics if m["step"] in (2, 4))
+
+
 @pytest.mark.skipif(
     os.environ.get("CGRPO_FULL_QUICKSTART") != "1",
     reason="the whole quickstart twice (~20 min, loaded 2 cores): CGRPO_FULL_QUICKSTART=1",

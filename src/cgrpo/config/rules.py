@@ -160,6 +160,39 @@ def speculation_needs_failed_groups(r: Recipe) -> RuleResult:
     return None
 
 
+@rule("rollout.max_staleness")
+def pipeline_needs_servers_and_correction(r: Recipe) -> RuleResult:
+    """A pipelined rollout samples while the trainer updates: only where generation runs
+    outside the training processes, and only with the off-policy correction it needs."""
+    n = r.rollout.max_staleness
+    if n == 0:
+        return None
+    if r.policy.name in ("hf", "vllm"):
+        return Finding(
+            f"{n} needs sampling outside the training processes; policy: {r.policy.name} "
+            "samples on the trainer's own device, so it cannot sample while the trainer "
+            "updates",
+            "use policy: vllm-server (docs/vllm-server.md), or set rollout.max_staleness: 0",
+        )
+    found = []
+    if r.algorithm.old_logprobs != "recompute":
+        found.append(Finding(
+            "the PPO ratio of a pipelined rollout is taken against the trainer's own "
+            "log-probs before the update (the proximal policy), not the sampler's, which may "
+            f"be up to {n} updates old",
+            "set algorithm.old_logprobs: recompute",
+            "algorithm.old_logprobs",
+        ))  # fmt: skip
+    if r.algorithm.loss.tis_cap is None:
+        found.append(Finding(
+            "rows sampled with older weights need the truncated importance weight between "
+            "the proximal and the sampling policy (decoupled PPO, docs/pipeline.md)",
+            "set algorithm.loss.tis_cap (2.0 is a common choice), or rollout.max_staleness: 0",
+            "algorithm.loss.tis_cap",
+        ))  # fmt: skip
+    return found or None
+
+
 @rule("algorithm.updates_per_step")
 def mini_batches_hold_whole_groups(r: Recipe) -> RuleResult:
     a = r.algorithm

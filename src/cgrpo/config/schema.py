@@ -399,6 +399,15 @@ class RolloutConfig(Section):
         "response; costs the cancelled sequences and critic requests (speculative/* "
         "metrics; a critique is paid once and never re-requested)",
     )
+    max_staleness: int = Field(
+        0,
+        ge=0,
+        description="N >= 1: the next steps' rollouts run while the current step updates "
+        "(policy: vllm-server only), and a trained row may come from weights up to N updates "
+        "old; older rows are dropped and their group resampled. Needs "
+        "algorithm.old_logprobs: recompute and algorithm.loss.tis_cap (the correction, "
+        "docs/pipeline.md). 0 = on-policy: every step samples with its own weights",
+    )
 
 
 class RefinementConfig(Section):
@@ -650,7 +659,8 @@ class RunConfig(Section):
         False,
         description="seed every prompt's samples by (seed, step, prompt) so results do not "
         "depend on batching or on the number of processes (hf: per-row random streams, "
-        "no slower; vllm: per-request seeds)",
+        "no slower; vllm: per-request seeds); with rollout.max_staleness N >= 1 it also "
+        "fixes the lag: step t trains exactly rows sampled with the weights of step t - N",
     )
     console: Literal["auto", "rich", "plain"] = Field(
         "auto", description="live display: 'auto' = rich on a terminal, plain lines otherwise"

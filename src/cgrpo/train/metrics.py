@@ -164,12 +164,23 @@ class JsonlWriter:
         self._fh.close()
 
 
+def _group_versions(ro: Rollout) -> dict[int, int]:
+    """Each group's oldest weight version among its initial samples."""
+    out: dict[int, int] = {}
+    for r in ro.records:
+        v = r.completion.weight_version
+        if r.kind == "initial" and v is not None:
+            out[r.group] = min(out.get(r.group, v), v)
+    return out
+
+
 def sample_lines(step: int, ro: Rollout, limit: int) -> list[dict[str, Any]]:
     """samples.jsonl entries of a step (at most ``limit``, refinements first).
 
     ``id`` is ``"STEP-N"`` (unique in the run); a refinement's ``parent_id`` is the id of
     the response it refined, whose line holds the critique that prompted it."""
     lines = []
+    group_versions = _group_versions(ro)
     for index, rec in enumerate(ro.records):
         crit = rec.critique
         lines.append(
@@ -194,6 +205,8 @@ def sample_lines(step: int, ro: Rollout, limit: int) -> list[dict[str, Any]]:
                 "critic": crit.critic if crit else None,
                 "critique_fallback": crit.fallback if crit else None,
                 "weight_version": rec.completion.weight_version,
+                # a refinement's group's samples' (its prompt holds one and its critique)
+                "group_weight_version": group_versions.get(rec.group),
             }
         )
     parents = {line["parent_id"] for line in lines if line["parent_id"] is not None}
