@@ -149,15 +149,22 @@ def critique_metrics(crits: list) -> dict[str, float]:
     return m
 
 
+# Characters json.dumps(ensure_ascii=False) leaves raw that str.splitlines() (and so many
+# JSONL readers) takes for line ends; a sampled response can hold any of them.
+_LINE_BREAKS = str.maketrans({c: f"\\u{ord(c):04x}" for c in "\x85\u2028\u2029"})
+
+
 class JsonlWriter:
-    """Appends JSON lines and flushes each one (a killed run keeps every finished line)."""
+    """Appends JSON lines and flushes each one (a killed run keeps every finished line).
+    Text stays readable (non-ASCII kept) except the few characters that some readers split
+    lines on, which are written as \\u escapes: one record is always one line."""
 
     def __init__(self, path: Path):
         self.path = path
         self._fh = path.open("a", encoding="utf-8")
 
     def write(self, obj: dict[str, Any]) -> None:
-        self._fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        self._fh.write(json.dumps(obj, ensure_ascii=False).translate(_LINE_BREAKS) + "\n")
         self._fh.flush()
 
     def close(self) -> None:
