@@ -55,6 +55,7 @@ def pipeline_figures(runs: list[Run], out: Path) -> list[Path]:
     for run in runs:
         events = read_pipeline(run.path)
         if events:
+            out.mkdir(parents=True, exist_ok=True)
             name = "pipeline-timeline" if len(runs) == 1 else f"pipeline-timeline-{run.name}"
             pngs.append(draw_pipeline(events, f"{run.name}: the last 6 steps", out / f"{name}.png"))
     return pngs
