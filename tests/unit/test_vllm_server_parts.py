@@ -272,3 +272,62 @@ def test_a_launched_server_that_exits_while_starting_is_a_clear_error(tiny, tmp_
     finally:
         backend.close()
     assert backend.local is None
+
+
+class _Answers:
+    """The pool and the requests of a VLLMServerPolicy made without servers: each request
+    is answered with the next of ``versions`` (one sample each)."""
+
+    def __init__(self, policy, versions):
+        self.policy, self.versions, self.server = policy, list(versions), Server("http://s0")
+
+    async def on_any(self, send):
+        return await send(self.server)
+
+    async def post(self, server, body):
+        version = self.versions.pop(0)
+        return {"choices": [choice(0, [5, 6], [-0.1, -0.2], versions=(version,))]}, server
+
+
+def _policy_during_a_push(versions):
+    from cgrpo.builtins.policies.vllm_server import VLLMServerPolicy
+
+    policy = object.__new__(VLLMServerPolicy)  # no servers: the sampling logic only
+    policy.nonce, policy.count, policy.tag, policy.accept_lag = "n0", 1, "n0:1", 0
+    policy.pushing, policy.eos_ids, policy.last, policy.stale_answers = 2, [EOS], None, 0
+    policy.pool = answers = _Answers(policy, versions)
+    policy._post = answers.post
+    policy._decode = lambda ids: " ".join(map(str, ids))
+
+    async def heal(server):
+        raise AssertionError("a server answering during a push must not be healed")
+
+    policy._heal = heal
+    return policy
+
+
+def test_a_sample_under_the_weights_being_pushed_is_taken_as_that_version():
+    """Found by a pipelined quickstart through two servers: a request sent after one server
+    had loaded version 2, answered while the trainer was still pushing it, counted as
+    stale; healing it relabelled version 2's weights as version 1, the sync probe then
+    saw version 1 on both servers and the run stopped."""
+    policy = _policy_during_a_push(["n0:2"])
+    (out,) = asyncio.run(policy._sample([1, 2], SamplingParams(n=1, max_new_tokens=2), 7))
+    assert out.weight_version == 2 and policy.stale_answers == 0
+
+
+def test_an_older_answer_during_a_push_waits_for_the_push_and_asks_again():
+    policy = _policy_during_a_push(["n0:0", "n0:2"])
+
+    async def push_ends():
+        await asyncio.sleep(0.05)
+        policy.count, policy.tag, policy.pushing = 2, "n0:2", None
+
+    async def both():
+        ended = asyncio.ensure_future(push_ends())
+        out = await policy._sample([1, 2], SamplingParams(n=1, max_new_tokens=2), 7)
+        await ended
+        return out
+
+    (out,) = asyncio.run(both())
+    assert out.weight_version == 2 and policy.stale_answers == 1

@@ -97,6 +97,8 @@ class VLLMServerPolicy(StreamedGenerate):
         self.pad_id = self.tokenizer.pad_token_id or 0
         self.nonce = secrets.token_hex(4)  # this trainer process's weight versions
         self.count, self.tag = 0, None  # syncs made; the current version's label
+        # the version being pushed: a server may already answer under it while others load
+        self.pushing: int | None = None
         self.accept_lag = 0  # how many versions back a sample may be (0: on-policy)
         self.last: tuple[list[int], list[int]] | None = None  # a sampled (prompt, response)
         self.stats: dict[str, float] = {}
@@ -186,8 +188,11 @@ class VLLMServerPolicy(StreamedGenerate):
 
     # -- sampling ----------------------------------------------------------------------------
     def _accepts(self, version: str) -> bool:
+        """Within ``accept_lag`` versions of the current weights, or the version a sync
+        is pushing right now (a server that has loaded it already answers under it)."""
         count = tag_count(version, self.nonce)
-        return count is not None and self.count - self.accept_lag <= count <= self.count
+        newest = self.count if self.pushing is None else self.pushing
+        return count is not None and self.count - self.accept_lag <= count <= newest
 
     async def _post(self, server: Server, body: dict[str, Any]) -> tuple[dict, Server]:
         body = {**body, "request_id": f"cgrpo-{self.nonce}-{next(self._ids)}"}
@@ -216,12 +221,20 @@ class VLLMServerPolicy(StreamedGenerate):
                     self.last = (list(prompt), out[0].token_ids)
                 return out
             self.stale_answers += 1
+            if self.pushing is not None:  # the sync under way brings it to the new weights
+                await self._sync_done()
+                continue
             server.version = stale[0]
             if server.url in healed:
                 self.pool.mark_dead(server, f"still answers with weights {stale[0]!r}")
             else:
                 healed.add(server.url)
                 await self._heal(server)
+
+    async def _sync_done(self) -> None:
+        """Wait until the weight sync under way (on the trainer's thread) has ended."""
+        while self.pushing is not None:
+            await asyncio.sleep(0.02)
 
     async def _heal(self, server: Server) -> None:
         """Bring a server that answered with other weights to the current ones, or take it
@@ -348,16 +361,20 @@ class VLLMServerPolicy(StreamedGenerate):
         servers = [s for s in self.pool.servers if s.url in targets]
         count = self.count + 1
         tag = version_tag(self.nonce, count)
-        failures = self.transport.push(model, tag, count, servers, main)
-        for server, exc in failures:
-            self.pool.mark_dead(server, f"weight sync failed: {exc}")
-        live = distributed.broadcast([s.url for s in self.pool.live()])
-        for server in self.pool.servers:
-            server.alive = server.url in live
-        if not live:
-            raise TrainingError("weight sync: " + self.pool.none_answer())
-        self.transport.adopt(count)
-        self.count, self.tag = count, tag
+        self.pushing = count
+        try:
+            failures = self.transport.push(model, tag, count, servers, main)
+            for server, exc in failures:
+                self.pool.mark_dead(server, f"weight sync failed: {exc}")
+            live = distributed.broadcast([s.url for s in self.pool.live()])
+            for server in self.pool.servers:
+                server.alive = server.url in live
+            if not live:
+                raise TrainingError("weight sync: " + self.pool.none_answer())
+            self.transport.adopt(count)
+            self.count, self.tag = count, tag
+        finally:
+            self.pushing = None
         self.stats["sync_seconds"] = time.perf_counter() - started
         self.stats["servers_live"] = float(len(live))
         if self.options.sync_check:
