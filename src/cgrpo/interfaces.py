@@ -79,6 +79,39 @@ class PolicyBackend(Protocol):
     def close(self) -> None: ...
 
 
+@runtime_checkable
+class AsyncPolicyBackend(Protocol):
+    """A sampler that takes single requests and batches them itself (continuous batching).
+
+    The per-group rollout (:mod:`cgrpo.train.rollout`) runs one coroutine per group and
+    awaits ``sample`` for that group's G initial samples and, later, for each of its
+    refinements, so a refinement joins the batch while other groups still decode. A backend
+    may implement it beside the batch :class:`PolicyBackend` (``generate``); a batch-only
+    backend is adapted by :func:`cgrpo.builtins.policies.batching.as_async`, which gathers
+    pending requests into batched ``generate`` calls.
+
+    ``Completion.weight_version`` says which weights sampled a completion (the number of
+    weight syncs the backend has received, or None when it does not know): rows of a
+    pipelined rollout may be sampled with older weights than the trainer's. A backend that
+    keeps the count in a ``weight_version`` attribute has it set to the checkpoint's step
+    when a run resumes, so that versions count the run's updates (1 before the first).
+
+    A backend whose seeded tokens depend on what else is in its batch (beyond float
+    rounding), or that draws unseeded samples from a shared random stream in call order,
+    sets the class attribute ``batches_continuously = False`` (``hf``): the rollout then
+    sends each stage's requests together, in group order, as the serial rollout did.
+    Without it the groups run on their own and every request carries a seed.
+    """
+
+    async def sample(
+        self, prompt_ids: Sequence[int], params: SamplingParams, seed: int | None = None
+    ) -> list[Completion]:
+        """params.n completions of one prompt (each with its per-token log-probs), returned
+        when all are done. With seed set, the completions depend only on the seed and the
+        weights (the same contract as generate's seeds)."""
+        ...
+
+
 def collect_stream(
     batches: Iterable[list[tuple[int, list[Completion]]]], prompts: int
 ) -> list[list[Completion]]:

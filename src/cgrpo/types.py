@@ -59,12 +59,16 @@ class Completion:
 
     ``logprobs`` is a sequence of floats or a 1-D float tensor (the hf backend hands over
     rows of its batch tensor: no per-token Python floats between sampling and the update,
-    where ``collate`` copies them into the (B, T) old log-probs)."""
+    where ``collate`` copies them into the (B, T) old log-probs).
+
+    ``weight_version`` is the version of the weights that sampled it (the number of weight
+    syncs the sampler had received), where the backend knows it; None otherwise."""
 
     token_ids: list[int]
     logprobs: Sequence[float] | torch.Tensor | None
     text: str
     finish_reason: Literal["stop", "length"]
+    weight_version: int | None = None
 
 
 @dataclass(frozen=True)

@@ -62,6 +62,18 @@ def test_shortened_quickstart_runs_and_leaves_a_complete_run_dir(tmp_path):
     assert {"prompt_id", "response", "verdict", "reward", "advantage", "critique"} <= set(
         samples[0]
     )
+    # the weights that sampled each sequence: one sync before step 1, one per update
+    assert {(s["step"], s["weight_version"]) for s in samples} == {(1, 1), (2, 2), (3, 3)}
+    # each step's rollout timeline: every group sampled, and time/rollout is its wall time
+    steps = [json.loads(x) for x in (run / "timeline.jsonl").read_text().splitlines()]
+    assert [t["step"] for t in steps] == [1, 2, 3]
+    for t, m in zip(steps, lines, strict=True):
+        assert {g for g, stage, *_ in t["spans"] if stage == "sample"} == {0, 1, 2, 3}
+        assert max(end for _, _, _, end, _ in t["spans"]) <= 1e3 * m["time/rollout"] + 1
+    from cgrpo.train.timeline import main as draw
+
+    draw([str(run), "--step", "2", "--out", str(tmp_path / "t.png")])
+    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((run / "status.json").read_text())["status"] == "completed"
     assert len((run / "sft_metrics.jsonl").read_text().splitlines()) == 10
     assert "sft 10/10" in out.stdout and "eta" in out.stdout.split("sft 1/10")[1]

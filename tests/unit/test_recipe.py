@@ -520,3 +520,18 @@ def test_plugin_options_that_do_not_forbid_extras_still_refuse_unknown_keys():
     assert issue.path == "sft.wrong_answer.options.markr" and "marker" in issue.hint
     assert strict_options(Lax).model_validate({"marker": "x"}).marker == "x"
     assert strict_options(Open) is Open
+
+
+def test_speculative_refinement_needs_the_paper_rule(tmp_path):
+    """It starts a group's refinements before the group is complete; only failed_groups
+    waits for the group, and nothing is refined with K = 0."""
+    spec = "rollout.speculative_refinement=true"
+    ok = [spec, "algorithm.refine=failed_groups", "policy=vllm"]
+    recipe, _ = load_recipe(write(tmp_path, GOOD), ok)
+    assert recipe.rollout.speculative_refinement
+    found, _ = problems(tmp_path, GOOD, spec, "algorithm.refine=all")
+    assert "failed_groups" in found["rollout.speculative_refinement"].hint
+    found, _ = problems(tmp_path, GOOD, spec, "algorithm.refinements_per_prompt=0")
+    assert "refinements_per_prompt" in found["rollout.speculative_refinement"].hint
+    found, _ = problems(tmp_path, GOOD, spec, "algorithm.refine=failed_groups", "policy=hf")
+    assert "policy: vllm" in found["rollout.speculative_refinement"].hint

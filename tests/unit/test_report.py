@@ -255,3 +255,13 @@ def test_the_evaluation_panel_shows_each_benchmarks_score_not_every_metric():
     assert expand(panel, held_out) == ["eval/accuracy", "eval/pass@4"]
     time = next(p for p in PANELS if p.name == "time")
     assert expand(time, {"time/sample", "time/eval", "time/eval_verify"}) == ["time/sample"]
+
+
+def test_the_stage_panel_stacks_stages_not_their_totals():
+    """time/rollout is the rollout's wall time, which its stages split: stacking it with
+    them would count the rollout twice."""
+    from cgrpo.report import PANELS, expand
+
+    time_panel = next(p for p in PANELS if p.name == "time")
+    keys = {"time/sample", "time/refine", "time/update", "time/rollout", "time/step"}
+    assert expand(time_panel, keys) == ["time/refine", "time/sample", "time/update"]

@@ -1,6 +1,8 @@
 """The ``vllm`` policy backend on the real engine: the same contract as ``hf``, weight
 sync, and a sync that is broken on purpose."""
 
+import asyncio
+
 import pytest
 import torch
 
@@ -170,6 +172,114 @@ def test_lora_sync_sends_merged_weights(engine):
         assert [g[0].token_ids for g in after] != [g[0].token_ids for g in before]
     finally:
         backend.sync_weights(model)  # leave the shared engine as the other tests expect
+
+
+def _running_length_seed(backend, prompt, params) -> int:
+    """A seed whose sample runs to max_new_tokens (no early EOS), so that a test can rely
+    on the request still decoding (seeded: the async path samples the same tokens)."""
+    for seed in range(50):
+        if backend.generate([prompt], params, seeds=[seed])[0][0].finish_reason == "length":
+            return seed
+    raise AssertionError("every seed stopped early")
+
+
+def test_sample_gives_generates_tokens_through_single_requests(engine):
+    """n samples are n single-sequence requests with seeds seed + j (as vLLM splits them),
+    so the per-group rollout samples what one batched generate call would."""
+    backend, _, tok = engine
+    ps, seeds = prompts(tok), [11, 22, 33]
+    params = SamplingParams(n=3, max_new_tokens=8)
+    batch = backend.generate(ps, params, seeds=seeds)
+
+    async def main():
+        return await asyncio.gather(
+            *(backend.sample(p, params, s) for p, s in zip(ps, seeds, strict=True))
+        )
+
+    got = asyncio.run(main())
+    assert [[c.token_ids for c in g] for g in got] == [[c.token_ids for c in g] for g in batch]
+    assert {c.weight_version for g in got for c in g} == {backend.sampler.weight_version}
+
+
+def test_a_request_joins_the_running_batch_and_a_cancelled_one_leaves_it(engine):
+    """Continuous batching: a short request made while a long one decodes finishes first;
+    a sync generate call in between (a critic sampling with the policy) steps the same
+    engine without losing the async requests' outputs; a cancelled request is aborted."""
+    backend, _, tok = engine
+    ps = prompts(tok)
+    long, short = SamplingParams(n=1, max_new_tokens=40), SamplingParams(n=1, max_new_tokens=3)
+    seed = _running_length_seed(backend, ps[0], long)
+    engine_ = backend.llm.llm_engine
+
+    async def main():
+        done = []
+
+        async def go(prompt, params, s, tag):
+            out = await backend.sample(prompt, params, s)
+            done.append(tag)
+            return out
+
+        first = asyncio.ensure_future(go(ps[0], long, seed, "long"))
+        for _ in range(4):  # the driver steps the long request meanwhile
+            await asyncio.sleep(0)
+        assert engine_.has_unfinished_requests()
+        await go(ps[1], short, 1, "short")
+        synced = backend.generate(ps[2:], short)  # steps the engine itself
+        long_out = await first
+        doomed = asyncio.ensure_future(backend.sample(ps[0], long, seed))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        doomed.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await doomed
+        return done, synced, long_out
+
+    done, synced, long_out = asyncio.run(main())
+    assert done == ["short", "long"]
+    assert len(long_out[0].token_ids) == 40 and len(synced) == 1
+    assert not engine_.has_unfinished_requests()
+
+
+def test_the_per_group_rollout_on_the_engine_with_speculation(engine):
+    """The rollout on the real engine: initial samples are the seeded generate's, and
+    speculative refinement changes when work starts, never what is kept."""
+    from cgrpo.train.rollout import RolloutSettings, rollout
+    from cgrpo.train.rollout_context import mix_seed
+    from cgrpo.types import Critique, Problem, Verdict
+
+    backend, _, tok = engine
+
+    class Verifier:  # groups 0-1 pass, 2 half-passes (by length parity), 3-5 fail
+        def verify(self, response, problem):
+            ok = problem.id in "01" or (problem.id == "2" and len(response) % 2 == 0)
+            return Verdict(float(ok), ok)
+
+    class Rule:
+        def critique(self, requests):
+            return [Critique("try again", "rule") for _ in requests]
+
+    class Prompts:
+        def refinement_ids(self, problem, response, critique):
+            return tok.encode(f"{problem.question} {critique}")
+
+    problems = [Problem(str(i), f"What is {i} + {i}?", str(2 * i)) for i in range(6)]
+    ids = [tok.encode(p.question) for p in problems]
+    sampling = SamplingParams(n=4, max_new_tokens=10)
+
+    def run(speculative):
+        settings = RolloutSettings(4, 1, "failed_groups", 2, "first", sampling, speculative)
+        return rollout(problems, ids, policy=backend, verifier=Verifier(), critic=Rule(),
+                       prompts=Prompts(), settings=settings, eos_ids=[tok.eos_token_id],
+                       rng_key="k", seed=7)  # fmt: skip
+
+    plain, spec = run(False), run(True)
+    key = [(r.kind, r.group, r.completion.token_ids, r.kept, r.row) for r in plain.records]
+    assert key == [(r.kind, r.group, r.completion.token_ids, r.kept, r.row) for r in spec.records]
+    seeded = backend.generate(ids, sampling, seeds=[mix_seed(7, 0, p) for p in range(6)])
+    initial = [r.completion.token_ids for r in plain.records if r.kind == "initial"]
+    assert initial == [c.token_ids for g in seeded for c in g]
+    assert plain.groups_all_failed >= 3 and spec.speculative["started"] >= 3
+    assert not backend.llm.llm_engine.has_unfinished_requests()
 
 
 def test_local_critic_on_a_second_frozen_vllm_engine(engine, tiny_model_dir):

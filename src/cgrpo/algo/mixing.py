@@ -75,6 +75,7 @@ class TrainRow:
     reward: float
     advantage: float = 0.0
     sampler_logprobs: Sequence[float] | torch.Tensor | None = None  # kept when recomputed
+    weight_version: int | None = None  # of the weights that sampled it (Completion's)
 
 
 def build_group(
@@ -97,9 +98,11 @@ def build_group(
         ids, _ = cut_at_eos(comp.token_ids, eos)
         lps = comp.logprobs[: len(ids)] if comp.logprobs is not None else None
         rows.append(TrainRow(group, list(prompt_ids), ids, lps, False, float(reward)))
+        rows[-1].weight_version = comp.weight_version
     for comp, reward in zip(refinements, refinement_rewards, strict=True):
         ids, _ = cut_at_eos(comp.token_ids, eos)
         rows.append(TrainRow(group, list(prompt_ids), ids, None, True, float(reward)))
+        rows[-1].weight_version = comp.weight_version
     return rows
 
 

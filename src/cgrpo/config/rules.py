@@ -131,6 +131,33 @@ def refinements_can_be_kept(r: Recipe) -> RuleResult:
     return None
 
 
+@rule("rollout.speculative_refinement")
+def speculation_needs_failed_groups(r: Recipe) -> RuleResult:
+    """Speculating is starting a group's refinements before knowing whether the group
+    qualifies: only the paper's rule (failed_groups) waits for the whole group."""
+    a = r.algorithm
+    if not r.rollout.speculative_refinement:
+        return None
+    if a.refinements_per_prompt == 0:
+        return Finding(
+            "has no effect: nothing is refined (refinements_per_prompt: 0)",
+            "remove it, or set algorithm.refinements_per_prompt >= 1",
+        )
+    if a.refine != "failed_groups":
+        return Finding(
+            f"has no effect with algorithm.refine: {a.refine} (every refinement there starts "
+            "as soon as its response is verified)",
+            "remove it, or use algorithm.refine: failed_groups",
+        )
+    if r.policy.name == "hf":
+        return Finding(
+            "has no effect with policy: hf (its groups go through the stages together, in "
+            "the serial rollout's batches)",
+            "remove it, or use policy: vllm",
+        )
+    return None
+
+
 @rule("algorithm.updates_per_step")
 def mini_batches_hold_whole_groups(r: Recipe) -> RuleResult:
     a = r.algorithm

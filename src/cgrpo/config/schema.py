@@ -293,6 +293,19 @@ class AlgorithmConfig(Section):
         return self.samples_per_prompt + self.refinements_per_prompt
 
 
+class RolloutConfig(Section):
+    """How the rollout schedules its work (what is sampled is set by algorithm:)."""
+
+    speculative_refinement: bool = Field(
+        False,
+        description="with refine: failed_groups, critique and refine a group's wrong "
+        "responses as they are verified, before the group is complete, and cancel that work "
+        "when a correct response arrives. Hides the refinement behind the group's slowest "
+        "response; costs the cancelled sequences and critic requests (speculative/* "
+        "metrics; a critique is paid once and never re-requested)",
+    )
+
+
 class RefinementConfig(Section):
     """The refinement prompt: (question, previous response, critique) -> instruction."""
 
@@ -571,6 +584,7 @@ class Recipe(Section):
     verifier: ComponentSpec = component("math", "reward function: math, exact, choice, plugins")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     algorithm: AlgorithmConfig = Field(default_factory=AlgorithmConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     refinement: RefinementConfig = Field(default_factory=RefinementConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)

@@ -97,8 +97,9 @@ PANELS = (
     ),
     Panel("time", "Seconds per stage", ("time/",), stacked=True),
 )
-# time/step is the sum of the stages; time/eval is drawn with evaluation's own cadence
-_NOT_A_STAGE = {"time/step", "time/eval", "time/eval_verify"}
+# time/step is the sum of the stages and time/rollout of the rollout's; time/eval is drawn
+# with evaluation's own cadence
+_NOT_A_STAGE = {"time/step", "time/rollout", "time/eval", "time/eval_verify"}
 RULE_BASED_CRITICS = ("ground_truth", "indicative")
 SET_TITLES = {"avg": "average of all benchmarks", "avg_math": "average of math benchmarks"}
 

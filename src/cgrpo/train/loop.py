@@ -52,6 +52,8 @@ from cgrpo.train.evaluation import evaluate_sets
 from cgrpo.train.metrics import Console, JsonlWriter, rollout_metrics, sample_lines
 from cgrpo.train.parts import Built
 from cgrpo.train.rollout import Rollout, RolloutSettings, rollout
+from cgrpo.train.rollout_context import check_speculation
+from cgrpo.train.timeline import shift
 from cgrpo.train.update import (
     UpdateSettings,
     make_optimizer,
@@ -102,6 +104,9 @@ def merge_rollouts(parts: list[Rollout]) -> Rollout:
         merged.refinements_skipped += part.refinements_skipped
         for stage, secs in part.seconds.items():  # ranks run in parallel: the slowest counts
             merged.seconds[stage] = max(merged.seconds.get(stage, 0.0), secs)
+        for key, value in part.speculative.items():
+            merged.speculative[key] = merged.speculative.get(key, 0.0) + value
+        merged.timeline += shift(part.timeline, group_offset)
         group_offset += len({r.group for r in part.records})
     return merged
 
@@ -141,12 +146,15 @@ class Trainer:
         self.eos_ids = eos_token_ids(built.model.generation_config, built.tokenizer)
         self.pad_id = built.tokenizer.pad_token_id
         s = r.sampling
+        if r.rollout.speculative_refinement:
+            check_speculation(built.policy)
         self.rollout_settings = RolloutSettings(
             samples_per_prompt=a.samples_per_prompt,
             refinements_per_prompt=a.refinements_per_prompt,
             refine=a.refine,
             max_refinements_generated=a.max_refinements_generated,
             fallback=a.fallback,
+            speculative=r.rollout.speculative_refinement,
             sampling=SamplingParams(
                 n=a.samples_per_prompt,
                 temperature=s.temperature,
@@ -176,6 +184,8 @@ class Trainer:
         self.console = console or Console(r.train.steps, r.run.console if self.main else "off")
         self.metrics_out = JsonlWriter(run_dir / "metrics.jsonl") if self.main else None
         self.samples_out = JsonlWriter(run_dir / "samples.jsonl") if self.main else None
+        # each step's per-group stage spans (train/timeline.py), for `cgrpo report`
+        self.timeline_out = JsonlWriter(run_dir / "timeline.jsonl") if self.main else None
         self.logged_samples: list[dict[str, Any]] = []  # the last step's samples.jsonl lines
 
     # -- one step -------------------------------------------------------------------------
@@ -301,6 +311,7 @@ class Trainer:
             self.logged_samples = list(sample_lines(step, ro, r.train.log_samples))
             for line in self.logged_samples:
                 self.samples_out.write(line)
+            self.timeline_out.write({"step": step, "spans": [s.as_list() for s in ro.timeline]})
         return metrics
 
     def _evaluate_at_start(self) -> None:
@@ -439,6 +450,8 @@ class Trainer:
         handlers = {
             sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
         }
+        if hasattr(self.b.policy, "weight_version"):  # a resumed run goes on counting
+            self.b.policy.weight_version = self.step_done
         self.b.policy.sync_weights(self.b.model)  # a separate sampler starts from these weights
         try:
             if r.eval.every and r.eval.at_start and self.step_done == 0:
@@ -469,6 +482,6 @@ class Trainer:
                 signal.signal(sig, old)
             self.console.close()
             self.verify_pool.close()
-            for out in (self.metrics_out, self.samples_out):
+            for out in (self.metrics_out, self.samples_out, self.timeline_out):
                 if out is not None:
                     out.close()

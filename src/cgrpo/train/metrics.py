@@ -110,6 +110,8 @@ def rollout_metrics(ro: Rollout) -> dict[str, float]:
         )
     for stage, secs in ro.seconds.items():
         m[f"time/{stage}"] = secs
+    for key, value in ro.speculative.items():  # rollout.speculative_refinement's cost
+        m[f"speculative/{key}"] = value
     return {k: v for k, v in m.items() if not (isinstance(v, float) and math.isnan(v))}
 
 
@@ -190,6 +192,7 @@ def sample_lines(step: int, ro: Rollout, limit: int) -> list[dict[str, Any]]:
                 "critique": crit.text if crit else None,
                 "critic": crit.critic if crit else None,
                 "critique_fallback": crit.fallback if crit else None,
+                "weight_version": rec.completion.weight_version,
             }
         )
     parents = {line["parent_id"] for line in lines if line["parent_id"] is not None}

