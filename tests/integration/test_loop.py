@@ -198,3 +198,33 @@ def test_samples_link_each_refinement_to_the_response_and_critique_it_refined(
     # with a limit, the refined responses come right after the refinements
     first = sample_lines(1, captured["ro"], limit=28)
     assert {line["parent_id"] for line in first[:14]} == {line["id"] for line in first[14:]}
+
+
+def test_released_code_entropy_means_follow_its_micro_batches(
+    tmp_path, tiny_model_dir, torch_one_thread
+):
+    """entropy_aggregation micro_batch_token_mean with a token budget (the micro-batches the
+    released code's verl would form): a budget of 1 token makes every row a micro-batch of
+    its own, one token mean each; a budget that holds them all makes one. The rows are 8
+    identical ones per prompt (2 prompts, same token count), so the bonus is exactly 16
+    times larger with the first, whatever the update's own micro-batches (8 rows each).
+    Refinement rows get shaping.mode p: their mean weight is their mean probability."""
+    bonus = {}
+    for budget in (1, 1_000_000):
+        trainer, built = make_trainer(
+            tmp_path / str(budget),
+            tiny_model_dir,
+            "algorithm.loss.entropy_coef=0.01",
+            "algorithm.loss.entropy_aggregation=micro_batch_token_mean",
+            f"algorithm.loss.micro_batch_token_budget={budget}",
+            "algorithm.loss.shaping={mode: p}",
+        )
+        built.policy = trainer.b.policy = ScriptedPolicy(
+            built.tokenizer, r"\boxed{-1}", r"\boxed{-1}"
+        )
+        metrics = trainer.step(1)
+        bonus[budget] = metrics["loss/entropy_bonus"]
+        assert metrics["refine/shaped_weight_mean"] == pytest.approx(
+            metrics["refine/token_prob_mean"]
+        )
+    assert bonus[1] < 0 and bonus[1] / bonus[1_000_000] == pytest.approx(16, rel=1e-4)

@@ -79,3 +79,53 @@ def test_equal_continuous_rewards_give_exactly_zero_under_every_scheme(value):
     for scaling in ("none", "group", "batch"):
         assert torch.equal(group_advantages(constant, std_scaling=scaling), torch.zeros(1, 7))
     assert torch.equal(reinforce_pp_advantages(constant), torch.zeros(1, 7))
+
+
+REWARDS_1E4_APART = [0.5, 0.5001, 0.5002, 0.5003, 0.5004]
+
+
+# float64 rounding of the rewards' mean (~1e-16) divided by their std (1.6e-4): ~7e-13
+FLOAT64 = 1e-11
+
+
+def _expected_group_std_advantages(values, eps=1e-6):
+    """Python floats (float64): mean 0.5002, unbiased std sqrt(1e-7 / 4) = 1.58114e-4."""
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return [(v - mean) / (std + eps) for v in values]
+
+
+def test_rewards_1e4_apart_give_float64_exact_std_scaled_advantages():
+    """The top member: 2e-4 / (1.58114e-4 + 1e-6) = 1.256961; the rewards held in float32
+    (an error of up to ~3e-8 each, 1e-4 of their spread) gave 1.25704."""
+    expected = _expected_group_std_advantages(REWARDS_1E4_APART)
+    assert expected[-1] == pytest.approx(1.256961, abs=1e-6)
+    rewards = torch.tensor([REWARDS_1E4_APART], dtype=torch.float64)
+    adv = group_advantages(rewards, std_scaling="group")
+    assert adv.dtype == torch.float64
+    assert adv[0].tolist() == pytest.approx(expected, abs=FLOAT64)
+    through_float32 = group_advantages(rewards.float(), std_scaling="group")
+    assert abs(through_float32[0, -1].item() - expected[-1]) > 1e-5  # why the loop uses float64
+    for scheme in (rloo_advantages, reinforce_pp_advantages):
+        assert scheme(rewards).dtype == torch.float64
+
+
+def test_rewards_stay_float64_from_the_verifier_to_the_loss_batch():
+    """The loop's step 7 (Trainer.assign_advantages, run on a stand-in trainer that holds
+    only the advantage scheme) and collate keep float64: the rows' advantages and the
+    Batch the loss receives are exact."""
+    from types import SimpleNamespace
+
+    from cgrpo.algo.mixing import TrainRow, collate
+    from cgrpo.builtins.advantages import GRPOAdvantage
+    from cgrpo.train.loop import Trainer
+
+    scheme = GRPOAdvantage(GRPOAdvantage.Options(std_scaling="group"))
+    rows = [TrainRow(0, [1], [2, 3], [0.0, 0.0], False, r) for r in REWARDS_1E4_APART]
+    Trainer.assign_advantages(SimpleNamespace(b=SimpleNamespace(advantage=scheme)), rows)
+    expected = _expected_group_std_advantages(REWARDS_1E4_APART)
+    assert [r.advantage for r in rows] == pytest.approx(expected, abs=FLOAT64)
+    batch = collate(rows, pad_id=0)
+    assert batch.advantages.dtype == batch.rewards.dtype == torch.float64
+    assert batch.advantages.tolist() == [r.advantage for r in rows]
+    assert batch.rewards.tolist() == REWARDS_1E4_APART

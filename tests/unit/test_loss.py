@@ -38,7 +38,7 @@ def cfg(**kw):
 def test_refinement_loss_is_minus_a_times_shaped_p_and_ignores_old():
     # p = 0.3, gamma = 0.1 -> f = 0.3 / 0.4 = 0.75 ; A = 2 -> loss = -1.5 per token
     logp = torch.log(torch.tensor([[0.3, 0.3]]))
-    loss, _p, _ = shaped_token_loss(logp, torch.tensor([[2.0]]), 0.1)
+    loss, _p, _ = shaped_token_loss(logp, torch.tensor([[2.0]]), "p_over_p_plus_gamma", 0.1)
     assert loss.tolist()[0] == pytest.approx([-1.5, -1.5])
     mask = torch.ones(1, 2)
     a = policy_loss(logp, torch.zeros(1, 2), torch.tensor([2.0]), mask, mask, cfg())
@@ -52,7 +52,7 @@ def test_refinement_gradient_wrt_logp_at_gamma_is_quarter_a():
     # d/dlogp [-A p/(p+g)] = -A g p/(p+g)^2 ; at p = g: -A g^2 / (4 g^2) = -A/4
     a = 1.6
     logp = torch.tensor([[math.log(0.1)]], requires_grad=True)
-    loss, _, weight = shaped_token_loss(logp, torch.tensor([[a]]), 0.1)
+    loss, _, weight = shaped_token_loss(logp, torch.tensor([[a]]), "p_over_p_plus_gamma", 0.1)
     loss.sum().backward()
     assert logp.grad.item() == pytest.approx(-a * 0.25, rel=1e-5)
     assert weight.item() == pytest.approx(0.25, rel=1e-5)
@@ -61,11 +61,28 @@ def test_refinement_gradient_wrt_logp_at_gamma_is_quarter_a():
 def test_refinement_without_shaping_is_plain_policy_gradient():
     # loss -A p/sg(p) has value -A and gradient -A wrt log p
     logp = torch.tensor([[math.log(1e-4)]], requires_grad=True)
-    loss, _, weight = shaped_token_loss(logp, torch.tensor([[3.0]]), None)
+    loss, _, weight = shaped_token_loss(logp, torch.tensor([[3.0]]), "none")
     loss.sum().backward()
     assert loss.item() == pytest.approx(-3.0)
     assert logp.grad.item() == pytest.approx(-3.0)
     assert weight.item() == 1.0
+
+
+def test_shaping_p_is_minus_a_times_p_with_gradient_minus_a_p():
+    """The released code's off_policy_reshape=no_reshape: loss -A p, so d/dlogp = -A p
+    (against 'none': value -A, gradient -A whatever p)."""
+    for p in (1e-4, 0.3, 0.9):
+        logp = torch.tensor([[math.log(p)]], requires_grad=True)
+        loss, _, weight = shaped_token_loss(logp, torch.tensor([[2.0]]), "p")
+        loss.sum().backward()
+        assert loss.item() == pytest.approx(-2.0 * p, rel=1e-5)
+        assert logp.grad.item() == pytest.approx(-2.0 * p, rel=1e-5)
+        assert weight.item() == pytest.approx(p, rel=1e-5)
+    # through policy_loss: refinement tokens p = 0.3 and 0.6, A = 1: -(0.3 + 0.6) / 4
+    logp = torch.log(torch.tensor([[0.3, 0.6]]))
+    mask = torch.ones(1, 2)
+    out = policy_loss(logp, None, torch.tensor([1.0]), mask, mask, cfg(shaping="p"))
+    assert out.loss.item() == pytest.approx(-0.9 / 4)
 
 
 def test_initial_loss_equals_minus_a_when_p_equals_old():
@@ -174,12 +191,71 @@ def test_entropy_bonus_lowers_the_loss_by_coef_times_entropy():
     logp = token_logprobs(logits, torch.tensor([[0, 1]]))
     mask = torch.ones(1, 2)
     base = policy_loss(logp, logp, torch.zeros(1), mask, torch.zeros(1, 2), cfg(), entropy=ent)
-    bonus = policy_loss(
-        logp, logp, torch.zeros(1), mask, torch.zeros(1, 2), cfg(entropy_coef=0.001), entropy=ent
-    )
-    # token_sum / 4 of 2 * ln4 = ln4 / 2 ; times 0.001
-    assert base.loss.item() - bonus.loss.item() == pytest.approx(0.001 * math.log(4) / 2)
+    for how, expected in [
+        ("token_mean", math.log(4)),  # (2 ln4) / 2 tokens
+        ("micro_batch_token_mean", math.log(4)),  # one micro-batch: the same mean
+        ("same_as_policy", math.log(4) / 2),  # token_sum / normalizer 4: 2 ln4 / 4
+    ]:
+        c = cfg(entropy_coef=0.001, entropy_aggregation=how)
+        bonus = policy_loss(logp, logp, torch.zeros(1), mask, torch.zeros(1, 2), c, entropy=ent)
+        assert base.loss.item() - bonus.loss.item() == pytest.approx(0.001 * expected), how
     assert bonus.metrics["entropy/initial"] == pytest.approx(math.log(4))
+
+
+# A mini-batch of 4 rows with 2, 2, 1 and 3 response tokens (8 in all), policy aggregation
+# token_sum over normalizer 4: every token's policy loss has weight 1/4. The gradient of the
+# loss wrt a token's entropy is -coef x that token's entropy weight.
+LENGTHS = [2, 2, 1, 3]
+
+
+def _entropy_weights(how: str, micro_batches: list[list[int]], budget_tokens=None):
+    """-d loss / d H per token over the whole mini-batch, accumulated over micro-batches."""
+    mask = torch.tensor([[1.0] * n + [0.0] * (3 - n) for n in LENGTHS])
+    ent = torch.ones(4, 3, requires_grad=True)
+    logp = torch.full((4, 3), -1.0)
+    c = cfg(entropy_coef=1.0, entropy_aggregation=how)
+    for rows in micro_batches:
+        tokens = None if budget_tokens is None else torch.tensor(budget_tokens)[rows]
+        out = policy_loss(
+            logp[rows], logp[rows], torch.zeros(len(rows)), mask[rows], mask[rows] * 0, c,
+            entropy=ent[rows], num_tokens=8.0, num_seqs=4.0, micro_batch_tokens=tokens,
+        )  # fmt: skip
+        out.loss.backward()
+    return (-ent.grad * mask).tolist()
+
+
+def test_entropy_weight_relative_to_the_policy_term_by_aggregation():
+    pairs, singles = [[0, 1], [2, 3]], [[0], [1], [2], [3]]
+    # token_mean: 1/8 per token whatever the micro-batches; relative to the policy's 1/4: 1/2
+    for plan in (pairs, singles):
+        assert _entropy_weights("token_mean", plan) == [
+            [1 / 8, 1 / 8, 0], [1 / 8, 1 / 8, 0], [1 / 8, 0, 0], [1 / 8, 1 / 8, 1 / 8]
+        ]  # fmt: skip
+    # released code: one token mean per micro-batch. Pairs hold 4 tokens each: 1/4 per token,
+    # relative weight 1 (twice token_mean's); single rows: 1/2, 1/2, 1, 1/3, relative 2, 2,
+    # 4, 4/3: the bonus weighs more the more micro-batches there are
+    assert _entropy_weights("micro_batch_token_mean", pairs) == [
+        [1 / 4, 1 / 4, 0], [1 / 4, 1 / 4, 0], [1 / 4, 0, 0], [1 / 4, 1 / 4, 1 / 4]
+    ]  # fmt: skip
+    got = [w for row in _entropy_weights("micro_batch_token_mean", singles) for w in row]
+    assert got == pytest.approx([1 / 2, 1 / 2, 0, 1 / 2, 1 / 2, 0, 1, 0, 0] + [1 / 3] * 3)
+    # the released code's micro-batches given per row (here: rows {0, 1} and {2, 3}, 4 tokens
+    # each) make the term independent of how this update cuts the rows
+    assert _entropy_weights("micro_batch_token_mean", singles, [4, 4, 4, 4]) == [
+        [1 / 4, 1 / 4, 0], [1 / 4, 1 / 4, 0], [1 / 4, 0, 0], [1 / 4, 1 / 4, 1 / 4]
+    ]  # fmt: skip
+    # same_as_policy: token_sum / 4, the policy term's own weight (relative weight 1)
+    assert _entropy_weights("same_as_policy", singles)[3] == [1 / 4] * 3
+
+
+def test_kl_aggregation_is_its_own_setting():
+    # k1 = log(0.5 / 0.25) = ln 2 on each of 2 tokens; kl_coef 1, token_sum normalizer 4
+    logp, ref = torch.log(torch.full((1, 2), 0.5)), torch.log(torch.full((1, 2), 0.25))
+    mask = torch.ones(1, 2)
+    for how, expected in [("same_as_policy", 2 * math.log(2) / 4), ("token_mean", math.log(2))]:
+        c = cfg(kl_coef=1.0, kl_estimator="k1", kl_aggregation=how)
+        out = policy_loss(logp, logp, torch.zeros(1), mask, mask * 0, c, ref_logprobs=ref)
+        assert out.loss.item() == pytest.approx(expected), how
 
 
 def test_kl_estimators_by_hand():
@@ -237,3 +313,58 @@ def test_truncated_importance_weight_scales_initial_tokens_only():
     # -A r w summed over 2 tokens / 4 = -(1 * 1 * 1.5 * 2) / 4
     assert out.loss.item() == pytest.approx(-0.75)
     assert out.metrics["tis/capped_fraction"] == 1.0
+
+
+def _padded_batch(pad_logp, pad_old, pad_ent, pad_ref):
+    """Rows: initial with 2 of 4 tokens, refinement with 3 of 4, initial with 4 of 4.
+    Padding positions (and the refinement row's old log-probs, never used) hold the given
+    values; the real positions are the same in every call."""
+    torch.manual_seed(3)
+    real_logp = -torch.rand(3, 4) * 2
+    resp = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]]).bool()
+    refine = torch.zeros(3, 4, dtype=torch.bool)
+    refine[1] = resp[1]
+    initial = resp & ~refine
+
+    def fill(real, pad, where):
+        return torch.where(where, real, torch.full_like(real, pad))
+
+    logp = fill(real_logp, pad_logp, resp).requires_grad_()
+    old = fill(real_logp + 0.1 * torch.randn(3, 4), pad_old, initial)
+    ent = fill(torch.rand(3, 4) * 3, pad_ent, resp).requires_grad_()
+    ref = fill(real_logp - 0.2, pad_ref, resp)
+    return logp, old, ent, ref, resp.float(), refine.float()
+
+
+@pytest.mark.parametrize("shaping", ["p_over_p_plus_gamma", "p", "none"])
+@pytest.mark.parametrize("term", ["token_mean", "micro_batch_token_mean", "same_as_policy"])
+@pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean", "token_sum"])
+def test_nan_and_inf_in_padding_change_no_term_and_no_gradient(aggregation, term, shaping):
+    """A caller that leaves garbage in padding (an old log-prob of -inf, a NaN entropy)
+    gets exactly the loss, metrics and gradients of one that zeroes it."""
+    c = cfg(
+        aggregation=aggregation, shaping=shaping, clip_low=0.2, clip_high=0.2, tis_cap=2.0,
+        entropy_coef=0.01, entropy_aggregation=term, kl_coef=0.1, kl_aggregation=term,
+    )  # fmt: skip
+    runs = []
+    for pads in [(0.0, 0.0, 0.0, 0.0), (math.nan, -math.inf, math.nan, math.inf)]:
+        logp, old, ent, ref, resp, refine = _padded_batch(*pads)
+        out = policy_loss(
+            logp, old, torch.tensor([0.5, 1.5, -1.0]), resp, refine, c,
+            entropy=ent, ref_logprobs=ref, sampler_logprobs=old - 0.05,
+        )  # fmt: skip
+        out.loss.backward()
+        runs.append((out, logp.grad, ent.grad))
+    (clean, clean_dlogp, clean_dent), (dirty, dirty_dlogp, dirty_dent) = runs
+    assert math.isfinite(dirty.loss.item()) and dirty.loss.item() == clean.loss.item()
+    assert dirty.metrics == clean.metrics and all(map(math.isfinite, dirty.metrics.values()))
+    assert torch.isfinite(dirty_dlogp).all() and torch.equal(dirty_dlogp, clean_dlogp)
+    assert torch.isfinite(dirty_dent).all() and torch.equal(dirty_dent, clean_dent)
+
+
+def test_aggregate_ignores_nan_and_inf_where_masked():
+    values = torch.tensor([[1.0, math.nan], [3.0, -math.inf]])
+    mask = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    assert aggregate(values, mask, "token_mean").item() == 2.0  # (1 + 3) / 2
+    assert aggregate(values, mask, "seq_mean_token_mean").item() == 2.0
+    assert aggregate(values, mask, "token_sum", normalizer=4).item() == 1.0

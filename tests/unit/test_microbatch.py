@@ -1,8 +1,14 @@
-"""Packing rows into micro-batches by sequence count and padded tokens (dynamic batching)."""
+"""Packing rows into micro-batches by sequence count and padded tokens (dynamic batching),
+and the released code's micro-batches (verl's token budget) for the entropy and KL means."""
 
 import pytest
 
-from cgrpo.algo.mixing import pack_micro_batches
+from cgrpo.algo.mixing import (
+    balanced_partition,
+    pack_micro_batches,
+    token_budget_micro_batch_count,
+    token_budget_micro_batch_tokens,
+)
 
 
 def padded(lengths, plan):
@@ -63,3 +69,26 @@ def test_empty_response_counts_as_one_token_like_collate():
 def test_bad_count_cap():
     with pytest.raises(ValueError):
         pack_micro_batches([(1, 1)], 0)
+
+
+def test_balanced_partition_is_the_largest_differencing_method():
+    # Karmarkar-Karp on 8, 7, 6, 5, 4 into 2 sets: 8|7 and 6|5 (spread 1 each), then 4 with
+    # 8|7 (the larger largest set) gives 11 = 4+7 | 8, then with 6|5: 11+5 | 8+6 = 16 | 14.
+    # (The best split is 15 | 15: the method is a heuristic, and verl's.)
+    assert balanced_partition([8, 7, 6, 5, 4], 2) == [[1, 3, 4], [0, 2]]
+    assert balanced_partition([8, 7, 6, 5, 4], 5) == [[0], [1], [2], [3], [4]]
+    with pytest.raises(ValueError, match="non-empty"):
+        balanced_partition([1, 2], 3)
+
+
+def test_token_budget_micro_batches_as_verls_dynamic_batching_forms_them():
+    # (prompt, response): prompt + response = 8, 7, 6, 5, 4 = 30 tokens; budget 16 -> 2
+    # micro-batches {1, 3, 4} and {0, 2} (above): response tokens 6+1+3 = 10 and 5+4 = 9
+    lengths = [(3, 5), (1, 6), (2, 4), (4, 1), (1, 3)]
+    assert token_budget_micro_batch_count(lengths, 16) == 2
+    assert token_budget_micro_batch_tokens(lengths, 16) == [9, 10, 9, 10, 10]
+    assert token_budget_micro_batch_count(lengths, 30) == 1  # everything fits one
+    assert token_budget_micro_batch_tokens(lengths, 30) == [19] * 5
+    # another GPU needed 9: verl gives every GPU that count, one row each at most here
+    assert token_budget_micro_batch_tokens(lengths, 16, parts=9) == [5, 6, 4, 1, 3]
+    assert token_budget_micro_batch_count(lengths, 1) == 5

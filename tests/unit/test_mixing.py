@@ -108,3 +108,17 @@ def test_collate_masks_and_alignment():
     assert torch.equal(initial + b.refinement_mask, b.response_mask)
     assert (initial * b.refinement_mask).sum() == 0
     assert b.old_logprobs[1].tolist() == [0.0, 0.0, 0.0]  # refinements carry no old logprobs
+
+
+def test_random_selection_ignores_verdicts_and_is_seeded():
+    # selection="random": K drawn among all candidates, correct or not; fallback unused
+    picks = {
+        tuple(
+            select_refinements([True, False, False, False], 1, "none", random.Random(s), "random")
+        )
+        for s in range(40)
+    }
+    assert picks == {(0,), (1,), (2,), (3,)}  # not always the correct one
+    again = select_refinements([True] * 7, 2, "first", random.Random(5), "random")
+    assert again == select_refinements([False] * 7, 2, "none", random.Random(5), "random")
+    assert again == sorted(again) and len(set(again)) == 2

@@ -306,6 +306,17 @@ def test_component_shorthand_then_options_override(tmp_path):
         (["algorithm.loss.clip={mode: asymmetric, eps: 0.3}"], "algorithm.loss.clip.eps"),
         (["algorithm.loss.clip={mode: none, eps: 0.3}"], "algorithm.loss.clip.eps"),
         (["algorithm.loss.shaping={mode: none, gamma: 0.5}"], "algorithm.loss.shaping.gamma"),
+        (["algorithm.loss.shaping={mode: p, gamma: 0.5}"], "algorithm.loss.shaping.gamma"),
+        (
+            ["algorithm.loss.entropy_coef=0", "algorithm.loss.entropy_aggregation=token_mean"],
+            "algorithm.loss.entropy_aggregation",
+        ),
+        (["algorithm.loss.kl_aggregation=token_mean"], "algorithm.loss.kl_aggregation"),
+        (
+            ["algorithm.loss.micro_batch_token_budget=4096"],
+            "algorithm.loss.micro_batch_token_budget",
+        ),
+        (["algorithm.selection=random", "algorithm.fallback=first"], "algorithm.fallback"),
         (["eval.size=16"], "eval.size"),
         (["eval.task=arithmetic"], "eval.task"),
         (["eval.at_start=false"], "eval.at_start"),
@@ -361,6 +372,26 @@ def test_the_resolved_recipe_a_run_saves_validates_again(tmp_path):
     assert valid["options"]["temperature"] == 0.6
     again, _ = load_recipe(write(tmp_path, yaml.safe_dump(resolved), "resolved.yaml"))
     assert again.algorithm.loss.clip.mode == "none"
+
+
+def test_switching_to_random_selection_drops_an_inherited_fallback(tmp_path):
+    """``fallback`` means nothing once refinements are kept at random: a child recipe or an
+    override that switches ``selection`` to random drops the one it inherits (the released
+    code's ``fallback: first``) instead of failing on it; giving both is still an error."""
+    write(tmp_path, GOOD, "base0.yaml")
+    write(tmp_path, "extends: base0.yaml\nalgorithm: {fallback: first}\n", "base.yaml")
+    child = write(tmp_path, "extends: base.yaml\nalgorithm: {selection: random}\n", "c.yaml")
+    recipe, resolved = load_recipe(child)
+    assert recipe.algorithm.selection == "random" and "fallback" not in resolved["algorithm"]
+    recipe, _ = load_recipe(tmp_path / "base.yaml", ["algorithm.selection=random"])
+    assert recipe.algorithm.selection == "random"
+    back, _ = load_recipe(child, ["algorithm.selection=correct_first"])
+    assert back.algorithm.fallback == "random"  # the default: the parent's was dropped
+    # overrides apply in order: switching to random last drops the fallback given first
+    ok, _ = load_recipe(
+        write(tmp_path, GOOD), ["algorithm.fallback=first", "algorithm.selection=random"]
+    )
+    assert ok.algorithm.selection == "random"
 
 
 def test_extends_switching_a_mode_or_a_name_drops_what_belonged_to_the_old_one(tmp_path):

@@ -6,7 +6,9 @@ A group whose members all have the same reward gets exactly zero advantages unde
 scheme here, so it contributes no policy gradient. "Exactly": rewards are centred in
 float64 and equal-reward groups are zeroed explicitly, because a mean that is one ulp off
 (seven rewards of 0.7 in float32) divided by a zero std + eps would become a full-size
-advantage. Results are float32.
+advantage. Results are float64, whatever the rewards' dtype: rewards 1e-4 apart (0.5 ..
+0.5004) put through float32 give std-scaled advantages off by ~1e-4; the loss casts them
+to its own dtype at the last moment.
 """
 
 from __future__ import annotations
@@ -70,7 +72,7 @@ def group_advantages(
         adv = adv / (std + eps)
     elif std_scaling != "none":
         raise ValueError(f"std_scaling must be 'none', 'group' or 'batch', got {std_scaling!r}")
-    return (adv * mask).to(torch.float32)
+    return adv * mask
 
 
 def rloo_advantages(rewards: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -82,7 +84,7 @@ def rloo_advantages(rewards: torch.Tensor, mask: torch.Tensor | None = None) -> 
         mask = torch.ones_like(rewards, dtype=torch.bool)
     n = mask.sum(dim=1, keepdim=True).to(torch.float64)
     scale = torch.where(n > 1, n / (n - 1).clamp(min=1), torch.zeros_like(n))
-    return (_centred(rewards, mask) * scale * mask).to(torch.float32)
+    return _centred(rewards, mask) * scale * mask
 
 
 def reinforce_pp_advantages(
@@ -100,5 +102,5 @@ def reinforce_pp_advantages(
     centred = _centred(rewards, mask) * mask
     present = centred[mask]
     if present.numel() < 2:
-        return centred.to(torch.float32)
-    return (centred / (present.std(unbiased=True) + eps) * mask).to(torch.float32)
+        return centred
+    return centred / (present.std(unbiased=True) + eps) * mask

@@ -10,13 +10,23 @@ Per token t of sequence i, with p_t = pi_theta(y_t | q, y_<t):
 * initial tokens: ``l = -A_i * r_t`` with ``r_t = p_t / p_old_t``, optionally PPO-clipped
   (``max(-A r, -A clip(r, 1-eps_low, 1+eps_high))``);
 * refinement tokens (off-policy, written with a critique in context but trained as a
-  response to the original prompt): ``l = -A_i * f(p_t)`` with ``f(p) = p / (p + gamma)``,
-  no old probability and no clipping ("policy shaping", LUFFY). Its gradient with respect
-  to ``log p`` is ``-A * gamma * p / (p + gamma)^2``: largest at ``p = gamma``. With
-  ``gamma=None`` refinement tokens get the plain policy gradient ``-A * p / sg(p)``.
+  response to the original prompt): ``l = -A_i * f(p_t)``, no old probability and no
+  clipping. The shaping ``f`` is a choice (:func:`shaped_token_loss`):
+  ``p_over_p_plus_gamma``: f(p) = p / (p + gamma) ("policy shaping", LUFFY), gradient
+  ``-A * gamma p / (p + gamma)^2 * grad log p``, largest at p = gamma;
+  ``p``: f(p) = p (the released code's ``off_policy_reshape=no_reshape``: the behaviour
+  probability taken as 1), gradient ``-A * p * grad log p``;
+  ``none``: f(p) = p / sg(p), value -A, gradient ``-A * grad log p`` (the plain policy
+  gradient, as if the refinement had been sampled by the policy).
 
-Then ``loss = agg(l) - entropy_coef * agg(H) + kl_coef * agg(KL)``, where ``agg`` is the
-configured aggregation (see :func:`aggregate`). No KL and no reference model by default.
+Then ``loss = agg(l) - entropy_coef * agg_H(H) + kl_coef * agg_KL(KL)``: the policy term is
+aggregated by :func:`aggregate`, the entropy bonus and the KL penalty each by their own
+:data:`TermAggregation` (:func:`aggregate_term`). No KL and no reference model by default.
+
+Masked positions never reach a term: every input is replaced by 0 where the mask is 0
+before any arithmetic (``torch.where``, as current verl's ``masked_sum`` does), so a NaN
+or an infinity in padding (an old log-prob of -inf, say) changes neither the loss nor any
+gradient.
 """
 
 from __future__ import annotations
@@ -28,6 +38,8 @@ import torch
 import torch.nn.functional as F
 
 Aggregation = Literal["token_mean", "seq_mean_token_mean", "token_sum"]
+TermAggregation = Literal["same_as_policy", "token_mean", "micro_batch_token_mean"]
+ShapingMode = Literal["p_over_p_plus_gamma", "p", "none"]
 KLEstimator = Literal["k1", "k2", "k3"]
 
 
@@ -37,22 +49,26 @@ class LossConfig:
 
     ``clip_low`` / ``clip_high``: PPO clip range on initial tokens as ``[1-low, 1+high]``;
     ``None`` disables that side (both ``None``: no clipping, the released code's choice).
-    ``shaping_gamma``: gamma of f(p) = p/(p+gamma) on refinement tokens; ``None`` = no
-    shaping. ``tis_cap``: truncated importance sampling for sampler/trainer mismatch: each
+    ``shaping`` / ``shaping_gamma``: f on refinement tokens (module docstring).
+    ``tis_cap``: truncated importance sampling for sampler/trainer mismatch: each
     initial token's loss is multiplied by ``min(p_old / p_sampler, tis_cap)`` (detached),
     where p_old is the trainer's recomputed probability and p_sampler the sampler's.
     ``aggregation``: see :func:`aggregate`; ``normalizer`` is the constant divisor of
     ``token_sum`` (the max response length in the released code).
+    ``entropy_aggregation`` / ``kl_aggregation``: see :func:`aggregate_term`.
     """
 
     clip_low: float | None = 0.2
     clip_high: float | None = 0.2
-    shaping_gamma: float | None = 0.1
+    shaping: ShapingMode = "p_over_p_plus_gamma"
+    shaping_gamma: float = 0.1
     aggregation: Aggregation = "token_sum"
     normalizer: float | None = None
     entropy_coef: float = 0.001
+    entropy_aggregation: TermAggregation = "token_mean"
     kl_coef: float = 0.0
     kl_estimator: KLEstimator = "k3"
+    kl_aggregation: TermAggregation = "same_as_policy"
     tis_cap: float | None = None
 
 
@@ -83,6 +99,12 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return logz - (probs * logits).sum(dim=-1)
 
 
+def masked(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``values`` where ``mask`` is set, exactly 0 elsewhere (NaN and inf included), with a
+    zero gradient there: ``torch.where``, not a product (``nan * 0`` is NaN)."""
+    return torch.where(mask.bool(), values, 0.0)
+
+
 def aggregate(
     values: torch.Tensor,
     mask: torch.Tensor,
@@ -105,20 +127,52 @@ def aggregate(
     Passing the mini-batch totals makes gradient accumulation over micro-batches give the
     same gradient as one pass over the whole mini-batch, for every mode.
     """
-    mask = mask.to(values.dtype)
+    kept = masked(values, mask)
+    counts = mask.bool().sum(dim=-1)
     if mode == "token_mean":
-        denom = num_tokens if num_tokens is not None else mask.sum().clamp(min=1)
-        return (values * mask).sum() / denom
+        denom = num_tokens if num_tokens is not None else counts.sum().clamp(min=1)
+        return kept.sum() / denom
     if mode == "seq_mean_token_mean":
-        per_seq = (values * mask).sum(dim=-1) / mask.sum(dim=-1).clamp(min=1)
-        has_tokens = (mask.sum(dim=-1) > 0).to(values.dtype)
-        denom = num_seqs if num_seqs is not None else has_tokens.sum().clamp(min=1)
-        return (per_seq * has_tokens).sum() / denom
+        per_seq = kept.sum(dim=-1) / counts.clamp(min=1)  # 0 for a row without tokens
+        denom = num_seqs if num_seqs is not None else (counts > 0).sum().clamp(min=1)
+        return per_seq.sum() / denom
     if mode == "token_sum":
         if normalizer is None or normalizer <= 0:
             raise ValueError("aggregation 'token_sum' needs a positive constant normalizer")
-        return (values * mask).sum() / normalizer
+        return kept.sum() / normalizer
     raise ValueError(f"unknown aggregation {mode!r}")
+
+
+def aggregate_term(
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    how: TermAggregation,
+    policy: dict,
+    micro_batch_tokens: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Reduce the per-token entropy or KL (B, T) of one micro-batch.
+
+    * ``same_as_policy``: :func:`aggregate` with the policy term's settings ``policy``;
+    * ``token_mean``: sum / the response tokens of the whole mini-batch
+      (``policy["num_tokens"]``): the mean token entropy of the update, whatever the
+      micro-batching;
+    * ``micro_batch_token_mean``: each micro-batch adds its own token mean (the released
+      code: verl's ``agg_loss(..., "token-mean")`` per micro-batch), so the term's weight
+      grows with the number of micro-batches. ``micro_batch_tokens`` (B,) gives, per row,
+      the response-token count of the micro-batch it belongs to when those are formed
+      apart from this call's rows (:func:`cgrpo.algo.mixing.token_budget_micro_batches`);
+      without it, this call's rows are the micro-batch.
+    """
+    if how == "same_as_policy":
+        return aggregate(values, mask, **policy)
+    if how == "token_mean":
+        return aggregate(values, mask, "token_mean", num_tokens=policy.get("num_tokens"))
+    if how == "micro_batch_token_mean":
+        per_row = masked(values, mask).sum(dim=-1)
+        if micro_batch_tokens is None:
+            return per_row.sum() / mask.bool().sum().clamp(min=1)
+        return (per_row / micro_batch_tokens.to(per_row.dtype).clamp(min=1)).sum()
+    raise ValueError(f"unknown entropy/KL aggregation {how!r}")
 
 
 def initial_token_loss(
@@ -145,21 +199,29 @@ def initial_token_loss(
 
 
 def shaped_token_loss(
-    logprobs: torch.Tensor, advantages: torch.Tensor, gamma: float | None
+    logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mode: ShapingMode = "p_over_p_plus_gamma",
+    gamma: float = 0.1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Policy-shaped loss on refinement tokens, independent of any old probability.
+    """Loss on refinement tokens, ``-A * f(p)``, independent of any old probability.
 
     Returns ``(loss (B,T), p (B,T), weight (B,T))`` where ``weight`` is d f / d log p, the
     factor that multiplies ``-A`` in the gradient wrt log p: ``gamma p / (p + gamma)^2``
-    with shaping, 1 without.
+    for ``p_over_p_plus_gamma``, ``p`` for ``p``, 1 for ``none``.
     """
     p = torch.exp(logprobs)
-    if gamma is None:
+    if mode == "p_over_p_plus_gamma":
+        loss = -advantages * p / (p + gamma)
+        weight = gamma * p / (p + gamma) ** 2
+    elif mode == "p":
+        loss = -advantages * p
+        weight = p
+    elif mode == "none":
         loss = -advantages * torch.exp(logprobs - logprobs.detach())
         weight = torch.ones_like(p)
     else:
-        loss = -advantages * p / (p + gamma)
-        weight = gamma * p / (p + gamma) ** 2
+        raise ValueError(f"unknown shaping mode {mode!r}")
     return loss, p.detach(), weight.detach()
 
 
@@ -181,8 +243,100 @@ def kl_penalty(
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
-    n = mask.sum()
-    return float((values * mask).sum() / n) if n > 0 else float("nan")
+    n = mask.bool().sum()
+    return float(masked(values, mask).sum() / n) if n > 0 else float("nan")
+
+
+@dataclass
+class _Tokens:
+    """The boolean masks of one (micro-)batch: all response tokens, refinement tokens,
+    initial tokens."""
+
+    response: torch.Tensor
+    refinement: torch.Tensor
+    initial: torch.Tensor
+
+    @classmethod
+    def of(cls, response_mask: torch.Tensor, refinement_mask: torch.Tensor) -> _Tokens:
+        resp = response_mask.bool()
+        refine = refinement_mask.bool() & resp
+        return cls(resp, refine, resp & ~refine)
+
+
+def _initial_term(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor | None,
+    adv: torch.Tensor,
+    tokens: _Tokens,
+    config: LossConfig,
+    sampler_logprobs: torch.Tensor | None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Per-token loss on initial tokens (0 elsewhere) and its metrics."""
+    initial = tokens.initial
+    if old_logprobs is None:
+        raise ValueError("old_logprobs is required for initial (on-policy) tokens")
+    old = masked(old_logprobs, initial)
+    loss, ratio, clipped = initial_token_loss(logprobs, old, adv, config.clip_low, config.clip_high)
+    metrics: dict[str, float] = {}
+    if config.tis_cap is not None:
+        if sampler_logprobs is None:
+            raise ValueError("tis_cap needs the sampler's log-probs")
+        sampler = masked(sampler_logprobs, initial)
+        weight = torch.exp(old - sampler).clamp(max=config.tis_cap).detach()
+        loss = loss * weight
+        metrics["tis/weight_mean"] = _masked_mean(weight, initial)
+        capped = (weight >= config.tis_cap).to(logprobs.dtype)
+        metrics["tis/capped_fraction"] = _masked_mean(capped, initial)
+    metrics["ratio/mean"] = _masked_mean(ratio.detach(), initial)
+    metrics["ratio/max"] = float(ratio.detach()[initial].max())
+    metrics["clip/fraction"] = _masked_mean(clipped.to(logprobs.dtype), initial)
+    return masked(loss, initial), metrics
+
+
+def _refinement_term(
+    logprobs: torch.Tensor, adv: torch.Tensor, tokens: _Tokens, config: LossConfig
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Per-token shaped loss on refinement tokens (0 elsewhere) and its metrics."""
+    loss, p, weight = shaped_token_loss(logprobs, adv, config.shaping, config.shaping_gamma)
+    metrics = {
+        "refine/token_prob_mean": _masked_mean(p, tokens.refinement),
+        "refine/shaped_weight_mean": _masked_mean(weight, tokens.refinement),
+    }
+    return masked(loss, tokens.refinement), metrics
+
+
+def _regularizers(
+    logprobs: torch.Tensor,
+    tokens: _Tokens,
+    config: LossConfig,
+    agg: dict,
+    entropy: torch.Tensor | None,
+    ref_logprobs: torch.Tensor | None,
+    micro_batch_tokens: torch.Tensor | None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """``-entropy_coef * H + kl_coef * KL``, each aggregated as configured, and metrics."""
+    resp = tokens.response
+    term = torch.zeros((), dtype=logprobs.dtype, device=logprobs.device)
+    metrics: dict[str, float] = {}
+    if entropy is not None:
+        ent = masked(entropy, resp)
+        metrics["entropy/initial"] = _masked_mean(ent.detach(), tokens.initial)
+        metrics["entropy/refinement"] = _masked_mean(ent.detach(), tokens.refinement)
+    if config.entropy_coef != 0.0:
+        if entropy is None:
+            raise ValueError("entropy_coef != 0 needs the per-token entropy")
+        bonus = aggregate_term(ent, resp, config.entropy_aggregation, agg, micro_batch_tokens)
+        term = term - config.entropy_coef * bonus
+        metrics["loss/entropy_bonus"] = float(-config.entropy_coef * bonus.detach())
+    if config.kl_coef != 0.0:
+        if ref_logprobs is None:
+            raise ValueError("kl_coef != 0 needs reference log-probs")
+        kl = masked(kl_penalty(logprobs, masked(ref_logprobs, resp), config.kl_estimator), resp)
+        penalty = aggregate_term(kl, resp, config.kl_aggregation, agg, micro_batch_tokens)
+        term = term + config.kl_coef * penalty
+        metrics["kl/mean"] = _masked_mean(kl.detach(), resp)
+        metrics["loss/kl"] = float(config.kl_coef * penalty.detach())
+    return term, metrics
 
 
 def policy_loss(
@@ -198,73 +352,42 @@ def policy_loss(
     sampler_logprobs: torch.Tensor | None = None,
     num_tokens: float | None = None,
     num_seqs: float | None = None,
+    micro_batch_tokens: torch.Tensor | None = None,
 ) -> LossOutput:
     """The whole Critique-GRPO loss of one (micro-)batch.
 
-    ``advantages`` is (B,) per sequence (or already (B, T)). ``old_logprobs`` may be None
-    only when the batch has no initial tokens. ``entropy`` (B, T) is needed when
-    ``entropy_coef`` != 0, ``ref_logprobs`` when ``kl_coef`` != 0.
+    ``advantages`` is (B,) per sequence (or already (B, T)); it may arrive in float64 and
+    is cast to the log-probs' dtype here. ``old_logprobs`` may be None only when the batch
+    has no initial tokens. ``entropy`` (B, T) is needed when ``entropy_coef`` != 0,
+    ``ref_logprobs`` when ``kl_coef`` != 0. ``num_tokens`` / ``num_seqs``: the mini-batch
+    totals (see :func:`aggregate`); ``micro_batch_tokens`` (B,): see :func:`aggregate_term`.
     """
-    resp = response_mask.to(logprobs.dtype)
-    refine = refinement_mask.to(logprobs.dtype) * resp
-    initial = resp - refine
+    tokens = _Tokens.of(response_mask, refinement_mask)
+    logprobs = masked(logprobs, tokens.response)
     adv = advantages.to(logprobs.dtype)
-    if adv.dim() == 1:
-        adv = adv.unsqueeze(-1)
+    adv = masked(adv.unsqueeze(-1) if adv.dim() == 1 else adv, tokens.response)
     agg = dict(
         mode=config.aggregation,
         normalizer=config.normalizer,
         num_tokens=num_tokens,
         num_seqs=num_seqs,
     )
-
     per_token = torch.zeros_like(logprobs)
     metrics: dict[str, float] = {}
-    if initial.sum() > 0:
-        if old_logprobs is None:
-            raise ValueError("old_logprobs is required for initial (on-policy) tokens")
-        init_loss, ratio, clipped = initial_token_loss(
-            logprobs, old_logprobs, adv, config.clip_low, config.clip_high
+    if tokens.initial.any():
+        init, init_metrics = _initial_term(
+            logprobs, old_logprobs, adv, tokens, config, sampler_logprobs
         )
-        if config.tis_cap is not None:
-            if sampler_logprobs is None:
-                raise ValueError("tis_cap needs the sampler's log-probs")
-            weight = torch.exp(old_logprobs - sampler_logprobs).clamp(max=config.tis_cap).detach()
-            init_loss = init_loss * weight
-            metrics["tis/weight_mean"] = _masked_mean(weight, initial)
-            metrics["tis/capped_fraction"] = _masked_mean(
-                (weight >= config.tis_cap).to(logprobs.dtype), initial
-            )
-        per_token = per_token + init_loss * initial
-        metrics["ratio/mean"] = _masked_mean(ratio.detach(), initial)
-        metrics["ratio/max"] = float(ratio.detach()[initial.bool()].max())
-        metrics["clip/fraction"] = _masked_mean(clipped.to(logprobs.dtype), initial)
-    if refine.sum() > 0:
-        ref_loss, p, weight = shaped_token_loss(logprobs, adv, config.shaping_gamma)
-        per_token = per_token + ref_loss * refine
-        metrics["refine/token_prob_mean"] = _masked_mean(p, refine)
-        metrics["refine/shaped_weight_mean"] = _masked_mean(weight, refine)
-
-    pg_loss = aggregate(per_token, resp, **agg)
-    loss = pg_loss
+        per_token, metrics = per_token + init, {**metrics, **init_metrics}
+    if tokens.refinement.any():
+        refine, refine_metrics = _refinement_term(logprobs, adv, tokens, config)
+        per_token, metrics = per_token + refine, {**metrics, **refine_metrics}
+    pg_loss = aggregate(per_token, tokens.response, **agg)
     metrics["loss/policy"] = float(pg_loss.detach())
-
-    if entropy is not None:
-        metrics["entropy/initial"] = _masked_mean(entropy.detach(), initial)
-        metrics["entropy/refinement"] = _masked_mean(entropy.detach(), refine)
-    if config.entropy_coef != 0.0:
-        if entropy is None:
-            raise ValueError("entropy_coef != 0 needs the per-token entropy")
-        ent = aggregate(entropy, resp, **agg)
-        loss = loss - config.entropy_coef * ent
-        metrics["loss/entropy_bonus"] = float(-config.entropy_coef * ent.detach())
-    if config.kl_coef != 0.0:
-        if ref_logprobs is None:
-            raise ValueError("kl_coef != 0 needs reference log-probs")
-        kl = kl_penalty(logprobs, ref_logprobs, config.kl_estimator)
-        kl_term = aggregate(kl, resp, **agg)
-        loss = loss + config.kl_coef * kl_term
-        metrics["kl/mean"] = _masked_mean(kl.detach(), resp)
-        metrics["loss/kl"] = float(config.kl_coef * kl_term.detach())
+    extra, extra_metrics = _regularizers(
+        logprobs, tokens, config, agg, entropy, ref_logprobs, micro_batch_tokens
+    )
+    loss = pg_loss + extra
+    metrics.update(extra_metrics)
     metrics["loss/total"] = float(loss.detach())
     return LossOutput(loss=loss, metrics=metrics)

@@ -8,6 +8,9 @@ refinement is trained as a response to the *original* prompt: its row holds
 from __future__ import annotations
 
 import array
+import heapq
+import itertools
+import math
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -18,20 +21,32 @@ import torch
 from cgrpo.types import Completion
 
 Fallback = Literal["first", "random", "none"]
+Selection = Literal["correct_first", "random"]
 
 
 def select_refinements(
-    correct: Sequence[bool], k: int, fallback: Fallback, rng: random.Random | None = None
+    correct: Sequence[bool],
+    k: int,
+    fallback: Fallback,
+    rng: random.Random | None = None,
+    selection: Selection = "correct_first",
 ) -> list[int]:
     """Indices of the refinement candidates to keep for one prompt.
 
-    Correct candidates come first, in response order, up to ``k``. Slots still empty are
-    filled by ``fallback``: ``first`` takes the earliest incorrect candidates (released
-    code), ``random`` draws incorrect ones at random (paper), ``none`` leaves them empty
-    (the group is then shorter than N).
+    ``selection="correct_first"``: correct candidates come first, in response order, up to
+    ``k``. Slots still empty are filled by ``fallback``: ``first`` takes the earliest
+    incorrect candidates (released code), ``random`` draws incorrect ones at random
+    (paper), ``none`` leaves them empty (the group is then shorter than N).
+    ``selection="random"``: ``k`` candidates drawn at random whatever their verdicts (the
+    paper's ablation row "+ one random refinement per group"); ``fallback`` is not used.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    if selection == "random":
+        rng = rng or random.Random()
+        return sorted(rng.sample(range(len(correct)), min(k, len(correct))))
+    if selection != "correct_first":
+        raise ValueError(f"selection must be 'correct_first' or 'random', got {selection!r}")
     chosen = [i for i, ok in enumerate(correct) if ok][:k]
     need = k - len(chosen)
     if need == 0 or fallback == "none":
@@ -114,7 +129,7 @@ class Batch:
 
     ``input_ids``/``attention_mask``/``position_ids``: (B, prompt_len + T);
     ``response_ids``/``response_mask``/``refinement_mask``/``old_logprobs``: (B, T);
-    ``advantages``/``rewards``: (B,).
+    ``advantages``/``rewards``: (B,), float64 (the loss casts them to its dtype).
     """
 
     input_ids: torch.Tensor
@@ -179,8 +194,8 @@ def collate(rows: Sequence[TrainRow], pad_id: int) -> Batch:
         response_mask=response_mask,
         refinement_mask=response_mask * is_ref.unsqueeze(-1),
         old_logprobs=old,
-        advantages=torch.tensor([r.advantage for r in rows], dtype=torch.float32),
-        rewards=torch.tensor([r.reward for r in rows], dtype=torch.float32),
+        advantages=torch.tensor([r.advantage for r in rows], dtype=torch.float64),
+        rewards=torch.tensor([r.reward for r in rows], dtype=torch.float64),
         sampler_logprobs=sampler,
     )
 
@@ -218,3 +233,62 @@ def pack_micro_batches(
     if current:
         plan.append(current)
     return plan
+
+
+def balanced_partition(weights: Sequence[int], parts: int) -> list[list[int]]:
+    """Indices of ``weights`` split into ``parts`` sets whose sums are as even as the
+    largest differencing method (Karmarkar-Karp, k-way) makes them: the method verl's
+    dynamic batching uses to form micro-batches. Each set lists its indices in order.
+
+    Every item starts as a partial solution (its own set and k-1 empty ones). The two
+    partial solutions with the largest spread (largest minus smallest set sum) are merged,
+    the largest set of one with the smallest of the other, until one is left. Ties are
+    broken by the larger largest set, then by creation order.
+    """
+    if not 1 <= parts <= max(1, len(weights)):
+        raise ValueError(f"cannot split {len(weights)} items into {parts} non-empty sets")
+    heap: list[tuple[int, int, int, list[tuple[int, list[int]]]]] = []
+    created = itertools.count()
+
+    def push(sets: list[tuple[int, list[int]]]) -> None:
+        sets.sort(key=lambda s: (s[0], len(s[1])), reverse=True)
+        spread = sets[0][0] - sets[-1][0]
+        heapq.heappush(heap, (-spread, -sets[0][0], next(created), sets))
+
+    for i in sorted(range(len(weights)), key=lambda i: (weights[i], i)):
+        push([(weights[i], [i])] + [(0, []) for _ in range(parts - 1)])
+    while len(heap) > 1:
+        a, b = heapq.heappop(heap)[3], heapq.heappop(heap)[3]
+        push([(sa + sb, ia + ib) for (sa, ia), (sb, ib) in zip(a, reversed(b), strict=True)])
+    return [sorted(items) for _, items in heap[0][3] if items]
+
+
+def token_budget_micro_batch_count(lengths: Sequence[tuple[int, int]], budget: int) -> int:
+    """How many micro-batches verl's dynamic batch size forms from these rows (one GPU's
+    (prompt length, response length) pairs): ``ceil(prompt + response tokens / budget)``,
+    at most one per row."""
+    return min(len(lengths), math.ceil(sum(p + r for p, r in lengths) / budget))
+
+
+def token_budget_micro_batch_tokens(
+    lengths: Sequence[tuple[int, int]], budget: int, parts: int | None = None
+) -> list[int]:
+    """Per row, the response-token count of the micro-batch the released code (verl's
+    dynamic batch size, ``ppo_max_token_len_per_gpu``) would put it in.
+
+    ``lengths`` holds each row's (prompt length, response length) on this GPU. verl forms
+    :func:`token_budget_micro_batch_count` micro-batches (``parts``, when given: verl
+    gives every GPU the largest count of any, capped here at one per row) and spreads the
+    rows over them with :func:`balanced_partition` by prompt + response tokens. The entropy
+    and KL terms then take one token mean per micro-batch over its response tokens.
+    """
+    if not lengths:
+        return []
+    count = token_budget_micro_batch_count(lengths, budget) if parts is None else parts
+    out = [0] * len(lengths)
+    totals = [p + r for p, r in lengths]
+    for members in balanced_partition(totals, min(len(lengths), max(1, count))):
+        tokens = sum(lengths[i][1] for i in members)
+        for i in members:
+            out[i] = tokens
+    return out

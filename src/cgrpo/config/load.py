@@ -80,19 +80,33 @@ def _drop_switched(parent: DictConfig, child: DictConfig) -> None:
 # ignored: a recipe extending one with ``sft.lr`` can still switch to ``sft.optim``.
 REPLACED_KEYS: dict[str, dict[str, tuple[str, ...]]] = {"sft": {"optim": ("lr",)}}
 
+# section -> {key: {value: the older keys that value makes meaningless}}: as REPLACED_KEYS,
+# but only when the child (or an override) sets the key to that value: a recipe extending
+# one with ``fallback: first`` can still switch to ``selection: random``.
+SWITCHED_OFF: dict[str, dict[str, dict[str, tuple[str, ...]]]] = {
+    "algorithm": {"selection": {"random": ("fallback",)}}
+}
+
+
+def _made_meaningless(section: str, key: str, value: Any) -> tuple[str, ...]:
+    """The keys of ``section`` that setting ``key`` to ``value`` replaces or switches off."""
+    older = REPLACED_KEYS.get(section, {}).get(key, ())
+    switched = SWITCHED_OFF.get(section, {}).get(key, {})
+    return older + (switched.get(value, ()) if isinstance(value, str) else ())
+
 
 def _drop_replaced(parent: DictConfig, child: DictConfig) -> None:
     """Before ``extends:`` merges ``child`` over ``parent``: drop the parent's keys that a
-    key the child sets replaces (see ``REPLACED_KEYS``), unless the child sets them too."""
-    for section, replacing in REPLACED_KEYS.items():
+    key the child sets replaces or switches off (``REPLACED_KEYS``, ``SWITCHED_OFF``),
+    unless the child sets them too."""
+    for section in {*REPLACED_KEYS, *SWITCHED_OFF}:
         old, new = parent.get(section), child.get(section)
         if not (isinstance(old, DictConfig) and isinstance(new, DictConfig)):
             continue
-        for key, older in replacing.items():
-            if key in new:
-                for gone in older:
-                    if gone not in new:
-                        old.pop(gone, None)
+        for key in new:
+            for gone in _made_meaningless(section, str(key), new.get(key)):
+                if gone not in new:
+                    old.pop(gone, None)
 
 
 def _expand_shorthand(cfg: DictConfig, key: str) -> None:
@@ -129,7 +143,7 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str], source: str) -> D
             parsed = OmegaConf.select(value, key.strip())
             existing = OmegaConf.select(cfg, key.strip(), default=None)
             _expand_shorthand(cfg, key.strip())
-            _drop_replaced_by_override(cfg, key.strip())
+            _drop_replaced_by_override(cfg, key.strip(), parsed)
             replace = isinstance(existing, DictConfig) and not isinstance(parsed, DictConfig)
             parent_key, _, leaf = key.strip().rpartition(".")
             parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else None
@@ -158,14 +172,16 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str], source: str) -> D
     return cfg
 
 
-def _drop_replaced_by_override(cfg: DictConfig, key: str) -> None:
+def _drop_replaced_by_override(cfg: DictConfig, key: str, value: Any) -> None:
     """An override of a newer key (``sft.optim.lr=...``) drops the older key it replaces
-    (``sft.lr``), as a child recipe's would; the override comes last, so it wins."""
+    (``sft.lr``), as a child recipe's would, and one switching a key to a value that makes
+    others meaningless (``algorithm.selection=random``) drops those; the override comes
+    last, so it wins."""
     section, _, rest = key.partition(".")
-    section_cfg = cfg.get(section) if section in REPLACED_KEYS else None
+    section_cfg = cfg.get(section)
     if not isinstance(section_cfg, DictConfig):
         return
-    for gone in REPLACED_KEYS[section].get(rest.partition(".")[0], ()):
+    for gone in _made_meaningless(section, rest.partition(".")[0], value):
         section_cfg.pop(gone, None)
 
 

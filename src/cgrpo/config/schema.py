@@ -202,19 +202,33 @@ class ClipConfig(Section):
 
 
 class ShapingConfig(Section):
-    """Weighting of refinement tokens: f(p) = p / (p + gamma), or none."""
+    """The weight f of refinement tokens, loss -A * f(p) (docs/algorithm-options.md)."""
 
-    mode: Literal["p_over_p_plus_gamma", "none"] = Field(
+    mode: Literal["p_over_p_plus_gamma", "p", "none"] = Field(
         "p_over_p_plus_gamma",
-        description="'p_over_p_plus_gamma' (paper, LUFFY) or 'none' (plain policy gradient)",
+        description="'p_over_p_plus_gamma' (paper, LUFFY: f = p/(p+gamma), gradient "
+        "-A gamma p/(p+gamma)^2 grad log p); 'p' (the released code's "
+        "off_policy_reshape=no_reshape, the ablation rows without shaping: f = p, gradient "
+        "-A p grad log p); 'none' (no weight at all: value -A, gradient -A grad log p, the "
+        "plain policy gradient, unlike 'p' not scaled down on improbable tokens)",
     )
     gamma: float = Field(0.1, gt=0, description="gamma of f(p) = p/(p+gamma) (paper: 0.1)")
 
     def ignored_settings(self) -> dict[str, str]:
-        if self.mode == "none":
-            return {"gamma": "has no effect with shaping.mode: none; remove gamma, or set "
-                    "mode: p_over_p_plus_gamma"}  # fmt: skip
+        if self.mode != "p_over_p_plus_gamma":
+            return {"gamma": f"has no effect with shaping.mode: {self.mode}; remove gamma, "
+                    "or set mode: p_over_p_plus_gamma"}  # fmt: skip
         return {}
+
+
+TermAggregation = Literal["token_mean", "micro_batch_token_mean", "same_as_policy"]
+TERM_AGGREGATION = (
+    "'token_mean' (the mean over the update's response tokens, whatever the "
+    "micro-batching), 'micro_batch_token_mean' (the released code's verl: each micro-batch "
+    "adds its own token mean, so the weight grows with the number of micro-batches; see "
+    "micro_batch_token_budget) or 'same_as_policy' (the policy term's aggregation and "
+    "normalizer)"
+)
 
 
 class LossSection(Section):
@@ -229,14 +243,56 @@ class LossSection(Section):
         "auto", description="constant divisor of token_sum; 'auto' = sampling.max_new_tokens"
     )
     entropy_coef: float = Field(0.001, ge=0, description="entropy bonus weight (paper: 0.001)")
+    entropy_aggregation: TermAggregation = Field(
+        "token_mean",
+        description="how the entropy bonus averages (paper: 0.001 x the mean token entropy, "
+        "token_mean; released code: micro_batch_token_mean): " + TERM_AGGREGATION,
+    )
     kl_coef: float = Field(0.0, ge=0, description="KL to the initial model; 0 loads no reference")
-    kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field(
+        "k3", description="KL estimator (k3 is verl's low_var_kl, which also clamps to +-10)"
+    )
+    kl_aggregation: Literal["token_mean", "micro_batch_token_mean", "same_as_policy"] = Field(
+        "same_as_policy",
+        description="how the KL penalty averages (default: inside the policy term, as in "
+        "GRPO's objective; verl: micro_batch_token_mean): " + TERM_AGGREGATION,
+    )
+    micro_batch_token_budget: int | None = Field(
+        None,
+        ge=1,
+        description="with micro_batch_token_mean: the micro-batches whose token means are "
+        "taken are formed as the released code's verl forms them, not as this update does: "
+        "per GPU, ceil(prompt + response tokens / budget) of them, rows balanced by the "
+        "largest differencing method (its ppo_max_token_len_per_gpu; released code 32768); "
+        "null = the update's own micro-batches",
+    )
     tis_cap: float | None = Field(
         None,
         gt=0,
         description="truncated importance sampling for sampler/trainer mismatch: weight "
         "initial tokens by min(p_trainer/p_sampler, cap); needs old_logprobs: recompute",
     )
+
+    def ignored_settings(self) -> dict[str, str]:
+        out = {}
+        for term in ("entropy", "kl"):
+            if getattr(self, f"{term}_coef") == 0:
+                out[f"{term}_aggregation"] = (
+                    f"has no effect with {term}_coef: 0; set {term}_coef, or remove "
+                    f"{term}_aggregation"
+                )
+        active = [
+            getattr(self, f"{t}_aggregation")
+            for t in ("entropy", "kl")
+            if getattr(self, f"{t}_coef") != 0
+        ]
+        if "micro_batch_token_mean" not in active:
+            out["micro_batch_token_budget"] = (
+                "is used only by an entropy_aggregation or kl_aggregation of "
+                "micro_batch_token_mean (with its coefficient above 0); set one, or remove "
+                "micro_batch_token_budget"
+            )
+        return out
 
 
 class AlgorithmConfig(Section):
@@ -254,6 +310,12 @@ class AlgorithmConfig(Section):
     )
     max_refinements_generated: int | None = Field(
         None, ge=1, description="cap on refinements sampled per prompt (None = no cap)"
+    )
+    selection: Literal["correct_first", "random"] = Field(
+        "correct_first",
+        description="which K refinements a prompt keeps: 'correct_first' (paper, released "
+        "code: the correct ones in response order, then `fallback`) or 'random' (K at random, "
+        "correct or not: the paper's ablation row '+ one random refinement per group')",
     )
     fallback: Literal["first", "random", "none"] = Field(
         "random",
@@ -291,6 +353,13 @@ class AlgorithmConfig(Section):
     @property
     def group_size(self) -> int:
         return self.samples_per_prompt + self.refinements_per_prompt
+
+    def ignored_settings(self) -> dict[str, str]:
+        if self.selection == "random":
+            return {"fallback": "has no effect with selection: random (K refinements are "
+                    "drawn whatever their verdicts); remove fallback, or set selection: "
+                    "correct_first"}  # fmt: skip
+        return {}
 
 
 class RolloutConfig(Section):

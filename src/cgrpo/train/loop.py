@@ -72,12 +72,15 @@ def loss_config(recipe: Recipe) -> LossConfig:
     return LossConfig(
         clip_low=low,
         clip_high=high,
-        shaping_gamma=loss.shaping.gamma if loss.shaping.mode == "p_over_p_plus_gamma" else None,
+        shaping=loss.shaping.mode,
+        shaping_gamma=loss.shaping.gamma,
         aggregation=loss.aggregation,
         normalizer=float(normalizer),
         entropy_coef=loss.entropy_coef,
+        entropy_aggregation=loss.entropy_aggregation,
         kl_coef=loss.kl_coef,
         kl_estimator=loss.kl_estimator,
+        kl_aggregation=loss.kl_aggregation,
         tis_cap=loss.tis_cap,
     )
 
@@ -155,6 +158,7 @@ class Trainer:
             max_refinements_generated=a.max_refinements_generated,
             fallback=a.fallback,
             speculative=r.rollout.speculative_refinement,
+            selection=a.selection,
             sampling=SamplingParams(
                 n=a.samples_per_prompt,
                 temperature=s.temperature,
@@ -172,6 +176,7 @@ class Trainer:
             max_tokens_per_micro_batch=a.max_tokens_per_micro_batch,
             logprob_chunk_tokens=a.logprob_chunk_tokens,
             precision=built.precision,
+            term_micro_batch_budget=a.loss.micro_batch_token_budget,
         )
         self.ref_model = built.ref_model  # None when kl_coef == 0 (no copy is loaded)
         self.step_done = 0
@@ -194,7 +199,7 @@ class Trainer:
         groups = sorted({r.group for r in rows})
         index = {g: i for i, g in enumerate(groups)}
         width = max(sum(1 for r in rows if r.group == g) for g in groups)
-        rewards = torch.zeros(len(groups), width)
+        rewards = torch.zeros(len(groups), width, dtype=torch.float64)  # exact to the loss
         mask = torch.zeros(len(groups), width, dtype=torch.bool)
         slots: list[tuple[int, int]] = []
         fill = dict.fromkeys(groups, 0)

@@ -47,6 +47,7 @@ class RolloutSettings:
     fallback: str  # first | random | none
     sampling: SamplingParams
     speculative: bool = False  # rollout.speculative_refinement (failed_groups only)
+    selection: str = "correct_first"  # correct_first | random
 
 
 @dataclass
@@ -255,6 +256,7 @@ class GroupRun:
             s.refinements_per_prompt,
             s.fallback,  # type: ignore[arg-type]
             random.Random(f"{self.ctx.rng_key}:{self.ctx.prompt_offset + self.p}"),  # split-proof
+            s.selection,  # type: ignore[arg-type]
         )
 
 

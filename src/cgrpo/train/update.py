@@ -23,7 +23,14 @@ from typing import Any
 import torch
 
 from cgrpo.algo.loss import LossConfig, policy_loss
-from cgrpo.algo.mixing import Batch, TrainRow, collate, pack_micro_batches
+from cgrpo.algo.mixing import (
+    Batch,
+    TrainRow,
+    collate,
+    pack_micro_batches,
+    token_budget_micro_batch_count,
+    token_budget_micro_batch_tokens,
+)
 from cgrpo.model import distributed
 from cgrpo.model.logprobs import DEFAULT_CHUNK_TOKENS, forward_response
 from cgrpo.model.lora import adapters_disabled
@@ -41,6 +48,9 @@ class UpdateSettings:
     max_tokens_per_micro_batch: int | None = None
     logprob_chunk_tokens: int = DEFAULT_CHUNK_TOKENS
     precision: Precision = FULL
+    # the token budget of the micro-batches whose token means the entropy and KL terms
+    # take (algorithm.loss.micro_batch_token_budget); None: the update's own
+    term_micro_batch_budget: int | None = None
 
 
 def micro_batches(
@@ -73,6 +83,27 @@ def _sampler_mismatch(logprobs: torch.Tensor, micro: Batch, dev: Any) -> dict[st
         "sampler/logprob_diff_mean": float(diff.sum() / mask.sum()),
         "sampler/logprob_diff_max": float(diff.max()),
     }
+
+
+def term_micro_batch_tokens(
+    plan: list[tuple[list[TrainRow], Batch]], budget: int | None
+) -> list[torch.Tensor | None]:
+    """Per micro-batch of ``plan``, each row's response-token count in the micro-batch the
+    released code would put it in (:func:`token_budget_micro_batch_tokens`, with every
+    rank using the largest count of any, as verl does), for the loss's per-micro-batch
+    entropy and KL means; ``None`` each without a budget (the update's own micro-batches)."""
+    if budget is None:
+        return [None] * len(plan)
+    rows = [r for chunk, _ in plan for r in chunk]
+    lengths = [(len(r.prompt_ids), len(r.response_ids)) for r in rows]
+    parts = int(distributed.max_scalar(float(token_budget_micro_batch_count(lengths, budget))))
+    tokens = token_budget_micro_batch_tokens(lengths, budget, parts)
+    counts = dict(zip(map(id, rows), tokens, strict=True))
+    return [torch.tensor([float(counts[id(r)]) for r in chunk]) for chunk, _ in plan]
+
+
+def _on(tensor: torch.Tensor | None, dev: Any) -> torch.Tensor | None:
+    return None if tensor is None else tensor.to(dev)
 
 
 def padding_to_match_ranks(count: int) -> int:
@@ -127,10 +158,13 @@ def update_policy(
         num_seqs = distributed.sum_scalar(float(sum(1 for r in mini_rows if r.response_ids)))
         micro_metrics: list[dict[str, float]] = []
         optimizer.zero_grad(set_to_none=True)
-        micros = [m for _, m in micro_batches(mini_rows, settings, pad_id)]
+        plan = micro_batches(mini_rows, settings, pad_id)
+        micros = [m for _, m in plan]
+        term_tokens = term_micro_batch_tokens(plan, settings.term_micro_batch_budget)
         real = len(micros)  # beyond it: zero-weight copies of the last one
         if sharded:  # every rank runs as many forward/backward calls (each all-gathers)
             micros += [micros[-1]] * padding_to_match_ranks(real)
+            term_tokens += [term_tokens[-1]] * (len(micros) - real)
         for index, micro in enumerate(micros):
             padding = index >= real
             with settings.precision.autocast():
@@ -164,6 +198,7 @@ def update_policy(
                 else micro.sampler_logprobs.to(dev),
                 num_tokens=num_tokens,
                 num_seqs=num_seqs,
+                micro_batch_tokens=_on(term_tokens[index], dev),
             )
             if padding:  # a padding copy: same collectives, no gradient, no metrics
                 (out.loss * 0.0).backward()
