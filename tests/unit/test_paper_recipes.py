@@ -2,8 +2,8 @@
 and the ablation ladder's rows differ from the row before in the one step the paper names.
 
 The Qwen2.5-7B rows get the overrides recipes/paper/README.md documents (a model directory,
-a data file, no benchmarks) and the model's published shape, so the memory plan is checked
-on 8 x 80 GiB; the CPU variants are checked as they are."""
+a training parquet in verl's format, no benchmarks) and the model's published shape, so
+the memory plan is checked on 8 x 80 GiB; the CPU variants are checked as they are."""
 
 import itertools
 import json
@@ -13,6 +13,7 @@ import pytest
 from cgrpo.cli.main import EXIT_OK, cmd_check
 from cgrpo.config import load_recipe
 from tests.helpers import REPO
+from tests.verl_files import training_rows, write_parquet
 
 PAPER = REPO / "recipes" / "paper"
 # Qwen2.5-7B's config.json (the published shape; the weights are not needed to plan)
@@ -37,10 +38,10 @@ def gpu_overrides(tmp_path_factory):
     root = tmp_path_factory.mktemp("paper")
     (root / "Qwen2.5-7B").mkdir()
     (root / "Qwen2.5-7B" / "config.json").write_text(json.dumps(QWEN25_7B))
-    (root / "train.jsonl").write_text('{"problem": "1+1?", "answer": "2"}\n')
+    train = write_parquet(root / "train.parquet", training_rows(4))  # the authors' format
     return [
         f"model.path={root / 'Qwen2.5-7B'}",
-        f"data.task.options.path={root / 'train.jsonl'}",
+        f"data.task.options.path={train}",
         "eval.every=0",
         "eval.benchmarks=[]",
     ]
