@@ -124,21 +124,27 @@ class GroupRun:
         self.picks: list[int] = []  # kept refinements: indices into self.kept_candidates()
 
     async def run(self) -> GroupRun:
-        await self.ctx.gates.reach("sample", self.p)
-        await self.sample_and_verify()  # 1-2, starting refinements early where allowed
-        self.settle()  # 3-4: the recipe's rule on the whole group
-        await self.refine()  # 3-5: critique, refinement prompt, refinement, verdict
-        self.select()  # 5: keep K, correct ones first
-        return self
+        try:
+            await self.ctx.gates.reach("sample", self.p)
+            await self.sample_and_verify()  # 1-2, starting refinements early where allowed
+            self.settle()  # 3-4: the recipe's rule on the whole group
+            await self.refine()  # 3-5: critique, refinement prompt, refinement, verdict
+            self.select()  # 5: keep K, correct ones first
+            return self
+        finally:  # failed or cancelled: nothing of this group goes on sampling
+            await _cancelled(list(self.early.values()))
 
     # 1-2 -----------------------------------------------------------------------------------
     async def sample_and_verify(self) -> None:
-        checks = []
-        with self.ctx.clock.span(self.p, "sample"):
-            async for j, completion in self.ctx.responses(self.p):
-                self.responses[j] = completion
-                checks.append(asyncio.ensure_future(self.check(j)))
-        await asyncio.gather(*checks)
+        checks: list[asyncio.Task] = []
+        try:
+            with self.ctx.clock.span(self.p, "sample"):
+                async for j, completion in self.ctx.responses(self.p):
+                    self.responses[j] = completion
+                    checks.append(asyncio.ensure_future(self.check(j)))
+            await asyncio.gather(*checks)
+        finally:  # a failed check or sample: the others start no refinement
+            await _cancelled(checks)
 
     async def check(self, j: int) -> None:
         with self.ctx.clock.span(self.p, "verify"):
@@ -181,6 +187,12 @@ class GroupRun:
         for i in indices:
             task, state = self.early.pop(i), self.refined.pop(i)
             task.cancel()
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                # the rule without speculation would never have asked: not the step's error
+                log.warning(
+                    "speculative refinement of group %d, response %d, failed before its "
+                    "group passed (discarded): %s", self.p, i, task.exception()
+                )  # fmt: skip
             self.ctx.counts["wasted_critiques"] += state.asked
             self.ctx.counts["cancelled_sequences"] += state.sampling
             for span in state.spans:
@@ -260,12 +272,30 @@ class GroupRun:
         )
 
 
+async def _cancelled(tasks: list[asyncio.Task]) -> None:
+    """Cancel ``tasks`` (those done are left as they are) and wait until they are."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def _run_group(ctx: StepContext, p: int) -> GroupRun:
     group = GroupRun(ctx, p)
     try:
         return await group.run()
     finally:
         ctx.gates.leave()
+
+
+async def _run_groups(ctx: StepContext) -> list[GroupRun]:
+    """Every group of the step, concurrently. When one fails (or the step is cancelled)
+    the others are cancelled and awaited before the error goes on: no request of a dead
+    step keeps the sampler busy, whatever loop the rollout runs on."""
+    tasks = [asyncio.ensure_future(_run_group(ctx, p)) for p in range(len(ctx.problems))]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        await _cancelled(tasks)
 
 
 def assemble(groups: list[GroupRun], prompt_ids, eos_ids) -> Rollout:
@@ -370,8 +400,7 @@ async def rollout_async(
         prompt_offset=prompt_offset,
         verify_submit=verify_submit,
     )
-    groups = await asyncio.gather(*(_run_group(ctx, p) for p in range(len(problems))))
-    out = assemble(list(groups), prompt_ids, eos_ids)
+    out = assemble(await _run_groups(ctx), prompt_ids, eos_ids)
     wall = ctx.clock.now()
     out.timeline = sorted(ctx.clock.spans, key=lambda s: (s.group, s.start))
     out.seconds = stage_seconds(out.timeline, wall)
