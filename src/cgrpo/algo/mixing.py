@@ -1,8 +1,11 @@
 """Refinement selection and group mixing (ALGORITHM.md section 2, steps 5 and 6).
 
-A group is the G initial responses of one prompt plus the K refinements kept for it. A
+A group is the G initial responses of one prompt plus the K refinements kept for it (and,
+with ``algorithm.demonstrations``, D reference solutions: LUFFY's off-policy members). A
 refinement is trained as a response to the *original* prompt: its row holds
 ``[original prompt ; refinement tokens]`` and never the critique or the previous response.
+A demonstration likewise: ``[original prompt ; solution tokens]``. Both are off-policy
+rows (``is_refinement``: no old log-prob, shaped, never clipped).
 """
 
 from __future__ import annotations
@@ -91,6 +94,7 @@ class TrainRow:
     advantage: float = 0.0
     sampler_logprobs: Sequence[float] | torch.Tensor | None = None  # kept when recomputed
     weight_version: int | None = None  # of the weights that sampled it (Completion's)
+    is_demonstration: bool = False  # a reference solution in the group (is_refinement too)
 
 
 def build_group(
@@ -101,11 +105,15 @@ def build_group(
     refinements: Sequence[Completion],
     refinement_rewards: Sequence[float],
     eos_ids: Iterable[int],
+    demonstrations: Sequence[Completion] = (),
+    demonstration_rewards: Sequence[float] = (),
 ) -> list[TrainRow]:
-    """The rows of one group: G initial members, then the kept refinements.
+    """The rows of one group: G initial members, the kept refinements, then the
+    demonstrations.
 
-    Every row, refinements included, uses ``prompt_ids`` (the original prompt). Response
-    ids are the sampled ids cut at their first EOS (kept).
+    Every row, refinements and demonstrations included, uses ``prompt_ids`` (the original
+    prompt). Response ids are the sampled ids cut at their first EOS (kept); a
+    demonstration's are its solution's tokens and the EOS the rollout appended.
     """
     eos = list(eos_ids)
     rows = []
@@ -118,6 +126,10 @@ def build_group(
         ids, _ = cut_at_eos(comp.token_ids, eos)
         rows.append(TrainRow(group, list(prompt_ids), ids, None, True, float(reward)))
         rows[-1].weight_version = comp.weight_version
+    for comp, reward in zip(demonstrations, demonstration_rewards, strict=True):
+        ids, _ = cut_at_eos(comp.token_ids, eos)
+        rows.append(TrainRow(group, list(prompt_ids), ids, None, True, float(reward)))
+        rows[-1].is_demonstration = True
     return rows
 
 
@@ -129,6 +141,7 @@ class Batch:
 
     ``input_ids``/``attention_mask``/``position_ids``: (B, prompt_len + T);
     ``response_ids``/``response_mask``/``refinement_mask``/``old_logprobs``: (B, T);
+    ``demonstration_mask`` (B, T): the refinement-mask tokens of demonstration rows;
     ``advantages``/``rewards``: (B,), float64 (the loss casts them to its dtype).
     """
 
@@ -143,6 +156,7 @@ class Batch:
     advantages: torch.Tensor
     rewards: torch.Tensor
     sampler_logprobs: torch.Tensor | None = None
+    demonstration_mask: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -185,6 +199,7 @@ def collate(rows: Sequence[TrainRow], pad_id: int) -> Batch:
                 sampler[i, :n] = torch.as_tensor(row.sampler_logprobs[:n], dtype=torch.float32)
     position_ids = (attention.cumsum(dim=1) - 1).clamp(min=0)
     is_ref = torch.tensor([r.is_refinement for r in rows], dtype=torch.float32)
+    is_demo = torch.tensor([r.is_demonstration for r in rows], dtype=torch.float32)
     return Batch(
         input_ids=input_ids,
         attention_mask=attention,
@@ -197,6 +212,7 @@ def collate(rows: Sequence[TrainRow], pad_id: int) -> Batch:
         advantages=torch.tensor([r.advantage for r in rows], dtype=torch.float64),
         rewards=torch.tensor([r.reward for r in rows], dtype=torch.float64),
         sampler_logprobs=sampler,
+        demonstration_mask=response_mask * is_demo.unsqueeze(-1) if is_demo.any() else None,
     )
 
 

@@ -199,6 +199,7 @@ def update_policy(
                 num_tokens=num_tokens,
                 num_seqs=num_seqs,
                 micro_batch_tokens=_on(term_tokens[index], dev),
+                demonstration_mask=_on(micro.demonstration_mask, dev),
             )
             if padding:  # a padding copy: same collectives, no gradient, no metrics
                 (out.loss * 0.0).backward()
