@@ -89,3 +89,20 @@ def demonstration_rule_needs_demonstrations(r: Recipe) -> RuleResult:
             "set demonstrations.per_group: 1, or remove demonstrations.when",
         )
     return None
+
+
+@rule("algorithm.loss")
+def fine_tuning_sets_no_policy_loss_term(r: Recipe) -> RuleResult:
+    a = r.algorithm
+    if a.objective == "policy_gradient":
+        return None
+    found = []
+    for name in ("clip", "shaping", "aggregation", "normalizer", "tis_cap"):
+        if name in a.loss.model_fields_set:
+            found.append(Finding(
+                f"has no effect with objective: {a.objective} (its step is the mean token "
+                "cross-entropy of the kept rows: no clip, no shaping, a token mean)",
+                f"remove algorithm.loss.{name}, or set objective: policy_gradient",
+                path=f"algorithm.loss.{name}",
+            ))  # fmt: skip
+    return found
