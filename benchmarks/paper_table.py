@@ -1,13 +1,17 @@
 """The paper's comparison tables on the CPU toy task: runs a table's recipes x seeds and
 prints each row's accuracy, median and spread over the seeds, from the runs' evaluations.
 
-    python benchmarks/paper_table.py ladder [--seeds 0 1 2] [--jobs 2] [--out runs/paper-tables]
-                                            [--set key=value ...] [--json FILE]
+    python benchmarks/paper_table.py ladder|baselines [--seeds 0 1 2] [--jobs 2]
+        [--out runs/paper-tables] [--set key=value ...] [--json FILE] [--csv FILE]
 
 A table is a list of rows (a label and a CPU recipe) and the metrics read from each run's
 ``metrics.jsonl``: the last evaluation, and the one at step 0 (the warm model, before RL).
 ``ladder`` is the paper's Table 6, the ablation ladder (recipes/paper/ablation-*-cpu.yaml);
-further tables (the paper's baselines) are entries of ``TABLES``.
+``baselines`` its main table (recipes/paper/baseline-*-cpu.yaml), in the paper's layout:
+rows = methods, columns = benchmarks (hard-train, hard-test, easy) and their average, each
+the median over seeds; ``--csv`` writes it with one line per method and seed too. A row
+with ``after`` starts from another row's final checkpoint of the same seed (the sequential
+baseline: GRPO, then refinement FT on its persistent failures).
 
 The rows of one seed share one warm-up: a table's rows must have the same ``model``,
 ``data.prompt`` and ``sft`` sections (checked), the script runs ``cgrpo sft`` once per seed
@@ -43,6 +47,7 @@ class Row:
     label: str
     recipe: str  # relative to the repository root
     paper: str = ""  # the paper's number for this row, for reference
+    after: str = ""  # start from this row's (recipe's) final checkpoint, same seed
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,7 @@ class Table:
     title: str
     rows: tuple[Row, ...]
     metrics: tuple[tuple[str, str], ...]  # (column title, metrics.jsonl key)
+    layout: str = "per_metric"  # per_metric: one table per metric; columns: one table
 
 
 LADDER = "recipes/paper/ablation-{}-cpu.yaml"
@@ -67,6 +73,32 @@ TABLES = {
         (("hard (held-out carry sums)", "eval/accuracy"),),
     ),
 }
+BASE = "recipes/paper/baseline-{}-cpu.yaml"
+TABLES["baselines"] = Table(
+    "The paper's main table (its baselines, Qwen2.5-7B-Base in the paper) on the "
+    "persistent-failure toy task: greedy accuracy, median over seeds",
+    (
+        Row("R1-GRPO", BASE.format("r1-grpo")),
+        Row("Dr.GRPO", BASE.format("dr-grpo")),
+        Row("LUFFY (demonstrations in the group)", BASE.format("luffy")),
+        Row("RAFT", BASE.format("raft")),
+        Row("Refinement FT", BASE.format("refinement-ft")),
+        Row("Critique FT", BASE.format("critique-ft")),
+        Row("CITL-FT", BASE.format("citl-ft")),
+        Row("Sequential (R1-GRPO, then refinement FT)", BASE.format("sequential"),
+            after=BASE.format("r1-grpo")),
+        Row("Critique-GRPO (indicative)", BASE.format("critique-grpo-indicative")),
+        Row("Critique-GRPO (ground truth)", BASE.format("critique-grpo-ground-truth")),
+        Row("Critique-GRPO (CoT: self-critique on CPU)", BASE.format("critique-grpo-cot")),
+    ),
+    (
+        ("hard-train", "eval/hard-train/score"),
+        ("hard-test", "eval/hard-test/score"),
+        ("easy", "eval/easy/score"),
+        ("average", "eval/avg/score"),
+    ),
+    layout="columns",
+)  # fmt: skip
 ENV = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 RUNNING: set[subprocess.Popen] = set()  # stopped when the script is interrupted
 LOCK = threading.Lock()
@@ -182,19 +214,66 @@ def _submit_and_collect(pool, name, table, seeds, out, extra, records) -> None:
         records.append({"row": "warm-up", "seed": seed, **done.result()})
         checkpoint = out / f"{name}-warm-s{seed}" / "checkpoints" / "step-0"
         for row in table.rows:
-            over = [*extra, *start_from(checkpoint, row.recipe, extra)]
-            run_dir = out / f"{name}-{Path(row.recipe).stem}-s{seed}"
-            runs[pool.submit(cgrpo, "run", row.recipe, run_dir, seed, over)] = (row, seed)
-    for done in as_completed(runs):
+            if not row.after:
+                runs[_submit_row(pool, name, row, seed, checkpoint, out, extra)] = (row, seed)
+    pending = list(runs)
+    while pending:  # a row with `after` starts when that row of its seed is done
+        done = next(as_completed(pending))
+        pending.remove(done)
         row, seed = runs[done]
         records.append({"row": row.label, "seed": seed, **done.result()})
         print(f"done: {row.label}, seed {seed}", file=sys.stderr)
+        for later in (r for r in table.rows if r.after == row.recipe):
+            final = last_checkpoint(run_dir_of(out, name, row, seed))
+            future = _submit_row(pool, name, later, seed, final, out, extra)
+            runs[future] = (later, seed)
+            pending.append(future)
+
+
+def run_dir_of(out: Path, name: str, row: Row, seed: int) -> Path:
+    return out / f"{name}-{Path(row.recipe).stem}-s{seed}"
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    steps = sorted((run_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name[5:]))
+    if not steps:
+        raise RuntimeError(f"{run_dir} has no checkpoint to start the next row from")
+    return steps[-1]
+
+
+def _submit_row(pool, name, row, seed, checkpoint, out, extra) -> Future:
+    over = [*extra, *start_from(checkpoint, row.recipe, extra)]
+    return pool.submit(cgrpo, "run", row.recipe, run_dir_of(out, name, row, seed), seed, over)
 
 
 def spread(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.2f}"
     return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
+def render_columns(name: str, seeds: list[int], out: Path) -> tuple[str, dict, str]:
+    """The paper's layout: one line per method, one column per benchmark and the average
+    (medians over seeds, the spread in the CSV); the numbers as data and as CSV."""
+    table = TABLES[name]
+    titles = [t for t, _ in table.metrics]
+    lines = [f"### {table.title}", "", f"| method | {' | '.join(titles)} |",
+             "|---|" + "---|" * len(titles)]  # fmt: skip
+    csv_lines = ["method,seed," + ",".join(titles)]
+    data: dict = {"table": name, "seeds": seeds, "rows": []}
+    for row in table.rows:
+        per_metric = []
+        for _, key in table.metrics:
+            per_metric.append([evaluations(run_dir_of(out, name, row, s), key)[1] for s in seeds])
+        cells = " | ".join(f"{statistics.median(v):.3f}" for v in per_metric)
+        lines.append(f"| {row.label} | {cells} |")
+        for i, s in enumerate(seeds):
+            csv_lines.append(f'"{row.label}",{s},' + ",".join(f"{v[i]:.4f}" for v in per_metric))
+        csv_lines.append(
+            f'"{row.label}",median,' + ",".join(f"{statistics.median(v):.4f}" for v in per_metric)
+        )
+        data["rows"].append({"row": row.label, **dict(zip(titles, per_metric, strict=True))})
+    return "\n".join(lines) + "\n", data, "\n".join(csv_lines) + "\n"
 
 
 def render(name: str, seeds: list[int], out: Path) -> tuple[str, dict]:
@@ -233,12 +312,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "paper-tables")
     parser.add_argument("--set", nargs="*", default=[], help="overrides for every run")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument("--csv", type=Path, help="also write the table as CSV (columns layout)")
     args = parser.parse_args(argv)
+    if args.csv and TABLES[args.table].layout != "columns":
+        parser.error(f"--csv writes the columns layout; table {args.table} has one per metric")
     started = time.perf_counter()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     records = run_table(args.table, args.seeds, args.jobs, args.out.resolve(), args.set)
     wall = time.perf_counter() - started
-    text, data = render(args.table, args.seeds, args.out.resolve())
+    if TABLES[args.table].layout == "columns":
+        text, data, csv = render_columns(args.table, args.seeds, args.out.resolve())
+        if args.csv:
+            args.csv.write_text(csv)
+    else:
+        text, data = render(args.table, args.seeds, args.out.resolve())
     cpu = sum(r.get("cpu_s", 0.0) for r in records)
     fresh = sum(1 for r in records if not r.get("reused"))
     text += f"\n{fresh} runs: {wall / 60:.1f} min wall, {cpu / 60:.1f} CPU-min, {args.jobs} at once"
