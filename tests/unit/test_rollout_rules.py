@@ -283,3 +283,16 @@ def test_a_failed_speculative_critique_of_a_group_that_passes_is_discarded(caplo
     assert [(r.group, r.reward) for r in spec.rows] == [(r.group, r.reward) for r in plain.rows]
     assert spec.speculative["wasted_critiques"] == 1.0
     assert "group 4, response 0, failed before its group passed" in caplog.text
+
+
+def test_a_backend_that_returns_too_few_completions_is_named():
+    class Short(Sampler):
+        async def sample(self, prompt_ids, params, seed=None):
+            return (await super().sample(prompt_ids, params, seed))[:1]
+
+    from cgrpo.errors import TrainingError
+
+    with pytest.raises(
+        TrainingError, match=r"Short: sample\(\) returned 1 completions for a request of n=3"
+    ):
+        run(Short([]), [])

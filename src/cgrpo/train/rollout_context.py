@@ -176,14 +176,26 @@ class StepContext:
             async for j, completion in each(self.prompt_ids[p], params, seed):
                 yield j, completion
             return
-        for j, completion in enumerate(await self.sampler.sample(self.prompt_ids[p], params, seed)):
+        got = await self.sampler.sample(self.prompt_ids[p], params, seed)
+        for j, completion in enumerate(self._counted(got, params.n)):
             yield j, completion
 
     async def refinement(self, p: int, i: int, prompt_ids: list[int]) -> Completion:
         """One refinement of response ``i`` of group ``p``, same policy and settings."""
         one: SamplingParams = dataclasses.replace(self.settings.sampling, n=1)
         seed = self.seed_for(1, self.prompt_offset + p, i)
-        return (await self.sampler.sample(prompt_ids, one, seed))[0]
+        return self._counted(await self.sampler.sample(prompt_ids, one, seed), 1)[0]
+
+    def _counted(self, completions: list[Completion], n: int) -> list[Completion]:
+        """``completions``, refused unless there are ``n`` (a backend's broken contract would
+        otherwise surface as a missing response far from its cause)."""
+        if len(completions) != n:
+            name = type(getattr(self.sampler, "policy", self.sampler)).__name__
+            raise TrainingError(
+                f"policy backend {name}: sample() returned {len(completions)} completions "
+                f"for a request of n={n} (AsyncPolicyBackend must return params.n)"
+            )
+        return completions
 
     async def verdict(self, text: str, problem: Problem) -> Verdict:
         return (await self.verify.submit([(text, problem)]))[0]
