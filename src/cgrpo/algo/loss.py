@@ -324,9 +324,10 @@ def _refinement_term(
     metrics = {
         "refine/token_prob_mean": _masked_mean(p, refined),
         "refine/shaped_weight_mean": _masked_mean(weight, refined),
-        "demonstration/token_prob_mean": _masked_mean(p, tokens.demonstration),
-        "demonstration/shaped_weight_mean": _masked_mean(weight, tokens.demonstration),
     }
+    if tokens.demonstration.any():
+        metrics["demonstration/token_prob_mean"] = _masked_mean(p, tokens.demonstration)
+        metrics["demonstration/shaped_weight_mean"] = _masked_mean(weight, tokens.demonstration)
     return masked(loss, tokens.refinement), metrics
 
 
@@ -348,7 +349,8 @@ def _regularizers(
         metrics["entropy/initial"] = _masked_mean(ent.detach(), tokens.initial)
         refined = tokens.refinement & ~tokens.demonstration
         metrics["entropy/refinement"] = _masked_mean(ent.detach(), refined)
-        metrics["entropy/demonstration"] = _masked_mean(ent.detach(), tokens.demonstration)
+        if tokens.demonstration.any():
+            metrics["entropy/demonstration"] = _masked_mean(ent.detach(), tokens.demonstration)
     if config.entropy_coef != 0.0:
         if entropy is None:
             raise ValueError("entropy_coef != 0 needs the per-token entropy")

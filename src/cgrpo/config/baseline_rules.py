@@ -72,22 +72,6 @@ def demonstration_gamma_needs_shaping(r: Recipe) -> RuleResult:
             "is the gamma of f(p) = p/(p+gamma))",
             "remove demonstrations.gamma, or set loss.shaping.mode: p_over_p_plus_gamma",
         )
-    if a.demonstrations.gamma is not None and a.demonstrations.per_group == 0:
-        return Finding(
-            "has no effect with demonstrations.per_group: 0 (no demonstration is added)",
-            "set demonstrations.per_group: 1, or remove demonstrations.gamma",
-        )
-    return None
-
-
-@rule("algorithm.demonstrations.when")
-def demonstration_rule_needs_demonstrations(r: Recipe) -> RuleResult:
-    d = r.algorithm.demonstrations
-    if "when" in d.model_fields_set and d.per_group == 0:
-        return Finding(
-            "has no effect with demonstrations.per_group: 0 (no demonstration is added)",
-            "set demonstrations.per_group: 1, or remove demonstrations.when",
-        )
     return None
 
 

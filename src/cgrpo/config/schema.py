@@ -321,6 +321,13 @@ class DemonstrationConfig(Section):
         "algorithm.loss.shaping.gamma",
     )
 
+    def ignored_settings(self) -> dict[str, str]:
+        if self.per_group == 0:
+            why = ("has no effect with per_group: 0 (no demonstration is added); set "
+                   "per_group: 1, or remove it")  # fmt: skip
+            return {"when": why, "gamma": why}
+        return {}
+
 
 class FineTuneConfig(Section):
     """Settings of the fine-tuning objectives (algorithm.objective other than
