@@ -3,11 +3,13 @@ prints each row's accuracy, median and spread over the seeds, from the runs' eva
 
     python benchmarks/paper_table.py ladder|baselines [--seeds 0 1 2] [--jobs 2]
         [--out runs/paper-tables] [--set key=value ...] [--json FILE] [--csv FILE]
+        [--tables recipes/paper/tables.yaml]
 
-A table is a list of rows (a label and a CPU recipe) and the metrics read from each run's
-``metrics.jsonl``: the last evaluation, and the one at step 0 (the warm model, before RL).
-``ladder`` is the paper's Table 6, the ablation ladder (recipes/paper/ablation-*-cpu.yaml);
-``baselines`` its main table (recipes/paper/baseline-*-cpu.yaml), in the paper's layout:
+The tables are data (recipes/paper/tables.yaml): each is a list of rows (a label and a CPU
+recipe) and the metrics read from each run's ``metrics.jsonl`` (its columns): the last
+evaluation, and the one at step 0 (the warm model, before RL). ``ladder`` is the paper's
+Table 6, the ablation ladder (recipes/paper/ablation-*-cpu.yaml); ``baselines`` its main
+table (recipes/paper/baseline-*-cpu.yaml), in the paper's layout (``layout: columns``):
 rows = methods, columns = benchmarks (hard-train, hard-test, easy) and their average, each
 the median over seeds; ``--csv`` writes it with one line per method and seed too. A row
 with ``after`` starts from another row's final checkpoint of the same seed (the sequential
@@ -20,8 +22,10 @@ on its own with that seed. Every run is a ``cgrpo run`` subprocess with one torc
 ``--jobs`` run at once. A finished run (status ``completed``) is reused and an interrupted
 one continues from its last checkpoint (``resume=auto``), so a table that was stopped
 picks up where it was. ``--set`` applies overrides to every run (for a quick
-try: ``--set train.steps=4 sft.steps=8``). Not part of CI: the ladder's 18 runs take about
-40 CPU-minutes (recipes/paper/README.md gives the measured times).
+try: ``--set train.steps=4 sft.steps=8``). Not part of CI (tests/integration/
+test_paper_table_run.py runs the ladder for a few steps): the ladder's 18 runs should take
+about 40 CPU-minutes (estimated from the toy recipe's 6-8 minutes per 240-step run on an
+idle 2-core machine; the script prints the measured time).
 """
 
 from __future__ import annotations
@@ -36,69 +40,84 @@ import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 REPO = Path(__file__).resolve().parents[1]
+TABLES_FILE = REPO / "recipes" / "paper" / "tables.yaml"
 
 
-@dataclass(frozen=True)
-class Row:
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Row(_Strict):
     label: str
-    recipe: str  # relative to the repository root
+    recipe: str  # a CPU recipe, relative to the tables file (absolute once loaded)
     paper: str = ""  # the paper's number for this row, for reference
-    after: str = ""  # start from this row's (recipe's) final checkpoint, same seed
+    after: str = ""  # an earlier row's recipe: start from its final checkpoint, same seed
 
 
-@dataclass(frozen=True)
-class Table:
+class Metric(_Strict):
     title: str
-    rows: tuple[Row, ...]
-    metrics: tuple[tuple[str, str], ...]  # (column title, metrics.jsonl key)
-    layout: str = "per_metric"  # per_metric: one table per metric; columns: one table
+    key: str  # a key of metrics.jsonl, read at the step-0 and the last evaluation
 
 
-LADDER = "recipes/paper/ablation-{}-cpu.yaml"
-TABLES = {
-    "ladder": Table(
-        "The ablation ladder (paper Table 6; paper: average pass@1 of Qwen2.5-7B-Base on 8 "
-        "benchmarks) on the persistent-failure toy task",
-        (
-            Row("1. R1-GRPO (with KL)", LADDER.format("1-r1-grpo-kl")),
-            Row("2. - KL", LADDER.format("2-no-kl"), "+1.5 over row 1"),
-            Row("3. + one random refinement", LADDER.format("3-random-refinement"), "43.26"),
-            Row("4. + selection by quality", LADDER.format("4-quality-selection"), "43.95"),
-            Row("5. + shaping f(p) = p/(p+0.1)", LADDER.format("5-shaping"), "47.08"),
-        ),
-        (("hard (held-out carry sums)", "eval/accuracy"),),
-    ),
-}
-BASE = "recipes/paper/baseline-{}-cpu.yaml"
-TABLES["baselines"] = Table(
-    "The paper's main table (its baselines, Qwen2.5-7B-Base in the paper) on the "
-    "persistent-failure toy task: greedy accuracy, median over seeds",
-    (
-        Row("R1-GRPO", BASE.format("r1-grpo")),
-        Row("Dr.GRPO", BASE.format("dr-grpo")),
-        Row("LUFFY (demonstrations in the group)", BASE.format("luffy")),
-        Row("RAFT", BASE.format("raft")),
-        Row("Refinement FT", BASE.format("refinement-ft")),
-        Row("Critique FT", BASE.format("critique-ft")),
-        Row("CITL-FT", BASE.format("citl-ft")),
-        Row("Sequential (R1-GRPO, then refinement FT)", BASE.format("sequential"),
-            after=BASE.format("r1-grpo")),
-        Row("Critique-GRPO (indicative)", BASE.format("critique-grpo-indicative")),
-        Row("Critique-GRPO (ground truth)", BASE.format("critique-grpo-ground-truth")),
-        Row("Critique-GRPO (CoT: self-critique on CPU)", BASE.format("critique-grpo-cot")),
-    ),
-    (
-        ("hard-train", "eval/hard-train/score"),
-        ("hard-test", "eval/hard-test/score"),
-        ("easy", "eval/easy/score"),
-        ("average", "eval/avg/score"),
-    ),
-    layout="columns",
-)  # fmt: skip
+class Table(_Strict):
+    title: str
+    metrics: tuple[Metric, ...] = Field(min_length=1)
+    rows: tuple[Row, ...] = Field(min_length=1)
+    # per_metric: one table per metric, a column per seed; columns: the paper's layout,
+    # one line per method and one column per metric
+    layout: Literal["per_metric", "columns"] = "per_metric"
+
+
+class TableFileError(Exception):
+    """A tables file that cannot be read: the message names the file and the field."""
+
+
+def load_tables(path: Path = TABLES_FILE) -> dict[str, Table]:
+    """The tables of ``path``, each row's recipe (and ``after``) resolved against the
+    file's directory."""
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise TableFileError(f"{path}: {exc}") from None
+    if not isinstance(raw, dict) or not raw:
+        raise TableFileError(f"{path}: expected a mapping of table names to tables")
+    tables = {}
+    for name, spec in raw.items():
+        try:
+            table = Table.model_validate(spec)
+        except ValidationError as exc:
+            where = "; ".join(
+                f"{name}.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
+            )
+            raise TableFileError(f"{path}: {where}") from None
+        tables[str(name)] = table.model_copy(update={"rows": _resolved_rows(path, name, table)})
+    return tables
+
+
+def _resolved_rows(path: Path, name: str, table: Table) -> tuple[Row, ...]:
+    """The rows with absolute recipe paths; an ``after`` must name an earlier row's recipe."""
+    rows: list[Row] = []
+    for index, row in enumerate(table.rows):
+        recipe = (path.parent / row.recipe).resolve()
+        if not recipe.is_file():
+            raise TableFileError(f"{path}: {name}.rows.{index}.recipe: no file {recipe}")
+        after = str((path.parent / row.after).resolve()) if row.after else ""
+        if after and after not in [r.recipe for r in rows]:
+            raise TableFileError(
+                f"{path}: {name}.rows.{index}.after: {row.after} is not the recipe of an "
+                "earlier row of this table"
+            )
+        rows.append(row.model_copy(update={"recipe": str(recipe), "after": after}))
+    return tuple(rows)
+
+
 ENV = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 RUNNING: set[subprocess.Popen] = set()  # stopped when the script is interrupted
 LOCK = threading.Lock()
@@ -108,11 +127,11 @@ STOPPING = threading.Event()
 def resolved(recipe: str, overrides: list[str]) -> dict:
     from cgrpo.config import load_recipe
 
-    return load_recipe(REPO / recipe, overrides)[1]
+    return load_recipe(Path(recipe), overrides)[1]
 
 
 def shared_warmup(table: Table, extra: list[str]) -> None:
-    """Exit with a message when the rows would not start from the same warm-up."""
+    """Raise when the rows would not start from the same warm-up."""
     first = None
     for row in table.rows:
         r = resolved(row.recipe, extra)
@@ -120,9 +139,9 @@ def shared_warmup(table: Table, extra: list[str]) -> None:
         if first is None:
             first = (row, key)
         elif key != first[1]:
-            sys.exit(
-                f"paper_table: {row.recipe} has other model/data.prompt/sft settings than "
-                f"{first[0].recipe}: its rows cannot share a warm-up"
+            raise TableFileError(
+                f"{row.recipe} has other model/data.prompt/sft settings than "
+                f"{first[0].recipe}: the rows of one table must share a warm-up"
             )
 
 
@@ -149,7 +168,7 @@ def cgrpo(command: str, recipe: str, run_dir: Path, seed: int, overrides: list[s
     """Run one ``cgrpo`` command unless its run already completed; wall and CPU seconds."""
     if completed(run_dir):
         return {"run": str(run_dir), "reused": True}
-    args = [sys.executable, "-m", "cgrpo", command, str(REPO / recipe)]
+    args = [sys.executable, "-m", "cgrpo", command, recipe]
     args += [f"run.name={run_dir.name}", f"run.output_dir={run_dir.parent}", f"run.seed={seed}"]
     args += ["run.console=plain", "resume=auto", *overrides]  # an interrupted run goes on
     run_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -183,10 +202,10 @@ def evaluations(run_dir: Path, key: str) -> tuple[float, float]:
     return first, found[-1][1]
 
 
-def run_table(name: str, seeds: list[int], jobs: int, out: Path, extra: list[str]) -> list:
+def run_table(
+    name: str, table: Table, seeds: list[int], jobs: int, out: Path, extra: list[str]
+) -> list:
     """Warm-ups, then every row x seed, ``jobs`` at a time; returns the runs' records."""
-    table = TABLES[name]
-    shared_warmup(table, extra)
     records: list[dict] = []
     with ThreadPoolExecutor(jobs) as pool:
         try:
@@ -252,19 +271,19 @@ def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
-def render_columns(name: str, seeds: list[int], out: Path) -> tuple[str, dict, str]:
+def render_columns(name: str, table: Table, seeds: list[int], out: Path) -> tuple[str, dict, str]:
     """The paper's layout: one line per method, one column per benchmark and the average
     (medians over seeds, the spread in the CSV); the numbers as data and as CSV."""
-    table = TABLES[name]
-    titles = [t for t, _ in table.metrics]
+    titles = [m.title for m in table.metrics]
     lines = [f"### {table.title}", "", f"| method | {' | '.join(titles)} |",
              "|---|" + "---|" * len(titles)]  # fmt: skip
     csv_lines = ["method,seed," + ",".join(titles)]
     data: dict = {"table": name, "seeds": seeds, "rows": []}
     for row in table.rows:
         per_metric = []
-        for _, key in table.metrics:
-            per_metric.append([evaluations(run_dir_of(out, name, row, s), key)[1] for s in seeds])
+        for metric in table.metrics:
+            runs = [run_dir_of(out, name, row, s) for s in seeds]
+            per_metric.append([evaluations(run, metric.key)[1] for run in runs])
         cells = " | ".join(f"{statistics.median(v):.3f}" for v in per_metric)
         lines.append(f"| {row.label} | {cells} |")
         for i, s in enumerate(seeds):
@@ -276,13 +295,12 @@ def render_columns(name: str, seeds: list[int], out: Path) -> tuple[str, dict, s
     return "\n".join(lines) + "\n", data, "\n".join(csv_lines) + "\n"
 
 
-def render(name: str, seeds: list[int], out: Path) -> tuple[str, dict]:
+def render(name: str, table: Table, seeds: list[int], out: Path) -> tuple[str, dict]:
     """The markdown table of a finished table's runs, and the same numbers as data."""
-    table = TABLES[name]
     seed_cols = "".join(f" seed {s} |" for s in seeds)
     lines = [f"### {table.title}", ""]
     data: dict = {"table": name, "seeds": seeds, "rows": []}
-    for title, key in table.metrics:
+    for title, key in ((m.title, m.key) for m in table.metrics):
         lines += [
             f"{title}, `{key}` at the last evaluation: median (min-max) over seeds",
             "",
@@ -291,7 +309,7 @@ def render(name: str, seeds: list[int], out: Path) -> tuple[str, dict]:
         ]
         before = []
         for row in table.rows:
-            pairs = [evaluations(out / f"{name}-{Path(row.recipe).stem}-s{s}", key) for s in seeds]
+            pairs = [evaluations(run_dir_of(out, name, row, s), key) for s in seeds]
             before += [b for b, _ in pairs]
             after = [a for _, a in pairs]
             cells = "".join(f" {v:.2f} |" for v in after)
@@ -306,7 +324,8 @@ def render(name: str, seeds: list[int], out: Path) -> tuple[str, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("table", choices=sorted(TABLES))
+    parser.add_argument("table", help="a table of the tables file (ladder, ...)")
+    parser.add_argument("--tables", type=Path, default=TABLES_FILE, help="the tables file")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--jobs", type=int, default=2, help="runs at once (1 thread each)")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "paper-tables")
@@ -314,18 +333,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     parser.add_argument("--csv", type=Path, help="also write the table as CSV (columns layout)")
     args = parser.parse_args(argv)
-    if args.csv and TABLES[args.table].layout != "columns":
+    from cgrpo.errors import RecipeError
+
+    try:
+        tables = load_tables(args.tables)
+        if args.table not in tables:
+            known = ", ".join(tables)
+            raise TableFileError(f"{args.tables}: no table {args.table!r} (it has: {known})")
+        table = tables[args.table]
+        shared_warmup(table, args.set)
+    except (TableFileError, RecipeError) as exc:
+        print(f"paper_table: {exc}", file=sys.stderr)
+        return 2
+    if args.csv and table.layout != "columns":
         parser.error(f"--csv writes the columns layout; table {args.table} has one per metric")
     started = time.perf_counter()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    records = run_table(args.table, args.seeds, args.jobs, args.out.resolve(), args.set)
+    out = args.out.resolve()
+    try:
+        records = run_table(args.table, table, args.seeds, args.jobs, out, args.set)
+    except RuntimeError as exc:  # a run failed: its log says why
+        print(f"paper_table: {exc}", file=sys.stderr)
+        return 1
     wall = time.perf_counter() - started
-    if TABLES[args.table].layout == "columns":
-        text, data, csv = render_columns(args.table, args.seeds, args.out.resolve())
+    if table.layout == "columns":
+        text, data, csv = render_columns(args.table, table, args.seeds, out)
         if args.csv:
             args.csv.write_text(csv)
     else:
-        text, data = render(args.table, args.seeds, args.out.resolve())
+        text, data = render(args.table, table, args.seeds, out)
     cpu = sum(r.get("cpu_s", 0.0) for r in records)
     fresh = sum(1 for r in records if not r.get("reused"))
     text += f"\n{fresh} runs: {wall / 60:.1f} min wall, {cpu / 60:.1f} CPU-min, {args.jobs} at once"

@@ -25,7 +25,12 @@ try:
 except ImportError:
     print("vllm: not installed here; tests/vllm (sleep/wake on GPU) skipped")
 PY
+# issue 27's throughput check first (MFU padded / packed, hf decode tokens/s, bf16 packed =
+# padded gradients; a few minutes), then the rest
+status=0
+python3 tests/gpu/throughput.py --json "${OUT:-/tmp}/throughput.json" || status=$?
 # the vLLM tests run on the GPU too where vLLM is installed (its wheel, ~400 MB, is too big
 # to carry to a borrowed machine; they are skipped otherwise)
 # only what needs the GPU (the CPU bf16 test of tests/gpu runs in CI anyway)
-python3 -m pytest -q -s -p no:cacheprovider -m "gpu or vllm" tests/gpu tests/vllm
+python3 -m pytest -q -s -p no:cacheprovider -m "gpu or vllm" tests/gpu tests/vllm || status=$?
+exit $status

@@ -1,6 +1,7 @@
 """``cgrpo run`` end to end through the real CLI on a tiny model (a shortened quickstart)."""
 
 import json
+import math
 
 import pytest
 
@@ -426,3 +427,27 @@ def test_cgrpo_sft_with_refinement_examples_from_another_source(tmp_path, wrong)
         "check", QUICKSTART, "sft.refinement_share=0", "sft.wrong_answer=perturbed_answer"
     )
     assert refused.returncode == 2 and "sft.wrong_answer" in refused.stderr
+
+
+def test_packed_micro_batches_train_and_log_token_utilization(tmp_path):
+    """``algorithm.micro_batch_tokens`` through the real CLI (the quickstart with packed
+    micro-batches in place of micro_batch_size): every update processes real tokens only,
+    and the hf sampler reports its own utilisation."""
+    recipe = tmp_path / "packed.yaml"
+    text = (REPO / "recipes" / "quickstart-cpu.yaml").read_text()
+    recipe.write_text(text.replace("micro_batch_size: 32", "micro_batch_tokens: 512"))
+    short = [s for s in SHORT if "micro_batch_size" not in s]
+    out = run_cli(
+        "run",
+        str(recipe),
+        *short,
+        f"model.path={tmp_path / 'tiny'}",
+        f"run.output_dir={tmp_path / 'runs'}",
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    run = tmp_path / "runs" / "quickstart"
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["update/token_utilization"] for m in lines] == [1.0, 1.0, 1.0]
+    assert all(0 < m["policy/token_utilization"] <= 1 for m in lines)
+    assert all(math.isfinite(m["loss/total"]) for m in lines)

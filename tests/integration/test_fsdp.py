@@ -1,7 +1,8 @@
 """``distributed.strategy: fsdp`` (FSDP2) on CPU with real gloo processes.
 
 - 2 sharded processes give the 1-process update (float32, every aggregation, 1e-5), also
-  when the ranks hold different numbers of micro-batches (the padding path);
+  when the ranks hold different numbers of micro-batches (the padding path), and with
+  packed micro-batches (``micro_batch_tokens``) against the padded 1-process update;
 - the full weights handed to a vLLM engine come one FSDP unit at a time and equal the
   model's state dict;
 - ``torchrun --nproc_per_node 2 ... distributed.strategy=fsdp`` trains like 1 process,
@@ -33,22 +34,26 @@ def _init(rank, world, port):
     )
 
 
-def _sharded_update(rank, model_dir, rows, aggregation, out_path, port, split):
+def _sharded_update(rank, model_dir, rows, aggregation, out_path, port, split, packed):
     """One update of a 2-process sharded model; rank 0 saves the full weights."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from transformers import AutoModelForCausalLM
 
     from cgrpo.algo.loss import LossConfig
+    from cgrpo.model.attention import use_cgrpo_sdpa
     from cgrpo.model.sharding import shard_model
     from cgrpo.train.update import UpdateSettings, update_policy
 
     _init(rank, 2, port)
-    model = shard_model(AutoModelForCausalLM.from_pretrained(model_dir), torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    use_cgrpo_sdpa(model)  # as model loading does
+    model = shard_model(model, torch.float32)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)  # the change is the gradient itself
     loss = LossConfig(aggregation=aggregation, normalizer=16.0, entropy_coef=0.01)
     settings = UpdateSettings(
-        updates_per_step=1, micro_batch_size=2, temperature=1.0, loss=loss, grad_clip=1.0
-    )
+        updates_per_step=1, micro_batch_size=2, temperature=1.0, loss=loss, grad_clip=1.0,
+        micro_batch_tokens=40 if packed else None,
+    )  # fmt: skip
     mine = [r for r in rows if split(r.group) == rank]
     metrics = update_policy(model, opt, None, mine, settings, pad_id=0)
     full = get_model_state_dict(
@@ -85,23 +90,24 @@ def _uneven(group):  # rank 0: 3 groups (3 micro-batches), rank 1: 1 group (1 mi
 
 
 @pytest.mark.parametrize(
-    ("aggregation", "split"),
+    ("aggregation", "split", "packed"),
     [
-        ("token_sum", _even),
-        ("token_mean", _even),
-        ("seq_mean_token_mean", _even),
-        ("token_mean", _uneven),
+        ("token_sum", _even, False),
+        ("token_mean", _even, False),
+        ("seq_mean_token_mean", _even, False),
+        ("token_mean", _uneven, False),
+        ("seq_mean_token_mean", _uneven, True),
     ],
 )
 def test_two_sharded_processes_give_the_single_process_update(
-    tiny_model_dir, tiny, tmp_path, aggregation, split
+    tiny_model_dir, tiny, tmp_path, aggregation, split, packed
 ):
     _, tok = tiny
     rows = rows_for_test(tok)
     one_state, one_metrics = _single_update(tiny_model_dir, rows, aggregation)
     mp.spawn(
         _sharded_update,
-        args=(tiny_model_dir, rows, aggregation, tmp_path / "two.pt", free_port(), split),
+        args=(tiny_model_dir, rows, aggregation, tmp_path / "two.pt", free_port(), split, packed),
         nprocs=2,
         join=True,
     )

@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from transformers import LogitsProcessorList
 
 from cgrpo.algo.mixing import TrainRow, collate
+from cgrpo.builtins.policies.decode import decode, static_cache
 from cgrpo.builtins.policies.hf import HFPolicy, left_pad
-from cgrpo.builtins.policies.token_draw import InverseCdfSampler
+from cgrpo.builtins.policies.token_draw import TokenDraw
 from cgrpo.interfaces import BuildContext, PolicyBackend
 from cgrpo.model.logprobs import forward_response
 from cgrpo.types import SamplingParams
@@ -116,38 +116,68 @@ def test_greedy_is_deterministic(backend, tiny):
     assert all(g[0].token_ids == g[1].token_ids for g in a)
 
 
-def test_recorded_logprobs_equal_the_full_logits_path(tiny):
-    """The step-by-step recorder gives exactly what stacking every step's logits gave
-    (the previous implementation, which held B x T x V floats)."""
+def test_greedy_decode_equals_transformers_generate(backend, tiny):
+    """cgrpo's decode loop (cache, left padding, position ids, EOS handling) picks the
+    same tokens as transformers' greedy ``generate`` on the same left-padded batch."""
     model, tok = tiny
-    backend = HFPolicy(HFPolicy.Options(), BuildContext(model=model, tokenizer=tok))
     ps = prompts(tok)
-    params = SamplingParams(n=2, max_new_tokens=9, temperature=0.7)
-    torch.manual_seed(3)
-    out = backend.generate(ps, params)
-    ids, mask = left_pad([p for p in ps for _ in range(2)], tok.pad_token_id)
-    width = ids.shape[1]
-    torch.manual_seed(3)
+    out = backend.generate(ps, SamplingParams(n=1, max_new_tokens=12, greedy=True))
+    ids, mask = left_pad(ps, tok.pad_token_id)
     with torch.no_grad():
         ref = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=9,
-            do_sample=False,  # the same draw as the backend's: its processor, same seed
-            logits_processor=LogitsProcessorList([InverseCdfSampler(0.7, 1.0, 0)]),
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=backend.eos_ids,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
-    new = ref.sequences[:, width:]
-    logits = torch.stack(ref.logits, dim=1).float() / 0.7
-    full = torch.log_softmax(logits, -1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
-    comps = [c for g in out for c in g]
-    for i, c in enumerate(comps):
-        assert c.token_ids == new[i, : len(c.token_ids)].tolist()
-        assert isinstance(c.logprobs, torch.Tensor)  # rows of the batch tensor, no lists
-        assert torch.allclose(c.logprobs, full[i, : len(c.logprobs)], atol=1e-6)
+            input_ids=ids, attention_mask=mask, max_new_tokens=12, do_sample=False,
+            pad_token_id=tok.pad_token_id, eos_token_id=backend.eos_ids,
+        )[:, ids.shape[1]:]  # fmt: skip
+    for group, row in zip(out, ref, strict=True):
+        ids_out = group[0].token_ids
+        assert ids_out == row[: len(ids_out)].tolist()
+
+
+def test_static_cache_decode_equals_the_growing_cache(tiny):
+    """The static cache a compiled CUDA decode uses (full-length mask, longer than the
+    decode needs), run eagerly on CPU: the same tokens and log-probs as the dynamic cache,
+    seeded, so the draws are the same too."""
+    from cgrpo.builtins.policies.seeded_sampling import row_seeds
+
+    model, tok = tiny
+    ids, mask = left_pad(prompts(tok), tok.pad_token_id)
+    seeds = row_seeds([1, 2, 3], 1)
+    eos = [tok.eos_token_id]
+    with torch.no_grad():
+        grow = decode(model, ids, mask, 10, TokenDraw(0.9, seeds=seeds), eos, 0)
+        cache = static_cache(model, 3, ids.shape[1] + 10 + 5)
+        fixed = decode(model, ids, mask, 10, TokenDraw(0.9, seeds=seeds), eos, 0, cache=cache)
+    assert torch.equal(grow.tokens, fixed.tokens)
+    assert torch.allclose(grow.logprobs, fixed.logprobs, atol=1e-5)
+
+
+def test_the_decode_step_traces_into_one_graph_over_the_static_cache(tiny):
+    """What ``decode: compiled`` hands to torch.compile on CUDA, traced here by dynamo alone
+    (backend "eager", fullgraph: any graph break raises): the step over a static cache has
+    no graph break (none would be captured whole in a CUDA graph otherwise) and decodes the
+    same tokens as the eager loop."""
+    from cgrpo.builtins.policies.decode import eager_forward
+
+    model, tok = tiny
+    ids, mask = left_pad(prompts(tok), tok.pad_token_id)
+    step = torch.compile(eager_forward(model), backend="eager", fullgraph=True, dynamic=False)
+    with torch.inference_mode():
+        cache = static_cache(model, 3, 128)
+        graph = decode(model, ids, mask, 6, TokenDraw(greedy=True), [10_000], 0, cache=cache,
+                       step=step)  # fmt: skip
+        eager = decode(model, ids, mask, 6, TokenDraw(greedy=True), [10_000], 0)
+    assert torch.equal(graph.tokens, eager.tokens)
+
+
+def test_token_utilization_counts_prompt_padding_and_ended_rows(tiny):
+    """Prompts of 2 and 5 tokens (width 5) and 4 forced steps: 2 x (5 + 4) = 18 positions
+    computed, 2 + 5 + 4 + 4 = 15 real tokens; the report resets."""
+    model, tok = tiny
+    backend = HFPolicy(HFPolicy.Options(), BuildContext(model=model, tokenizer=tok))
+    backend.eos_ids = [len(tok) + 5]  # never sampled: both rows run all 4 steps
+    backend.generate([[5, 6], [5, 6, 7, 8, 9]], SamplingParams(n=1, max_new_tokens=4))
+    assert backend.telemetry() == {"token_utilization": 15 / 18}
+    assert backend.telemetry() == {}
 
 
 def test_model_generation_config_cannot_skew_the_sampled_distribution(tiny):

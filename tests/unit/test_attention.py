@@ -4,7 +4,7 @@ the same numbers as transformers' ``sdpa`` (which repeats each KV head first).""
 import pytest
 import torch
 
-from cgrpo.model.attention import NAME, use_cpu_gqa
+from cgrpo.model.attention import NAME, use_cgrpo_sdpa
 
 
 @pytest.fixture(scope="module")
@@ -16,7 +16,7 @@ def twins(tiny_model_dir):
     switched = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     assert plain.config._attn_implementation == "sdpa"
     assert plain.config.num_key_value_heads < plain.config.num_attention_heads
-    assert use_cpu_gqa(switched)
+    assert use_cgrpo_sdpa(switched)
     assert switched.config._attn_implementation == NAME
     return plain, switched
 
@@ -77,5 +77,5 @@ def test_models_without_sdpa_are_left_alone(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
     eager = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="eager")
-    assert not use_cpu_gqa(eager)
+    assert not use_cgrpo_sdpa(eager)
     assert eager.config._attn_implementation == "eager"

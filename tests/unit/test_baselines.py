@@ -225,6 +225,18 @@ def test_the_fine_tuning_step_is_the_mean_token_cross_entropy():
     assert (cfg.clip_low, cfg.aggregation, cfg.shaping) == (None, "token_mean", "log_p")
 
 
+def test_a_rank_without_fine_tuning_rows_runs_a_zero_backward():
+    """The empty row a rank without rows trains (loop.update) has no token: its loss is 0
+    and still in the graph, so the backward (FSDP's collectives, the gradient all-reduce)
+    runs and leaves a zero gradient, also without an entropy term."""
+    lp = torch.zeros((1, 1), requires_grad=True)
+    none = torch.zeros((1, 1))
+    cfg = fine_tune_loss(LossConfig(entropy_coef=0.0))
+    out = policy_loss(lp, None, torch.ones(1, dtype=torch.float64), none, none, cfg)
+    out.loss.backward()
+    assert out.loss.item() == 0.0 and lp.grad.tolist() == [[0.0]]
+
+
 # -- recipe rules ---------------------------------------------------------------------------
 
 
@@ -260,3 +272,8 @@ def test_valid_baselines_pass():
     assert not _issues(objective="raft", refinements_per_prompt=0, samples_per_prompt=1)
     assert not _issues(demonstrations={"per_group": 1, "when": "failed_groups", "gamma": 0.2})
     assert not _issues(objective="critique_ft")
+    # packed micro-batches carry the demonstration mask and the fine-tuning rows
+    # (tests/unit/test_packing.py compares them with padded ones)
+    packed = {"micro_batch_tokens": 4096, "refinements_per_prompt": 0}
+    assert not _issues(demonstrations={"per_group": 1}, **packed)
+    assert not _issues(objective="raft", **packed)

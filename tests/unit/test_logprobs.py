@@ -173,12 +173,12 @@ def test_each_distinct_prompt_runs_once_with_the_same_values_and_gradients(
 ):
     from transformers import AutoModelForCausalLM
 
-    from cgrpo.model.attention import use_cpu_gqa
+    from cgrpo.model.attention import use_cgrpo_sdpa
     from cgrpo.model.logprobs import _inputs, _shared_prompt_hidden
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     if attention == "cgrpo_sdpa":
-        assert use_cpu_gqa(model)
+        assert use_cgrpo_sdpa(model)
     batch = grouped_batch
     decoder, _ = split_head(model)
     calls = []  # the decoder's input shapes, call by call

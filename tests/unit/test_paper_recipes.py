@@ -48,7 +48,7 @@ def gpu_overrides(tmp_path_factory):
 
 
 def test_every_paper_recipe_passes_cgrpo_check(gpu_overrides, capsys):
-    recipes = sorted(PAPER.glob("*.yaml"))
+    recipes = sorted(p for p in PAPER.glob("*.yaml") if p.name != "tables.yaml")
     assert len(recipes) >= 10  # the ladder's 5 rows and their CPU variants
     failed = {}
     for recipe in recipes:

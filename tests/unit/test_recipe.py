@@ -197,6 +197,13 @@ def test_missing_file_and_yaml_syntax_error(tmp_path):
             "algorithm.max_tokens_per_micro_batch",
             "at least 512",
         ),
+        (["algorithm.micro_batch_tokens=511"], "algorithm.micro_batch_tokens", "at least 512"),
+        (["algorithm.micro_batch_tokens=4096"], "algorithm.micro_batch_size", "no effect"),
+        (
+            ["model.device=cpu", "policy.options.decode=compiled"],
+            "policy.options.decode",
+            "needs CUDA",
+        ),
         (["model.dtype=float16"], "model.dtype", "loss scaling"),
         (["model.lora.target_modules=[]"], "model.lora.target_modules", "at least one"),
         (
@@ -317,6 +324,14 @@ def test_component_shorthand_then_options_override(tmp_path):
             "algorithm.loss.micro_batch_token_budget",
         ),
         (["algorithm.selection=random", "algorithm.fallback=first"], "algorithm.fallback"),
+        (
+            [
+                "algorithm.refinements_per_prompt=0",
+                "algorithm.samples_per_prompt=8",
+                "algorithm.selection=random",
+            ],
+            "algorithm.selection",
+        ),
         (["eval.size=16"], "eval.size"),
         (["eval.task=arithmetic"], "eval.task"),
         (["eval.at_start=false"], "eval.at_start"),
@@ -441,7 +456,7 @@ def test_null_takes_back_an_inherited_section_that_would_be_ignored(tmp_path):
 def test_options_without_a_name_keep_the_default_component(tmp_path):
     recipe, _ = load_recipe(write(tmp_path, GOOD), ["policy.options.generation_batch_size=8"])
     assert recipe.policy.name == "hf"
-    assert recipe.policy.options == {"generation_batch_size": 8}
+    assert recipe.policy.options == {"generation_batch_size": 8, "decode": "auto"}
     found, _ = problems(tmp_path, GOOD, "policy.options.no_such_option=1")
     assert "policy.options.no_such_option" in found  # still validated as hf's options
 

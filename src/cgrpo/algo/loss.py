@@ -403,7 +403,10 @@ def policy_loss(
         num_tokens=num_tokens,
         num_seqs=num_seqs,
     )
-    per_token = torch.zeros_like(logprobs)
+    # without a response token the masked log-probs are all exactly 0: a zero loss that is
+    # still in the graph, so a micro-batch without tokens (the empty row of a rank without
+    # fine-tuning rows) can run its backward, as FSDP and the gradient all-reduce need
+    per_token = torch.zeros_like(logprobs) if tokens.response.any() else logprobs
     metrics: dict[str, float] = {}
     if tokens.initial.any():
         init, init_metrics = _initial_term(

@@ -177,6 +177,8 @@ def micro_batches_divide_mini_batches(r: Recipe) -> RuleResult:
         return None  # reported by mini_batches_hold_whole_groups; fine-tuning rows vary
     n = a.group_size
     rows = a.prompts_per_step // a.updates_per_step * n
+    if a.micro_batch_tokens is not None:
+        return None  # packed micro-batches are cut by tokens (micro_batch_size is refused)
     if a.micro_batch_size > rows or rows % a.micro_batch_size:
         return Finding(
             f"a mini-batch holds {rows} sequences (P/updates x N = {a.prompts_per_step}/"
@@ -186,9 +188,7 @@ def micro_batches_divide_mini_batches(r: Recipe) -> RuleResult:
     return None
 
 
-@rule("algorithm.max_tokens_per_micro_batch")
-def longest_sequence_fits_a_micro_batch(r: Recipe) -> RuleResult:
-    cap, budget = r.algorithm.max_tokens_per_micro_batch, r.model.max_length
+def _holds_longest_sequence(cap: int | None, budget: int) -> RuleResult:
     if cap is not None and cap < budget:
         return Finding(
             f"{cap} is less than model.max_length {budget}: the longest sequence would not "
@@ -196,6 +196,17 @@ def longest_sequence_fits_a_micro_batch(r: Recipe) -> RuleResult:
             f"set it to at least {budget}",
         )
     return None
+
+
+@rule("algorithm.max_tokens_per_micro_batch")
+def longest_sequence_fits_a_micro_batch(r: Recipe) -> RuleResult:
+    return _holds_longest_sequence(r.algorithm.max_tokens_per_micro_batch, r.model.max_length)
+
+
+@rule("algorithm.micro_batch_tokens")
+def longest_sequence_fits_a_pack(r: Recipe) -> RuleResult:
+    """Packed micro-batches never split a row."""
+    return _holds_longest_sequence(r.algorithm.micro_batch_tokens, r.model.max_length)
 
 
 # -- context budget and templates ---------------------------------------------------------
@@ -304,6 +315,20 @@ def fsdp_without_lora(r: Recipe) -> RuleResult:
             "peft's adapter-disabled reference does not compose with FSDP's sharded forward",
             "use distributed.strategy: ddp with model.lora (each GPU holds the bf16 base), or "
             "remove model.lora to shard full training",
+        )
+    return None
+
+
+@rule("policy.options")
+def compiled_decode_needs_cuda(r: Recipe) -> RuleResult:
+    """The hf backend's compiled decode captures its step in CUDA graphs."""
+    options = r.policy.options or {}
+    if r.policy.name == "hf" and options.get("decode") == "compiled" and r.model.device == "cpu":
+        return Finding(
+            "'compiled' captures the decode step in CUDA graphs, which needs CUDA, but "
+            "model.device is cpu",
+            "remove it (auto: compiled on CUDA, eager on CPU), or set it to eager",
+            "policy.options.decode",
         )
     return None
 

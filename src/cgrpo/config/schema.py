@@ -397,6 +397,15 @@ class AlgorithmConfig(Section):
         "short responses share a pass, long ones get their own (dynamic batching); must be "
         ">= model.max_length; null = cap by micro_batch_size only",
     )
+    micro_batch_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="pack micro-batches without padding: rows concatenated up to this many "
+        "tokens (a group's shared prompt counted once, rows never split), each row attending "
+        "only to itself and its prompt; replaces micro_batch_size and "
+        "max_tokens_per_micro_batch; must be >= model.max_length; null = padded micro-batches "
+        "(docs/performance.md)",
+    )
     logprob_chunk_tokens: int = Field(
         512,
         ge=1,
@@ -417,6 +426,10 @@ class AlgorithmConfig(Section):
 
     def ignored_settings(self) -> dict[str, str]:
         out: dict[str, str] = {}
+        if self.micro_batch_tokens is not None:
+            why = ("has no effect with algorithm.micro_batch_tokens (packed micro-batches are "
+                   "cut by tokens); remove it, or unset micro_batch_tokens")  # fmt: skip
+            out |= {"micro_batch_size": why, "max_tokens_per_micro_batch": why}
         if self.objective != "policy_gradient":
             why = (f"has no effect with objective: {self.objective} (a cross-entropy step "
                    "on the step's correct samples: no advantage, no K to keep); remove it, "
@@ -424,6 +437,10 @@ class AlgorithmConfig(Section):
             for key in ("selection", "fallback", "advantage", "demonstrations"):
                 out[key] = why
             return out
+        if self.refinements_per_prompt == 0:
+            out["selection"] = ("has no effect with refinements_per_prompt: 0 (no "
+                                "refinement is kept); remove selection, or set "
+                                "refinements_per_prompt")  # fmt: skip
         if self.selection == "random":
             out["fallback"] = ("has no effect with selection: random (K refinements are "
                                "drawn whatever their verdicts); remove fallback, or set "

@@ -83,9 +83,9 @@ def load_policy(
     if tokenizer.eos_token_id is None:
         raise TrainingError(f"the tokenizer at {source} has no eos_token; set one in its config")
     model.to(device)
-    from cgrpo.model.attention import use_cpu_gqa
+    from cgrpo.model.attention import use_cgrpo_sdpa
 
-    use_cpu_gqa(model)  # CPU: masked grouped-query attention without copying K and V
+    use_cgrpo_sdpa(model)  # packed micro-batches; on CPU, masked GQA without copying K, V
     if model_cfg.gradient_checkpointing:
         # non-reentrant: also correct when the layer inputs need no gradient (frozen base)
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from cgrpo.algo.loss import entropy_from_logits, token_logprobs
 from cgrpo.algo.mixing import Batch
+from cgrpo.algo.packing import PackedBatch
 from cgrpo.model.sharding import is_sharded
 
 log = logging.getLogger(__name__)
@@ -223,7 +224,7 @@ def _inputs(model: Any, batch: Batch) -> tuple[dict[str, torch.Tensor], torch.de
     )
 
 
-def _sharded_body(model: Any, decoder: Any, inputs: dict[str, Any]) -> torch.Tensor:
+def sharded_body(model: Any, decoder: Any, inputs: dict[str, Any]) -> torch.Tensor:
     """The decoder body's last hidden state of an FSDP-sharded model.
 
     The body is reached through the root's own forward (its hooks all-gather the root's
@@ -336,7 +337,7 @@ def full_logits_forward(
 
 def forward_response(
     model: Any,
-    batch: Batch,
+    batch: Batch | PackedBatch,
     temperature: float,
     entropy: EntropyMode = "none",
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
@@ -345,7 +346,13 @@ def forward_response(
     ``entropy == "none"``; zeros on padding.
 
     Position ``prompt_len - 1 + t`` of the sequence predicts response token t. Runs under
-    whatever autocast the caller set (see :mod:`cgrpo.model.precision`)."""
+    whatever autocast the caller set (see :mod:`cgrpo.model.precision`). A packed
+    micro-batch (:class:`cgrpo.algo.packing.PackedBatch`) runs :func:`forward_packed
+    <cgrpo.model.packing.forward_packed>`."""
+    if isinstance(batch, PackedBatch):
+        from cgrpo.model.packing import forward_packed
+
+        return forward_packed(model, batch, temperature, entropy, chunk_tokens)
     parts = split_head(model)
     if parts is None:
         return full_logits_forward(model, batch, temperature, entropy)
@@ -354,7 +361,7 @@ def forward_response(
     t = batch.response_ids.shape[1]
     start = batch.prompt_len - 1
     if is_sharded(model):
-        hidden = _sharded_body(model, decoder, inputs)[:, start : start + t]
+        hidden = sharded_body(model, decoder, inputs)[:, start : start + t]
     else:
         hidden = _shared_prompt_hidden(model, decoder, batch, inputs)
         if hidden is None:
@@ -363,9 +370,17 @@ def forward_response(
     selected = hidden[mask]  # (N, H): real response tokens only
     targets = batch.response_ids.to(device)[mask]
     lp, ent = chunked_token_stats(selected, targets, head, temperature, entropy, chunk_tokens)
-    logprobs = torch.zeros(mask.shape, dtype=lp.dtype, device=device).masked_scatter(mask, lp)
+    return rows_from_tokens(mask, lp, ent)
+
+
+def rows_from_tokens(
+    mask: torch.Tensor, lp: torch.Tensor, ent: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(B, T) log-probs and entropies from per-token values listed in ``mask``'s order
+    (row by row), zeros elsewhere."""
+    logprobs = torch.zeros(mask.shape, dtype=lp.dtype, device=mask.device).masked_scatter(mask, lp)
     if ent is None:
         return logprobs, None
-    return logprobs, torch.zeros(mask.shape, dtype=ent.dtype, device=device).masked_scatter(
+    return logprobs, torch.zeros(mask.shape, dtype=ent.dtype, device=mask.device).masked_scatter(
         mask, ent
     )

@@ -183,6 +183,7 @@ class Setup:
     sample_len: int
     vllm_fraction: float
     vllm_sleep: int
+    packed: bool = False  # algorithm.micro_batch_tokens is set
 
     @classmethod
     def from_recipe(cls, recipe: Any, gpus: int) -> Setup:
@@ -190,6 +191,8 @@ class Setup:
         tokens = a.micro_batch_size * m.max_length
         if a.max_tokens_per_micro_batch is not None:
             tokens = min(tokens, a.max_tokens_per_micro_batch)
+        if a.micro_batch_tokens is not None:  # packed: no padding, at most this many
+            tokens = a.micro_batch_tokens
         # a dict: defaults filled by validation, or raw (partial_recipe); the fallbacks
         # are the hf / vllm backends' defaults, also assumed for a plugin backend
         opts = recipe.policy.options or {}
@@ -208,6 +211,7 @@ class Setup:
             sample_len=m.max_length,
             vllm_fraction=float(opts.get("gpu_memory_utilization", 0.5)),
             vllm_sleep=int(opts.get("sleep_level", 1)),
+            packed=a.micro_batch_tokens is not None,
         )
 
 
@@ -318,8 +322,9 @@ def _fix_candidates(shape: ModelShape, s: Setup, gpu_memory: float) -> list[tupl
         out.append(("model.gradient_checkpointing=true", replace(s, checkpointing=True)))
     for tokens in (16384, 8192, 4096, 2048):
         if s.sample_len <= tokens < s.micro_tokens:
-            setting = f"algorithm.max_tokens_per_micro_batch={tokens}"
-            out.append((setting, replace(s, micro_tokens=tokens)))
+            # the token cap of whichever micro-batching the recipe uses (both bound tokens)
+            name = "micro_batch_tokens" if s.packed else "max_tokens_per_micro_batch"
+            out.append((f"algorithm.{name}={tokens}", replace(s, micro_tokens=tokens)))
     if s.backend == "vllm":
         if s.vllm_sleep == 0:
             out.append(("policy.options.sleep_level=1", replace(s, vllm_sleep=1)))

@@ -37,6 +37,7 @@ from cgrpo.errors import TrainingError
 from cgrpo.model import distributed
 from cgrpo.model.loading import eos_token_ids
 from cgrpo.model.logprobs import forward_response
+from cgrpo.model.packing import require_packing
 from cgrpo.model.prompts import RefinementTooLong
 from cgrpo.model.sharding import is_sharded
 from cgrpo.model.shards import is_sharded_checkpoint, load_sharded_checkpoint
@@ -193,8 +194,11 @@ class Trainer:
             max_tokens_per_micro_batch=a.max_tokens_per_micro_batch,
             logprob_chunk_tokens=a.logprob_chunk_tokens,
             precision=built.precision,
+            micro_batch_tokens=a.micro_batch_tokens,
             term_micro_batch_budget=a.loss.micro_batch_token_budget,
         )
+        if a.micro_batch_tokens is not None:
+            require_packing(built.model)
         self.ref_model = built.ref_model  # None when kl_coef == 0 (no copy is loaded)
         self.step_done = 0
         self.nonfinite_in_a_row = 0

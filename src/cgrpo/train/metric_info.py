@@ -65,6 +65,7 @@ METRICS: tuple[tuple[str, MetricInfo], ...] = (
     ("update/grad_norm", MetricInfo("gradient norm (L2)")),
     ("update/lr", MetricInfo("learning rate")),
     ("update/skipped_nonfinite", MetricInfo("updates skipped", "lower")),
+    ("*/token_utilization", MetricInfo(SHARE, "higher")),  # update/, policy/: real / processed
     ("loss/*", MetricInfo("loss")),
     ("sampler/*", MetricInfo("log-prob difference (nats)", "lower")),
     ("policy/sync_logprob_diff_max", MetricInfo("log-prob difference (nats)", "lower")),

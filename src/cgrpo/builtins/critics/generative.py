@@ -159,7 +159,7 @@ class LocalCritic(_GenerativeCritic):
 
         from cgrpo.builtins.policies.hf import HFPolicy
         from cgrpo.interfaces import BuildContext
-        from cgrpo.model.attention import use_cpu_gqa
+        from cgrpo.model.attention import use_cgrpo_sdpa
         from cgrpo.model.loading import resolve_device
 
         tokenizer = AutoTokenizer.from_pretrained(options.path)
@@ -171,7 +171,7 @@ class LocalCritic(_GenerativeCritic):
             options.path, dtype=getattr(torch, options.dtype)
         )
         model.to(resolve_device(options.device)).eval().requires_grad_(False)
-        use_cpu_gqa(model)  # its critiques have long prompts: padding masks every batch
+        use_cgrpo_sdpa(model)  # its critiques have long prompts: padding masks every batch
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         sampler = HFPolicy(

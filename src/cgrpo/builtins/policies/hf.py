@@ -1,34 +1,37 @@
-"""``hf``: sampling with transformers ``generate`` on the training model itself.
+"""``hf``: sampling on the training model itself, with cgrpo's own decode loop.
 
 The embedded default backend: no second copy of the weights, nothing to synchronise, and
 the same code on CPU with a tiny model and on one GPU with a real one. Log-probabilities
-are taken from the raw logits of each generation step divided by the temperature (no
-top-p/top-k renormalisation), the same quantity the trainer recomputes, so the sampler's
-log-probs serve as the old log-probs of the update.
+are log softmax(logits / T) of each sampled token (no top-p/top-k renormalisation), the
+same quantity the trainer recomputes, so the sampler's log-probs serve as the old
+log-probs of the update.
 
-Memory: a logits processor records the sampled token's log-prob step by step (it sees
-step t's logits, and step t's token when it is called at step t+1), so only one step's
-(B, V) scores are alive at a time; asking ``generate`` for every step's logits would hold
-B x T x V floats (220 GiB at 64 x 6,144 x 151,936). Generation runs under the trainer's
-autocast (bf16 matmuls over float32 master weights, each weight cast once per call).
-Sampling settings the model's own ``generation_config`` may carry (repetition penalty,
-minimum length, ...) are neutralised: they would sample from a distribution the trainer
-does not compute.
+Decoding (:mod:`.decode`) runs the model's forward against a transformers KV cache, one
+token per row and step, and draws every row's token at once on the device
+(:mod:`.token_draw`: inverse-transform sampling, one uniform per row, from torch's RNG or,
+with seeds, from each sequence's own counter-based stream, :mod:`.seeded_sampling`).
+Nothing of the model's ``generation_config`` applies (repetition penalty, minimum length,
+...): the sampled distribution is the one the trainer computes. Only the current step's
+(B, V) logits exist at a time; the tokens and log-probs go to preallocated (B, T) buffers.
+Generation runs under the trainer's autocast (bf16 matmuls over float32 master weights,
+each weight cast once per call).
 
-``generate`` decodes greedily and the last logits processor makes the draw: one uniform per
-row with torch's RNG (:mod:`.token_draw`, inverse-transform sampling, where transformers'
-multinomial draws a random number per vocabulary entry), or, with seeds, each row's own
-stream. Seeded sampling (``run.reproducible_sampling``) draws each sequence from its own
-counter-based random stream (:mod:`.seeded_sampling`), so it stays one batched call and
-leaves torch's global RNG alone. When a step needs several calls, the sequences are grouped
-by prompt length first.
+On CUDA the decode step is compiled into CUDA graphs over a static cache
+(``decode: compiled``, the default there; never on CPU), with the batch rounded up to a
+power of two and the cache length to a multiple of 128 so that a run compiles few shapes.
+
+``token_utilization`` (telemetry, ``policy/token_utilization`` in metrics.jsonl): real
+tokens (prompt and sampled, up to each row's end) over the positions the model computed
+(left padding, and rows that ended while others decode), since the previous report. When
+a step needs several decode calls, sequences are grouped by prompt length first.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -37,25 +40,7 @@ from cgrpo.interfaces import collect_stream
 from cgrpo.model.loading import eos_token_ids
 from cgrpo.types import Completion, SamplingParams
 
-# generation_config entries that would change the sampled distribution away from
-# softmax(logits / T) with top-p/top-k; a model's shipped config may set them
-_NEUTRAL_GENERATION = dict(
-    repetition_penalty=1.0,
-    no_repeat_ngram_size=0,
-    min_new_tokens=0,
-    bad_words_ids=None,
-    suppress_tokens=None,
-    begin_suppress_tokens=None,
-    sequence_bias=None,
-    forced_bos_token_id=None,
-    forced_eos_token_id=None,
-    exponential_decay_length_penalty=None,
-    renormalize_logits=False,
-    min_p=None,
-    typical_p=1.0,
-    epsilon_cutoff=0.0,
-    eta_cutoff=0.0,
-)
+log = logging.getLogger(__name__)
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int):
@@ -72,54 +57,16 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int):
     return ids, mask
 
 
-class SampledLogprobRecorder:
-    """A transformers logits processor that records log softmax(logits / T) of each
-    sampled token without keeping all steps' logits.
-
-    ``generate`` calls it once per step with the sequences so far and that step's raw
-    scores (float32, before the sampling warpers); the token chosen at step t is the
-    last column of ``input_ids`` at step t+1. :meth:`finish` takes the last step's.
-    """
-
-    def __init__(self, temperature: float):
-        self.temperature = temperature
-        self.pending = None  # log-softmax of the previous step, (B, V)
-        self.columns: list = []  # per step, (B,) log-probs of the sampled tokens
-
-    def _take(self, tokens) -> None:
-        if self.pending is not None:
-            self.columns.append(self.pending.gather(-1, tokens.unsqueeze(-1)).squeeze(-1))
-            self.pending = None
-
-    def __call__(self, input_ids, scores):
-        import torch
-
-        self._take(input_ids[:, -1])  # the token sampled from the previous step's scores
-        self.pending = torch.log_softmax(scores.float() / self.temperature, dim=-1)
-        return scores
-
-    def finish(self, new_tokens):
-        """(B, T) log-probs of ``new_tokens`` (B, T), the generated part of the sequences."""
-        import torch
-
-        if new_tokens.shape[1] > len(self.columns):
-            self._take(new_tokens[:, len(self.columns)].to(self.pending.device))
-        if not self.columns:
-            return torch.zeros(new_tokens.shape, dtype=torch.float32)
-        return torch.stack(self.columns, dim=1).cpu()
-
-
 def _without_autograd(model: Any):
     """``torch.inference_mode`` for decoding, where it is safe, else ``torch.no_grad``.
 
     Inference mode also skips autograd's version counters and view tracking, which
     ``no_grad`` keeps: 14% fewer CPU-seconds per ``generate`` of the tiny model (64 x 32
     tokens, 10 alternating runs), where each decode step is a few hundred small ops. The
-    tensors made inside cannot be saved for backward, and nothing made here is: the token
-    ids become lists, and the log-probs are stacked into a new tensor afterwards. An
-    FSDP-sharded model decodes under ``no_grad``: with torch 2.13, FSDP2's forward fails
-    under inference mode ("Inference tensors do not track version counter"; its unshard
-    reads the counters), gathered or not."""
+    tensors made inside cannot be saved for backward, and nothing made here is: the
+    buffers are copied to the CPU. An FSDP-sharded model decodes under ``no_grad``: with
+    torch 2.13, FSDP2's forward fails under inference mode ("Inference tensors do not
+    track version counter"; its unshard reads the counters), gathered or not."""
     import torch
 
     from cgrpo.model.sharding import is_sharded
@@ -127,11 +74,15 @@ def _without_autograd(model: Any):
     return torch.no_grad() if is_sharded(model) else torch.inference_mode()
 
 
+def _round_up(n: int, to: int) -> int:
+    return -(-n // to) * to
+
+
 class HFPolicy:
-    """Samples with transformers generate on the training model (no weight sync needed).
+    """Samples on the training model itself (no weight sync needed).
 
     Single requests (:meth:`sample`, the per-group rollout's interface) are gathered into
-    batched calls by a :class:`~cgrpo.builtins.policies.batching.RequestBatcher`, which runs
+    batched decode calls by a :class:`~cgrpo.builtins.policies.batching.RequestBatcher`, which runs
     them in a worker thread; calls from several threads take turns (one lock)."""
 
     # the trainer gathers a sharded (FSDP) model whole around sampling (model/sharding.py)
@@ -143,7 +94,14 @@ class HFPolicy:
     class Options(BaseModel):
         model_config = ConfigDict(extra="forbid")
         generation_batch_size: int = Field(
-            64, ge=1, description="sequences generated per generate() call (memory bound)"
+            64, ge=1, description="sequences decoded together (memory bound)"
+        )
+        decode: Literal["auto", "compiled", "eager"] = Field(
+            "auto",
+            description="'compiled': the decode step captured in CUDA graphs over a static "
+            "KV cache (torch.compile mode reduce-overhead; each batch shape compiles once), "
+            "CUDA only; 'eager': one forward per step over a growing cache; 'auto': "
+            "compiled when the model is on CUDA and not FSDP-sharded, else eager",
         )
 
     def __init__(self, options: Options, context: Any):
@@ -162,6 +120,8 @@ class HFPolicy:
         self.weight_version = 0  # weight syncs received (set by the trainer on resume)
         self._lock = threading.Lock()
         self._batcher = RequestBatcher(self)
+        self.compiled = self._compiled_decode(options.decode)
+        self.stats = {"real": 0, "positions": 0}
 
     async def sample(
         self, prompt_ids: Sequence[int], params: SamplingParams, seed: int | None = None
@@ -170,6 +130,20 @@ class HFPolicy:
         with the requests made at the same time (seeded: the same tokens as ``generate``
         with ``seeds=[seed]`` in the same batch)."""
         return await self._batcher.sample(prompt_ids, params, seed)
+
+    def _compiled_decode(self, setting: str) -> Any:
+        """A :class:`.decode.CompiledDecode` where ``decode`` asks for one."""
+        from cgrpo.builtins.policies.decode import CompiledDecode
+        from cgrpo.model.sharding import is_sharded
+
+        cuda = next(self.model.parameters()).device.type == "cuda"
+        if setting == "compiled" and not cuda:
+            raise ValueError(
+                "policy.options.decode: 'compiled' needs the model on CUDA; set it to eager or auto"
+            )
+        if setting == "eager" or (setting == "auto" and (not cuda or is_sharded(self.model))):
+            return None
+        return CompiledDecode(self.model)
 
     def generate(
         self,
@@ -228,62 +202,68 @@ class HFPolicy:
     def _generate_batch(
         self, prompts: list[list[int]], params: SamplingParams, seeds: Any = None
     ) -> list[Completion]:
-        """One ``generate`` call; ``seeds`` (B,) int64 row seeds make it a seeded draw:
-        greedy decoding of the warped scores plus each row's Gumbel noise."""
-        import torch
-        from transformers import LogitsProcessorList
-
-        from cgrpo.builtins.policies.seeded_sampling import SeededSampler
-        from cgrpo.builtins.policies.token_draw import InverseCdfSampler
+        """One decode call; ``seeds`` (B,) int64 row seeds make it a seeded draw."""
+        from cgrpo.builtins.policies.token_draw import TokenDraw
 
         device = next(self.model.parameters()).device
-        ids, mask = left_pad(prompts, self.pad_id)
-        width = ids.shape[1]
         sample = not params.greedy
-        recorder = SampledLogprobRecorder(params.temperature if sample else 1.0)
-        processors: list[Any] = [recorder]
-        # the draw happens in the last processor; generate itself decodes greedily
-        if sample and seeds is not None:
-            processors.append(
-                SeededSampler(seeds.to(device), params.temperature, params.top_p, params.top_k)
-            )
-        elif sample:
-            processors.append(InverseCdfSampler(params.temperature, params.top_p, params.top_k))
-        kwargs: dict[str, Any] = dict(
-            _NEUTRAL_GENERATION,
-            max_new_tokens=params.max_new_tokens,
-            do_sample=False,
-            # sampling-only settings a model's generation_config may carry would warn
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            pad_token_id=self.pad_id,
-            eos_token_id=self.eos_ids,
-            logits_processor=LogitsProcessorList(processors),
-            return_dict_in_generate=True,
-            # transformers turns this on for FSDP models; the trainer gathers a sharded
-            # model before sampling, so each rank decodes alone (no per-token all-reduce)
-            synced_gpus=False,
+        draw = TokenDraw(
+            params.temperature,
+            params.top_p,
+            params.top_k,
+            seeds=None if seeds is None or not sample else seeds.to(device),
+            greedy=not sample,
         )
         with self._lock:  # the rollout's worker thread and a critic on the main thread
             was_training = self.model.training
             self.model.eval()
             try:
                 with _without_autograd(self.model), self.precision.autocast():
-                    result = self.model.generate(
-                        input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs
-                    )
+                    out = self._decode(prompts, params.max_new_tokens, draw)
             finally:
                 self.model.train(was_training)
-        logprobs = recorder.finish(result.sequences[:, width:]).float().cpu()
-        new = result.sequences[:, width:].cpu()
-        # each row's length up to its first EOS (kept), found with tensor ops, not a
-        # Python scan over every token
-        is_eos = torch.isin(new, torch.tensor(self.eos_ids, dtype=new.dtype))
-        ended = is_eos.any(dim=1)
-        lengths = torch.where(ended, is_eos.int().argmax(dim=1) + 1, new.shape[1])
+            self.stats["real"] += out.real
+            self.stats["positions"] += out.positions
+        return self._completions(out)
+
+    def _decode(self, prompts: list[list[int]], max_new_tokens: int, draw: Any) -> Any:
+        """Decode eagerly, or with the compiled step on a batch padded to a power of two
+        (copies of the first row, dropped afterwards) and a cache rounded to 128."""
+        from cgrpo.builtins.policies.decode import decode
+
+        rows = len(prompts)
+        # asking the device whether all rows ended costs a sync on CUDA, nothing on CPU
+        check_every = 16 if next(self.model.parameters()).device.type == "cuda" else 1
+        if self.compiled is None:
+            ids, mask = left_pad(prompts, self.pad_id)
+            return decode(
+                self.model, ids, mask, max_new_tokens, draw, self.eos_ids, self.pad_id,
+                check_every=check_every,
+            )  # fmt: skip
+        padded = 1 << (rows - 1).bit_length()
+        ids, mask = left_pad(prompts + [prompts[0]] * (padded - rows), self.pad_id)
+        seeds = draw.seeds
+        if seeds is not None:
+            draw.seeds = seeds[[*range(rows), *[0] * (padded - rows)]]
+        length = _round_up(ids.shape[1] + max_new_tokens, 128)
+        try:
+            out = decode(
+                self.model, ids, mask, max_new_tokens, draw, self.eos_ids, self.pad_id,
+                cache=self.compiled.cache(padded, length), step=self.compiled.step,
+                check_every=check_every,
+            )  # fmt: skip
+        except Exception as exc:
+            if self.options.decode == "compiled":
+                raise
+            log.warning("compiled decode failed (%s); decoding eagerly from now on", exc)
+            self.compiled, draw.seeds = None, seeds
+            return self._decode(prompts, max_new_tokens, draw)
+        return out.first(rows)
+
+    def _completions(self, out: Any) -> list[Completion]:
         completions = []
-        for row, lp, n, stop in zip(new, logprobs, lengths.tolist(), ended.tolist(), strict=True):
+        rows = zip(out.tokens, out.logprobs, out.lengths.tolist(), out.ended.tolist(), strict=True)
+        for row, lp, n, stop in rows:
             tokens = row[:n].tolist()
             completions.append(
                 Completion(
@@ -295,6 +275,13 @@ class HFPolicy:
                 )
             )
         return completions
+
+    def telemetry(self) -> dict[str, float]:
+        """``token_utilization`` since the previous call: real tokens over the positions
+        the model computed while decoding."""
+        real, positions = self.stats["real"], self.stats["positions"]
+        self.stats = {"real": 0, "positions": 0}
+        return {"token_utilization": real / positions} if positions else {}
 
     def sync_weights(self, model: Any) -> None:
         """Nothing to copy: this backend samples with the training model itself. Counts

@@ -1,28 +1,22 @@
 """Seeded sampling that does not depend on the batch: each row draws from its own
-random stream.
+counter-based random stream.
 
 ``run.reproducible_sampling`` promises that a prompt's samples depend on (seed, step,
 prompt) only, not on which other prompts share its batch or its process. torch's global RNG
-is one stream per device, so the hf backend used to keep that promise by generating every
-prompt alone under a re-seeded RNG: one ``generate`` call per prompt, and one per
-refinement. Here each row draws with the Gumbel-max trick, ``argmax(log p + g)`` with
-``g = -log(-log u)``, and its uniforms ``u`` come from a generator of its own, seeded for
-each draw with a key that is a pure function of (row seed, draw index). The whole step is
-one batched call again, and the global RNG is never touched.
+is one stream per device, so it cannot keep that promise for a batched draw. Here the
+uniform of row i at decode step t is a pure function of (row seed_i, t): the t-th value of
+a splitmix64 stream (Steele, Lea and Flood, 2014) started at the row's seed, computed for
+the whole batch at once with int64 tensor ops (products wrap modulo 2^64 on CPU and CUDA
+as the hash needs; right shifts are made logical by masking), on the device, without a
+loop over rows and without a host synchronisation. Its top 53 bits make a float64 uniform
+in [0, 1), which the inverse-CDF draw of :mod:`.token_draw` turns into the row's token.
 
-Keys are splitmix64 values (Steele, Lea and Flood, 2014): stream(seed, i) = mix(seed +
-(i + 1) x golden), computed with int64 tensor ops whose products wrap modulo 2^64 on CPU
-and CUDA as the hash needs (right shifts are made logical by masking). The uniforms come
-from torch's own generator (Philox on CUDA, Mersenne Twister on CPU), one ``torch.rand``
-per row and draw, as vLLM does for seeded requests: on CPU that is 0.21 s per draw for 64
-rows of a 151,936-token vocabulary, against 1.1 s for hashing every (row, token) pair and
-0.34 s for torch.multinomial (1 thread). The same seeds give the same draws on one kind of
-device; a CPU and a GPU draw differently.
+A row's seed is itself a splitmix64 value of (prompt seed, sample index), so the samples
+of one prompt draw from distinct streams. The same seeds give the same uniforms on any
+device; the tokens can still differ between a CPU and a GPU through the logits.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 _MASK64 = (1 << 64) - 1
 
@@ -66,39 +60,10 @@ def row_seeds(prompt_seeds, n: int):
     return stream(seeds, torch.arange(n, dtype=torch.long).repeat(len(prompt_seeds)))
 
 
-def gumbel_noise(seeds, step: int, vocab: int):
-    """(B, vocab) float32 standard Gumbel noise for draw ``step`` of rows with ``seeds``
-    (B,), on ``seeds``' device; row i's noise depends on (seeds[i], step) only."""
+def seeded_uniforms(seeds, step: int):
+    """(B,) float64 uniforms in [0, 1) for draw ``step`` of rows with ``seeds`` (B,) int64,
+    on ``seeds``' device: 53 bits of stream(seeds[i], step), row i's alone."""
     import torch
 
-    keys = stream(seeds, step).tolist()  # one key per row and draw
-    out = torch.empty(len(keys), vocab, dtype=torch.float32, device=seeds.device)
-    gen = torch.Generator(device=seeds.device)
-    for row, key in enumerate(keys):
-        gen.manual_seed(key & _MASK64)
-        torch.rand(vocab, generator=gen, out=out[row])
-    # u in [0, 1): u = 0 gives -inf, a token never drawn (probability 2^-24 per entry)
-    return out.log_().neg_().log_().neg_()
-
-
-class SeededSampler:
-    """The last transformers logits processor of a greedy ``generate``: it applies the
-    sampling warpers (temperature, top-k, top-p, the order transformers samples with) and
-    adds each row's Gumbel noise, so generate's argmax is a draw from the warped
-    distribution with that row's stream. Draw t of a row uses the noise of step t, however
-    long its prompt and whatever else is in the batch.
-    """
-
-    def __init__(self, seeds, temperature: float, top_p: float, top_k: int):
-        from cgrpo.builtins.policies.token_draw import sampling_warpers
-
-        self.seeds = seeds  # (B,) int64, on the model's device
-        self.warpers: list[Any] = sampling_warpers(temperature, top_p, top_k)
-        self.step = 0
-
-    def __call__(self, input_ids, scores):
-        for warp in self.warpers:
-            scores = warp(input_ids, scores)
-        noise = gumbel_noise(self.seeds, self.step, scores.shape[-1])
-        self.step += 1
-        return scores.float() + noise  # -inf (filtered tokens) stays -inf
+    bits = _shr(stream(seeds, step), 11)  # the top 53 bits, as a non-negative int64
+    return bits.to(torch.float64) * 2.0**-53
