@@ -60,5 +60,15 @@ class DataError(CgrpoError):
     """A data file or row is unusable (names the file and line)."""
 
 
+class InputError(CgrpoError):
+    """What the user gave cannot be used as it is (data files, a reward function): exit 2
+    like a bad recipe, with the file and line and the fix, never a traceback."""
+
+
+class VerifierError(InputError):
+    """Every verification of a step raised: the reward function is broken, not the policy
+    (exit 2, naming the error's file and line)."""
+
+
 class TrainingError(CgrpoError):
     """A failure during training that the user must act on (names the stage and the fix)."""

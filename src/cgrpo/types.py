@@ -31,13 +31,32 @@ class Verdict:
 
     ``score`` is the reward (1.0 / 0.0 for the built-in verifiers); ``extracted`` is the
     answer the verifier found, for logs; ``reason`` says why a response scored 0 when that
-    is not simply "wrong" (``no_answer``, ``timeout``, ``error``).
+    is not simply "wrong" (``no_answer``, ``timeout``, ``not_a_number``, ``error: ...``).
+    A verifier that raised gives :meth:`from_exception`'s verdict: reason ``error: Type:
+    message (file:line)`` and the formatted traceback in ``trace``.
     """
 
     score: float
     correct: bool
     extracted: str | None = None
     reason: str = ""
+    trace: str | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def raised(self) -> bool:
+        """Whether the verifier raised instead of judging (the response's reward is 0)."""
+        return self.reason == "error" or self.reason.startswith("error:")
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, extracted: str | None = None) -> Verdict:
+        """Reward 0 for a verifier that raised ``exc``, naming where (the innermost frame:
+        a reward function's own line) and keeping the traceback."""
+        import traceback
+
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+        trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return cls(0.0, False, extracted, f"error: {type(exc).__name__}: {exc}{where}", trace)
 
 
 @dataclass(frozen=True)

@@ -117,9 +117,10 @@ def test_bad_data_file_fails_before_training_with_file_and_line(tmp_path):
         f"data.task.options.path={data}",
         cwd=tmp_path,
     )
-    assert out.returncode == 1
+    assert out.returncode == 2  # as a bad recipe: before the model or the run directory
     assert f"{data}:2: missing field 'answer'" in out.stderr
     assert "bad_rows: skip" in out.stderr
+    assert not (tmp_path / "tiny").exists() and not (tmp_path / "runs").exists()
 
 
 def test_eval_keep_last_and_keep_best(tmp_path):
@@ -259,7 +260,7 @@ def test_the_live_view_on_a_terminal(tmp_path):
     assert proc.wait(timeout=600) == 0, proc.stderr.read().decode()[-3000:]
     screen = b"".join(chunks).decode(errors="replace")
     assert "\x1b[" in screen  # drawn with terminal control sequences, not plain lines
-    for shown in ("step 3/3", "reward", "refine_ok", "grad", "tok/s", "eval (step 2): accuracy"):
+    for shown in ("step 3/3", "reward", "refine_ok", "grad", "tok/s", "eval (RL step 2): accuracy"):
         assert shown in screen, shown
 
 
@@ -362,17 +363,20 @@ def test_a_warm_up_only_run_writes_a_checkpoint_to_start_rl_from(tmp_path):
         "data.task.options.size=30",
         f"run.output_dir={tmp_path / 'runs'}",
     ]
-    out = run_cli(
-        "run", QUICKSTART, *common, "train.steps=0", "sft.steps=4", "run.name=warm",
-        f"model.path={tmp_path / 'tiny'}", cwd=tmp_path,
-    )  # fmt: skip
+    warm_args = [*common, "train.steps=0", "sft.steps=4", "run.name=warm", "eval.every=2",
+                 "eval.size=4", f"model.path={tmp_path / 'tiny'}"]  # fmt: skip
+    out = run_cli("run", QUICKSTART, *warm_args, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     warm = tmp_path / "runs" / "warm"
-    assert len((warm / "sft_metrics.jsonl").read_text().splitlines()) == 4
+    lines = [json.loads(x) for x in (warm / "sft_metrics.jsonl").read_text().splitlines()]
+    assert len(lines) == 4
+    # eval.every during the warm-up: at its step 2; its end is RL's step 0
+    assert ["eval/accuracy" in x for x in lines] == [False, True, False, False]
+    assert "eval (warm-up step 2/4): accuracy" in out.stdout
+    assert "eval (RL step 0): accuracy" in out.stdout
     step0 = warm / "checkpoints" / "step-0"
     assert (step0 / "model.safetensors").is_file() and "step-0" in out.stdout
-    again = run_cli("run", QUICKSTART, *common, "train.steps=0", "sft.steps=4", "run.name=warm",
-                    f"model.path={tmp_path / 'tiny'}", "resume=auto", cwd=tmp_path)  # fmt: skip
+    again = run_cli("run", QUICKSTART, *warm_args, "resume=auto", cwd=tmp_path)
     assert again.returncode == 0 and "sft 1/4" not in again.stdout  # nothing left to do
     # the last words point at what the warm-up wrote, and the command they give starts RL
     said = out.stdout.strip().splitlines()[-1]

@@ -36,7 +36,7 @@ def test_benchmarks_in_training_then_cgrpo_eval_and_compare(tmp_path):
         scores = [m[f"eval/{b}/score"] for b in ("arithmetic-test", "math-500", "gpqa-diamond")]
         assert abs(m["eval/avg/score"] - sum(scores) / 3) < 1e-9
         assert abs(m["eval/avg_math/score"] - sum(scores[:2]) / 2) < 1e-9
-    assert "eval (step 0) score: avg " in out.stdout and "gpqa-diamond" in out.stdout
+    assert "eval (RL step 0) score: avg " in out.stdout and "gpqa-diamond" in out.stdout
 
     # the command: the run's recipe and newest checkpoint, k samples
     ev = run_cli("eval", str(run), "--benchmarks", "arithmetic-test", "--k", "4",

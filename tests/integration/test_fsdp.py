@@ -5,9 +5,11 @@
   packed micro-batches (``micro_batch_tokens``) against the padded 1-process update;
 - the full weights handed to a vLLM engine come one FSDP unit at a time and equal the
   model's state dict;
-- ``torchrun --nproc_per_node 2 ... distributed.strategy=fsdp`` trains like 1 process,
-  with a KL reference; killed mid-step (SIGKILL) and resumed, it ends bitwise equal to the
-  uninterrupted run; its sharded checkpoints export to plain transformers weights.
+- ``torchrun --nproc_per_node 2 ... distributed.strategy=fsdp`` creates the tiny model on
+  rank 0 alone and trains like 1 process, with a KL reference; killed (SIGKILL) inside
+  the warm-up (sharded warm-up checkpoints) and then mid-step, and resumed each time, it
+  ends bitwise equal to the uninterrupted run; its sharded checkpoints export to plain
+  transformers weights.
 """
 
 import json
@@ -219,10 +221,13 @@ def test_torchrun_fsdp_trains_like_one_process_and_resumes_exactly(tmp_path):
             *extra,
         ]
 
-    assert main(args("one")) == 0  # 1 process, ddp (and creates the tiny model)
+    # a fresh start: rank 0 creates the tiny model while rank 1 waits for it (both ranks
+    # creating it, one reading what the other was still writing, failed 3 starts in 12)
     sharded = _torchrun([*args("two"), "distributed.strategy=fsdp"], tmp_path)
     assert sharded.returncode == 0, sharded.stdout + sharded.stderr
     assert "2 processes" in sharded.stdout
+    assert (sharded.stdout + sharded.stderr).count("creating a tiny random one there") == 1
+    assert main(args("one")) == 0  # 1 process, ddp, on the same tiny model
     for a, b in zip(_metrics(tmp_path / "one"), _metrics(tmp_path / "two"), strict=True):
         assert a["reward/initial_mean"] == b["reward/initial_mean"]  # the same samples
         assert a["loss/total"] == pytest.approx(b["loss/total"], abs=1e-5)
@@ -239,13 +244,22 @@ def test_torchrun_fsdp_trains_like_one_process_and_resumes_exactly(tmp_path):
     # gradients themselves agree to 1e-5 (the SGD test above)
     assert_close_after_adam(w1, w2)
 
-    # SIGKILL both ranks in the middle of step 3, then resume from step 2's shards
-    crashed = _torchrun(
-        [*args("kill"), "distributed.strategy=fsdp"], tmp_path, env={"CGRPO_CRASH_AT": "step:3"}
-    )
+    # SIGKILL both ranks at warm-up step 6 of 10: the warm-up goes on from its sharded
+    # step-4 checkpoint (sft.save_every under fsdp); then in the middle of RL step 3, and
+    # the run goes on from step 2's shards
+    kill = [*args("kill"), "distributed.strategy=fsdp", "sft.save_every=4"]
+    crashed = _torchrun(kill, tmp_path, env={"CGRPO_CRASH_AT": "sft:6"})
     assert crashed.returncode != 0
+    warm = tmp_path / "kill" / "checkpoints" / "sft"
+    assert sorted(p.name for p in warm.iterdir()) == ["step-4"]
+    assert (warm / "step-4" / "dcp").is_dir()
+    crashed = _torchrun([*kill, "resume=auto"], tmp_path, env={"CGRPO_CRASH_AT": "step:3"})
+    assert crashed.returncode != 0
+    assert "the warm-up goes on after its step 4" in crashed.stdout
     assert [m["step"] for m in _metrics(tmp_path / "kill")] == [1, 2]
-    resumed = _torchrun([*args("kill", "resume=auto"), "distributed.strategy=fsdp"], tmp_path)
+    sft_lines = (tmp_path / "kill" / "sft_metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in sft_lines] == list(range(1, 11))
+    resumed = _torchrun([*kill, "resume=auto"], tmp_path)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "resuming from" in resumed.stdout and "step-2" in resumed.stdout
     w3 = load_file(tmp_path / "kill" / "checkpoints" / "step-3" / "model.safetensors")

@@ -156,7 +156,7 @@ def test_a_warm_up_continued_from_its_saved_state_ends_bitwise_the_same(tiny_mod
     full = sft_warmup(whole, tok, problems, prompts, cfg, 0)
     saved = {}
 
-    def save(step, state):  # as a checkpoint would: a copy of that moment
+    def save(step, state, _optimizer):  # as a checkpoint would: a copy of that moment
         saved[step] = (copy.deepcopy(state), {k: v.clone() for k, v in first.state_dict().items()})
 
     first = fresh()
@@ -232,7 +232,7 @@ def test_own_sample_shows_the_models_own_wrong_answers_and_resumes_exactly(tiny_
     first = fresh()
     warm(
         first,
-        save=lambda step, state: saved.setdefault(
+        save=lambda step, state, _optimizer: saved.setdefault(
             step, (copy.deepcopy(state), {k: v.clone() for k, v in first.state_dict().items()})
         ),
         save_every=2,

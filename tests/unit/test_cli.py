@@ -1,5 +1,7 @@
 """The real ``cgrpo`` command line: exit codes and what users read."""
 
+import pytest
+
 from tests.helpers import REPO, run_cli
 
 
@@ -139,6 +141,7 @@ def test_check_reads_the_data_and_lists_every_bad_row_with_file_and_line(tmp_pat
         str(REPO / "recipes" / "quickstart-cpu.yaml"),
         "data.task.name=jsonl",
         f"data.task.options.path={data}",
+        "sft.steps=0",  # the rows have no solutions to warm up on
         "eval.every=5",
         f"eval.task={{name: jsonl, options: {{path: {empty}}}}}",
         f"model.path={tmp_path / 'tiny'}",
@@ -160,3 +163,100 @@ def test_check_reads_the_data_and_lists_every_bad_row_with_file_and_line(tmp_pat
     assert skipped.returncode == 0, skipped.stderr
     first = run_cli(*args[:-3], args[-1], "--data-rows", "1", cwd=tmp_path)
     assert first.returncode == 0 and "data.task (jsonl): 1 usable rows read" in first.stdout
+
+
+QUICKSTART = str(REPO / "recipes" / "quickstart-cpu.yaml")
+NO_SOLUTIONS = "no problem of the warm-up's data (sft.task, else data.task) has a reference"
+
+
+def _said(text: str) -> str:
+    return " ".join(text.split())  # rich wraps long lines
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [
+        (b"\xff\xfe not utf-8\n", ":1: not UTF-8 (byte 0xff at column 1)"),
+        (b"", ": no usable rows"),
+        (b'{"question": "What is 1 + 1?"}\n', ":1: missing field 'answer'"),
+    ],
+)
+def test_run_refuses_bad_data_as_check_does_before_building_anything(
+    tmp_path, monkeypatch, capsys, content, needle
+):
+    """cgrpo run reads the data with cgrpo check's reader before it creates the model or
+    the run directory: exit 2 and the same file:line."""
+    from cgrpo.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "1000")  # rich wraps long lines, inside a long path too
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(content)
+    args = [QUICKSTART, "data.task.name=jsonl", f"data.task.options.path={data}",
+            "model.path=tiny", "run.output_dir=runs", "sft.steps=0"]  # fmt: skip
+    assert main(["check", *args]) == 2
+    checked = _said(capsys.readouterr().out)
+    assert main(["run", *args]) == 2
+    refused = _said(capsys.readouterr().err)
+    assert f"{data}{needle}" in checked and f"{data}{needle}" in refused
+    assert "Traceback" not in refused
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "tiny").exists()
+
+
+def test_check_reports_everything_run_would_refuse_at_once(tmp_path, monkeypatch, capsys):
+    """A warm-up on data without reference solutions, a missing benchmark copy and a
+    missing model, in one check: none of them hides another."""
+    from cgrpo.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "1000")  # rich wraps long lines, inside a long path too
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"question": "What is 1 + 1?", "answer": "2"}\n')
+    missing = "eval.benchmarks=[{name: math-500, options: {path: m500.jsonl}}]"
+    args = [QUICKSTART, "data.task.name=jsonl", f"data.task.options.path={data}",
+            "eval.every=5", missing]  # fmt: skip
+    assert main(["check", *args]) == 2  # sft.steps 200: the warm-up needs solutions
+    found = capsys.readouterr()
+    text = _said(found.out + found.err)
+    assert (
+        "no problem of the warm-up's data (sft.task, else data.task) has a reference solution"
+        in text
+    )
+    assert "m500.jsonl: no such file or directory" in text
+    assert main(["run", *args, "model.path=tiny"]) == 2
+    assert (
+        "no problem of the warm-up's data (sft.task, else data.task) has a reference solution"
+        in _said(capsys.readouterr().err)
+    )
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "tiny").exists()
+
+    assert main(["check", *args, "model.create=null", "model.path=./nomodel"]) == 2
+    found = capsys.readouterr()
+    text = _said(found.out + found.err)
+    for needle in ("model.path: directory not found: ./nomodel",
+                   "m500.jsonl: no such file or directory",
+                   NO_SOLUTIONS):  # fmt: skip
+        assert needle in text, needle
+
+
+def test_demonstrations_without_solutions_are_refused_by_check_and_run(
+    tmp_path, monkeypatch, capsys
+):
+    """algorithm.demonstrations adds each problem's reference solution to its group: data
+    without one is a problem cgrpo check lists and cgrpo run refuses before building."""
+    from cgrpo.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "1000")
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"question": "What is 1 + 1?", "answer": "2"}\n')
+    # micro-batches of 8 divide the 8 x (G + K + D = 9) rows
+    args = [QUICKSTART, "data.task.name=jsonl", f"data.task.options.path={data}",
+            "sft.steps=0", "algorithm.demonstrations.per_group=1",
+            "algorithm.micro_batch_size=8"]  # fmt: skip
+    needle = "algorithm.demonstrations.per_group > 0 but no training problem (data.task) has"
+    assert main(["check", *args]) == 2
+    assert needle in _said(capsys.readouterr().out)
+    assert main(["run", *args, "model.path=tiny"]) == 2
+    assert needle in _said(capsys.readouterr().err)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "tiny").exists()

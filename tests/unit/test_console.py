@@ -87,7 +87,7 @@ def test_plain_lines_every_n_steps_and_whenever_something_is_off(capsys):
     steps = [line.split()[1] for line in out.splitlines() if line.startswith("step ")]
     assert steps == ["3/7", "4/7", "6/7", "7/7"]  # every 3rd, the warning, the last
     assert "  ! 1 critiques failed" in out
-    assert "eval (step 6): accuracy 0.250" in out
+    assert "eval (RL step 6): accuracy 0.250" in out
     assert "critic $0.0070" in out.splitlines()[-1]  # spend is cumulative
 
 

@@ -34,7 +34,12 @@ def test_good_recipe_resolves_component_defaults(tmp_path):
     assert recipe.algorithm.group_size == 8
     assert resolved["verifier"] == {
         "name": "math",
-        "options": {"timeout_s": 5, "fallback": "expression", "float_rounding": 6},
+        "options": {
+            "timeout_s": 5,
+            "fallback": "expression",
+            "float_rounding": 6,
+            "answer_form": "auto",
+        },
     }
     assert resolved["data"]["task"]["options"]["size"] == 10
     assert resolved["algorithm"]["advantage"]["options"]["std_scaling"] == "none"
@@ -89,6 +94,38 @@ def test_switching_a_component_name_drops_the_old_options(tmp_path):
     )
     assert recipe.data.task.name == "jsonl"
     assert "size" not in recipe.data.task.options
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        ["data.task={name: jsonl, options: {path: PATH}}"],  # the whole value
+        ["data={task: {name: jsonl, options: {path: PATH}}}"],  # the section that holds it
+        ["data.task.name=jsonl", "data.task.options.path=PATH"],  # name, then options
+        ["data.task=jsonl", "data.task.options.path=PATH"],  # shorthand, then options
+    ],
+)
+def test_every_spelling_of_a_new_component_starts_from_its_own_options(tmp_path, caplog, spelling):
+    """Switching data.task from arithmetic to jsonl drops arithmetic's options (size) in
+    every spelling, and says so: they would be unknown keys of the new task."""
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"question": "q", "answer": "1"}\n')
+    overrides = [o.replace("PATH", str(data)) for o in spelling]
+    with caplog.at_level("WARNING", logger="cgrpo"):
+        recipe, _ = load_recipe(write(tmp_path, GOOD), overrides)
+    assert recipe.data.task.name == "jsonl" and "size" not in recipe.data.task.options
+    said = [r.getMessage() for r in caplog.records]
+    assert any("data.task" in m and "arithmetic" in m and "size" in m for m in said), said
+
+
+def test_a_whole_value_override_of_the_same_component_keeps_its_options(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="cgrpo"):
+        recipe, _ = load_recipe(write(tmp_path, GOOD), ["data.task={options: {digits: 3}}"])
+        recipe, _ = load_recipe(
+            write(tmp_path, GOOD), ["data.task={name: arithmetic, options: {digits: 3}}"]
+        )
+    assert recipe.data.task.options["size"] == 10 and recipe.data.task.options["digits"] == 3
+    assert not caplog.records
 
 
 def test_bad_override_syntax_and_missing_interpolation(tmp_path):
@@ -206,17 +243,34 @@ def test_missing_file_and_yaml_syntax_error(tmp_path):
         ),
         (["model.dtype=float16"], "model.dtype", "loss scaling"),
         (["model.lora.target_modules=[]"], "model.lora.target_modules", "at least one"),
-        (
-            ["sft.steps=10", "sft.save_every=5", "distributed.strategy=fsdp"],
-            "sft.save_every",
-            "reruns from its start",
-        ),
     ],
 )
 def test_cross_field_checks(tmp_path, override, path, needle):
     found, _ = problems(tmp_path, GOOD, *override)
     assert path in found, found
     assert needle in found[path].message + found[path].hint
+
+
+def test_a_model_directory_without_a_model_is_refused_before_anything_runs(tmp_path, monkeypatch):
+    """cgrpo run failed on it only when loading, after making the run directory."""
+    monkeypatch.chdir(tmp_path)
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "readme.txt").write_text("not a model")
+    found, _ = problems(tmp_path, GOOD, f"model.path={notes}")
+    assert "holds no config.json" in found["model.path"].message
+    quick = tmp_path / "q.yaml"
+    quick.write_text(GOOD.replace("model: {path: some-org/model,", "model: {create: {},"))
+    found, _ = problems(tmp_path, quick.read_text(), f"model.path={notes}")
+    assert "model.create would not replace" in found["model.path"].message
+    load_recipe(quick, [f"model.path={tmp_path / 'empty'}"])  # created there: fine
+
+
+def test_warm_up_checkpoints_under_fsdp_are_a_setting_like_any_other(tmp_path):
+    recipe, _ = load_recipe(
+        write(tmp_path, GOOD), ["sft.steps=10", "sft.save_every=5", "distributed.strategy=fsdp"]
+    )
+    assert recipe.sft.save_every == 5
 
 
 def test_zero_or_negative_k_with_refinement_and_k_ge_n(tmp_path):
@@ -243,6 +297,14 @@ def test_extends_merges_a_base_recipe(tmp_path):
     assert recipe.model.max_length == 512
 
 
+def a_model_dir(tmp_path):
+    """A stand-in model directory (a config.json is what validation looks for)."""
+    model = tmp_path / "model"
+    model.mkdir(exist_ok=True)
+    (model / "config.json").write_text("{}")
+    return model
+
+
 @pytest.mark.parametrize(
     "name",
     [
@@ -263,7 +325,7 @@ def test_shipped_recipes_validate(tmp_path, name):
         [] if name.endswith("-cpu") else ["model.path=org/model", f"data.task.options.path={data}"]
     )
     if name == "quickstart-lora-cpu":  # its base is the quickstart's warm-up checkpoint
-        overrides = [f"model.path={tmp_path}"]
+        overrides = [f"model.path={a_model_dir(tmp_path)}"]
     if name == "weak-to-strong":  # the small critic's directory is a placeholder too
         overrides.append(f"critic.options.path={tmp_path}")
     recipe, _ = load_recipe(REPO / "recipes" / f"{name}.yaml", overrides)
@@ -389,6 +451,26 @@ def test_the_resolved_recipe_a_run_saves_validates_again(tmp_path):
     assert again.algorithm.loss.clip.mode == "none"
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model.device=cpu"],  # run.memory_check: enforce is written, on a CPU machine
+        ["verifier=exact"],  # run.verify_workers: 0 is written, with no pooled verifier
+        ["model.device=cpu", "verifier=exact", "critic=indicative", "sft.steps=0"],
+    ],
+)
+def test_a_saved_recipe_with_every_default_written_out_validates_again(tmp_path, overrides):
+    """A run writes every default into its recipe.yaml; settings left at their defaults
+    must not be refused as ignored when that file is checked, evaluated or rerun."""
+    import yaml
+
+    from tests.helpers import REPO
+
+    _, resolved = load_recipe(REPO / "recipes" / "quickstart-cpu.yaml", overrides)
+    assert resolved["run"]["memory_check"] == "enforce" and resolved["run"]["verify_workers"] == 0
+    load_recipe(write(tmp_path, yaml.safe_dump(resolved), "saved.yaml"))
+
+
 def test_switching_to_random_selection_drops_an_inherited_fallback(tmp_path):
     """``fallback`` means nothing once refinements are kept at random: a child recipe or an
     override that switches ``selection`` to random drops the one it inherits (the released
@@ -409,7 +491,7 @@ def test_switching_to_random_selection_drops_an_inherited_fallback(tmp_path):
     assert ok.algorithm.selection == "random"
 
 
-def test_extends_switching_a_mode_or_a_name_drops_what_belonged_to_the_old_one(tmp_path):
+def test_extends_switching_a_mode_or_a_name_drops_what_belonged_to_the_old_one(tmp_path, caplog):
     write(tmp_path, GOOD, "base0.yaml")
     write(
         tmp_path,
@@ -424,9 +506,14 @@ def test_extends_switching_a_mode_or_a_name_drops_what_belonged_to_the_old_one(t
         "critic: {name: ground_truth}\n",
         "c.yaml",
     )
-    recipe, _ = load_recipe(child)
+    with caplog.at_level("WARNING", logger="cgrpo"):
+        recipe, _ = load_recipe(child)
     assert recipe.algorithm.loss.clip.bounds() == (0.2, 0.2)
     assert recipe.critic.name == "ground_truth"
+    assert (
+        "c.yaml (extends base.yaml) switches critic from openai to ground_truth: the "
+        "options of openai were dropped (max_tokens, model)" in caplog.text
+    )
     same = write(tmp_path, "extends: base.yaml\nalgorithm: {loss: {clip: {eps_high: 0.4}}}\n")
     assert load_recipe(same)[0].algorithm.loss.clip.bounds() == (0.1, 0.4)  # merged as before
 
@@ -504,7 +591,7 @@ def test_the_weak_to_strong_placeholder_critic_path_is_flagged(tmp_path):
     with pytest.raises(RecipeError) as err:
         load_recipe(
             REPO / "recipes" / "weak-to-strong.yaml",
-            [f"model.path={tmp_path}", f"data.task.options.path={data}"],
+            [f"model.path={a_model_dir(tmp_path)}", f"data.task.options.path={data}"],
         )
     (problem,) = err.value.problems
     assert problem.path == "critic.options.path" and "/path/to/small" in problem.message

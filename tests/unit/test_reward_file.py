@@ -36,7 +36,7 @@ def verifier(name, options):
     return get_registries()["verifier"].build(name, options, None)
 
 
-def test_a_function_in_a_file_is_the_reward(tmp_path, caplog):
+def test_a_function_in_a_file_is_the_reward(tmp_path):
     path = tmp_path / "rewards.py"
     path.write_text(REWARDS)
     assert verifier("python", {"path": str(path)}).verify("so 2", PROBLEM) == Verdict(1.0, True)
@@ -49,10 +49,45 @@ def test_a_function_in_a_file_is_the_reward(tmp_path, caplog):
         verifier("python", {"path": str(path), "function": "graded"}).verify("", PROBLEM).score
         == 0.5
     )
+    out = verifier("python", {"path": str(path), "function": "broken"}).verify("2", PROBLEM)
+    assert out.score == 0.0 and not out.correct and out.raised
+    # named with the line that raised (REWARDS' line 14: return 1 / 0), traceback kept
+    assert out.reason == f"error: ZeroDivisionError: division by zero ({path}:14)"
+    assert out.trace.startswith("Traceback") and "return 1 / 0" in out.trace
+
+
+def test_a_raising_verifier_scores_zero_and_the_pool_shows_the_first_error_once(caplog):
+    """Any verifier (a plugin's too) that raises gives reward 0 naming where; the pool
+    logs the first traceback once, not once per response."""
+    from cgrpo.train.metrics import rollout_metrics, step_alerts
+    from cgrpo.train.rollout import Rollout
+    from cgrpo.train.verify_pool import VerifyPool
+
+    class Broken:
+        def verify(self, response, problem):
+            raise ValueError(f"cannot judge {response}")
+
+    pool = VerifyPool(1)
     with caplog.at_level(logging.WARNING):
-        out = verifier("python", {"path": str(path), "function": "broken"}).verify("2", PROBLEM)
-    assert out == Verdict(0.0, False, None, "error")
-    assert "ZeroDivisionError" in caplog.text and "rewards.py:broken" in caplog.text
+        first = pool.verify(Broken(), None, [("a", PROBLEM), ("b", PROBLEM)])
+        again = pool.verify(Broken(), None, [("c", PROBLEM)])
+    assert [v.raised for v in first + again] == [True, True, True]
+    assert first[1].reason.startswith("error: ValueError: cannot judge b (")
+    assert "test_reward_file.py:" in first[0].reason
+    assert caplog.text.count("Traceback (most recent call last)") == 1
+    assert "cannot judge a" in caplog.text and "cannot judge c" not in caplog.text
+
+    class Record:  # what rollout_metrics reads of a sampled response
+        def __init__(self, verdict):
+            self.verdict, self.kind, self.problem, self.group = verdict, "initial", PROBLEM, 0
+            self.completion = type("C", (), {"token_ids": [1], "finish_reason": "stop"})()
+            self.prompt_tokens, self.kept, self.critique = 3, False, None
+
+    ro = Rollout(rows=[], records=[Record(v) for v in [*first, Verdict(1.0, True)]],
+                 seconds={}, critiques=[])  # fmt: skip
+    metrics = rollout_metrics(ro)
+    assert metrics["verify/errors"] == 2.0  # 2 of the 3 responses raised
+    assert "2 verifications raised" in " ".join(step_alerts(metrics))
 
 
 @pytest.mark.parametrize(

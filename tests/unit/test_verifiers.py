@@ -162,3 +162,40 @@ def test_an_unboxed_response_without_an_expression_never_parses_the_reference():
     assert _parse_gold.cache_info().misses == before.misses
     assert v.verify("so it is 7/13", prob(gold)).correct  # an expression: parsed, compared
     assert _parse_gold.cache_info().misses == before.misses + 1
+
+
+ECHOES = [r"\boxed{1 + 9}", r"\boxed{2*5}", "The answer is 1 + 9", r"$\boxed{9+1}$"]
+NUMBERS = [r"\boxed{10}", "The answer is 10.", r"\boxed{10.0}", r"1 + 9 = \boxed{ 10 }"]
+
+
+def test_the_arithmetic_task_rewards_a_number_not_the_question_echoed():
+    """For "What is 1 + 9?" math-verify finds 1 + 9 equal to 10 symbolically, so a policy
+    that copies the question scored 1.0. The arithmetic task's problems ask the math verifier
+    (default answer_form: auto) for a number literal."""
+    from cgrpo.builtins.tasks.arithmetic import ArithmeticTask
+
+    task = ArithmeticTask(ArithmeticTask.Options(size=200, digits=1))
+    problem = next(p for p in task.load() if p.question == "What is 1 + 9?")
+    v = MathVerifier()
+    for response in ECHOES:
+        verdict = v.verify(response, problem)
+        assert verdict.score == 0.0 and verdict.reason == "not_a_number", response
+    for response in NUMBERS:
+        assert v.verify(response, problem).correct, response
+
+
+def test_a_math_style_answer_may_stay_an_unsimplified_expression_unless_asked():
+    """MATH-style references accept an equal but unsimplified expression on purpose;
+    answer_form: number asks for a literal everywhere, expression nowhere."""
+    plain = Problem("p", "What is 1 + 9?", "10")
+    assert all(MathVerifier().verify(r, plain).correct for r in ECHOES)
+    strict = MathVerifier(MathVerifier.Options(answer_form="number"))
+    assert not any(strict.verify(r, plain).correct for r in ECHOES)
+    assert all(strict.verify(r, plain).correct for r in NUMBERS)
+    assert strict.verify(r"\boxed{\frac{1}{2}}", Problem("h", "q", "0.5")).reason == "not_a_number"
+    from cgrpo.builtins.tasks.arithmetic import ArithmeticTask
+
+    arithmetic = ArithmeticTask().load()[0]
+    loose = MathVerifier(MathVerifier.Options(answer_form="expression"))
+    a, _, b = arithmetic.question.removeprefix("What is ").rstrip("?").partition(" + ")
+    assert loose.verify(rf"\boxed{{{a} + {b}}}", arithmetic).correct

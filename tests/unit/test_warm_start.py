@@ -15,6 +15,7 @@ QUICKSTART = REPO / "recipes" / "quickstart-cpu.yaml"
 def warm_run(root, template, share=0.3):
     run = root / "warm"
     (run / "checkpoints" / "step-0").mkdir(parents=True)
+    (run / "checkpoints" / "step-0" / "config.json").write_text("{}")  # a model directory
     (run / "recipe.yaml").write_text(
         f"sft:\n  steps: 5\n  refinement_share: {share}\n"
         f"refinement:\n  template: {json.dumps(template)}\n"  # JSON: a YAML string

@@ -15,6 +15,7 @@ from cgrpo.config.schema import Recipe
 from cgrpo.errors import DataError
 from cgrpo.interfaces import BuildContext
 from cgrpo.model.prompts import PromptBuilder
+from cgrpo.train.data import holdout_takes_all
 from cgrpo.train.parts import Built
 from cgrpo.types import Problem
 
@@ -277,11 +278,9 @@ def _split_eval(
             held = held[: ev.size]
         return problems, held
     size = ev.holdout_size
-    if len(problems) <= size:
-        raise DataError(
-            f"eval.size={size} would hold out all {len(problems)} problems; "
-            "lower eval.size or give eval.task"
-        )
+    too_many = holdout_takes_all(size, len(problems))
+    if too_many:
+        raise DataError(too_many)
     order = list(range(len(problems)))
     random.Random(f"holdout:{recipe.run.seed}").shuffle(order)
     held = set(order[:size])

@@ -155,6 +155,9 @@ def run_recipe(path: str, overrides: Sequence[str]) -> int:
     # a second, as by `cgrpo check`
     registries = get_registries()
     recipe, resolved = load_recipe(path, overrides, registries=registries)
+    from cgrpo.app.check import preflight
+
+    preflight(recipe, registries)  # bad data: exit 2 before a model or directory is made
 
     from transformers.utils import logging as hf_logging
 

@@ -1,6 +1,7 @@
 """The warm-up phase of ``cgrpo run``: supervised fine-tuning on reference solutions (and
-refinement examples) before RL, logged to ``sft_metrics.jsonl`` and checkpointed every
-``sft.save_every`` steps so a killed warm-up goes on where it stopped."""
+refinement examples) before RL, logged to ``sft_metrics.jsonl``, evaluated every
+``eval.every`` warm-up steps (the ``eval/...`` metrics in the same lines) and checkpointed
+every ``sft.save_every`` steps so a killed warm-up goes on where it stopped."""
 
 from __future__ import annotations
 
@@ -12,8 +13,16 @@ from typing import Any
 
 from cgrpo.app.run import RunSession
 from cgrpo.model import distributed
-from cgrpo.train.checkpoint import complete_checkpoints, restore_rng, save_checkpoint
+from cgrpo.model.sharding import is_sharded
+from cgrpo.train.checkpoint import (
+    complete_checkpoints,
+    restore_rng,
+    save_checkpoint,
+    save_sharded_checkpoint,
+)
+from cgrpo.train.evaluation import evaluate_now
 from cgrpo.train.resume import SFT_METRICS
+from cgrpo.train.verify_pool import VerifyPool, auto_workers
 
 log = logging.getLogger("cgrpo.warmup")
 
@@ -28,34 +37,38 @@ def warm_up(run: RunSession) -> None:
 
     recipe, built = run.recipe, run.built
     start = None
-    if run.warm_from is not None:
-        start = load_trainer_state(run.warm_from)
+    if run.warm_from is not None:  # a sharded model's weights come with its optimizer
+        start = {**load_trainer_state(run.warm_from), "checkpoint": run.warm_from}
         restore_rng(start["rng"])
         run.say(f"cgrpo: the warm-up goes on after its step {start['step']}")
-    out = JsonlWriter(run.run_dir / SFT_METRICS) if run.main else None
     wrong = build_wrong_answer(recipe.sft.wrong_answer)
     sft_problems, refinement_problems = _warmup_problems(run)
-    sft_warmup(
-        built.model,
-        built.tokenizer,
-        sft_problems,
-        built.prompts,
-        recipe.sft,
-        recipe.run.seed,
-        _progress(run, out, 1 if start is None else start["step"] + 1),
-        critic=built.critic,
-        precision=built.precision,
-        chunk_tokens=recipe.algorithm.logprob_chunk_tokens,
-        optim=recipe.optim,
-        refinement_problems=refinement_problems,
-        start=start,
-        wrong=wrong,
-        sample=_warmup_sampler(recipe, built, wrong),
-        save=lambda step, state: _save_warmup(run.run_dir, step, built, state),
-        save_every=recipe.sft.save_every,
-    )
-    if out is not None:
-        out.close()
+    out = JsonlWriter(run.run_dir / SFT_METRICS) if run.main else None
+    pool = VerifyPool(auto_workers(recipe.run.verify_workers, distributed.world_size()))
+    try:
+        sft_warmup(
+            built.model,
+            built.tokenizer,
+            sft_problems,
+            built.prompts,
+            recipe.sft,
+            recipe.run.seed,
+            _progress(run, out, 1 if start is None else start["step"] + 1, _evaluator(run, pool)),
+            critic=built.critic,
+            precision=built.precision,
+            chunk_tokens=recipe.algorithm.logprob_chunk_tokens,
+            optim=recipe.optim,
+            refinement_problems=refinement_problems,
+            start=start,
+            wrong=wrong,
+            sample=_warmup_sampler(recipe, built, wrong),
+            save=lambda step, state, opt: _save_warmup(run.run_dir, step, built, state, opt),
+            save_every=recipe.sft.save_every,
+        )
+    finally:
+        pool.close()  # the evaluation's verification workers, when it started them
+        if out is not None:
+            out.close()
 
 
 def taught_template(model_path: str) -> tuple[Path, str] | None:
@@ -137,12 +150,34 @@ def _warmup_problems(run: RunSession) -> tuple[list[Any], list[Any] | None]:
     return problems, refinement
 
 
-def _progress(run: RunSession, out: Any, first: int):
-    """``on_step(step, metrics)``: each step to sft_metrics.jsonl, about ten console lines."""
+def _evaluator(run: RunSession, pool: VerifyPool):
+    """``evaluate(step)``: the evaluation metrics at the warm-up steps ``eval.every``
+    names, shown on the console with the phase ({} at the others). The warm-up's last
+    step is left to RL's step 0 when ``eval.at_start`` evaluates there anyway."""
+    recipe, built = run.recipe, run.built
+    every, total = recipe.eval.every, recipe.sft.steps
+
+    def evaluate(step: int) -> dict[str, float]:
+        if not every or step % every or (step == total and recipe.eval.at_start):
+            return {}
+        if not getattr(built.policy, "samples_with_trainer_model", False):
+            built.policy.sync_weights(built.model)  # a separate engine: this step's weights
+        metrics = evaluate_now(built, recipe, pool, step)
+        if run.main and metrics:
+            run.console.evaluated(f"warm-up step {step}/{total}", metrics)
+        return metrics
+
+    return evaluate
+
+
+def _progress(run: RunSession, out: Any, first: int, evaluate: Any):
+    """``on_step(step, metrics)``: each step to sft_metrics.jsonl (with the evaluation's
+    metrics at the steps ``eval.every`` names), about ten console lines."""
     started = time.monotonic()
     total = run.recipe.sft.steps
 
     def on_step(step: int, m: dict[str, float]) -> None:
+        m = {**m, **evaluate(step)}
         if out is not None:
             out.write({"step": step, **m})
         if step in (first, total) or step % max(1, total // 10) == 0:
@@ -185,11 +220,18 @@ def _warmup_sampler(recipe: Any, built: Any, wrong: Any):
     return sample
 
 
-def _save_warmup(run_dir: Path, step: int, built: Any, state: dict[str, Any]) -> None:
-    """Rank 0 writes warm-up checkpoint ``step`` and drops the older ones (every rank
-    holds the same weights: the warm-up batch is the same on every rank)."""
-    if distributed.is_main():
+def _save_warmup(
+    run_dir: Path, step: int, built: Any, state: dict[str, Any], optimizer: Any
+) -> None:
+    """Write warm-up checkpoint ``step`` and drop the older ones: rank 0 alone (every rank
+    holds the same weights: the warm-up batch is the same on every rank), or under fsdp
+    every rank its shards of the model and the warm-up's optimizer."""
+    if is_sharded(built.model):
+        save_sharded_checkpoint(run_dir, step, built.model, optimizer, built.tokenizer, state,
+                                hf_weights=False, warmup=True)  # fmt: skip
+    elif distributed.is_main():
         save_checkpoint(run_dir, step, built.model, built.tokenizer, state, warmup=True)
+    if distributed.is_main():
         for older, path in complete_checkpoints(run_dir, warmup=True):
             if older != step:
                 shutil.rmtree(path, ignore_errors=True)

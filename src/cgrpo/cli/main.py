@@ -12,7 +12,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from cgrpo import __version__
-from cgrpo.errors import CgrpoError, DataError, PluginError, RecipeError, UsageError
+from cgrpo.errors import (
+    CgrpoError,
+    DataError,
+    InputError,
+    PluginError,
+    RecipeError,
+    UsageError,
+)
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -199,16 +206,7 @@ def cmd_check(
     try:
         recipe, resolved = load_recipe(recipe_path, overrides)
     except RecipeError:
-        # the plan needs only the model, algorithm, policy and distributed sections: show
-        # it even when, say, the data path exists only on the training machine
-        try:
-            from cgrpo.config.load import load_raw
-
-            partial = memory_plan.partial_recipe(load_raw(recipe_path, overrides))
-        except CgrpoError:
-            partial = None
-        if partial is not None:
-            show_plan(partial)
+        _show_what_still_can_be(console, recipe_path, overrides, data_rows, show_plan)
         raise
     console.print(Syntax(OmegaConf.to_yaml(resolved), "yaml", background_color="default"))
     fits = show_plan(recipe)
@@ -226,14 +224,42 @@ def cmd_check(
     return EXIT_OK
 
 
-def _show_data(console, recipe, data_rows: int | None) -> bool:
+def _show_what_still_can_be(console, recipe_path, overrides, data_rows, show_plan) -> None:
+    """For a recipe with problems: the memory plan (it needs only the model, algorithm,
+    policy and distributed sections) and the data's problems (each task or benchmark whose
+    own section is valid), so that every problem shows at once; a data path that exists
+    only on the training machine, say, does not hide the plan."""
+    import logging
+
+    from cgrpo.app.check import partial_recipe
+    from cgrpo.config.load import load_raw
+    from cgrpo.model import memory_plan
+    from cgrpo.plugins import get_registries
+
+    said = logging.getLogger("cgrpo.config")  # its warnings were shown by the first load
+    level = said.level
+    said.setLevel(logging.ERROR)
+    try:
+        raw = load_raw(recipe_path, overrides)
+    except CgrpoError:
+        return
+    finally:
+        said.setLevel(level)
+    plan = memory_plan.partial_recipe(raw)
+    if plan is not None:
+        show_plan(plan)
+    if data_rows != 0:
+        _show_data(console, partial_recipe(raw, get_registries()), data_rows, False)
+
+
+def _show_data(console, recipe, data_rows: int | None, prompt_lengths: bool = True) -> bool:
     """Read the recipe's tasks, print what was found; False when there are problems."""
     from rich.markup import escape
 
     from cgrpo.app.check import check_data
     from cgrpo.plugins import get_registries
 
-    reports = check_data(recipe, get_registries(), data_rows)
+    reports = check_data(recipe, get_registries(), data_rows, prompt_lengths)
     for report in reports:
         console.print(escape("\n".join(report.lines())), highlight=False)
     return not any(r.problems for r in reports)
@@ -336,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RecipeError as exc:
         print(exc.render(), file=sys.stderr)
         return EXIT_USAGE
-    except UsageError as exc:
+    except (UsageError, InputError) as exc:
         print(f"cgrpo {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except (PluginError, DataError, CgrpoError) as exc:

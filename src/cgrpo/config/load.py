@@ -7,6 +7,7 @@ pydantic and :mod:`cgrpo.config.validate`, which report every problem at once.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cgrpo.config.schema import COMPONENT_PATHS, Recipe
 from cgrpo.errors import ConfigIssue, RecipeError
+
+log = logging.getLogger(__name__)
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
@@ -51,13 +54,13 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> DictConfig:
                 str(path),
             )
         parent = _read_yaml(target, (*seen, path.resolve()))
-        _drop_switched(parent, cfg)
+        _drop_switched(parent, cfg, f"{path.name} (extends {base})")
         _drop_replaced(parent, cfg)
         cfg = OmegaConf.merge(parent, cfg)
     return cfg
 
 
-def _drop_switched(parent: DictConfig, child: DictConfig) -> None:
+def _drop_switched(parent: DictConfig, child: DictConfig, why: str, prefix: str = "") -> None:
     """Before ``extends:`` merges ``child`` over ``parent``: where the child switches a
     section's ``mode`` (``clip: {mode: none}``), the parent's other keys there belong to the
     old mode and are dropped; where it switches a component's ``name``, the parent's
@@ -67,12 +70,14 @@ def _drop_switched(parent: DictConfig, child: DictConfig) -> None:
         old = parent.get(key)
         if not (isinstance(value, DictConfig) and isinstance(old, DictConfig)):
             continue
+        path = f"{prefix}.{key}" if prefix else str(key)
         if "mode" in value and old.get("mode") != value.get("mode"):
             parent[key] = {}
         elif "name" in value and old.get("name") != value.get("name"):
+            _say_dropped(path, old, value, why)
             old.pop("options", None)
         else:
-            _drop_switched(old, value)
+            _drop_switched(old, value, why, path)
 
 
 # section -> {key: the older keys it replaces}. A child recipe (or an override) that gives
@@ -150,22 +155,7 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str], source: str) -> D
             )
             continue
         try:
-            value = OmegaConf.from_dotlist([item])
-            parsed = OmegaConf.select(value, key.strip())
-            existing = OmegaConf.select(cfg, key.strip(), default=None)
-            _expand_shorthand(cfg, key.strip())
-            _drop_replaced_by_override(cfg, key.strip(), parsed)
-            replace = isinstance(existing, DictConfig) and not isinstance(parsed, DictConfig)
-            parent_key, _, leaf = key.strip().rpartition(".")
-            parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else None
-            if (
-                leaf == "name"
-                and isinstance(parent, DictConfig)
-                and "options" in parent
-                and parent.get("name") != parsed
-            ):
-                parent.options = {}
-            OmegaConf.update(cfg, key.strip(), parsed, merge=not replace, force_add=True)
+            _apply_override(cfg, key.strip(), item)
         except OmegaConfBaseException as exc:
             issues.append(ConfigIssue(key, f"cannot apply override: {exc}"))
         except yaml.YAMLError as exc:  # the value is not valid YAML
@@ -181,6 +171,67 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str], source: str) -> D
     if issues:
         raise RecipeError(issues, source)
     return cfg
+
+
+def _apply_override(cfg: DictConfig, key: str, item: str) -> None:
+    """Apply one ``key=value`` override. A value that names another component than the
+    one there (``critic=self``, ``critic.name=self``, ``critic={name: self, ...}``, or a
+    section holding one: ``data={task: {name: jsonl, ...}}``) starts from the new
+    component's options: the old ones are dropped, and said so."""
+    parsed = OmegaConf.select(OmegaConf.from_dotlist([item]), key)
+    existing = OmegaConf.select(cfg, key, default=None)
+    _expand_shorthand(cfg, key)
+    _drop_replaced_by_override(cfg, key, parsed)
+    _drop_switched_options(cfg, key, parsed, f"override {item!r}")
+    replace = isinstance(existing, DictConfig) and not isinstance(parsed, DictConfig)
+    OmegaConf.update(cfg, key, parsed, merge=not replace, force_add=True)
+
+
+def _drop_switched_options(cfg: DictConfig, key: str, value: Any, why: str) -> None:
+    """Before ``key=value`` is merged: drop (and name) the options of every component at
+    or under ``key`` that ``value`` switches to another one, so the merge leaves only the
+    new component's; ``P.name=other`` does the same for the component at ``P``."""
+    parent_key, _, leaf = key.rpartition(".")
+    for path in COMPONENT_PATHS:
+        if path == key:
+            new = value
+        elif path.startswith(key + ".") and isinstance(value, DictConfig):
+            new = OmegaConf.select(value, path[len(key) + 1 :], default=None)
+        elif path == parent_key and leaf == "name":
+            new = value
+        else:
+            continue
+        old = OmegaConf.select(cfg, path, default=None)
+        if _switches(old, new):
+            _say_dropped(path, old, new, why)
+            if isinstance(old, DictConfig):
+                old.pop("options", None)
+
+
+def _component_name(spec: Any) -> Any:
+    """The component a section (``{name: ..., options: ...}`` or its shorthand) names."""
+    return spec.get("name") if isinstance(spec, DictConfig | dict) else spec
+
+
+def _switches(existing: Any, new: Any) -> bool:
+    """Whether ``new`` (a section, its shorthand or a bare name) names another component
+    than ``existing``; a section without a name changes only options."""
+    name = _component_name(new)
+    return existing is not None and name is not None and name != _component_name(existing)
+
+
+def _say_dropped(path: str, old: Any, new: Any, why: str) -> None:
+    """Warn which of the old component's options a switch to another component drops
+    (those the new value does not give again)."""
+    options = old.get("options") if isinstance(old, DictConfig) else None
+    given = new.get("options") if isinstance(new, DictConfig | dict) else None
+    dropped = sorted(set(options or {}) - set(given or {}))
+    if dropped:
+        log.warning(
+            "%s switches %s from %s to %s: the options of %s were dropped (%s)",
+            why, path, _component_name(old), _component_name(new), _component_name(old),
+            ", ".join(dropped),
+        )  # fmt: skip
 
 
 def _drop_replaced_by_override(cfg: DictConfig, key: str, value: Any) -> None:

@@ -333,21 +333,9 @@ def compiled_decode_needs_cuda(r: Recipe) -> RuleResult:
     return None
 
 
-@rule("sft.save_every")
-def warmup_checkpoints_under_fsdp(r: Recipe) -> RuleResult:
-    if r.distributed.strategy == "fsdp" and r.sft.steps and r.sft.save_every:
-        return Finding(
-            "warm-up checkpoints are not written under fsdp yet (its model and optimizer are "
-            "sharded and need the collective checkpoint RL steps use)",
-            "remove sft.save_every: a killed warm-up then reruns from its start and ends with "
-            "the same weights, or warm up with distributed.strategy: ddp",
-        )
-    return None
-
-
 @rule("run.memory_check")
 def memory_check_needs_a_gpu(r: Recipe) -> RuleResult:
-    if "memory_check" in r.run.model_fields_set and r.model.device == "cpu":
+    if r.run.changes("memory_check") and r.model.device == "cpu":
         return Finding(
             "the memory plan is checked only on GPU; with model.device: cpu it would be ignored",
             "remove run.memory_check, or train on a GPU (model.device: auto or cuda)",
@@ -394,5 +382,26 @@ def model_directory_exists(r: Recipe) -> RuleResult:
         return Finding(
             f"directory not found: {path}",
             "fix the path, or add model.create to build a tiny model there",
+        )
+    return None
+
+
+@rule("model.path")
+def model_directory_holds_a_model(r: Recipe) -> RuleResult:
+    """A directory without config.json failed only when the model was loaded, after the
+    run directory was made; with model.create it is not replaced either."""
+    path = Path(r.model.path).expanduser()
+    if not path.is_dir() or (path / "config.json").is_file():
+        return None
+    if r.model.create is None:
+        return Finding(
+            f"{r.model.path} holds no config.json: not a model directory",
+            "point model.path at the directory with config.json and the weights (a "
+            "checkpoint, a hub snapshot), or add model.create to build a tiny model there",
+        )
+    if any(path.iterdir()):
+        return Finding(
+            f"{r.model.path} holds files but no model, and model.create would not replace them",
+            "remove the directory or point model.path elsewhere",
         )
     return None

@@ -24,6 +24,14 @@ class Section(BaseModel):
         ``Options`` models (plugins too) may define the same method."""
         return {}
 
+    def changes(self, name: str) -> bool:
+        """Whether the recipe sets field ``name`` to something other than its default. A
+        default written out (a run's saved recipe.yaml holds every one) asks for nothing,
+        so a rule that refuses a setting as ignored refuses only a changed one."""
+        field = type(self).model_fields[name]
+        default = None if field.is_required() else field.get_default(call_default_factory=True)
+        return name in self.model_fields_set and getattr(self, name) != default
+
 
 class ComponentSpec(Section):
     """A registered component by name, with its options."""
@@ -599,13 +607,24 @@ class TrainConfig(Section):
     max_nonfinite_steps: int = Field(
         3, ge=1, description="stop after this many steps in a row with non-finite loss/grads"
     )
+    verifier_errors: Literal["stop", "tolerate"] = Field(
+        "stop",
+        description="a step in which every verification raised (a broken reward function): "
+        "'stop' ends the run (exit 2) naming the error's file:line; 'tolerate' trains on "
+        "with reward 0 for them. Errors are counted either way (verify/errors)",
+    )
 
 
 class EvalConfig(Section):
     """Evaluation during training and by ``cgrpo eval``: named benchmarks, or held-out
     problems of data.task / an eval.task (no critique at evaluation; docs/evaluation.md)."""
 
-    every: int = Field(0, ge=0, description="evaluate every N steps and at the end; 0 = off")
+    every: int = Field(
+        0,
+        ge=0,
+        description="evaluate every N RL steps and at the end, and every N warm-up steps "
+        "(its metrics in sft_metrics.jsonl); 0 = off",
+    )
     size: int | None = Field(
         None,
         ge=1,

@@ -248,7 +248,7 @@ def _verify_workers_issues(
 ) -> list[ConfigIssue]:
     """run.verify_workers set while none of the recipe's verifiers (its own, a mixture
     source's, a benchmark's) runs in worker processes: the setting would do nothing."""
-    if "verify_workers" not in r.run.model_fields_set:
+    if not r.run.changes("verify_workers"):
         return []
     specs = [(r.verifier.name, r.verifier.options)]
     for path, opts in options.items():

@@ -53,13 +53,8 @@ def load_policy(
     from cgrpo.model.precision import DTYPES, MASTER_DTYPE
 
     path = Path(model_cfg.path).expanduser()
-    if model_cfg.create is not None and not (path / "config.json").exists():
-        from cgrpo.model.tiny import create_tiny_model
-
-        # a warning: on the console (and in train.log) wherever it happens
-        log.warning("model.path %s has no model: creating a tiny random one there "
-                    "(model.create)", path)  # fmt: skip
-        create_tiny_model(path, **model_cfg.create.model_dump(exclude={"anywhere"}))
+    if model_cfg.create is not None:
+        create_on_rank0(path, model_cfg.create)
     source = str(path) if path.exists() else model_cfg.path
     device = resolve_device(device or model_cfg.device)
     try:
@@ -97,6 +92,31 @@ def load_policy(
         log.info("LoRA: %s", trainable_summary(model))
     model.train()
     return model, tokenizer, device
+
+
+def create_on_rank0(path: Path, create: Any) -> None:
+    """Create the tiny model at ``path`` when it has none (``model.create``): rank 0 alone
+    under torchrun, while the other ranks wait for its outcome (a rank reading a model
+    another one is still writing failed with "Unrecognized model"); a failure on rank 0
+    stops every rank instead of leaving them waiting."""
+    from cgrpo.model import distributed
+
+    failure = None
+    if distributed.is_main() and not (path / "config.json").exists():
+        from cgrpo.model.tiny import create_tiny_model
+
+        # a warning: on the console (and in train.log) wherever it happens
+        log.warning("model.path %s has no model: creating a tiny random one there "
+                    "(model.create)", path)  # fmt: skip
+        try:
+            create_tiny_model(path, **create.model_dump(exclude={"anywhere"}))
+        except Exception as exc:
+            if not distributed.active():
+                raise
+            failure = f"{type(exc).__name__}: {exc}"
+    failure = distributed.broadcast(failure)  # every rank waits here for rank 0
+    if failure is not None:
+        raise TrainingError(f"creating the tiny model at {path} failed on rank 0: {failure}")
 
 
 def _sharded_without_weights(path: Path) -> bool:

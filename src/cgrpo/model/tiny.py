@@ -12,8 +12,13 @@ Two builds with the same arguments are byte-identical.
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
+import tempfile
 from pathlib import Path
+
+from cgrpo.errors import TrainingError
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (
@@ -147,12 +152,67 @@ def create_tiny_model(
     max_position_embeddings: int = 1024,
     seed: int = 0,
 ) -> Path:
-    """Write a randomly initialised tiny Qwen2 causal LM and its tokenizer to ``path``."""
+    """Write a randomly initialised tiny Qwen2 causal LM and its tokenizer to ``path``,
+    atomically: into a temporary directory beside it, renamed to ``path`` only when
+    complete, so a process killed meanwhile leaves no half-written model that looks like
+    one (config.json without weights). When another process created ``path`` first, its
+    model is kept (two builds with the same arguments are byte-identical)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_abandoned(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.creating-{os.getpid()}-", dir=path.parent))
+    try:
+        _write_tiny_model(
+            tmp, hidden_size=hidden_size, num_layers=num_layers, num_heads=num_heads,
+            num_kv_heads=num_kv_heads, intermediate_size=intermediate_size,
+            max_position_embeddings=max_position_embeddings, seed=seed,
+        )  # fmt: skip
+        _publish(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone when published
+    return path
+
+
+def _remove_abandoned(path: Path) -> None:
+    """Temporary directories of creations whose process is gone (killed mid-way)."""
+    for old in path.parent.glob(f".{path.name}.creating-*"):
+        pid = old.name.removeprefix(f".{path.name}.creating-").partition("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _publish(tmp: Path, path: Path) -> None:
+    """fsync ``tmp``'s files and rename it to ``path`` (replacing an empty directory)."""
+    for file in tmp.iterdir():
+        with open(file, "rb") as fh:
+            os.fsync(fh.fileno())
+    try:
+        os.rename(tmp, path)
+    except OSError:  # not empty: another process created it first, or something else is there
+        if not (path / "config.json").is_file():
+            raise TrainingError(
+                f"{path} exists and holds no model; remove it, or point model.path elsewhere"
+            ) from None
+
+
+def _write_tiny_model(path: Path, *, hidden_size: int, num_layers: int, num_heads: int,
+                      num_kv_heads: int, intermediate_size: int,
+                      max_position_embeddings: int, seed: int) -> None:  # fmt: skip
     import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+    from cgrpo.model.faults import maybe_crash
+
     tokenizer = build_tokenizer(seed=seed)
     config = Qwen2Config(
         vocab_size=len(tokenizer),
@@ -174,6 +234,7 @@ def create_tiny_model(
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(path)
+    maybe_crash("create", 0)  # the crash-safety tests: killed with config.json written
     tokenizer.save_pretrained(path)
 
     reloaded = AutoTokenizer.from_pretrained(path)
@@ -182,4 +243,3 @@ def create_tiny_model(
             f"tiny tokenizer at {path} encodes differently after reloading with AutoTokenizer; "
             "the pre-tokenizer no longer matches the model type's tokenizer class"
         )
-    return path

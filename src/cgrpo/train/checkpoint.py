@@ -4,10 +4,11 @@ Layout: ``RUN_DIR/checkpoints/step-N/`` with ``config.json``, ``model.safetensor
 the tokenizer files, ``trainer_state.pt`` (optimizer, scheduler, step, data position,
 RNG states) and ``manifest.json`` written last. Under FSDP the model and optimizer are
 in ``dcp/`` (sharded, :func:`save_sharded_checkpoint`) and ``model.safetensors`` is
-written at the end of a run. A checkpoint is written under a temporary
-name and renamed into place only when complete, so a directory named ``step-N`` with a
-manifest is always whole. Warm-up checkpoints (``sft.save_every``) have the same layout
-under ``checkpoints/sft/step-N`` (N counts warm-up steps); only the newest is kept.
+written at the end of a run (a warm-up's sharded checkpoints hold only the shards). A
+checkpoint is written under a temporary name and renamed into place only when complete,
+so a directory named ``step-N`` with a manifest is always whole. Warm-up checkpoints
+(``sft.save_every``) have the same layout under ``checkpoints/sft/step-N`` (N counts
+warm-up steps); only the newest is kept.
 """
 
 from __future__ import annotations
@@ -22,23 +23,14 @@ from typing import Any
 
 import torch
 
+from cgrpo.errors import TrainingError
+from cgrpo.model.faults import CRASH_ENV, maybe_crash  # noqa: F401 (the loop's crash points)
+from cgrpo.model.sharding import is_sharded
 from cgrpo.model.shards import DCP_DIR, save_shards, tied_duplicates
 
 MANIFEST = "manifest.json"
 STATE = "trainer_state.pt"
 SFT_DIR = "sft"  # checkpoints/sft/: the warm-up's own
-CRASH_ENV = "CGRPO_CRASH_AT"  # fault injection for tests: "checkpoint:N" or "step:N"
-
-
-def maybe_crash(point: str, step: int) -> None:
-    """SIGKILL this process at ``point`` of ``step`` when CGRPO_CRASH_AT asks for it.
-
-    Only the crash-safety tests set the variable; it lets them kill a run at an exact
-    point (mid-step, mid-checkpoint-write) instead of racing a timer."""
-    if os.environ.get(CRASH_ENV) == f"{point}:{step}":
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -127,8 +119,10 @@ def save_sharded_checkpoint(
     tokenizer: Any,
     trainer_state: dict[str, Any],
     hf_weights: bool,
+    warmup: bool = False,
 ) -> Path:
-    """The FSDP checkpoint, written by every rank together (collective).
+    """The FSDP checkpoint, written by every rank together (collective); a warm-up's under
+    ``checkpoints/sft/`` with ``warmup``.
 
     ``dcp/`` holds the model and the optimizer state as ``torch.distributed.checkpoint``
     shards (each rank writes its own; a later run may load them on another number of
@@ -140,7 +134,7 @@ def save_sharded_checkpoint(
 
     from cgrpo.model import distributed
 
-    root = run_dir / "checkpoints"
+    root = run_dir / "checkpoints" / (SFT_DIR if warmup else "")
     tmp = root / f".tmp-step-{step}"
     if distributed.is_main():
         root.mkdir(parents=True, exist_ok=True)
@@ -169,6 +163,20 @@ def save_sharded_checkpoint(
         _publish(tmp, root, step)
     distributed.barrier()
     return root / f"step-{step}"
+
+
+def load_sharded_state(checkpoint: Path | None, model: Any, optimizer: Any) -> None:
+    """Load a sharded model and its optimizer from ``checkpoint``'s shards (collective), or
+    say why they cannot come from there."""
+    from cgrpo.model.shards import is_sharded_checkpoint, load_sharded_checkpoint
+
+    if checkpoint is None or not is_sharded_checkpoint(Path(checkpoint)):
+        raise TrainingError(f"the checkpoint {checkpoint} holds no optimizer state")
+    if not is_sharded(model):
+        raise TrainingError(
+            f"{checkpoint} was written by an fsdp run; resume it with distributed.strategy=fsdp"
+        )
+    load_sharded_checkpoint(Path(checkpoint), model, optimizer)
 
 
 def is_complete(path: Path) -> bool:

@@ -29,6 +29,9 @@ def step_alerts(
     ):
         out.append(f"sampler and trainer log-probs differ (mean {mean or 0:.3f}, max "
                    f"{worst or 0:.3f}): more than precision; check the weight sync")  # fmt: skip
+    if metrics.get("verify/errors", 0) > 0:
+        out.append(f"{metrics['verify/errors']:.0f} verifications raised (reward 0; the first "
+                   "error is in train.log)")  # fmt: skip
     if metrics.get("critique/failed", 0) > 0:
         out.append(f"{metrics['critique/failed']:.0f} critiques failed (ground-truth fallback)")
     if budget_usd and spent_usd >= 0.9 * budget_usd:
@@ -117,7 +120,7 @@ class Console:
         self.log_every = log_every
         self.budget_usd = budget_usd
         self.spent_usd = 0.0
-        self.last_eval: tuple[int, dict[str, float]] | None = None
+        self.last_eval: tuple[str, dict[str, float]] | None = None
         self.trend = Trend(ticks=SPARKS if self.rich else _stdout_ticks())
         self._progress = None
         if self.rich and not self.off:
@@ -152,24 +155,26 @@ class Console:
             parts.append(f"critic ${self.spent_usd:.4f}")
         return "  ".join(parts)
 
-    def evaluated(self, step: int, metrics: dict[str, float]) -> None:
-        """An evaluation outside a training step (step 0): one line, kept for the view."""
-        self.last_eval = (step, {k: v for k, v in metrics.items() if k.startswith("eval/")})
+    def evaluated(self, where: str, metrics: dict[str, float]) -> None:
+        """An evaluation outside an RL step, one line kept for the view: ``where`` names
+        the phase and step ("RL step 0", "warm-up step 20/200")."""
+        evals = {k: v for k, v in metrics.items() if k.startswith("eval/")}
+        self.last_eval = (where, evals)
         self.message(self._eval_line())
 
     def _eval_line(self) -> str:
         if self.last_eval is None:
             return ""
-        step, ev = self.last_eval
+        where, ev = self.last_eval  # e.g. "RL step 20", "warm-up step 4/8"
         scores = {k[len("eval/") : -len("/score")]: v for k, v in ev.items()
                   if k.count("/") == 2 and k.endswith("/score")}  # fmt: skip
         if scores:  # benchmarks: each one's headline number (the rest is in metrics.jsonl)
             first = [n for n in ("avg", "avg_math") if n in scores]
             order = first + sorted(n for n in scores if n not in first)
-            return f"eval (step {step}) score: " + "  ".join(f"{n} {scores[n]:.3f}" for n in order)
+            return f"eval ({where}) score: " + "  ".join(f"{n} {scores[n]:.3f}" for n in order)
         shown = "  ".join(f"{k[len('eval/'):]} {v:.3f}" for k, v in sorted(ev.items())
                           if not k.endswith("problems"))  # fmt: skip
-        return f"eval (step {step}): {shown}"
+        return f"eval ({where}): {shown}"
 
     def step(self, step: int, metrics: dict[str, float]) -> None:
         if self.off:
@@ -179,7 +184,7 @@ class Console:
         self.spent_usd += metrics.get("critique/cost", 0.0)
         evals = {k: v for k, v in metrics.items() if k.startswith("eval/") and k != "eval/"}
         if evals:
-            self.last_eval = (step, evals)
+            self.last_eval = (f"RL step {step}", evals)
         alerts = step_alerts(metrics, self.spent_usd, self.budget_usd)
         numbers = self._numbers(metrics)
         self.trend.add(metrics)

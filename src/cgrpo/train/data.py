@@ -13,6 +13,32 @@ from dataclasses import dataclass
 
 from cgrpo.types import Problem
 
+# what a run refuses about its data before training (``cgrpo check`` says the same words)
+NO_SOLUTIONS = (
+    "sft.steps > 0 but no problem of the warm-up's data (sft.task, else data.task) has a "
+    "reference solution; map a solution field in its options (solution_field) or set "
+    "sft.steps: 0"
+)
+NO_REFINEMENT_SOLUTIONS = (
+    "sft.refinement_task has no problem with a reference solution; map its solution_field"
+)
+NO_DEMONSTRATION_SOLUTIONS = (
+    "algorithm.demonstrations.per_group > 0 but no training problem (data.task) has a "
+    "reference solution to add to its group; map one (data.task.options.solution_field) or "
+    "set algorithm.demonstrations.per_group: 0"
+)
+
+
+def holdout_takes_all(size: int, problems: int) -> str | None:
+    """Why holding ``size`` problems out of ``problems`` for evaluation cannot work, or
+    None when it can."""
+    if problems > size:
+        return None
+    return (
+        f"eval.size={size} would hold out all {problems} problems; lower eval.size or give "
+        "eval.task"
+    )
+
 
 @dataclass
 class DataStream:

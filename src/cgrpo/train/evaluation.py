@@ -137,6 +137,29 @@ def evaluate_sets(
     return EvalResult(metrics, generations)
 
 
+def evaluate_now(built: Any, recipe: Any, pool: VerifyPool, step: int) -> dict[str, float]:
+    """The policy as it is now on the run's evaluation sets (``built.eval_sets``), during
+    RL or the warm-up: rank 0 generates and every rank receives the metrics (collective
+    under torchrun: every rank calls it; a sharded model is gathered on each). ``step``
+    seeds the k samples."""
+    from cgrpo.model import distributed
+    from cgrpo.model.sharding import sampling_weights
+
+    result: dict[str, float] = {}
+    with sampling_weights(built.policy, built.model):
+        if distributed.is_main() and built.eval_sets:
+            result = evaluate_sets(
+                built.policy,
+                built.prompts,
+                built.eval_sets,
+                max_new_tokens=recipe.sampling.max_new_tokens,
+                seed=recipe.run.seed * 1_000_003 + step,
+                device=built.device,
+                pool=pool,
+            ).metrics
+    return distributed.broadcast(result)
+
+
 def _generate_flat(policy: Any, ids: list[list[list[int]]], params: SamplingParams):
     """One ``generate`` call for every set's prompts, split back per set."""
     flat = [p for per_set in ids for p in per_set]

@@ -33,24 +33,24 @@ import torch
 from cgrpo.algo.loss import LossConfig
 from cgrpo.algo.mixing import TrainRow
 from cgrpo.config.schema import Recipe
-from cgrpo.errors import TrainingError
+from cgrpo.errors import TrainingError, VerifierError
 from cgrpo.model import distributed
 from cgrpo.model.loading import eos_token_ids
 from cgrpo.model.logprobs import forward_response
 from cgrpo.model.packing import require_packing
 from cgrpo.model.prompts import RefinementTooLong
 from cgrpo.model.sharding import is_sharded
-from cgrpo.model.shards import is_sharded_checkpoint, load_sharded_checkpoint
 from cgrpo.train.checkpoint import (
     complete_checkpoints,
+    load_sharded_state,
     maybe_crash,
     prune_checkpoints,
     restore_rng,
     save_checkpoint,
     save_sharded_checkpoint,
 )
-from cgrpo.train.data import DataStream
-from cgrpo.train.evaluation import evaluate_sets
+from cgrpo.train.data import NO_DEMONSTRATION_SOLUTIONS, DataStream
+from cgrpo.train.evaluation import evaluate_now
 from cgrpo.train.fine_tune import critique_target, fine_tune_loss, fine_tune_rows
 from cgrpo.train.metrics import Console, JsonlWriter, rollout_metrics, sample_lines
 from cgrpo.train.parts import Built
@@ -129,11 +129,7 @@ def merge_update_metrics(parts: list[dict[str, float]]) -> dict[str, float]:
 
 def _check_demonstrations(recipe: Recipe, built: Built) -> None:
     if recipe.algorithm.demonstrations.per_group and not any(p.solution for p in built.problems):
-        raise TrainingError(
-            "algorithm.demonstrations.per_group > 0 but no training problem has a "
-            "reference solution; map one (data.task.options.solution_field) or set "
-            "algorithm.demonstrations.per_group: 0"
-        )
+        raise TrainingError(NO_DEMONSTRATION_SOLUTIONS)  # app/check.py refuses it earlier
 
 
 class Trainer:
@@ -335,6 +331,7 @@ class Trainer:
         mine = problems[self.rank * share : (self.rank + 1) * share]
         with self.sampling_weights():
             ro = self._rollout(step, mine, share)
+        self._guard_verifier_errors(step, ro)
         if r.algorithm.objective == "policy_gradient":
             self.assign_advantages(ro.rows)  # 7
             if r.algorithm.old_logprobs == "recompute":
@@ -383,30 +380,14 @@ class Trainer:
         metrics = {"step": 0, **self.evaluate()}
         if self.main:
             self.metrics_out.write(metrics)
-            self.console.evaluated(0, metrics)
+            self.console.evaluated("RL step 0", metrics)
             if self.hooks is not None:
                 self.hooks.step(step=0, metrics=metrics, samples=[], training=False)
 
     def evaluate(self) -> dict[str, float]:
-        """Greedy pass@1 on the evaluation problems (rank 0 computes, all ranks receive)."""
-        with self.sampling_weights():  # every rank gathers; rank 0 alone generates
-            result = self._evaluate_on_main()
-        return distributed.broadcast(result)
-
-    def _evaluate_on_main(self) -> dict[str, float]:
-        """Greedy accuracy (pass@1) and, where a set samples k > 1, pass@k / avg@k / maj@k,
-        per benchmark and macro-averaged (:func:`cgrpo.train.evaluation.evaluate_sets`)."""
-        if not (self.main and self.b.eval_sets):
-            return {}
-        return evaluate_sets(
-            self.b.policy,
-            self.b.prompts,
-            self.b.eval_sets,
-            max_new_tokens=self.recipe.sampling.max_new_tokens,
-            seed=self.recipe.run.seed * 1_000_003 + self.step_done,
-            device=self.b.device,
-            pool=self.verify_pool,
-        ).metrics
+        """Greedy pass@1 (and k-sample metrics) on the evaluation sets, now (every rank
+        calls it; rank 0 computes, all ranks receive)."""
+        return evaluate_now(self.b, self.recipe, self.verify_pool, self.step_done)
 
     # -- state, checkpoints, guards ----------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -430,15 +411,8 @@ class Trainer:
         sharded model's, which come with the optimizer from ``checkpoint``'s shards."""
         if "optimizer" in state:
             self.optimizer.load_state_dict(state["optimizer"])
-        elif checkpoint is not None and is_sharded_checkpoint(checkpoint):
-            if not is_sharded(self.b.model):
-                raise TrainingError(
-                    f"{checkpoint} was written by an fsdp run; resume it with "
-                    "distributed.strategy=fsdp"
-                )
-            load_sharded_checkpoint(checkpoint, self.b.model, self.optimizer)
         else:
-            raise TrainingError(f"the checkpoint {checkpoint} holds no optimizer state")
+            load_sharded_state(checkpoint, self.b.model, self.optimizer)
         self.scheduler.load_state_dict(state["scheduler"])
         self.data.load_state_dict(state["data"])
         self.step_done = int(state["step"])
@@ -495,6 +469,24 @@ class Trainer:
                 f"(updates skipped){where}. Lower optim.lr, check the data, or raise "
                 "train.max_nonfinite_steps"
             )
+
+    def _guard_verifier_errors(self, step: int, ro: Rollout) -> None:
+        """Stop before the update when every verification of the step (on every rank)
+        raised: training on reward 0 everywhere would teach nothing and end in exit 0,
+        unless ``train.verifier_errors: tolerate``."""
+        raised = [r.verdict for r in ro.records if r.verdict.raised]
+        errors = distributed.sum_scalar(float(len(raised)))
+        total = distributed.sum_scalar(float(len(ro.records)))
+        if not errors or errors < total or self.recipe.train.verifier_errors == "tolerate":
+            return
+        first = raised[0].reason if raised else "on another rank"
+        raise VerifierError(
+            f"every verification of step {step} raised ({total:.0f} responses), so no "
+            f"response has a reward: the verifier {self.recipe.verifier.name!r} is broken, "
+            f"not the policy. The first: {first} (its traceback is above and in "
+            "train.log). Fix the verifier, or set train.verifier_errors: tolerate to train "
+            "on with reward 0"
+        )
 
     def _on_signal(self, signum, frame) -> None:
         self.stop_signal = signal.Signals(signum).name

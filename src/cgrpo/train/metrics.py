@@ -84,6 +84,7 @@ def rollout_metrics(ro: Rollout, advantages: bool = True) -> dict[str, float]:
         ),
         "verify/no_answer_share": _mean([float(r.verdict.reason == "no_answer") for r in init]),
         "verify/timeouts": float(sum(r.verdict.reason == "timeout" for r in ro.records)),
+        "verify/errors": float(sum(r.verdict.raised for r in ro.records)),
         "verify/nonfinite_rewards": float(
             sum(not math.isfinite(r.verdict.score) for r in ro.records)
         ),

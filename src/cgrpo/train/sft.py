@@ -33,7 +33,8 @@ from cgrpo.model.logprobs import DEFAULT_CHUNK_TOKENS, forward_response
 from cgrpo.model.precision import FULL, Precision
 from cgrpo.model.prompts import PromptBuilder, RefinementTooLong
 from cgrpo.model.sharding import grad_norm_value, is_sharded
-from cgrpo.train.checkpoint import maybe_crash
+from cgrpo.train.checkpoint import load_sharded_state, maybe_crash
+from cgrpo.train.data import NO_REFINEMENT_SOLUTIONS, NO_SOLUTIONS
 from cgrpo.train.update import adamw, make_optimizer
 from cgrpo.types import CritiqueRequest, Problem, Verdict
 
@@ -52,7 +53,7 @@ def sft_warmup(
     optim: Any = None,
     refinement_problems: Sequence[Problem] | None = None,
     start: dict[str, Any] | None = None,
-    save: Callable[[int, dict[str, Any]], None] | None = None,
+    save: Callable[[int, dict[str, Any], Any], None] | None = None,
     save_every: int = 0,
     sample: Callable[[list[Problem], list[int]], list[tuple[str, Verdict]]] | None = None,
     wrong: Any = None,
@@ -67,10 +68,13 @@ def sft_warmup(
     master) dtype. ``refinement_problems``: where refinement examples come from (default:
     ``problems``).
 
-    Every ``save_every`` steps ``save(step, state)`` is called with what a later call needs
-    to go on exactly (optimizer, schedule and data RNG; the caller saves the weights); such
-    a call passes that state back as ``start`` on weights loaded from the same checkpoint,
-    and runs the remaining steps only.
+    Every ``save_every`` steps ``save(step, state, optimizer)`` is called with what a later
+    call needs to go on exactly (optimizer, schedule and data RNG; the caller saves the
+    weights, and a sharded model's optimizer state: then ``state`` holds none, and the
+    optimizer is there to save with the model's shards); such a call passes that state back
+    as ``start`` on weights loaded from the same checkpoint (with ``start["checkpoint"]``,
+    the checkpoint directory, whose shards a sharded model and its optimizer are loaded
+    from), and runs the remaining steps only.
 
     ``wrong`` makes the wrong previous responses (a :class:`cgrpo.interfaces.WrongAnswer`;
     default: built from ``cfg.wrong_answer``). ``sample(problems, seeds)``, for one that
@@ -96,7 +100,7 @@ def sft_warmup(
         if on_step is not None:
             on_step(step, metrics)
         if save is not None and save_every and step % save_every == 0:
-            save(step, {**trainer.state(), "data_rng": examples.rng.getstate()})
+            save(step, {**trainer.state(), "data_rng": examples.rng.getstate()}, trainer.optimizer)
         maybe_crash("sft", step)
     trainer.optimizer.zero_grad(set_to_none=True)
     return history
@@ -112,18 +116,12 @@ class WarmupExamples:
     ):
         self.with_solution = [p for p in problems if p.solution]
         if not self.with_solution:
-            raise DataError(
-                "sft.steps > 0 but no problem has a reference solution; map a "
-                "solution field in data.task.options (solution_field) or set sft.steps: 0"
-            )
+            raise DataError(NO_SOLUTIONS)
         self.ref_pool = None
         if refinement_problems is not None:
             self.ref_pool = [p for p in refinement_problems if p.solution]
             if not self.ref_pool:
-                raise DataError(
-                    "sft.refinement_task has no problem with a reference solution; map its "
-                    "solution_field"
-                )
+                raise DataError(NO_REFINEMENT_SOLUTIONS)
         self.wrong = wrong or build_wrong_answer(getattr(cfg, "wrong_answer", None))
         self.own_samples = bool(getattr(self.wrong, "uses_own_sample", False))
         self.share = getattr(cfg, "refinement_share", 0.0)
@@ -230,13 +228,18 @@ class WarmupTrainer:
         return metrics
 
     def state(self) -> dict[str, Any]:
-        return {
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
-        }
+        """The optimizer and schedule; a sharded model's optimizer state is saved with the
+        model's shards by every rank instead (:func:`save_sharded_checkpoint`)."""
+        state = {"scheduler": None if self.scheduler is None else self.scheduler.state_dict()}
+        if not self.sharded:
+            state["optimizer"] = self.optimizer.state_dict()
+        return state
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+        else:  # the weights and the optimizer come from the checkpoint's shards
+            load_sharded_state(state.get("checkpoint"), self.model, self.optimizer)
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
 

@@ -31,6 +31,16 @@ log = logging.getLogger(__name__)
 _built: dict[str, Any] = {}  # in a worker: verifiers by (name, options)
 
 
+def safe_verify(verifier: Any, response: str, problem: Problem) -> Verdict:
+    """``verifier``'s verdict, or reward 0 naming the exception and where it was raised
+    (:meth:`Verdict.from_exception`) when it raises: any verifier, a plugin's too, is
+    counted and reported by the trainer instead of ending the step in a traceback."""
+    try:
+        return verifier.verify(response, problem)
+    except Exception as exc:
+        return Verdict.from_exception(exc)
+
+
 def _verify_chunk(name: str, options: dict[str, Any], pairs: list[tuple[str, Problem]]):
     key = name + json.dumps(options, sort_keys=True, default=str)
     if key not in _built:
@@ -39,7 +49,7 @@ def _verify_chunk(name: str, options: dict[str, Any], pairs: list[tuple[str, Pro
 
         _built[key] = get_registries()["verifier"].build(name, options, BuildContext())
     verifier = _built[key]
-    return [verifier.verify(response, problem) for response, problem in pairs]
+    return [safe_verify(verifier, response, problem) for response, problem in pairs]
 
 
 def auto_workers(setting: int, processes: int = 1) -> int:
@@ -69,10 +79,11 @@ class PendingVerdicts:
                 verdicts = [verdict for f in futures for verdict in f.result()]
             except Exception as exc:  # a worker died (OOM killer, a crash in C), or none started
                 self.pool.give_up(exc)
-                verdicts = [verifier.verify(response, problem) for response, problem in pairs]
+                verdicts = [safe_verify(verifier, response, problem) for response, problem in pairs]
             for i, verdict in zip(indices, verdicts, strict=True):
                 self.out[i] = verdict
         self.running = []
+        self.pool.report_first_error(self.out)  # type: ignore[arg-type]
         return self.out  # type: ignore[return-value]
 
 
@@ -82,6 +93,21 @@ class VerifyPool:
     def __init__(self, workers: int):
         self.workers = workers
         self._pool: ProcessPoolExecutor | None = None
+        self.first_error: Verdict | None = None  # the first verification that raised
+
+    def report_first_error(self, verdicts: list[Verdict]) -> None:
+        """Show the first verification that raised, with its traceback, once per pool
+        (console and train.log); later ones are counted (``verify/errors``), not shown."""
+        if self.first_error is not None:
+            return
+        self.first_error = next((v for v in verdicts if v is not None and v.raised), None)
+        if self.first_error is not None:
+            log.warning(
+                "the verifier raised (the response gets reward 0; later errors are only "
+                "counted, in verify/errors): %s\n%s",
+                self.first_error.reason,
+                (self.first_error.trace or "").rstrip(),
+            )
 
     def verify(
         self,
@@ -133,7 +159,7 @@ class VerifyPool:
                 pending.running.append((indices, verifier, part, self._submit(spec, part)))
                 continue
             for i, (response, problem) in zip(indices, part, strict=True):
-                pending.out[i] = verifier.verify(response, problem)
+                pending.out[i] = safe_verify(verifier, response, problem)
         return pending
 
     def _submit(self, spec: tuple[str, dict[str, Any]], pairs: list[tuple[str, Problem]]):

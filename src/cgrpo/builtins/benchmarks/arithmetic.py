@@ -49,7 +49,7 @@ class ArithmeticBenchmark:
         fields = ArithmeticTask.Options.model_fields
         task = ArithmeticTask.Options(**{k: getattr(self.options, k) for k in fields})
         return [
-            Problem(p.id, p.question, p.answer, p.solution, {"benchmark": self.name})
+            Problem(p.id, p.question, p.answer, p.solution, {**p.metadata, "benchmark": self.name})
             for p in ArithmeticTask(task).load()
         ]
 

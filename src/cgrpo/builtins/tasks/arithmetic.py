@@ -63,6 +63,9 @@ class ArithmeticTask:
                     question=f"What is {a} {op} {b}?",
                     answer=str(value),
                     solution=f"{a} {op} {b} = {value}. The answer is \\boxed{{{value}}}.",
+                    # the question is an expression equal to the answer: the math verifier
+                    # must not reward echoing it (math.py, answer_form)
+                    metadata={"answer_form": "number"},
                 )
             )
         return out

@@ -7,9 +7,10 @@ validated (``cgrpo check`` too): the file exists and imports, the function exist
 takes ``(response, problem)``. It may return a bool, a number or a
 :class:`cgrpo.types.Verdict`. A number counts as *correct* (for refinement selection,
 group pass rates and evaluation) when it is at least ``correct_at``. A function that
-raises for one response gives that response reward 0 with reason ``error``, a warning
-naming the exception (console and train.log), and the run goes on; a non-finite number
-is counted by the trainer like any verifier's.
+raises for one response gives that response reward 0 with reason ``error: ...`` naming
+the exception and its file:line (:meth:`cgrpo.types.Verdict.from_exception`); the
+trainer counts such errors and stops when every verification of a step raised. A
+non-finite number is counted by the trainer like any verifier's.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import inspect
-import logging
 import math
 import sys
 from pathlib import Path
@@ -26,8 +26,6 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cgrpo.types import Problem, Verdict
-
-log = logging.getLogger(__name__)
 
 
 @functools.cache
@@ -114,9 +112,8 @@ class PythonVerifier:
     def verify(self, response: str, problem: Problem) -> Verdict:
         try:
             return as_verdict(self.function(response, problem), self.options.correct_at)
-        except Exception as exc:  # one bad response never ends a run
-            log.warning("reward function %s failed: %s: %s", self.where, type(exc).__name__, exc)
-            return Verdict(0.0, False, None, "error")
+        except Exception as exc:  # reward 0; the trainer counts, shows and judges it
+            return Verdict.from_exception(exc)
 
 
 class Part(BaseModel):
@@ -166,4 +163,6 @@ class WeightedVerifier:
         verdicts = [(w, v.verify(response, problem)) for w, v in self.parts]
         first = verdicts[0][1]
         score = sum(w * v.score for w, v in verdicts)
-        return Verdict(score, first.correct, first.extracted, first.reason)
+        raised = next((v for _, v in verdicts if v.raised), None)  # a failing part is said
+        shown = raised or first
+        return Verdict(score, first.correct, first.extracted, shown.reason, shown.trace)

@@ -8,6 +8,15 @@ treats 0.5, 1/2 and \\frac{1}{2} as equal and rounds numbers to ``float_rounding
 A reference that is not mathematics (TheoremQA's ``True``/``False``) is compared word for
 word with the boxed answer, ignoring case.
 
+What the final answer may be (``answer_form``): an *expression* equal to the reference is
+accepted on purpose for MATH-style answers (``\\frac{1}{2}``, ``2\\sqrt{2}``, an unsimplified
+but equal form); a *number* literal (``10``, ``-3``, ``2.5``) is required where the
+question itself is an expression equal to its answer: for "What is 1 + 9?" the echoed
+``\\boxed{1 + 9}`` would otherwise score 1.0 and a policy could learn to copy the
+question. ``auto`` (default) asks for a number where the problem says so
+(``metadata["answer_form"] == "number"``: the arithmetic tasks) and accepts expressions
+elsewhere. A non-literal answer in number form scores 0 with reason ``not_a_number``.
+
 Timeouts: a pathological expression (``2^{2^{2^{2^{2^{2}}}}}``) can keep sympy busy for
 minutes. On the main thread math-verify's own alarm-based timeout bounds each call; off
 the main thread (where ``signal.alarm`` is unavailable) the call runs in a forked child
@@ -22,7 +31,7 @@ import multiprocessing
 import re
 import threading
 import time
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -74,6 +83,16 @@ def _math_verify():
 
 
 _INTEGER = re.compile(r"-?\d+")
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
+_THOUSANDS = re.compile(r"(?<=\d)(,|\\,)(?=\d{3}(?!\d))")
+NUMBER_FORM = "number"  # Problem.metadata["answer_form"] of tasks whose answers are numbers
+
+
+def is_number_literal(text: str) -> bool:
+    """Whether ``text`` is written as a plain number (``10``, ``-3``, ``2.5``, ``1,000``,
+    in ``$...$`` or with a final full stop), not an expression that evaluates to one."""
+    t = text.strip().strip("$").strip().rstrip(".").strip()
+    return bool(_NUMBER.fullmatch(_THOUSANDS.sub("", t)))
 
 
 def quick_compare(gold: str, pred: str) -> bool | None:
@@ -136,9 +155,23 @@ class MathVerifier:
             "tail) or 'none' (score 0)",
         )
         float_rounding: int = Field(6, ge=0, le=15, description="decimal places compared")
+        answer_form: Literal["auto", "expression", "number"] = Field(
+            "auto",
+            description="what the final answer may be: 'expression' (any expression equal "
+            "to the reference; MATH-style answers are accepted unsimplified on purpose), "
+            "'number' (a number literal: an expression equal to the answer, such as the "
+            "question's own '1 + 9', scores 0), 'auto' (number where the task asks for it, "
+            "as the arithmetic tasks do; else expression)",
+        )
 
     def __init__(self, options: Options | None = None, context: Any = None):
         self.options = options or self.Options()
+
+    def wants_number(self, problem: Problem) -> bool:
+        form = self.options.answer_form
+        return form == NUMBER_FORM or (
+            form == "auto" and problem.metadata.get("answer_form") == NUMBER_FORM
+        )
 
     def verify(self, response: str, problem: Problem) -> Verdict:
         text = normalize_text(response)
@@ -148,6 +181,9 @@ class MathVerifier:
         pred = boxed if boxed is not None else text[-_TAIL_CHARS:]
         if not pred.strip():
             return Verdict(0.0, False, None, "no_answer")
+        number = self.wants_number(problem)
+        if boxed is not None and number and not is_number_literal(boxed):
+            return Verdict(0.0, False, boxed, "not_a_number")
         gold = normalize_text(problem.answer)
         if boxed is not None:
             quick = quick_compare(gold, boxed)
@@ -167,7 +203,7 @@ class MathVerifier:
                     timeout,
                 )
         except Exception as exc:  # a verifier bug on one response must not stop a run
-            return Verdict(0.0, False, boxed, f"error: {type(exc).__name__}: {exc}")
+            return Verdict.from_exception(exc, boxed)
         if result is _TIMED_OUT:
             return Verdict(0.0, False, boxed, "timeout")
         ok, extracted = result
@@ -175,4 +211,6 @@ class MathVerifier:
             return Verdict(0.0, False, boxed if boxed is not None else extracted, "timeout")
         if extracted is None:
             return Verdict(0.0, False, None, "no_answer")
+        if boxed is None and number and not is_number_literal(extracted):
+            return Verdict(0.0, False, extracted, "not_a_number")
         return Verdict(float(ok), ok, boxed if boxed is not None else extracted)
