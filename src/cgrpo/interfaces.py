@@ -124,6 +124,21 @@ def collect_stream(
     return out
 
 
+class StreamedGenerate:
+    """``generate`` for a backend whose ``generate_stream`` does the work: the stream,
+    collected in prompt order."""
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        params: SamplingParams,
+        seeds: Sequence[int] | None = None,
+    ) -> list[list[Completion]]:
+        """``params.n`` completions per prompt, in prompt order."""
+        stream = self.generate_stream(prompts, params, seeds)  # type: ignore[attr-defined]
+        return collect_stream(stream, len(prompts))
+
+
 @runtime_checkable
 class AdvantageScheme(Protocol):
     """Turns group rewards into one advantage per sequence.

@@ -3,8 +3,9 @@ serial rollout that the per-group rollout replaced (issue 26).
 
 tests/fixtures/serial_rollout_hf.json holds every sequence of three training steps (token
 ids, sampler log-probs, rewards, which refinements were kept, critiques) as the serial
-rollout of commit ac5771c produced them, written by this module itself run against that
-checkout:
+rollout of commit f83cfc4 (main before the per-group rollout landed, with issue 27's hf
+sampler; first recorded at ac5771c) produced them, written by this module itself run against
+that checkout:
 
     CGRPO_WRITE_GOLDEN=tests/fixtures/serial_rollout_hf.json PYTHONPATH=<that checkout>/src \\
         python -m pytest tests/integration/test_rollout_bitwise.py

@@ -54,6 +54,20 @@ def test_a_demonstration_row_is_off_policy_under_the_original_prompt():
     assert batch.refinement_mask.tolist() == [[0, 0, 0], [1, 1, 0], [1, 1, 1]]
 
 
+def test_a_demonstration_is_as_old_as_its_groups_samples():
+    """No weights sampled a demonstration; a pipelined rollout (rollout.max_staleness)
+    ages it with its group's oldest sample (versions 4 and 6: 4), so at trainer version 7
+    it is 3 updates old, as a refinement of that group is."""
+    from cgrpo.algo.staleness import row_staleness
+
+    samples = [comp([5, 2]), comp([6, 2])]
+    samples[0].weight_version, samples[1].weight_version = 6, 4
+    demo = Completion([7, 2], None, "sol", "stop")
+    rows = build_group(0, [10], samples, [0.0, 0.0], [], [], [2], [demo], [1.0])
+    assert rows[-1].weight_version is None and rows[-1].group_weight_version == 4
+    assert row_staleness(rows[-1], 7) == 3
+
+
 def _loss_of(p_tokens, old, clip, demo_gamma, advantages):
     """Loss and d loss / d log p of three one-token rows: initial, refinement, demonstration."""
     lp = torch.tensor([[math.log(p)] for p in p_tokens], requires_grad=True)
@@ -240,8 +254,10 @@ def test_a_rank_without_fine_tuning_rows_runs_a_zero_backward():
 # -- recipe rules ---------------------------------------------------------------------------
 
 
-def _issues(**algorithm):
+def _issues(rollout=None, **algorithm):
     data = {"model": {"path": "m"}, "data": {"task": "arithmetic"}, "algorithm": algorithm}
+    if rollout:
+        data |= {"rollout": rollout, "policy": {"name": "vllm-server"}}
     try:
         validate_recipe(data)
     except RecipeError as exc:
@@ -262,10 +278,12 @@ def _issues(**algorithm):
          "algorithm.demonstrations.gamma"),
         ({"demonstrations": {"when": "failed_groups"}}, "algorithm.demonstrations.when"),
         ({"fine_tune": {"critique_template": "{question}"}}, "algorithm.fine_tune"),
+        ({"objective": "raft", "refinements_per_prompt": 0}, "rollout.max_staleness"),
     ],
 )  # fmt: skip
 def test_settings_a_baseline_would_ignore_are_errors(algorithm, path):
-    assert path in {p for p, _ in _issues(**algorithm)}
+    rollout = {"max_staleness": 1} if path == "rollout.max_staleness" else None
+    assert path in {p for p, _ in _issues(rollout, **algorithm)}
 
 
 def test_valid_baselines_pass():

@@ -312,6 +312,7 @@ def a_model_dir(tmp_path):
         "quickstart-lora-cpu",
         "api-critic-cpu",
         "paper-qwen3-8b",
+        "paper-qwen3-8b-servers",
         "released-code-qwen3-8b",
         "weak-to-strong",
     ],

@@ -94,6 +94,8 @@ class TrainRow:
     advantage: float = 0.0
     sampler_logprobs: Sequence[float] | torch.Tensor | None = None  # kept when recomputed
     weight_version: int | None = None  # of the weights that sampled it (Completion's)
+    # a refinement's group's samples' (oldest): its prompt holds one of them and its critique
+    group_weight_version: int | None = None
     is_demonstration: bool = False  # a reference solution in the group (is_refinement too)
 
 
@@ -122,14 +124,19 @@ def build_group(
         lps = comp.logprobs[: len(ids)] if comp.logprobs is not None else None
         rows.append(TrainRow(group, list(prompt_ids), ids, lps, False, float(reward)))
         rows[-1].weight_version = comp.weight_version
+    sampled = [c.weight_version for c in initial if c.weight_version is not None]
     for comp, reward in zip(refinements, refinement_rewards, strict=True):
         ids, _ = cut_at_eos(comp.token_ids, eos)
         rows.append(TrainRow(group, list(prompt_ids), ids, None, True, float(reward)))
         rows[-1].weight_version = comp.weight_version
+        rows[-1].group_weight_version = min(sampled) if sampled else None
     for comp, reward in zip(demonstrations, demonstration_rewards, strict=True):
         ids, _ = cut_at_eos(comp.token_ids, eos)
         rows.append(TrainRow(group, list(prompt_ids), ids, None, True, float(reward)))
         rows[-1].is_demonstration = True
+        # no weights sampled it; it is in the group for the samples' outcome (and its
+        # advantage is relative to theirs), so it is as old as they are
+        rows[-1].group_weight_version = min(sampled) if sampled else None
     return rows
 
 

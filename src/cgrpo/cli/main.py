@@ -118,7 +118,9 @@ def _add_eval(sub: Any) -> None:
     )
     ev.add_argument("--k", type=int, help="samples per problem for pass@k/avg@k/maj@k")
     ev.add_argument("--temperature", type=float, help="temperature of the k samples")
-    ev.add_argument("--backend", choices=["hf", "vllm"], help="sampling backend (policy)")
+    ev.add_argument(
+        "--backend", choices=["hf", "vllm", "vllm-server"], help="sampling backend (policy)"
+    )
     ev.add_argument("--limit", type=int, help="evaluate only the first N problems of each set")
     ev.add_argument("--verify-workers", type=int, help="verifying processes (0 = auto, 1 = none)")
     ev.add_argument("--out", help="output directory (default: eval/MODEL_NAME)")

@@ -90,3 +90,18 @@ def fine_tuning_sets_no_policy_loss_term(r: Recipe) -> RuleResult:
                 path=f"algorithm.loss.{name}",
             ))  # fmt: skip
     return found
+
+
+@rule("rollout.max_staleness")
+def fine_tuning_is_not_pipelined(r: Recipe) -> RuleResult:
+    """The pipeline's off-policy correction (the proximal ratio and its truncated
+    importance weight) is the policy gradient's; a fine-tuning step has neither."""
+    a = r.algorithm
+    if r.rollout.max_staleness and a.objective != "policy_gradient":
+        return Finding(
+            f"{r.rollout.max_staleness} pipelines the policy gradient (decoupled PPO, "
+            f"docs/pipeline.md); objective {a.objective} takes a cross-entropy step on the "
+            "step's kept rows, which the pipeline's correction does not cover",
+            "set rollout.max_staleness: 0, or objective: policy_gradient",
+        )
+    return None

@@ -14,7 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cgrpo.config.schema import Recipe
+from pydantic import ValidationError
+
+from cgrpo.config.schema import Recipe, VLLMServerOptions
 from cgrpo.errors import ConfigIssue
 
 
@@ -153,9 +155,42 @@ def speculation_needs_failed_groups(r: Recipe) -> RuleResult:
         return Finding(
             "has no effect with policy: hf (its groups go through the stages together, in "
             "the serial rollout's batches)",
-            "remove it, or use policy: vllm",
+            "remove it, or use policy: vllm or vllm-server",
         )
     return None
+
+
+@rule("rollout.max_staleness")
+def pipeline_needs_servers_and_correction(r: Recipe) -> RuleResult:
+    """A pipelined rollout samples while the trainer updates: only where generation runs
+    outside the training processes, and only with the off-policy correction it needs."""
+    n = r.rollout.max_staleness
+    if n == 0:
+        return None
+    if r.policy.name in ("hf", "vllm"):
+        return Finding(
+            f"{n} needs sampling outside the training processes; policy: {r.policy.name} "
+            "samples on the trainer's own device, so it cannot sample while the trainer "
+            "updates",
+            "use policy: vllm-server (docs/vllm-server.md), or set rollout.max_staleness: 0",
+        )
+    found = []
+    if r.algorithm.old_logprobs != "recompute":
+        found.append(Finding(
+            "the PPO ratio of a pipelined rollout is taken against the trainer's own "
+            "log-probs before the update (the proximal policy), not the sampler's, which may "
+            f"be up to {n} updates old",
+            "set algorithm.old_logprobs: recompute",
+            "algorithm.old_logprobs",
+        ))  # fmt: skip
+    if r.algorithm.loss.tis_cap is None:
+        found.append(Finding(
+            "rows sampled with older weights need the truncated importance weight between "
+            "the proximal and the sampling policy (decoupled PPO, docs/pipeline.md)",
+            "set algorithm.loss.tis_cap (2.0 is a common choice), or rollout.max_staleness: 0",
+            "algorithm.loss.tis_cap",
+        ))  # fmt: skip
+    return found or None
 
 
 @rule("algorithm.updates_per_step")
@@ -299,6 +334,46 @@ def tis_needs_recomputed_logprobs(r: Recipe) -> RuleResult:
             "sampler's; there is nothing to correct when the sampler's are used as old "
             "log-probs",
             "set algorithm.old_logprobs: recompute, or remove tis_cap",
+        )
+    return None
+
+
+# -- vLLM servers (policy: vllm-server) -----------------------------------------------------
+
+
+def _server_options(r: Recipe) -> VLLMServerOptions | None:
+    """The vllm-server backend's options, or None (another backend, or options that the
+    component pass already reports as invalid)."""
+    if r.policy.name != "vllm-server":
+        return None
+    try:
+        return VLLMServerOptions.model_validate(r.policy.options)
+    except ValidationError:
+        return None
+
+
+@rule("policy.options.weight_sync")
+def nccl_sync_needs_cuda(r: Recipe) -> RuleResult:
+    o = _server_options(r)
+    if o is not None and o.weight_sync == "nccl" and r.model.device == "cpu":
+        return Finding(
+            "nccl weight transfer runs from the trainer's GPU; with model.device: cpu there is "
+            "none",
+            "use weight_sync: filesystem (the default), or train on a GPU",
+        )
+    return None
+
+
+@rule("policy.options.launch.max_model_len")
+def launched_servers_hold_the_context(r: Recipe) -> RuleResult:
+    o = _server_options(r)
+    if o is None or o.launch is None or o.launch.max_model_len is None:
+        return None
+    if o.launch.max_model_len < r.model.max_length:
+        return Finding(
+            f"{o.launch.max_model_len} is less than model.max_length {r.model.max_length}: "
+            "the servers would reject the longest prompts",
+            f"set it to at least {r.model.max_length}, or remove it (default: model.max_length)",
         )
     return None
 

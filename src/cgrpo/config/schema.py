@@ -469,6 +469,15 @@ class RolloutConfig(Section):
         "response; costs the cancelled sequences and critic requests (speculative/* "
         "metrics; a critique is paid once and never re-requested)",
     )
+    max_staleness: int = Field(
+        0,
+        ge=0,
+        description="N >= 1: the next steps' rollouts run while the current step updates "
+        "(policy: vllm-server only), and a trained row may come from weights up to N updates "
+        "old; older rows are dropped and their group resampled. Needs "
+        "algorithm.old_logprobs: recompute and algorithm.loss.tis_cap (the correction, "
+        "docs/pipeline.md). 0 = on-policy: every step samples with its own weights",
+    )
 
 
 class RefinementConfig(Section):
@@ -720,7 +729,8 @@ class RunConfig(Section):
         False,
         description="seed every prompt's samples by (seed, step, prompt) so results do not "
         "depend on batching or on the number of processes (hf: per-row random streams, "
-        "no slower; vllm: per-request seeds)",
+        "no slower; vllm: per-request seeds); with rollout.max_staleness N >= 1 it also "
+        "fixes the lag: step t trains exactly rows sampled with the weights of step t - N",
     )
     console: Literal["auto", "rich", "plain"] = Field(
         "auto", description="live display: 'auto' = rich on a terminal, plain lines otherwise"
@@ -785,3 +795,124 @@ COMPONENT_PATHS: dict[str, str] = {
     "sft.refinement_task": "task",
     "sft.wrong_answer": "wrong_answer",
 }
+
+
+# -- options of the vllm-server policy backend (cgrpo.builtins.policies.vllm_server); here
+# because the recipe rules read them beside the other sections (config/rules.py)
+
+
+class LocalServers(Section):
+    """vLLM OpenAI-compatible servers that cgrpo starts on this machine for the run (one
+    per port, on 127.0.0.1, serving ``model.path`` in ``model.dtype``) and stops at its end;
+    for local runs and tests. Servers on other machines are started by you (docs/
+    vllm-server.md) and listed in ``urls``."""
+
+    ports: list[int] = Field(min_length=1, description="one server per port")
+    python: str | None = Field(
+        None,
+        description="the Python interpreter with vLLM installed that runs the servers "
+        "(`python -m vllm.entrypoints.openai.api_server`); default: the trainer's own",
+    )
+    max_model_len: int | None = Field(
+        None, ge=16, description="the servers' context length; default: model.max_length"
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per server")
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="GPU: share of each server's GPUs it may take"
+    )
+    kv_cache_memory_bytes: int | None = Field(
+        None, ge=1, description="KV cache per server in bytes (CPU default: 256 MiB)"
+    )
+    threads: int = Field(
+        1,
+        ge=1,
+        description="CPU: OpenMP threads per server (OMP_NUM_THREADS, unbound); keep servers "
+        "x threads + the trainer's threads within the cores",
+    )
+    extra_args: list[str] = Field(
+        default_factory=list, description="more command-line arguments for every server"
+    )
+
+    @field_validator("ports")
+    @classmethod
+    def _distinct(cls, ports: list[int]) -> list[int]:
+        if len(set(ports)) < len(ports):
+            raise ValueError("a port is listed twice; one server per port")
+        return ports
+
+
+class VLLMServerOptions(Section):
+    """Rollouts from running vLLM servers (``policy: vllm-server``, docs/vllm-server.md)."""
+
+    urls: list[str] = Field(
+        default_factory=list,
+        description="base URLs of running servers, e.g. [http://10.0.0.5:8000]; each must be "
+        "started with VLLM_SERVER_DEV_MODE=1, --enable-scale-out and --logprobs-mode "
+        "processed_logprobs",
+    )
+    launch: LocalServers | None = Field(
+        None, description="start servers on this machine instead (local runs, tests)"
+    )
+    weight_sync: Literal["filesystem", "nccl"] = Field(
+        "filesystem",
+        description="filesystem: rank 0 writes safetensors to weights_dir and every server "
+        "reloads them (works everywhere); nccl: vLLM's NCCL weight transfer from rank 0's GPU "
+        "to each server's GPUs (CUDA only, servers started with --weight-transfer-config "
+        '\'{"backend": "nccl"}\')',
+    )
+    weights_dir: str | None = Field(
+        None,
+        description="filesystem sync: where the weights are written; every server must read "
+        "it at this same path (a shared filesystem); default: RUN_DIR/server-weights",
+    )
+    nccl_master_address: str | None = Field(
+        None,
+        description="nccl sync: this trainer's address as the servers reach it (default: its "
+        "hostname)",
+    )
+    nccl_port: int = Field(
+        29700, ge=1024, le=65000, description="nccl sync: server i rendezvous on nccl_port + i"
+    )
+    api_key_env: str | None = Field(
+        None, description="environment variable holding the servers' --api-key, if any"
+    )
+    request_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="a request unanswered this long counts as a failed server: it is retried "
+        "on the others",
+    )
+    startup_timeout_s: float = Field(
+        600.0, gt=0, description="how long to wait for the servers to answer /health"
+    )
+    max_inflight_per_server: int = Field(
+        256, ge=1, description="requests in flight per server; the rest wait in cgrpo"
+    )
+    sync_check: bool = Field(True, description="probe every server vs the trainer after a sync")
+    sync_tolerance: float = Field(
+        1e-2, gt=0, description="largest allowed |log-prob difference| of the probe"
+    )
+
+    @field_validator("urls")
+    @classmethod
+    def _http(cls, urls: list[str]) -> list[str]:
+        for url in urls:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url!r} is not a base URL; write e.g. http://10.0.0.5:8000")
+        return urls
+
+    @model_validator(mode="after")
+    def _where(self) -> VLLMServerOptions:
+        if bool(self.urls) == (self.launch is not None):
+            raise ValueError(
+                "give either urls (servers you started) or launch (cgrpo starts them here), "
+                "exactly one of the two"
+            )
+        return self
+
+    def ignored_settings(self) -> dict[str, str]:
+        if self.weight_sync == "filesystem":
+            why = "is for weight_sync: nccl; remove it, or set weight_sync: nccl"
+            return {"nccl_master_address": why, "nccl_port": why}
+        return {"weights_dir": "is for weight_sync: filesystem; remove it, or set "
+                "weight_sync: filesystem"}  # fmt: skip

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from cgrpo.algo.loss import entropy_from_logits, token_logprobs
-from cgrpo.algo.mixing import Batch
+from cgrpo.algo.mixing import Batch, TrainRow, collate
 from cgrpo.algo.packing import PackedBatch
 from cgrpo.model.sharding import is_sharded
 
@@ -384,3 +384,23 @@ def rows_from_tokens(
     return logprobs, torch.zeros(mask.shape, dtype=ent.dtype, device=mask.device).masked_scatter(
         mask, ent
     )
+
+
+def sequence_logprobs(
+    model: Any,
+    prompt: list[int],
+    response: list[int],
+    temperature: float,
+    pad_id: int,
+    precision: Any,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+) -> torch.Tensor:
+    """The trainer's log-probs (T,) of one response after its prompt, without gradient and
+    under ``precision``'s autocast: what a sampler's log-probs of the same tokens are
+    compared with (the weight-sync probes of the vLLM backends)."""
+    row = TrainRow(0, list(prompt), list(response), None, False, 0.0)
+    with torch.no_grad(), precision.autocast():
+        lp, _ = forward_response(
+            model, collate([row], pad_id), temperature, chunk_tokens=chunk_tokens
+        )
+    return lp[0].float().cpu()[: len(response)]

@@ -280,6 +280,8 @@ def _micro_batch(shape: ModelShape, s: Setup) -> list[Line]:
 
 def _sampler(shape, s: Setup, gpu_memory, on_gpu, trainable_copy, notes) -> list[Line]:
     """The vLLM engine's share of the GPU, or the hf sampler's KV cache and logits."""
+    if s.backend == "vllm-server":  # the weight sync gathers one layer at a time
+        return [("sampling: on the vLLM servers, not on this GPU", 0, 0)]
     if s.backend == "vllm" and on_gpu:
         engine = s.vllm_fraction * (gpu_memory or 0)
         if gpu_memory is None:
@@ -332,7 +334,7 @@ def _fix_candidates(shape: ModelShape, s: Setup, gpu_memory: float) -> list[tupl
             if frac < s.vllm_fraction:
                 setting = f"policy.options.gpu_memory_utilization={frac}"
                 out.append((setting, replace(s, vllm_fraction=frac)))
-    elif s.generation_batch > 8:
+    elif s.backend != "vllm-server" and s.generation_batch > 8:
         setting = "policy.options.generation_batch_size=8"
         out.append((setting, replace(s, generation_batch=8)))
     return out

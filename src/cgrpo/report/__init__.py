@@ -39,7 +39,22 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     drawn, left_out = plan(runs, only)
     pngs = [save(draw(p, metrics, runs, smoothing), out / f"{p.name}.png") for p, metrics in drawn]
+    pngs += pipeline_figures(runs, out)
     table = summary(runs)
     write_markdown(runs, table, left_out, pngs, out / "report.md")
     write_html(runs, table, left_out, pngs, out / "report.html")
     return pngs, left_out
+
+
+def pipeline_figures(runs: list[Run], out: Path) -> list[Path]:
+    """The pipeline's timeline (who waits for whom, last 6 steps) of each run that
+    pipelined its rollouts (``rollout.max_staleness >= 1``)."""
+    from cgrpo.train.timeline import draw_pipeline, read_pipeline
+
+    pngs = []
+    for run in runs:
+        events = read_pipeline(run.path)
+        if events:
+            name = "pipeline-timeline" if len(runs) == 1 else f"pipeline-timeline-{run.name}"
+            pngs.append(draw_pipeline(events, f"{run.name}: the last 6 steps", out / f"{name}.png"))
+    return pngs

@@ -32,6 +32,7 @@ import torch
 
 from cgrpo.algo.loss import LossConfig
 from cgrpo.algo.mixing import TrainRow
+from cgrpo.algo.staleness import logprob_gaps, stale_groups, staleness_summary
 from cgrpo.config.schema import Recipe
 from cgrpo.errors import TrainingError, VerifierError
 from cgrpo.model import distributed
@@ -54,7 +55,8 @@ from cgrpo.train.evaluation import evaluate_now
 from cgrpo.train.fine_tune import critique_target, fine_tune_loss, fine_tune_rows
 from cgrpo.train.metrics import Console, JsonlWriter, rollout_metrics, sample_lines
 from cgrpo.train.parts import Built
-from cgrpo.train.rollout import Rollout, RolloutSettings, rollout
+from cgrpo.train.pipeline import Pipeline, check_pipeline, count_outcomes, drop_groups
+from cgrpo.train.rollout import Rollout, RolloutSettings, rollout, rollout_async
 from cgrpo.train.rollout_context import check_speculation
 from cgrpo.train.timeline import shift
 from cgrpo.train.update import (
@@ -160,6 +162,12 @@ class Trainer:
         s = r.sampling
         if r.rollout.speculative_refinement:
             check_speculation(built.policy)
+        self.pipeline: Pipeline | None = None  # rollout.max_staleness >= 1 (pipeline.py)
+        self.pipeline_figures: dict[str, float] = {}  # the last pipelined step's rows
+        if r.rollout.max_staleness:
+            check_pipeline(built.policy, self.world)
+            built.policy.accept_lag = r.rollout.max_staleness
+            self.pipeline = Pipeline(r.rollout.max_staleness, r.run.reproducible_sampling)
         self.rollout_settings = RolloutSettings(
             samples_per_prompt=a.samples_per_prompt,
             refinements_per_prompt=a.refinements_per_prompt,
@@ -275,15 +283,7 @@ class Trainer:
                 return {"fine_tune/rows": 0.0, "update/skipped_empty": 1.0}
             if not rows:
                 rows = [TrainRow(0, [self.pad_id], [], None, True, 0.0, 0.0)]
-        upd = update_policy(
-            self.b.model,
-            self.optimizer,
-            self.scheduler,
-            rows,
-            self.update_settings,
-            self.pad_id,
-            self.ref_model,
-        )
+        upd = self._update(rows)
         if self.recipe.algorithm.objective != "policy_gradient":
             upd["fine_tune/rows"] = distributed.sum_scalar(
                 float(sum(bool(x.response_ids) for x in rows))
@@ -305,11 +305,12 @@ class Trainer:
             (self.b.verifier, spec), self.b.verifier_routes, pairs, batch
         )
 
-    def _rollout(self, step: int, mine: list, share: int) -> Rollout:
+    def _rollout_args(self, step: int, mine: list, share: int, seed: int | None) -> dict:
+        """The arguments of step ``step``'s rollout (1-6) of the problems ``mine``."""
         r = self.recipe
-        return rollout(  # 1-6
-            mine,
-            [self.b.prompts.prompt_ids(p) for p in mine],
+        return dict(
+            problems=mine,
+            prompt_ids=[self.b.prompts.prompt_ids(p) for p in mine],
             policy=self.b.policy,
             verifier=self.b.verifier,
             critic=self.b.critic if r.algorithm.refinements_per_prompt else None,
@@ -319,18 +320,117 @@ class Trainer:
             eos_ids=self.eos_ids,
             rng_key=f"{r.run.seed}:{step}",
             prompt_offset=self.rank * share,
-            seed=hash((r.run.seed, step)) & 0x7FFFFFFF if r.run.reproducible_sampling else None,
+            seed=seed,
         )
+
+    def _step_seed(self, step: int) -> int | None:
+        """Per-request seeds from (seed, step): always for a pipelined rollout (its requests
+        must not draw from torch's random state, which the update uses meanwhile)."""
+        r = self.recipe
+        if r.run.reproducible_sampling or self.pipeline is not None:
+            return hash((r.run.seed, step)) & 0x7FFFFFFF
+        return None
+
+    def _rows(self, step: int) -> Rollout:
+        """Step ``step``'s rollout: sampled now, or taken from the pipeline."""
+        if self.pipeline is not None:
+            return self._pipelined_rows(step)
+        problems = self.data.next_batch(self.recipe.algorithm.prompts_per_step)  # all ranks
+        share = len(problems) // self.world
+        mine = problems[self.rank * share : (self.rank + 1) * share]
+        with self.sampling_weights():
+            return self._rollout(step, mine, share)
+
+    def _rollout(self, step: int, mine: list, share: int) -> Rollout:
+        """Step ``step``'s rollout of this rank's problems ``mine``, run to the end now."""
+        return rollout(**self._rollout_args(step, mine, share, self._step_seed(step)))
+
+    # -- the pipeline (rollout.max_staleness >= 1; train/pipeline.py) -----------------------
+    def _submit_through(self, last: int) -> None:
+        """Submit the rollouts of the steps up to ``last`` not submitted yet, in order."""
+        pipe, size = self.pipeline, self.recipe.algorithm.prompts_per_step
+        first = (pipe.submitted_through or self.step_done) + 1
+        for s in range(first, min(last, self.recipe.train.steps) + 1):
+            state = self.data.state_dict()
+            problems = self.data.next_batch(size)
+            args = self._rollout_args(s, problems, len(problems), self._step_seed(s))
+            pipe.submit(s, state, rollout_async(**args))
+
+    def _pipelined_rows(self, step: int) -> Rollout:
+        """Step ``step``'s rows: taken (waiting if need be), the groups too old dropped and
+        resampled; then the next rollouts start, up to step + N."""
+        pipe = self.pipeline
+        self._submit_through(step)
+        ro = pipe.take(step)
+        version = self.b.policy.weight_version
+        ro, lost = self._replace_stale(step, ro, version)
+        self._submit_through(step + pipe.max_staleness)
+        self.pipeline_figures = {**lost, **staleness_summary(ro.rows, version)}
+        return ro
+
+    def _replace_stale(self, step: int, ro: Rollout, version: int) -> tuple[Rollout, dict]:
+        """Drop the groups holding a row more than N updates old and sample them again
+        with the current weights (until none is; a sampler that keeps answering with old
+        weights after 3 tries is an error); returns the rows and what was thrown away."""
+        lost = {"rows_dropped": 0.0, "groups_resampled": 0.0, "wasted_critiques": 0.0}
+        for attempt in range(4):
+            stale = stale_groups(ro.rows, version, self.pipeline.max_staleness)
+            if not stale:
+                return ro, lost
+            if attempt == 3:
+                raise TrainingError(
+                    f"step {step}: the sampler still answers with weights more than "
+                    f"rollout.max_staleness={self.pipeline.max_staleness} versions older than "
+                    f"{version} after 3 resamplings"
+                )
+            problems = [next(r.problem for r in ro.records if r.group == g) for g in sorted(stale)]
+            ro, dropped = drop_groups(ro, stale)
+            lost = {k: lost[k] + dropped[k] for k in lost}
+            seed = hash((self.recipe.run.seed, step, version, attempt)) & 0x7FFFFFFF
+            args = self._rollout_args(step, problems, len(problems), seed)
+            ro = merge_rollouts([ro, self.pipeline.run(rollout_async(**args))])
+            count_outcomes(ro)
+        return ro, lost
+
+    def _push_weights(self) -> None:
+        """After the update: the new weights to the sampler (with a fixed lag, once every
+        rollout in flight has finished on the old ones)."""
+        if self.pipeline is None:
+            self.b.policy.sync_weights(self.b.model)
+            return
+        if self.pipeline.fixed_lag:
+            self.pipeline.drain()
+        with self.pipeline.span("trainer", "sync"):
+            self.b.policy.sync_weights(self.b.model)
+
+    def _pipeline_metrics(self, rows: list[TrainRow], upd: dict[str, float]) -> dict:
+        """The pipeline's per-step figures; the sampler/trainer gap split by cause (the
+        update's own figure would mix the engine's numerics and the weights' drift)."""
+        version = self.b.policy.weight_version - 1  # the rows were trained before the push
+        gaps = logprob_gaps(rows, version)
+        for key in ("sampler/logprob_diff_mean", "sampler/logprob_diff_max"):
+            upd.pop(key, None)
+        out = {f"pipeline/{k}": v for k, v in self.pipeline_figures.items()}
+        out.update({f"pipeline/{k}": v for k, v in self.pipeline.step_metrics().items()})
+        for side, name in (("engine", "sampler/logprob_diff"), ("drift", "pipeline/drift")):
+            for stat in ("mean", "max"):
+                if f"{side}_{stat}" in gaps:
+                    out[f"{name}_{stat}"] = gaps[f"{side}_{stat}"]
+        return out
+
+    def _update(self, rows: list[TrainRow]) -> dict[str, float]:
+        """8-9: the loss and the optimizer steps (a span of the pipeline's timeline)."""
+        args = (self.b.model, self.optimizer, self.scheduler, rows, self.update_settings)
+        if self.pipeline is None:
+            return update_policy(*args, self.pad_id, self.ref_model)
+        with self.pipeline.span("trainer", "update"):
+            return update_policy(*args, self.pad_id, self.ref_model)
 
     def step(self, step: int) -> dict[str, float]:
         r = self.recipe
         started = time.perf_counter()
         torch.manual_seed(hash((r.run.seed, step, self.rank)) & 0x7FFFFFFF)
-        problems = self.data.next_batch(r.algorithm.prompts_per_step)  # same on every rank
-        share = len(problems) // self.world
-        mine = problems[self.rank * share : (self.rank + 1) * share]
-        with self.sampling_weights():
-            ro = self._rollout(step, mine, share)
+        ro = self._rows(step)  # 1-6
         self._guard_verifier_errors(step, ro)
         if r.algorithm.objective == "policy_gradient":
             self.assign_advantages(ro.rows)  # 7
@@ -344,15 +444,19 @@ class Trainer:
         if callable(release):  # e.g. vLLM sleeps during the update on GPU
             release()
         upd = self.update(ro.rows)  # 8-9
-        self.b.policy.sync_weights(self.b.model)
+        t_updated = time.perf_counter()
+        self._push_weights()
         now = time.perf_counter()
+        if self.pipeline is not None:
+            upd.update(self._pipeline_metrics(ro.rows, upd))
         ro = merge_rollouts(distributed.gather(ro))
         upd = merge_update_metrics(distributed.gather(upd))
         metrics = {
             "step": step,
             **rollout_metrics(ro, advantages=r.algorithm.objective == "policy_gradient"),
             **upd,
-            "time/update": now - t_update,
+            "time/update": t_updated - t_update,
+            "time/sync": now - t_updated,
             "time/step": now - started,
         }
         sampled = sum(len(rec.completion.token_ids) for rec in ro.records)
@@ -370,7 +474,10 @@ class Trainer:
             self.logged_samples = list(sample_lines(step, ro, r.train.log_samples))
             for line in self.logged_samples:
                 self.samples_out.write(line)
-            self.timeline_out.write({"step": step, "spans": [s.as_list() for s in ro.timeline]})
+            line = {"step": step, "spans": [s.as_list() for s in ro.timeline]}
+            if self.pipeline is not None:  # the run's lanes: who waited for whom
+                line["pipeline"] = self.pipeline.take_events()
+            self.timeline_out.write(line)
         return metrics
 
     def _evaluate_at_start(self) -> None:
@@ -395,7 +502,9 @@ class Trainer:
         saved by every rank in the checkpoint's ``dcp/`` instead."""
         state = {
             "scheduler": self.scheduler.state_dict(),
-            "data": self.data.state_dict(),
+            # with rollouts in flight, the position before the oldest one's problems: a
+            # resumed run draws them again and samples them from the checkpoint's weights
+            "data": (self.pipeline and self.pipeline.data_state()) or self.data.state_dict(),
             "best": self.best,
             "nonfinite_in_a_row": self.nonfinite_in_a_row,
         }
@@ -498,6 +607,14 @@ class Trainer:
             signum, signal.SIG_DFL if signum == signal.SIGTERM else signal.default_int_handler
         )
 
+    def _close_pipeline(self) -> None:
+        cancelled = self.pipeline.close()
+        if cancelled:
+            self.console.message(
+                f"cgrpo: {cancelled} rollouts in flight were cancelled; a resumed run samples "
+                "their problems again from its checkpoint's weights"
+            )
+
     def fit(self) -> str:
         """Train to ``train.steps``; returns 'completed' or 'interrupted' (checkpoint saved)."""
         r = self.recipe
@@ -534,6 +651,8 @@ class Trainer:
         finally:
             for sig, old in handlers.items():
                 signal.signal(sig, old)
+            if self.pipeline is not None:
+                self._close_pipeline()
             self.console.close()
             self.verify_pool.close()
             for out in (self.metrics_out, self.samples_out, self.timeline_out):

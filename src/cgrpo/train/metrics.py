@@ -170,19 +170,36 @@ def critique_metrics(crits: list) -> dict[str, float]:
     return m
 
 
+# Characters json.dumps(ensure_ascii=False) leaves raw that str.splitlines() (and so many
+# JSONL readers) takes for line ends; a sampled response can hold any of them.
+_LINE_BREAKS = str.maketrans({c: f"\\u{ord(c):04x}" for c in "\x85\u2028\u2029"})
+
+
 class JsonlWriter:
-    """Appends JSON lines and flushes each one (a killed run keeps every finished line)."""
+    """Appends JSON lines and flushes each one (a killed run keeps every finished line).
+    Text stays readable (non-ASCII kept) except the few characters that some readers split
+    lines on, which are written as \\u escapes: one record is always one line."""
 
     def __init__(self, path: Path):
         self.path = path
         self._fh = path.open("a", encoding="utf-8")
 
     def write(self, obj: dict[str, Any]) -> None:
-        self._fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        self._fh.write(json.dumps(obj, ensure_ascii=False).translate(_LINE_BREAKS) + "\n")
         self._fh.flush()
 
     def close(self) -> None:
         self._fh.close()
+
+
+def _group_versions(ro: Rollout) -> dict[int, int]:
+    """Each group's oldest weight version among its initial samples."""
+    out: dict[int, int] = {}
+    for r in ro.records:
+        v = r.completion.weight_version
+        if r.kind == "initial" and v is not None:
+            out[r.group] = min(out.get(r.group, v), v)
+    return out
 
 
 def sample_lines(step: int, ro: Rollout, limit: int) -> list[dict[str, Any]]:
@@ -192,6 +209,7 @@ def sample_lines(step: int, ro: Rollout, limit: int) -> list[dict[str, Any]]:
     ``id`` is ``"STEP-N"`` (unique in the run); a refinement's ``parent_id`` is the id of
     the response it refined, whose line holds the critique that prompted it."""
     lines = []
+    group_versions = _group_versions(ro)
     for index, rec in enumerate(ro.records):
         crit = rec.critique
         lines.append(
@@ -216,6 +234,8 @@ def sample_lines(step: int, ro: Rollout, limit: int) -> list[dict[str, Any]]:
                 "critic": crit.critic if crit else None,
                 "critique_fallback": crit.fallback if crit else None,
                 "weight_version": rec.completion.weight_version,
+                # a refinement's group's samples' (its prompt holds one and its critique)
+                "group_weight_version": group_versions.get(rec.group),
             }
         )
     parents = {line["parent_id"] for line in lines if line["parent_id"] is not None}

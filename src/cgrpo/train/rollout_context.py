@@ -89,7 +89,7 @@ def check_speculation(policy: Any) -> None:
         raise TrainingError(
             f"rollout.speculative_refinement needs a policy backend that hands over each "
             f"response as it finishes (sample_each) and batches continuously; "
-            f"{type(policy).__name__} does not. Remove it, or use policy: vllm"
+            f"{type(policy).__name__} does not. Remove it, or use policy: vllm or vllm-server"
         )
 
 

@@ -151,6 +151,54 @@ def draw_timeline(panels: Sequence[tuple[str, Sequence[Span]]], out: Path) -> Pa
     return out
 
 
+PIPELINE_COLOURS = {"wait": "#c44e52", "update": "#4c72b0", "sync": "#8c8c8c"}
+
+
+def read_pipeline(run_dir: Path, last: int = 6) -> list[list[Any]]:
+    """The pipeline's lanes ``[lane, label, start, end]`` of the last ``last`` steps of a
+    run (``rollout.max_staleness >= 1``); empty for an on-policy run."""
+    import json
+
+    path = Path(run_dir) / "timeline.jsonl"
+    if not path.exists():
+        return []
+    lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    return [e for x in lines[-last:] for e in x.get("pipeline", [])]
+
+
+def draw_pipeline(events: Sequence[Sequence[Any]], title: str, out: Path) -> Path:
+    """Who waits for whom across steps: the trainer's lane (waiting for rows, updating,
+    pushing weights) above, each step's rollout below (on two rows, so that rollouts in
+    flight together are both seen), on one time axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    t0 = min(e[2] for e in events)
+    fig, ax = plt.subplots(figsize=(9, 2.4))
+    for lane, label, start, end in events:
+        if lane == "trainer":
+            ax.barh(0, max(end - start, 0.004), left=start - t0, height=0.6,
+                    color=PIPELINE_COLOURS[label])  # fmt: skip
+            continue
+        y = 1 + int(label) % 2 * 0.7
+        ax.barh(y, end - start, left=start - t0, height=0.6, color="#55a868")
+        ax.text(start - t0 + 0.02, y, f"step {label}", va="center", fontsize=7)
+    ax.set_yticks([0, 1.35], ["trainer", "rollouts"])
+    ax.set_ylim(2.1, -0.5)
+    ax.set_xlabel("seconds")
+    ax.set_title(title, fontsize=10)
+    handles = [Patch(color=c, label=f"trainer: {n}") for n, c in PIPELINE_COLOURS.items()]
+    handles.append(Patch(color="#55a868", label="rollout of a step"))
+    fig.legend(handles=handles, loc="lower center", ncols=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.savefig(out, dpi=130)
+    plt.close(fig)
+    return out
+
+
 def read_step(run_dir: Path, step: int | None = None) -> tuple[int, list[Span]]:
     """(step, spans) of ``step`` (default: the last) from a run's timeline.jsonl."""
     import json
@@ -166,7 +214,8 @@ def read_step(run_dir: Path, step: int | None = None) -> tuple[int, list[Span]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """python -m cgrpo.train.timeline RUN_DIR [RUN_DIR ...] [--step N] [--out FILE.png]"""
+    """python -m cgrpo.train.timeline RUN_DIR [RUN_DIR ...] [--step N] [--out FILE.png];
+    ``--pipeline STEPS``: the pipeline's lanes of one run's last STEPS steps"""
     import argparse
 
     p = argparse.ArgumentParser(
@@ -175,7 +224,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("run_dir", type=Path, nargs="+")
     p.add_argument("--step", type=int, help="default: the last step")
     p.add_argument("--out", type=Path, help="default: RUN_DIR/timeline-step-N.png")
+    p.add_argument("--pipeline", type=int, metavar="STEPS",
+                   help="draw the pipeline's lanes of the last STEPS steps instead")  # fmt: skip
     args = p.parse_args(argv)
+    if args.pipeline:
+        run_dir = args.run_dir[0]
+        events = read_pipeline(run_dir, args.pipeline)
+        if not events:
+            raise SystemExit(f"{run_dir}: no pipeline lanes (rollout.max_staleness: 0)")
+        out = args.out or run_dir / "pipeline-timeline.png"
+        print(draw_pipeline(events, run_dir.name, out))
+        return
     panels = []
     for run_dir in args.run_dir:
         step, spans = read_step(run_dir, args.step)

@@ -2,6 +2,7 @@
 
 from cgrpo.builtins.policies.hf import HFPolicy
 from cgrpo.builtins.policies.vllm import VLLMPolicy
+from cgrpo.builtins.policies.vllm_server import VLLMServerPolicy
 from cgrpo.hookspecs import hookimpl
 
 
@@ -9,3 +10,4 @@ from cgrpo.hookspecs import hookimpl
 def register_policy_backends(register):
     register("hf", HFPolicy)
     register("vllm", VLLMPolicy)
+    register("vllm-server", VLLMServerPolicy)

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cgrpo.builtins.policies.vllm_engine import EngineDriver, EngineRequests, append_to, ignore
 from cgrpo.errors import TrainingError
-from cgrpo.interfaces import collect_stream
+from cgrpo.interfaces import StreamedGenerate
 from cgrpo.model.loading import eos_token_ids
 from cgrpo.types import Completion, SamplingParams
 
@@ -94,7 +94,7 @@ def _import_vllm():
     return vllm
 
 
-class VLLMSampler(EngineRequests):
+class VLLMSampler(StreamedGenerate, EngineRequests):
     """One in-process vLLM engine and the cgrpo sampling contract on top of it. Used by the
     ``vllm`` policy backend and by ``local`` critics with ``backend: vllm``."""
 
@@ -175,15 +175,6 @@ class VLLMSampler(EngineRequests):
             detokenize=False,
             output_kind=RequestOutputKind.FINAL_ONLY,  # the whole request, once
         )
-
-    def generate(
-        self,
-        prompts: Sequence[Sequence[int]],
-        params: SamplingParams,
-        seeds: Sequence[int] | None = None,
-    ) -> list[list[Completion]]:
-        """``params.n`` completions per prompt, in prompt order."""
-        return collect_stream(self.generate_stream(prompts, params, seeds), len(prompts))
 
     def generate_stream(
         self,
@@ -406,8 +397,7 @@ class VLLMPolicy:
         import torch
         from vllm import SamplingParams as VSP
 
-        from cgrpo.algo.mixing import TrainRow, collate
-        from cgrpo.model.logprobs import forward_response
+        from cgrpo.model.logprobs import sequence_logprobs
 
         prompt, completion = self.sampler.last  # type: ignore[misc]
         out = self.sampler.run_requests(
@@ -416,12 +406,10 @@ class VLLMPolicy:
         engine = [
             next(iter(d.values())).logprob if d else 0.0 for d in out.prompt_logprobs[len(prompt) :]
         ]
-        row = TrainRow(0, list(prompt), list(completion), None, False, 0.0)
-        with torch.no_grad(), self.precision.autocast():
-            trainer, _ = forward_response(
-                model, collate([row], self.pad_id), 1.0, chunk_tokens=self.chunk_tokens
-            )
-        return float((trainer[0].cpu() - torch.tensor(engine)).abs().max())
+        trainer = sequence_logprobs(
+            model, prompt, completion, 1.0, self.pad_id, self.precision, self.chunk_tokens
+        )
+        return float((trainer - torch.tensor(engine)).abs().max())
 
     def telemetry(self) -> dict[str, float]:
         return dict(self.stats)
