@@ -1,15 +1,19 @@
 """The paper's comparison tables on the CPU toy task: runs a table's recipes x seeds and
 prints each row's accuracy, median and spread over the seeds, from the runs' evaluations.
 
-    python benchmarks/paper_table.py ladder [--seeds 0 1 2] [--jobs 2] [--out runs/paper-tables]
-                                            [--set key=value ...] [--json FILE]
-                                            [--tables recipes/paper/tables.yaml]
+    python benchmarks/paper_table.py ladder|baselines [--seeds 0 1 2] [--jobs 2]
+        [--out runs/paper-tables] [--set key=value ...] [--json FILE] [--csv FILE]
+        [--tables recipes/paper/tables.yaml]
 
 The tables are data (recipes/paper/tables.yaml): each is a list of rows (a label and a CPU
 recipe) and the metrics read from each run's ``metrics.jsonl`` (its columns): the last
 evaluation, and the one at step 0 (the warm model, before RL). ``ladder`` is the paper's
-Table 6, the ablation ladder (recipes/paper/ablation-*-cpu.yaml); the paper's other
-comparisons are further entries of that file.
+Table 6, the ablation ladder (recipes/paper/ablation-*-cpu.yaml); ``baselines`` its main
+table (recipes/paper/baseline-*-cpu.yaml), in the paper's layout (``layout: columns``):
+rows = methods, columns = benchmarks (hard-train, hard-test, easy) and their average, each
+the median over seeds; ``--csv`` writes it with one line per method and seed too. A row
+with ``after`` starts from another row's final checkpoint of the same seed (the sequential
+baseline: GRPO, then refinement FT on its persistent failures).
 
 The rows of one seed share one warm-up: a table's rows must have the same ``model``,
 ``data.prompt`` and ``sft`` sections (checked), the script runs ``cgrpo sft`` once per seed
@@ -37,6 +41,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -53,6 +58,7 @@ class Row(_Strict):
     label: str
     recipe: str  # a CPU recipe, relative to the tables file (absolute once loaded)
     paper: str = ""  # the paper's number for this row, for reference
+    after: str = ""  # an earlier row's recipe: start from its final checkpoint, same seed
 
 
 class Metric(_Strict):
@@ -64,6 +70,9 @@ class Table(_Strict):
     title: str
     metrics: tuple[Metric, ...] = Field(min_length=1)
     rows: tuple[Row, ...] = Field(min_length=1)
+    # per_metric: one table per metric, a column per seed; columns: the paper's layout,
+    # one line per method and one column per metric
+    layout: Literal["per_metric", "columns"] = "per_metric"
 
 
 class TableFileError(Exception):
@@ -71,7 +80,8 @@ class TableFileError(Exception):
 
 
 def load_tables(path: Path = TABLES_FILE) -> dict[str, Table]:
-    """The tables of ``path``, each row's recipe resolved against the file's directory."""
+    """The tables of ``path``, each row's recipe (and ``after``) resolved against the
+    file's directory."""
     try:
         raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
@@ -87,14 +97,25 @@ def load_tables(path: Path = TABLES_FILE) -> dict[str, Table]:
                 f"{name}.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
             )
             raise TableFileError(f"{path}: {where}") from None
-        rows = []
-        for index, row in enumerate(table.rows):
-            recipe = (path.parent / row.recipe).resolve()
-            if not recipe.is_file():
-                raise TableFileError(f"{path}: {name}.rows.{index}.recipe: no file {recipe}")
-            rows.append(row.model_copy(update={"recipe": str(recipe)}))
-        tables[str(name)] = table.model_copy(update={"rows": tuple(rows)})
+        tables[str(name)] = table.model_copy(update={"rows": _resolved_rows(path, name, table)})
     return tables
+
+
+def _resolved_rows(path: Path, name: str, table: Table) -> tuple[Row, ...]:
+    """The rows with absolute recipe paths; an ``after`` must name an earlier row's recipe."""
+    rows: list[Row] = []
+    for index, row in enumerate(table.rows):
+        recipe = (path.parent / row.recipe).resolve()
+        if not recipe.is_file():
+            raise TableFileError(f"{path}: {name}.rows.{index}.recipe: no file {recipe}")
+        after = str((path.parent / row.after).resolve()) if row.after else ""
+        if after and after not in [r.recipe for r in rows]:
+            raise TableFileError(
+                f"{path}: {name}.rows.{index}.after: {row.after} is not the recipe of an "
+                "earlier row of this table"
+            )
+        rows.append(row.model_copy(update={"recipe": str(recipe), "after": after}))
+    return tuple(rows)
 
 
 ENV = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -212,19 +233,66 @@ def _submit_and_collect(pool, name, table, seeds, out, extra, records) -> None:
         records.append({"row": "warm-up", "seed": seed, **done.result()})
         checkpoint = out / f"{name}-warm-s{seed}" / "checkpoints" / "step-0"
         for row in table.rows:
-            over = [*extra, *start_from(checkpoint, row.recipe, extra)]
-            run_dir = out / f"{name}-{Path(row.recipe).stem}-s{seed}"
-            runs[pool.submit(cgrpo, "run", row.recipe, run_dir, seed, over)] = (row, seed)
-    for done in as_completed(runs):
+            if not row.after:
+                runs[_submit_row(pool, name, row, seed, checkpoint, out, extra)] = (row, seed)
+    pending = list(runs)
+    while pending:  # a row with `after` starts when that row of its seed is done
+        done = next(as_completed(pending))
+        pending.remove(done)
         row, seed = runs[done]
         records.append({"row": row.label, "seed": seed, **done.result()})
         print(f"done: {row.label}, seed {seed}", file=sys.stderr)
+        for later in (r for r in table.rows if r.after == row.recipe):
+            final = last_checkpoint(run_dir_of(out, name, row, seed))
+            future = _submit_row(pool, name, later, seed, final, out, extra)
+            runs[future] = (later, seed)
+            pending.append(future)
+
+
+def run_dir_of(out: Path, name: str, row: Row, seed: int) -> Path:
+    return out / f"{name}-{Path(row.recipe).stem}-s{seed}"
+
+
+def last_checkpoint(run_dir: Path) -> Path:
+    steps = sorted((run_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name[5:]))
+    if not steps:
+        raise RuntimeError(f"{run_dir} has no checkpoint to start the next row from")
+    return steps[-1]
+
+
+def _submit_row(pool, name, row, seed, checkpoint, out, extra) -> Future:
+    over = [*extra, *start_from(checkpoint, row.recipe, extra)]
+    return pool.submit(cgrpo, "run", row.recipe, run_dir_of(out, name, row, seed), seed, over)
 
 
 def spread(values: list[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.2f}"
     return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
+def render_columns(name: str, table: Table, seeds: list[int], out: Path) -> tuple[str, dict, str]:
+    """The paper's layout: one line per method, one column per benchmark and the average
+    (medians over seeds, the spread in the CSV); the numbers as data and as CSV."""
+    titles = [m.title for m in table.metrics]
+    lines = [f"### {table.title}", "", f"| method | {' | '.join(titles)} |",
+             "|---|" + "---|" * len(titles)]  # fmt: skip
+    csv_lines = ["method,seed," + ",".join(titles)]
+    data: dict = {"table": name, "seeds": seeds, "rows": []}
+    for row in table.rows:
+        per_metric = []
+        for metric in table.metrics:
+            runs = [run_dir_of(out, name, row, s) for s in seeds]
+            per_metric.append([evaluations(run, metric.key)[1] for run in runs])
+        cells = " | ".join(f"{statistics.median(v):.3f}" for v in per_metric)
+        lines.append(f"| {row.label} | {cells} |")
+        for i, s in enumerate(seeds):
+            csv_lines.append(f'"{row.label}",{s},' + ",".join(f"{v[i]:.4f}" for v in per_metric))
+        csv_lines.append(
+            f'"{row.label}",median,' + ",".join(f"{statistics.median(v):.4f}" for v in per_metric)
+        )
+        data["rows"].append({"row": row.label, **dict(zip(titles, per_metric, strict=True))})
+    return "\n".join(lines) + "\n", data, "\n".join(csv_lines) + "\n"
 
 
 def render(name: str, table: Table, seeds: list[int], out: Path) -> tuple[str, dict]:
@@ -241,7 +309,7 @@ def render(name: str, table: Table, seeds: list[int], out: Path) -> tuple[str, d
         ]
         before = []
         for row in table.rows:
-            pairs = [evaluations(out / f"{name}-{Path(row.recipe).stem}-s{s}", key) for s in seeds]
+            pairs = [evaluations(run_dir_of(out, name, row, s), key) for s in seeds]
             before += [b for b, _ in pairs]
             after = [a for _, a in pairs]
             cells = "".join(f" {v:.2f} |" for v in after)
@@ -263,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "paper-tables")
     parser.add_argument("--set", nargs="*", default=[], help="overrides for every run")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument("--csv", type=Path, help="also write the table as CSV (columns layout)")
     args = parser.parse_args(argv)
     from cgrpo.errors import RecipeError
 
@@ -276,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     except (TableFileError, RecipeError) as exc:
         print(f"paper_table: {exc}", file=sys.stderr)
         return 2
+    if args.csv and table.layout != "columns":
+        parser.error(f"--csv writes the columns layout; table {args.table} has one per metric")
     started = time.perf_counter()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     out = args.out.resolve()
@@ -285,7 +356,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"paper_table: {exc}", file=sys.stderr)
         return 1
     wall = time.perf_counter() - started
-    text, data = render(args.table, table, args.seeds, out)
+    if table.layout == "columns":
+        text, data, csv = render_columns(args.table, table, args.seeds, out)
+        if args.csv:
+            args.csv.write_text(csv)
+    else:
+        text, data = render(args.table, table, args.seeds, out)
     cpu = sum(r.get("cpu_s", 0.0) for r in records)
     fresh = sum(1 for r in records if not r.get("reused"))
     text += f"\n{fresh} runs: {wall / 60:.1f} min wall, {cpu / 60:.1f} CPU-min, {args.jobs} at once"

@@ -237,3 +237,26 @@ def test_check_reports_everything_run_would_refuse_at_once(tmp_path, monkeypatch
                    "m500.jsonl: no such file or directory",
                    NO_SOLUTIONS):  # fmt: skip
         assert needle in text, needle
+
+
+def test_demonstrations_without_solutions_are_refused_by_check_and_run(
+    tmp_path, monkeypatch, capsys
+):
+    """algorithm.demonstrations adds each problem's reference solution to its group: data
+    without one is a problem cgrpo check lists and cgrpo run refuses before building."""
+    from cgrpo.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "1000")
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"question": "What is 1 + 1?", "answer": "2"}\n')
+    # micro-batches of 8 divide the 8 x (G + K + D = 9) rows
+    args = [QUICKSTART, "data.task.name=jsonl", f"data.task.options.path={data}",
+            "sft.steps=0", "algorithm.demonstrations.per_group=1",
+            "algorithm.micro_batch_size=8"]  # fmt: skip
+    needle = "algorithm.demonstrations.per_group > 0 but no training problem (data.task) has"
+    assert main(["check", *args]) == 2
+    assert needle in _said(capsys.readouterr().out)
+    assert main(["run", *args, "model.path=tiny"]) == 2
+    assert needle in _said(capsys.readouterr().err)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "tiny").exists()

@@ -2,6 +2,8 @@
 padded micro-batches for every loss aggregation, with KL, entropy, clipping and TIS."""
 
 import copy
+import dataclasses
+import math
 import random
 
 import pytest
@@ -75,6 +77,43 @@ def test_a_prompt_with_one_row_is_one_sequence_with_it():
     assert b.predict_index.tolist() == [1, 2, 3, 5]
 
 
+def test_a_packed_batch_carries_the_demonstration_mask_to_the_same_loss():
+    """One group under prompt [5, 6]: an initial response [7, 8] (old log-prob -1 each), a
+    demonstration [9] and a refinement [10], advantage 0.5 each. Given the same (B, T)
+    log-probs, the packed and the padded batch give the loss the same masks:
+
+    initial tokens: ratio exp(-1 - -1) = 1, loss -0.5 * 1 = -0.5 each (no clip at 1);
+    demonstration:  p = 0.5, f = p / (p + 0.5) = 0.5 (its gamma), loss -0.5 * 0.5 = -0.25;
+    refinement:     p = 0.5, f = p / (p + 0.1) = 0.8333, loss -0.4167;
+    token mean: (-0.5 - 0.5 - 0.25 - 0.4167) / 4 = -0.41667."""
+    from cgrpo.algo.loss import policy_loss
+    from cgrpo.algo.mixing import collate
+
+    rows = [
+        TrainRow(0, [5, 6], [7, 8], [-1.0, -1.0], False, 0.0, 0.5),
+        TrainRow(0, [5, 6], [9], None, True, 1.0, 0.5),
+        TrainRow(0, [5, 6], [10], None, True, 1.0, 0.5),
+    ]
+    rows[1].is_demonstration = True
+    packed, padded = collate_packed(rows, pad_id=0), collate(rows, pad_id=0)
+    assert packed.demonstration_mask.tolist() == [[0, 0], [1, 0], [0, 0]]
+    assert packed.input_ids.tolist() == [5, 6, 7, 8, 9, 10]  # the prompt once, for all three
+    logprobs = torch.tensor([[-1.0, -1.0], [math.log(0.5), 0.0], [math.log(0.5), 0.0]])
+    config = LossConfig(
+        aggregation="token_mean", shaping_gamma=0.1, demonstration_gamma=0.5, entropy_coef=0.0
+    )
+    losses = []
+    for batch in (packed, padded):
+        out = policy_loss(
+            logprobs, batch.old_logprobs, batch.advantages, batch.response_mask,
+            batch.refinement_mask, config, demonstration_mask=batch.demonstration_mask,
+        )  # fmt: skip
+        assert out.metrics["demonstration/token_prob_mean"] == pytest.approx(0.5)
+        losses.append(out.loss.item())
+    expected = (-0.5 - 0.5 - 0.25 - 0.5 * 0.5 / 0.6) / 4
+    assert losses == pytest.approx([expected, expected], abs=1e-6)
+
+
 @pytest.fixture(scope="module")
 def packable(tiny):
     """The tiny model (2 query heads, 1 key/value head) switched to cgrpo's attention, as
@@ -129,6 +168,17 @@ def _update(model, rows, loss, ref, **micro):
     return metrics, rec.grads
 
 
+def _assert_same_update(padded, g_padded, packed, g_packed):
+    """Every loss and per-token metric to 1e-6, every gradient to 1e-6; returns the keys."""
+    compared = {k for k in padded if not k.startswith("update/")}
+    assert compared == {k for k in packed if not k.startswith("update/")}
+    for key in compared:
+        assert packed[key] == pytest.approx(padded[key], abs=1e-6, rel=1e-6), key
+    for a, b in zip(g_padded, g_packed, strict=True):
+        assert (a - b).abs().max() <= 1e-6
+    return compared
+
+
 @pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean", "token_sum"])
 def test_packed_update_equals_padded_for_every_aggregation(packable, ragged_rows, aggregation):
     """Losses (every ``loss/*`` term), the per-token metrics (ratio, clip fraction, TIS,
@@ -151,13 +201,77 @@ def test_packed_update_equals_padded_for_every_aggregation(packable, ragged_rows
     packed, g_packed = _update(model, ragged_rows, loss, ref, micro_batch_tokens=200)
     assert packed["update/token_utilization"] == 1.0
     assert padded["update/token_utilization"] < 0.7  # 1 to 150 tokens: much padding
-    compared = {k for k in padded if not k.startswith("update/")}
-    assert compared == {k for k in packed if not k.startswith("update/")}
+    compared = _assert_same_update(padded, g_padded, packed, g_packed)
     assert {"loss/kl", "loss/entropy_bonus", "sampler/logprob_diff_max"} <= compared
-    for key in compared:
-        assert packed[key] == pytest.approx(padded[key], abs=1e-6, rel=1e-6), key
-    for a, b in zip(g_padded, g_packed, strict=True):
-        assert (a - b).abs().max() <= 1e-6
+
+
+def test_packed_update_equals_padded_with_demonstration_rows(packable, ragged_rows, tiny):
+    """A demonstration (LUFFY) per group, under the group's prompt: packed micro-batches
+    carry its mask, so its tokens take their own gamma (0.5, not the refinement's 0.1) and
+    keep their metrics; losses, metrics and gradients agree to 1e-6 in float32."""
+    rng = random.Random(2)
+    rows = copy.deepcopy(ragged_rows)
+    for g, n in enumerate([60, 5, 23]):
+        ids = [rng.randrange(3, len(tiny[1])) for _ in range(n)]
+        demo = TrainRow(g, rows[4 * g].prompt_ids, ids, None, True, 1.0)
+        demo.is_demonstration, demo.advantage = True, 0.6 - 0.2 * g
+        rows.append(demo)
+    loss = LossConfig(aggregation="token_mean", entropy_coef=0.01, demonstration_gamma=0.5)
+    padded, g_padded = _update(packable, rows, loss, None)
+    packed, g_packed = _update(packable, rows, loss, None, micro_batch_tokens=200)
+    compared = _assert_same_update(padded, g_padded, packed, g_packed)
+    assert {"demonstration/shaped_weight_mean", "entropy/demonstration"} <= compared
+    # without the mask the demonstrations would be refinements: another loss
+    plain, _ = _update(packable, rows, dataclasses.replace(loss, demonstration_gamma=0.1), None,
+                       micro_batch_tokens=200)  # fmt: skip
+    assert abs(plain["loss/policy"] - packed["loss/policy"]) > 1e-4
+
+
+def test_fine_tuning_rows_pack_like_padded(packable, ragged_rows, tiny):
+    """The fine-tuning objectives' step (fine_tune_loss: cross-entropy, token mean, advantage
+    1 on off-policy rows) under micro_batch_tokens: RAFT-like rows sharing a prompt and
+    critique-FT-like rows each under a prompt of its own, packed = padded to 1e-6."""
+    from cgrpo.train.fine_tune import fine_tune_loss
+
+    rng = random.Random(3)
+    rows = []
+    for row in ragged_rows[:6]:
+        ft = TrainRow(row.group, row.prompt_ids, row.response_ids, None, True, 1.0)
+        ft.advantage = 1.0
+        rows.append(ft)
+    for g in range(3):  # a prompt per row: (question, response) -> critique
+        prompt = [rng.randrange(3, len(tiny[1])) for _ in range(12 + 5 * g)]
+        target = [rng.randrange(3, len(tiny[1])) for _ in range(9 + 20 * g)]
+        crit = TrainRow(g, prompt, target, None, True, 0.0)
+        crit.advantage = 1.0
+        rows.append(crit)
+    loss = fine_tune_loss(LossConfig(entropy_coef=0.0))
+    padded, g_padded = _update(packable, rows, loss, None)
+    packed, g_packed = _update(packable, rows, loss, None, micro_batch_tokens=120)
+    _assert_same_update(padded, g_padded, packed, g_packed)
+
+
+def test_the_empty_fine_tuning_row_runs_a_zero_backward_packed(packable):
+    """A rank without fine-tuning rows trains one empty row (train/loop.py Trainer.update)
+    so its collectives stay in step: packed, the forward runs on its one-token prompt and
+    the loss (other ranks' 5 tokens as the mini-batch count) is 0 with a zero gradient."""
+    from cgrpo.algo.loss import policy_loss
+    from cgrpo.train.fine_tune import fine_tune_loss
+
+    batch = collate_packed([TrainRow(0, [0], [], None, True, 0.0, 0.0)], pad_id=0)
+    assert batch.input_ids.tolist() == [0] and batch.predict_index.numel() == 0
+    packable.zero_grad(set_to_none=True)
+    lp, _ = forward_packed(packable, batch, 1.0)
+    cfg = fine_tune_loss(LossConfig(entropy_coef=0.0))
+    out = policy_loss(
+        lp, None, batch.advantages, batch.response_mask, batch.refinement_mask, cfg,
+        num_tokens=5.0,
+    )  # fmt: skip
+    out.loss.backward()
+    assert out.loss.item() == 0.0
+    grads = [p.grad for p in packable.parameters() if p.grad is not None]
+    assert grads and all(g.abs().max() == 0 for g in grads)
+    packable.zero_grad(set_to_none=True)
 
 
 def test_packed_forward_under_gradient_checkpointing(packable, ragged_rows):

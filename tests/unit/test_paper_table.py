@@ -112,3 +112,60 @@ def test_a_bad_table_or_recipe_exits_2_with_a_message(paper_table, tmp_path, cap
     )
     assert paper_table.main(["t", "--tables", str(two), "--out", str(tmp_path)]) == 2
     assert "must share a warm-up" in capsys.readouterr().err
+
+
+def test_the_baselines_table_starts_sequential_from_its_r1_grpo_row(paper_table):
+    table = paper_table.load_tables()["baselines"]
+    paper_table.shared_warmup(table, [])
+    assert table.layout == "columns"
+    by_stem = {Path(r.recipe).stem: r for r in table.rows}
+    assert set(by_stem) == {
+        p.stem for p in (REPO / "recipes" / "paper").glob("baseline-*-cpu.yaml")
+    } - {"baseline-root-cpu"}
+    assert by_stem["baseline-sequential-cpu"].after == by_stem["baseline-r1-grpo-cpu"].recipe
+    assert [r.after for r in table.rows].count("") == len(table.rows) - 1
+
+
+def test_the_columns_layout_has_one_line_per_method_and_the_median_per_benchmark(
+    paper_table, tmp_path
+):
+    path = tmp_path / "tables.yaml"
+    recipe = REPO / "recipes/paper/baseline-raft-cpu.yaml"
+    path.write_text(
+        "t:\n  title: T\n  layout: columns\n"
+        "  metrics: [{title: hard, key: eval/h}, {title: easy, key: eval/e}]\n"
+        f"  rows: [{{label: RAFT, recipe: {recipe}}}]\n"
+    )
+    table = paper_table.load_tables(path)["t"]
+    for seed, (h, e) in enumerate([(0.5, 1.0), (0.25, 0.75), (0.0, 0.5)]):
+        run = tmp_path / f"t-baseline-raft-cpu-s{seed}"
+        run.mkdir()
+        lines = [{"step": 0, "eval/h": 0.0, "eval/e": 0.0}, {"step": 9, "eval/h": h, "eval/e": e}]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    text, data, csv = paper_table.render_columns("t", table, [0, 1, 2], tmp_path)
+    # medians over seeds: hard median(0.5, 0.25, 0.0) = 0.25, easy median(1, 0.75, 0.5) = 0.75
+    assert text.splitlines()[2:] == ["| method | hard | easy |", "|---|---|---|",
+                                     "| RAFT | 0.250 | 0.750 |"]  # fmt: skip
+    assert csv.splitlines() == [
+        "method,seed,hard,easy", '"RAFT",0,0.5000,1.0000', '"RAFT",1,0.2500,0.7500',
+        '"RAFT",2,0.0000,0.5000', '"RAFT",median,0.2500,0.7500',
+    ]  # fmt: skip
+    assert data["rows"] == [{"row": "RAFT", "hard": [0.5, 0.25, 0.0], "easy": [1.0, 0.75, 0.5]}]
+
+
+def test_an_after_that_is_no_earlier_row_is_an_error(paper_table, tmp_path):
+    path = tmp_path / "tables.yaml"
+    a, b = (REPO / f"recipes/paper/baseline-{n}-cpu.yaml" for n in ("sequential", "r1-grpo"))
+    path.write_text(
+        "t:\n  title: x\n  metrics: [{title: a, key: k}]\n"
+        f"  rows: [{{label: s, recipe: {a}, after: {b}}}, {{label: g, recipe: {b}}}]\n"
+    )
+    with pytest.raises(paper_table.TableFileError, match=r"t\.rows\.0\.after: .* earlier row"):
+        paper_table.load_tables(path)
+
+
+def test_csv_needs_the_columns_layout(paper_table, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        paper_table.main(["ladder", "--out", str(tmp_path), "--csv", str(tmp_path / "x.csv")])
+    assert stop.value.code == 2
+    assert "--csv writes the columns layout" in capsys.readouterr().err

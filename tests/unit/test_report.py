@@ -62,7 +62,14 @@ def test_two_runs_overlay_and_the_summary_matches_the_metrics(tmp_path):
     rep = tmp_path / "rep"
     names = {p.stem for p in rep.glob("*.png")}
     # panels with data only: no eval, entropy, shaping, mismatch figures
-    assert names == {"reward", "refinement", "zero_advantage", "critic", "time"}
+    assert names == {
+        "reward",
+        "refinement",
+        "zero_advantage",
+        "critic",
+        "time",
+        "persistent_failures",
+    }
     assert "not drawn: Evaluation: no run logged eval/... (evaluation is off" in out.stdout
     md = (rep / "report.md").read_text()
     cells = {}

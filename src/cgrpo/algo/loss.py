@@ -17,7 +17,12 @@ Per token t of sequence i, with p_t = pi_theta(y_t | q, y_<t):
   ``p``: f(p) = p (the released code's ``off_policy_reshape=no_reshape``: the behaviour
   probability taken as 1), gradient ``-A * p * grad log p``;
   ``none``: f(p) = p / sg(p), value -A, gradient ``-A * grad log p`` (the plain policy
-  gradient, as if the refinement had been sampled by the policy).
+  gradient, as if the refinement had been sampled by the policy);
+  ``log_p``: f(p) = log p, the supervised (cross-entropy) loss with A = 1: what the
+  fine-tuning baselines (RAFT, refinement/critique FT) train with; not a recipe choice.
+* demonstration tokens (``demonstration_mask``, a subset of the refinement tokens: a
+  reference solution in the group, LUFFY): the same shaped loss with its own gamma
+  (``demonstration_gamma``; None: ``shaping_gamma``).
 
 Then ``loss = agg(l) - entropy_coef * agg_H(H) + kl_coef * agg_KL(KL)``: the policy term is
 aggregated by :func:`aggregate`, the entropy bonus and the KL penalty each by their own
@@ -39,7 +44,7 @@ import torch.nn.functional as F
 
 Aggregation = Literal["token_mean", "seq_mean_token_mean", "token_sum"]
 TermAggregation = Literal["same_as_policy", "token_mean", "micro_batch_token_mean"]
-ShapingMode = Literal["p_over_p_plus_gamma", "p", "none"]
+ShapingMode = Literal["p_over_p_plus_gamma", "p", "none", "log_p"]
 KLEstimator = Literal["k1", "k2", "k3"]
 
 
@@ -56,6 +61,7 @@ class LossConfig:
     ``aggregation``: see :func:`aggregate`; ``normalizer`` is the constant divisor of
     ``token_sum`` (the max response length in the released code).
     ``entropy_aggregation`` / ``kl_aggregation``: see :func:`aggregate_term`.
+    ``demonstration_gamma``: gamma of f on demonstration tokens (None: ``shaping_gamma``).
     """
 
     clip_low: float | None = 0.2
@@ -70,6 +76,7 @@ class LossConfig:
     kl_estimator: KLEstimator = "k3"
     kl_aggregation: TermAggregation = "same_as_policy"
     tis_cap: float | None = None
+    demonstration_gamma: float | None = None
 
 
 @dataclass
@@ -202,13 +209,14 @@ def shaped_token_loss(
     logprobs: torch.Tensor,
     advantages: torch.Tensor,
     mode: ShapingMode = "p_over_p_plus_gamma",
-    gamma: float = 0.1,
+    gamma: float | torch.Tensor = 0.1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Loss on refinement tokens, ``-A * f(p)``, independent of any old probability.
 
     Returns ``(loss (B,T), p (B,T), weight (B,T))`` where ``weight`` is d f / d log p, the
     factor that multiplies ``-A`` in the gradient wrt log p: ``gamma p / (p + gamma)^2``
-    for ``p_over_p_plus_gamma``, ``p`` for ``p``, 1 for ``none``.
+    for ``p_over_p_plus_gamma``, ``p`` for ``p``, 1 for ``none`` and ``log_p``.
+    ``gamma`` may be a tensor broadcast against ``logprobs`` (a gamma per token).
     """
     p = torch.exp(logprobs)
     if mode == "p_over_p_plus_gamma":
@@ -219,6 +227,9 @@ def shaped_token_loss(
         weight = p
     elif mode == "none":
         loss = -advantages * torch.exp(logprobs - logprobs.detach())
+        weight = torch.ones_like(p)
+    elif mode == "log_p":
+        loss = -advantages * logprobs
         weight = torch.ones_like(p)
     else:
         raise ValueError(f"unknown shaping mode {mode!r}")
@@ -253,14 +264,21 @@ class _Tokens:
     initial tokens."""
 
     response: torch.Tensor
-    refinement: torch.Tensor
+    refinement: torch.Tensor  # off-policy: refinements and demonstrations
     initial: torch.Tensor
+    demonstration: torch.Tensor
 
     @classmethod
-    def of(cls, response_mask: torch.Tensor, refinement_mask: torch.Tensor) -> _Tokens:
+    def of(
+        cls,
+        response_mask: torch.Tensor,
+        refinement_mask: torch.Tensor,
+        demonstration_mask: torch.Tensor | None = None,
+    ) -> _Tokens:
         resp = response_mask.bool()
         refine = refinement_mask.bool() & resp
-        return cls(resp, refine, resp & ~refine)
+        demo = refine & demonstration_mask.bool() if demonstration_mask is not None else None
+        return cls(resp, refine, resp & ~refine, torch.zeros_like(resp) if demo is None else demo)
 
 
 def _initial_term(
@@ -296,12 +314,20 @@ def _initial_term(
 def _refinement_term(
     logprobs: torch.Tensor, adv: torch.Tensor, tokens: _Tokens, config: LossConfig
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Per-token shaped loss on refinement tokens (0 elsewhere) and its metrics."""
-    loss, p, weight = shaped_token_loss(logprobs, adv, config.shaping, config.shaping_gamma)
+    """Per-token shaped loss on refinement and demonstration tokens (0 elsewhere) and its
+    metrics, per kind."""
+    gamma: float | torch.Tensor = config.shaping_gamma
+    if config.demonstration_gamma is not None and tokens.demonstration.any():
+        gamma = torch.where(tokens.demonstration, config.demonstration_gamma, gamma)
+    loss, p, weight = shaped_token_loss(logprobs, adv, config.shaping, gamma)
+    refined = tokens.refinement & ~tokens.demonstration
     metrics = {
-        "refine/token_prob_mean": _masked_mean(p, tokens.refinement),
-        "refine/shaped_weight_mean": _masked_mean(weight, tokens.refinement),
+        "refine/token_prob_mean": _masked_mean(p, refined),
+        "refine/shaped_weight_mean": _masked_mean(weight, refined),
     }
+    if tokens.demonstration.any():
+        metrics["demonstration/token_prob_mean"] = _masked_mean(p, tokens.demonstration)
+        metrics["demonstration/shaped_weight_mean"] = _masked_mean(weight, tokens.demonstration)
     return masked(loss, tokens.refinement), metrics
 
 
@@ -321,7 +347,10 @@ def _regularizers(
     if entropy is not None:
         ent = masked(entropy, resp)
         metrics["entropy/initial"] = _masked_mean(ent.detach(), tokens.initial)
-        metrics["entropy/refinement"] = _masked_mean(ent.detach(), tokens.refinement)
+        refined = tokens.refinement & ~tokens.demonstration
+        metrics["entropy/refinement"] = _masked_mean(ent.detach(), refined)
+        if tokens.demonstration.any():
+            metrics["entropy/demonstration"] = _masked_mean(ent.detach(), tokens.demonstration)
     if config.entropy_coef != 0.0:
         if entropy is None:
             raise ValueError("entropy_coef != 0 needs the per-token entropy")
@@ -353,6 +382,7 @@ def policy_loss(
     num_tokens: float | None = None,
     num_seqs: float | None = None,
     micro_batch_tokens: torch.Tensor | None = None,
+    demonstration_mask: torch.Tensor | None = None,
 ) -> LossOutput:
     """The whole Critique-GRPO loss of one (micro-)batch.
 
@@ -361,8 +391,9 @@ def policy_loss(
     has no initial tokens. ``entropy`` (B, T) is needed when ``entropy_coef`` != 0,
     ``ref_logprobs`` when ``kl_coef`` != 0. ``num_tokens`` / ``num_seqs``: the mini-batch
     totals (see :func:`aggregate`); ``micro_batch_tokens`` (B,): see :func:`aggregate_term`.
+    ``demonstration_mask`` (B, T): the refinement-mask tokens that are demonstrations.
     """
-    tokens = _Tokens.of(response_mask, refinement_mask)
+    tokens = _Tokens.of(response_mask, refinement_mask, demonstration_mask)
     logprobs = masked(logprobs, tokens.response)
     adv = advantages.to(logprobs.dtype)
     adv = masked(adv.unsqueeze(-1) if adv.dim() == 1 else adv, tokens.response)
@@ -372,7 +403,10 @@ def policy_loss(
         num_tokens=num_tokens,
         num_seqs=num_seqs,
     )
-    per_token = torch.zeros_like(logprobs)
+    # without a response token the masked log-probs are all exactly 0: a zero loss that is
+    # still in the graph, so a micro-batch without tokens (the empty row of a rank without
+    # fine-tuning rows) can run its backward, as FSDP and the gradient all-reduce need
+    per_token = torch.zeros_like(logprobs) if tokens.response.any() else logprobs
     metrics: dict[str, float] = {}
     if tokens.initial.any():
         init, init_metrics = _initial_term(

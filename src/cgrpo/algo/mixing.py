@@ -1,8 +1,11 @@
 """Refinement selection and group mixing (ALGORITHM.md section 2, steps 5 and 6).
 
-A group is the G initial responses of one prompt plus the K refinements kept for it. A
+A group is the G initial responses of one prompt plus the K refinements kept for it (and,
+with ``algorithm.demonstrations``, D reference solutions: LUFFY's off-policy members). A
 refinement is trained as a response to the *original* prompt: its row holds
 ``[original prompt ; refinement tokens]`` and never the critique or the previous response.
+A demonstration likewise: ``[original prompt ; solution tokens]``. Both are off-policy
+rows (``is_refinement``: no old log-prob, shaped, never clipped).
 """
 
 from __future__ import annotations
@@ -93,6 +96,7 @@ class TrainRow:
     weight_version: int | None = None  # of the weights that sampled it (Completion's)
     # a refinement's group's samples' (oldest): its prompt holds one of them and its critique
     group_weight_version: int | None = None
+    is_demonstration: bool = False  # a reference solution in the group (is_refinement too)
 
 
 def build_group(
@@ -103,11 +107,15 @@ def build_group(
     refinements: Sequence[Completion],
     refinement_rewards: Sequence[float],
     eos_ids: Iterable[int],
+    demonstrations: Sequence[Completion] = (),
+    demonstration_rewards: Sequence[float] = (),
 ) -> list[TrainRow]:
-    """The rows of one group: G initial members, then the kept refinements.
+    """The rows of one group: G initial members, the kept refinements, then the
+    demonstrations.
 
-    Every row, refinements included, uses ``prompt_ids`` (the original prompt). Response
-    ids are the sampled ids cut at their first EOS (kept).
+    Every row, refinements and demonstrations included, uses ``prompt_ids`` (the original
+    prompt). Response ids are the sampled ids cut at their first EOS (kept); a
+    demonstration's are its solution's tokens and the EOS the rollout appended.
     """
     eos = list(eos_ids)
     rows = []
@@ -122,6 +130,13 @@ def build_group(
         rows.append(TrainRow(group, list(prompt_ids), ids, None, True, float(reward)))
         rows[-1].weight_version = comp.weight_version
         rows[-1].group_weight_version = min(sampled) if sampled else None
+    for comp, reward in zip(demonstrations, demonstration_rewards, strict=True):
+        ids, _ = cut_at_eos(comp.token_ids, eos)
+        rows.append(TrainRow(group, list(prompt_ids), ids, None, True, float(reward)))
+        rows[-1].is_demonstration = True
+        # no weights sampled it; it is in the group for the samples' outcome (and its
+        # advantage is relative to theirs), so it is as old as they are
+        rows[-1].group_weight_version = min(sampled) if sampled else None
     return rows
 
 
@@ -129,7 +144,8 @@ def build_group(
 class ResponseTensors:
     """The response side of a micro-batch, padded or packed alike: (B, T) per-token
     tensors aligned with each row's response tokens (T = the longest response, at least 1),
-    and (B,) per-row values. The loss reads only these."""
+    and (B,) per-row values. The loss reads only these. ``demonstration_mask`` (B, T): the
+    refinement-mask tokens of demonstration rows, None when the rows have none."""
 
     response_ids: torch.Tensor
     response_mask: torch.Tensor
@@ -138,6 +154,7 @@ class ResponseTensors:
     advantages: torch.Tensor
     rewards: torch.Tensor
     sampler_logprobs: torch.Tensor | None
+    demonstration_mask: torch.Tensor | None
 
 
 @dataclass
@@ -193,6 +210,7 @@ def response_tensors(rows: Sequence[TrainRow], pad_id: int) -> ResponseTensors:
         if sampler is not None and row.sampler_logprobs is not None:
             sampler[i, :n] = torch.as_tensor(row.sampler_logprobs[:n], dtype=torch.float32)
     is_ref = torch.tensor([r.is_refinement for r in rows], dtype=torch.float32)
+    is_demo = torch.tensor([r.is_demonstration for r in rows], dtype=torch.float32)
     return ResponseTensors(
         response_ids=response_ids,
         response_mask=response_mask,
@@ -201,6 +219,7 @@ def response_tensors(rows: Sequence[TrainRow], pad_id: int) -> ResponseTensors:
         advantages=torch.tensor([r.advantage for r in rows], dtype=torch.float64),
         rewards=torch.tensor([r.reward for r in rows], dtype=torch.float64),
         sampler_logprobs=sampler,
+        demonstration_mask=response_mask * is_demo.unsqueeze(-1) if is_demo.any() else None,
     )
 
 

@@ -216,9 +216,15 @@ def _check_prompt_lengths(recipe: Any, reports: list[TaskReport]) -> None:
 
 def add_run_requirements(recipe: Any, reports: list[TaskReport], max_rows: int | None) -> None:
     """What ``cgrpo run`` refuses about data that reads fine, added to the report of the
-    section concerned: a warm-up (or its refinement examples) without one reference
-    solution, and a hold-out (``eval.size``) that would take every problem."""
-    from cgrpo.train.data import NO_REFINEMENT_SOLUTIONS, NO_SOLUTIONS, holdout_takes_all
+    section concerned: a warm-up (or its refinement examples) or demonstrations in the
+    group without one reference solution, and a hold-out (``eval.size``) that would take
+    every problem."""
+    from cgrpo.train.data import (
+        NO_DEMONSTRATION_SOLUTIONS,
+        NO_REFINEMENT_SOLUTIONS,
+        NO_SOLUTIONS,
+        holdout_takes_all,
+    )
 
     def of(section: str) -> list[TaskReport]:  # a mixture's sources are reported each
         return [r for r in reports if r.section == section
@@ -229,6 +235,9 @@ def add_run_requirements(recipe: Any, reports: list[TaskReport], max_rows: int |
         _require_solutions(of("sft.task" if sft.task is not None else "data.task"), NO_SOLUTIONS)
         if sft.refinement_share and sft.refinement_task is not None:
             _require_solutions(of("sft.refinement_task"), NO_REFINEMENT_SOLUTIONS)
+    algorithm = getattr(recipe, "algorithm", None)  # None: a recipe that did not validate
+    if algorithm is not None and algorithm.demonstrations.per_group:
+        _require_solutions(of("data.task"), NO_DEMONSTRATION_SOLUTIONS)
     data = [r for r in reports if r.section == "data.task"]  # not a mixture's sources
     if ev.every and not ev.benchmarks and ev.task is None and data and not data[0].problems:
         whole = max_rows is None or data[0].rows < max_rows  # else only a part was read

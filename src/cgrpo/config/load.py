@@ -88,8 +88,19 @@ REPLACED_KEYS: dict[str, dict[str, tuple[str, ...]]] = {"sft": {"optim": ("lr",)
 # section -> {key: {value: the older keys that value makes meaningless}}: as REPLACED_KEYS,
 # but only when the child (or an override) sets the key to that value: a recipe extending
 # one with ``fallback: first`` can still switch to ``selection: random``.
+# A fine-tuning objective (RAFT, refinement/critique/CITL FT) switches off the policy
+# gradient's settings: the extended recipe's selection, fallback, advantage,
+# demonstrations and loss (the child's own loss, if any, replaces the parent's whole:
+# entropy_coef, kl_coef).
+_POLICY_GRADIENT_ONLY = ("selection", "fallback", "advantage", "demonstrations", "loss")
 SWITCHED_OFF: dict[str, dict[str, dict[str, tuple[str, ...]]]] = {
-    "algorithm": {"selection": {"random": ("fallback",)}}
+    "algorithm": {
+        "selection": {"random": ("fallback",)},
+        "objective": {
+            name: _POLICY_GRADIENT_ONLY
+            for name in ("raft", "refinement_ft", "critique_ft", "citl_ft")
+        },
+    }
 }
 
 
@@ -110,7 +121,7 @@ def _drop_replaced(parent: DictConfig, child: DictConfig) -> None:
             continue
         for key in new:
             for gone in _made_meaningless(section, str(key), new.get(key)):
-                if gone not in new:
+                if gone not in new or gone == "loss":  # a loss section is replaced whole
                     old.pop(gone, None)
 
 

@@ -111,7 +111,7 @@ def keep_best_is_logged(r: Recipe) -> RuleResult:
 @rule("algorithm.samples_per_prompt")
 def grpo_needs_two_samples(r: Recipe) -> RuleResult:
     g, k = r.algorithm.samples_per_prompt, r.algorithm.refinements_per_prompt
-    if k == 0 and g < 2:
+    if k == 0 and g < 2 and r.algorithm.objective == "policy_gradient":
         return Finding(
             f"plain GRPO (K=0) needs G >= 2 samples per prompt, got {g}",
             "set samples_per_prompt to 2 or more, or refinements_per_prompt >= 1",
@@ -208,9 +208,9 @@ def mini_batches_hold_whole_groups(r: Recipe) -> RuleResult:
 @rule("algorithm.micro_batch_size")
 def micro_batches_divide_mini_batches(r: Recipe) -> RuleResult:
     a = r.algorithm
-    if a.prompts_per_step % a.updates_per_step:
-        return None  # reported by mini_batches_hold_whole_groups
-    n = a.samples_per_prompt + a.refinements_per_prompt
+    if a.prompts_per_step % a.updates_per_step or a.objective != "policy_gradient":
+        return None  # reported by mini_batches_hold_whole_groups; fine-tuning rows vary
+    n = a.group_size
     rows = a.prompts_per_step // a.updates_per_step * n
     if a.micro_batch_tokens is not None:
         return None  # packed micro-batches are cut by tokens (micro_batch_size is refused)

@@ -303,8 +303,66 @@ class LossSection(Section):
         return out
 
 
+FINE_TUNE_OBJECTIVES = ("raft", "refinement_ft", "critique_ft", "citl_ft")
+
+
+class DemonstrationConfig(Section):
+    """Expert demonstrations in the group (LUFFY): the problem's reference solution (the
+    task's ``solution_field``) joins its group as an off-policy member, shaped with
+    f(p) = p/(p+gamma), never clipped, rewarded by the verifier like any member."""
+
+    per_group: int = Field(
+        0,
+        ge=0,
+        description="D: copies of the reference solution added to each group (0 = off; LUFFY: "
+        "1); each copy is a member of its own, so D > 1 weighs the demonstration D times",
+    )
+    when: Literal["always", "failed_groups"] = Field(
+        "always",
+        description="'always' (LUFFY) or 'failed_groups': only to groups whose G samples all "
+        "failed (the demonstration as a rescue, like Critique-GRPO's refinements)",
+    )
+    gamma: float | None = Field(
+        None,
+        gt=0,
+        description="gamma of f(p) = p/(p+gamma) on demonstration tokens; null = "
+        "algorithm.loss.shaping.gamma",
+    )
+
+    def ignored_settings(self) -> dict[str, str]:
+        if self.per_group == 0:
+            why = ("has no effect with per_group: 0 (no demonstration is added); set "
+                   "per_group: 1, or remove it")  # fmt: skip
+            return {"when": why, "gamma": why}
+        return {}
+
+
+class FineTuneConfig(Section):
+    """Settings of the fine-tuning objectives (algorithm.objective other than
+    policy_gradient)."""
+
+    critique_template: str = Field(
+        "{question}\n\nSolution:\n{response}\n\nCritique the solution: check each step, "
+        "say whether the final answer is correct, and if not, what is wrong.",
+        description="critique_ft: user message of the prompt the critique is learnt under; "
+        "{question} and {response} are replaced (write {{ }} for literal braces)",
+    )
+
+
 class AlgorithmConfig(Section):
     """Group shapes and the Critique-GRPO options (docs/algorithm-options.md)."""
+
+    objective: Literal["policy_gradient", "raft", "refinement_ft", "critique_ft", "citl_ft"] = (
+        Field(
+            "policy_gradient",
+            description="what a step trains on: 'policy_gradient' (GRPO, Critique-GRPO, LUFFY) "
+            "or a fine-tuning baseline, one cross-entropy step on this step's rollout: "
+            "'raft' (the correct initial responses), 'refinement_ft' (the correct "
+            "refinements, under the original question), 'critique_ft' (the critic's "
+            "critiques, under a (question, response) prompt), 'citl_ft' (the correct initial "
+            "responses and correct refinements: one critique-in-the-loop round per step)",
+        )
+    )
 
     prompts_per_step: int = Field(8, ge=1, description="P: prompts per training step")
     samples_per_prompt: int = Field(7, ge=1, description="G: initial samples per prompt")
@@ -334,6 +392,8 @@ class AlgorithmConfig(Section):
         "grpo", "advantage scheme: grpo (std_scaling none/group/batch), rloo, reinforce_pp"
     )
     loss: LossSection = Field(default_factory=LossSection)
+    demonstrations: DemonstrationConfig = Field(default_factory=DemonstrationConfig)
+    fine_tune: FineTuneConfig = Field(default_factory=FineTuneConfig)
     updates_per_step: int = Field(
         1, ge=1, description="optimizer updates per rollout (mini-batches; released code: 2)"
     )
@@ -369,14 +429,22 @@ class AlgorithmConfig(Section):
 
     @property
     def group_size(self) -> int:
-        return self.samples_per_prompt + self.refinements_per_prompt
+        """N = G + K + D: the most members a group has."""
+        return self.samples_per_prompt + self.refinements_per_prompt + self.demonstrations.per_group
 
     def ignored_settings(self) -> dict[str, str]:
-        out = {}
+        out: dict[str, str] = {}
         if self.micro_batch_tokens is not None:
             why = ("has no effect with algorithm.micro_batch_tokens (packed micro-batches are "
                    "cut by tokens); remove it, or unset micro_batch_tokens")  # fmt: skip
             out |= {"micro_batch_size": why, "max_tokens_per_micro_batch": why}
+        if self.objective != "policy_gradient":
+            why = (f"has no effect with objective: {self.objective} (a cross-entropy step "
+                   "on the step's correct samples: no advantage, no K to keep); remove it, "
+                   "or set objective: policy_gradient")  # fmt: skip
+            for key in ("selection", "fallback", "advantage", "demonstrations"):
+                out[key] = why
+            return out
         if self.refinements_per_prompt == 0:
             out["selection"] = ("has no effect with refinements_per_prompt: 0 (no "
                                 "refinement is kept); remove selection, or set "
@@ -385,6 +453,8 @@ class AlgorithmConfig(Section):
             out["fallback"] = ("has no effect with selection: random (K refinements are "
                                "drawn whatever their verdicts); remove fallback, or set "
                                "selection: correct_first")  # fmt: skip
+        out["fine_tune"] = ("is read only by a fine-tuning objective; remove it, or set "
+                            "objective: raft, refinement_ft, critique_ft or citl_ft")  # fmt: skip
         return out
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from cgrpo.config import baseline_rules  # noqa: F401  (registers its rules)
 from cgrpo.config.rules import cross_issues
 from cgrpo.config.schema import COMPONENT_PATHS, ComponentSpec, Recipe
 from cgrpo.errors import ConfigIssue, RecipeError, UnknownComponentError

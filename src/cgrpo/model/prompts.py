@@ -91,19 +91,35 @@ class PromptBuilder:
         if len(critique_ids) > self.ref.max_critique_tokens:
             critique = self.tok.decode(critique_ids[: self.ref.max_critique_tokens]) + " ..."
         question = self.cfg.template.format(question=problem.question)
-        budget = self.max_length - self.max_new_tokens
 
         def build(resp: str) -> list[int]:
             return self._encode_user(
                 self.ref.template.format(question=question, response=resp, critique=critique)
             )
 
+        return self._fit(problem, build, response, "lower refinement.max_critique_tokens")
+
+    def critique_ids(self, problem: Problem, response: str, template: str) -> list[int]:
+        """Token ids of the prompt a critique is learnt under (``critique_ft``): ``template``
+        with {question} and {response}, the response shortened from the front to leave
+        ``max_new_tokens`` of room, as in a refinement prompt."""
+        question = self.cfg.template.format(question=problem.question)
+
+        def build(resp: str) -> list[int]:
+            return self._encode_user(template.format(question=question, response=resp))
+
+        return self._fit(problem, build, response, "shorten the critique template")
+
+    def _fit(self, problem: Problem, build, response: str, fix: str) -> list[int]:
+        """``build(response)``, the response shortened from the front (its end, where the
+        answer is, is kept) until prompt + max_new_tokens fits model.max_length."""
+        budget = self.max_length - self.max_new_tokens
         base = len(build(""))
         if base > budget:
             raise RefinementTooLong(
-                f"problem {problem.id}: the refinement prompt without the previous response "
-                f"is {base} tokens, over the budget {budget} (model.max_length - "
-                "sampling.max_new_tokens); lower refinement.max_critique_tokens"
+                f"problem {problem.id}: the prompt without the previous response is {base} "
+                f"tokens, over the budget {budget} (model.max_length - "
+                f"sampling.max_new_tokens); {fix}"
             )
         resp_ids = self.tok.encode(response, add_special_tokens=False)
         ids = build(response)

@@ -64,8 +64,19 @@ PANELS = (
     ),
     Panel(
         "entropy",
-        "Entropy of initial and refinement tokens",
-        ("entropy/initial", "entropy/refinement"),
+        "Entropy per kind: initial, refinement and demonstration tokens",
+        ("entropy/initial", "entropy/refinement", "entropy/demonstration"),
+    ),
+    Panel(
+        "length",
+        "Response length per kind",
+        ("length/initial_mean", "length/refinement_mean", "length/demonstration_mean"),
+    ),
+    Panel(
+        "persistent_failures",
+        "Persistent failures: valid critiques, correct refinements, problems refined",
+        ("critique/valid_share", "refine/success_rate", "groups/refined_share"),
+        absent="nothing was critiqued: algorithm.refinements_per_prompt: 0",
     ),
     Panel(
         "shaping",

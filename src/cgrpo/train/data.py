@@ -22,6 +22,11 @@ NO_SOLUTIONS = (
 NO_REFINEMENT_SOLUTIONS = (
     "sft.refinement_task has no problem with a reference solution; map its solution_field"
 )
+NO_DEMONSTRATION_SOLUTIONS = (
+    "algorithm.demonstrations.per_group > 0 but no training problem (data.task) has a "
+    "reference solution to add to its group; map one (data.task.options.solution_field) or "
+    "set algorithm.demonstrations.per_group: 0"
+)
 
 
 def holdout_takes_all(size: int, problems: int) -> str | None:

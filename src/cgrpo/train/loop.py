@@ -39,6 +39,7 @@ from cgrpo.model import distributed
 from cgrpo.model.loading import eos_token_ids
 from cgrpo.model.logprobs import forward_response
 from cgrpo.model.packing import require_packing
+from cgrpo.model.prompts import RefinementTooLong
 from cgrpo.model.sharding import is_sharded
 from cgrpo.train.checkpoint import (
     complete_checkpoints,
@@ -49,8 +50,9 @@ from cgrpo.train.checkpoint import (
     save_checkpoint,
     save_sharded_checkpoint,
 )
-from cgrpo.train.data import DataStream
+from cgrpo.train.data import NO_DEMONSTRATION_SOLUTIONS, DataStream
 from cgrpo.train.evaluation import evaluate_now
+from cgrpo.train.fine_tune import critique_target, fine_tune_loss, fine_tune_rows
 from cgrpo.train.metrics import Console, JsonlWriter, rollout_metrics, sample_lines
 from cgrpo.train.parts import Built
 from cgrpo.train.pipeline import Pipeline, check_pipeline, count_outcomes, drop_groups
@@ -85,6 +87,7 @@ def loss_config(recipe: Recipe) -> LossConfig:
         kl_estimator=loss.kl_estimator,
         kl_aggregation=loss.kl_aggregation,
         tis_cap=loss.tis_cap,
+        demonstration_gamma=recipe.algorithm.demonstrations.gamma,
     )
 
 
@@ -124,6 +127,11 @@ def merge_update_metrics(parts: list[dict[str, float]]) -> dict[str, float]:
         vals = [p[key] for p in parts if key in p]
         out[key] = sum(vals) if key.startswith("loss/") else sum(vals) / len(vals)
     return out
+
+
+def _check_demonstrations(recipe: Recipe, built: Built) -> None:
+    if recipe.algorithm.demonstrations.per_group and not any(p.solution for p in built.problems):
+        raise TrainingError(NO_DEMONSTRATION_SOLUTIONS)  # app/check.py refuses it earlier
 
 
 class Trainer:
@@ -168,6 +176,9 @@ class Trainer:
             fallback=a.fallback,
             speculative=r.rollout.speculative_refinement,
             selection=a.selection,
+            demonstrations=a.demonstrations.per_group,
+            demonstrations_when=a.demonstrations.when,
+            sample_refinements=a.objective != "critique_ft",
             sampling=SamplingParams(
                 n=a.samples_per_prompt,
                 temperature=s.temperature,
@@ -176,11 +187,13 @@ class Trainer:
                 max_new_tokens=s.max_new_tokens,
             ),
         )
+        _check_demonstrations(recipe, built)
+        fine_tuning = a.objective != "policy_gradient"
         self.update_settings = UpdateSettings(
             updates_per_step=a.updates_per_step,
             micro_batch_size=a.micro_batch_size,
             temperature=s.temperature,
-            loss=loss_config(r),
+            loss=fine_tune_loss(loss_config(r)) if fine_tuning else loss_config(r),
             grad_clip=r.optim.grad_clip,
             max_tokens_per_micro_batch=a.max_tokens_per_micro_batch,
             logprob_chunk_tokens=a.logprob_chunk_tokens,
@@ -243,6 +256,39 @@ class Trainer:
                 for r, row_lp in zip(chunk, lp.float().cpu(), strict=False):
                     r.sampler_logprobs = r.old_logprobs
                     r.old_logprobs = row_lp[: len(r.response_ids)]
+
+    def fine_tune_rows(self, ro: Rollout) -> list[TrainRow]:
+        """The rows of a fine-tuning objective (:func:`cgrpo.train.fine_tune.fine_tune_rows`)."""
+        prompts, tok, r = self.b.prompts, self.b.tokenizer, self.recipe
+        template, room = r.algorithm.fine_tune.critique_template, r.sampling.max_new_tokens
+
+        def critique_row(rec):
+            try:
+                prompt = prompts.critique_ids(rec.problem, rec.completion.text, template)
+            except RefinementTooLong:
+                return None
+            return prompt, critique_target(tok, rec.critique.text, room)
+
+        return fine_tune_rows(
+            ro, r.algorithm.objective, self.eos_ids, prompts.prompt_ids, critique_row
+        )
+
+    def update(self, rows: list[TrainRow]) -> dict[str, float]:
+        """Steps 8-9. A fine-tuning step with no row on any rank (RAFT on problems the
+        policy always fails) takes no optimizer step; a rank without rows while others
+        have some trains an empty row (no token: no loss, no gradient) to keep in step."""
+        if self.recipe.algorithm.objective != "policy_gradient":
+            total = distributed.sum_scalar(float(len(rows)))
+            if total == 0:
+                return {"fine_tune/rows": 0.0, "update/skipped_empty": 1.0}
+            if not rows:
+                rows = [TrainRow(0, [self.pad_id], [], None, True, 0.0, 0.0)]
+        upd = self._update(rows)
+        if self.recipe.algorithm.objective != "policy_gradient":
+            upd["fine_tune/rows"] = distributed.sum_scalar(
+                float(sum(bool(x.response_ids) for x in rows))
+            )
+        return upd
 
     def sampling_weights(self):
         """Context for sampling (:func:`cgrpo.model.sharding.sampling_weights`)."""
@@ -386,15 +432,18 @@ class Trainer:
         torch.manual_seed(hash((r.run.seed, step, self.rank)) & 0x7FFFFFFF)
         ro = self._rows(step)  # 1-6
         self._guard_verifier_errors(step, ro)
-        self.assign_advantages(ro.rows)  # 7
-        if r.algorithm.old_logprobs == "recompute":
-            self.recompute_old_logprobs(ro.rows)
+        if r.algorithm.objective == "policy_gradient":
+            self.assign_advantages(ro.rows)  # 7
+            if r.algorithm.old_logprobs == "recompute":
+                self.recompute_old_logprobs(ro.rows)
+        else:  # a fine-tuning baseline: its rows replace the group's (fine_tune.py)
+            ro.rows = self.fine_tune_rows(ro)
         maybe_crash("step", step)
         t_update = time.perf_counter()
         release = getattr(self.b.policy, "release_memory", None)
         if callable(release):  # e.g. vLLM sleeps during the update on GPU
             release()
-        upd = self._update(ro.rows)  # 8-9
+        upd = self.update(ro.rows)  # 8-9
         t_updated = time.perf_counter()
         self._push_weights()
         now = time.perf_counter()
@@ -404,7 +453,7 @@ class Trainer:
         upd = merge_update_metrics(distributed.gather(upd))
         metrics = {
             "step": step,
-            **rollout_metrics(ro),
+            **rollout_metrics(ro, advantages=r.algorithm.objective == "policy_gradient"),
             **upd,
             "time/update": t_updated - t_update,
             "time/sync": now - t_updated,

@@ -47,10 +47,12 @@ def per_task_metrics(init: list[Any], refs: list[Any]) -> dict[str, float]:
     return out
 
 
-def rollout_metrics(ro: Rollout) -> dict[str, float]:
-    """The per-step rollout metrics (ALGORITHM.md section 6)."""
+def rollout_metrics(ro: Rollout, advantages: bool = True) -> dict[str, float]:
+    """The per-step rollout metrics (ALGORITHM.md section 6). ``advantages=False``: the
+    rows are a fine-tuning objective's (advantage 1 each), no advantage is logged."""
     init = [r for r in ro.records if r.kind == "initial"]
     refs = [r for r in ro.records if r.kind == "refinement"]
+    demos = [r for r in ro.records if r.kind == "demonstration"]
     kept = [r for r in refs if r.kept]
     groups = len({r.group for r in init})
     m: dict[str, float] = {
@@ -87,6 +89,7 @@ def rollout_metrics(ro: Rollout) -> dict[str, float]:
             sum(not math.isfinite(r.verdict.score) for r in ro.records)
         ),
     }
+    m.update(kind_metrics(ro, init, refs, demos))
     m.update(per_task_metrics(init, refs))
     m.update(critique_metrics(ro.critiques))
     by_source = {
@@ -96,10 +99,10 @@ def rollout_metrics(ro: Rollout) -> dict[str, float]:
     for source, recs in by_source.items():
         if recs:
             m[f"refine/success_rate_{source}"] = _mean([float(r.verdict.correct) for r in recs])
-    advantages: dict[int, list[float]] = {}
-    for row in ro.rows:
-        advantages.setdefault(row.group, []).append(row.advantage)
-    flat = [a for vals in advantages.values() for a in vals]
+    by_group: dict[int, list[float]] = {}
+    for row in ro.rows if advantages else ():
+        by_group.setdefault(row.group, []).append(row.advantage)
+    flat = [a for vals in by_group.values() for a in vals]
     if flat:
         m["advantage/mean"] = _mean(flat)
         mean = sum(flat) / len(flat)  # plain arithmetic: NaN advantages must not crash logging
@@ -107,13 +110,31 @@ def rollout_metrics(ro: Rollout) -> dict[str, float]:
         m["advantage/max"] = max(flat)
         m["advantage/min"] = min(flat)
         m["advantage/zero_groups_share"] = _mean(
-            [float(all(a == 0 for a in vals)) for vals in advantages.values()]
+            [float(all(a == 0 for a in vals)) for vals in by_group.values()]
         )
     for stage, secs in ro.seconds.items():
         m[f"time/{stage}"] = secs
     for key, value in ro.speculative.items():  # rollout.speculative_refinement's cost
         m[f"speculative/{key}"] = value
     return {k: v for k, v in m.items() if not (isinstance(v, float) and math.isnan(v))}
+
+
+def kind_metrics(ro: Rollout, init: list, refs: list, demos: list) -> dict[str, float]:
+    """Demonstrations (LUFFY) beside initial responses and refinements, and the paper's
+    persistent-failure shares beside ``refine/success_rate`` (the correct refinements):
+    of the critiques, those the critic wrote (not a fallback); of the groups, those with a
+    refinement (empty when the step has none of them)."""
+    m: dict[str, float] = {}
+    if demos:
+        m["demonstration/count"] = float(len(demos))
+        m["reward/demonstration_mean"] = _mean([r.verdict.score for r in demos])
+        m["length/demonstration_mean"] = _mean([float(len(r.completion.token_ids)) for r in demos])
+    critiqued = [r.critique for r in init if r.critique is not None]
+    if critiqued:
+        m["critique/valid_share"] = _mean([float(not c.fallback) for c in critiqued])
+        groups = {r.group for r in init}
+        m["groups/refined_share"] = len({r.group for r in refs}) / max(1, len(groups))
+    return m
 
 
 def critique_metrics(crits: list) -> dict[str, float]:
@@ -182,7 +203,8 @@ def _group_versions(ro: Rollout) -> dict[int, int]:
 
 
 def sample_lines(step: int, ro: Rollout, limit: int) -> list[dict[str, Any]]:
-    """samples.jsonl entries of a step (at most ``limit``, refinements first).
+    """samples.jsonl entries of a step (at most ``limit``, refinements first). ``kind`` is
+    ``initial``, ``refinement`` or ``demonstration`` (a reference solution in the group).
 
     ``id`` is ``"STEP-N"`` (unique in the run); a refinement's ``parent_id`` is the id of
     the response it refined, whose line holds the critique that prompted it."""

@@ -1,6 +1,9 @@
 """One rollout: sample, verify, critique, refine, select, mix (ALGORITHM.md section 2,
 steps 1-6). The update is elsewhere; this module only produces the training rows.
 
+With ``algorithm.demonstrations`` a group's rows are its initial samples, its kept
+refinements and its demonstrations (the reference solution, LUFFY), in that order.
+
 Shapes: P prompts, G initial samples each, K refinements kept each, N = G + K.
 
 Each group is one coroutine (:class:`GroupRun`) that tells its own story: sample its G
@@ -29,6 +32,7 @@ from cgrpo.algo.mixing import TrainRow, build_group, select_refinements
 from cgrpo.algo.targets import group_targets, possible_target, sure_target
 from cgrpo.interfaces import Critic, PolicyBackend, Verifier
 from cgrpo.model.prompts import PromptBuilder, RefinementTooLong
+from cgrpo.train import demonstrations
 from cgrpo.train.rollout_context import StepContext
 from cgrpo.train.timeline import Span, stage_seconds
 from cgrpo.types import Completion, Critique, CritiqueRequest, Problem, SamplingParams, Verdict
@@ -48,6 +52,9 @@ class RolloutSettings:
     sampling: SamplingParams
     speculative: bool = False  # rollout.speculative_refinement (failed_groups only)
     selection: str = "correct_first"  # correct_first | random
+    demonstrations: int = 0  # D: copies of the reference solution per group (LUFFY)
+    demonstrations_when: str = "always"  # always | failed_groups
+    sample_refinements: bool = True  # False: critiques only (critique_ft trains on them)
 
 
 @dataclass
@@ -56,7 +63,7 @@ class Record:
 
     group: int
     problem: Problem
-    kind: str  # "initial" | "refinement"
+    kind: str  # "initial" | "refinement" | "demonstration"
     completion: Completion
     verdict: Verdict
     critique: Critique | None = None
@@ -122,6 +129,7 @@ class GroupRun:
         self.refined: dict[int, Refined] = {}
         self.targets: list[int] = []
         self.picks: list[int] = []  # kept refinements: indices into self.kept_candidates()
+        self.demonstrations: list[tuple[Completion, Verdict]] = []
 
     async def run(self) -> GroupRun:
         try:
@@ -130,6 +138,7 @@ class GroupRun:
             self.settle()  # 3-4: the recipe's rule on the whole group
             await self.refine()  # 3-5: critique, refinement prompt, refinement, verdict
             self.select()  # 5: keep K, correct ones first
+            await self.demonstrate()  # the reference solution joins the group (LUFFY)
             return self
         finally:  # failed or cancelled: nothing of this group goes on sampling
             await _cancelled(list(self.early.values()))
@@ -243,7 +252,7 @@ class GroupRun:
                 log.warning("refinement skipped: %s", exc)
 
     async def sample_refinement(self, i: int, state: Refined) -> None:
-        if state.prompt is None:
+        if state.prompt is None or not self.ctx.settings.sample_refinements:
             return
         state.sampling = True
         with self.ctx.clock.span(self.p, "refine") as span:
@@ -270,6 +279,23 @@ class GroupRun:
             random.Random(f"{self.ctx.rng_key}:{self.ctx.prompt_offset + self.p}"),  # split-proof
             s.selection,  # type: ignore[arg-type]
         )
+
+    async def demonstrate(self) -> None:
+        """The group's demonstrations (:mod:`cgrpo.train.demonstrations`), verified like
+        any member."""
+        s = self.ctx.settings
+        copies = demonstrations.wanted(
+            s.demonstrations, s.demonstrations_when, self.problem, self.verdicts
+        )
+        if not copies:
+            return
+        tok = self.ctx.prompts.tok
+        completion = demonstrations.completion_of(
+            tok, self.problem.solution, s.sampling.max_new_tokens
+        )
+        with self.ctx.clock.span(self.p, "verify"):
+            verdict = await self.ctx.verdict(completion.text, self.problem)
+        self.demonstrations = [(completion, verdict)] * copies
 
 
 async def _cancelled(tasks: list[asyncio.Task]) -> None:
@@ -315,10 +341,11 @@ def assemble(groups: list[GroupRun], prompt_ids, eos_ids) -> Rollout:
             out.critiques.append(run.refined[i].critique)
         out.refinements_skipped += sum(run.refined[i].prompt is None for i in run.targets)
         kept = _refinement_records(run, records, g)
+        demos = _demonstration_records(run, records, prompt_ids[run.p])
         failed = not any(v.correct for v in run.verdicts)
         out.groups_all_failed += failed
         out.groups_rescued += failed and any(records[k].verdict.correct for k in kept)
-        members = [run.p * g + i for i in range(g)] + kept
+        members = [run.p * g + i for i in range(g)] + kept + demos
         for offset, index in enumerate(members):
             records[index].row = len(out.rows) + offset
         out.rows += build_group(
@@ -329,8 +356,22 @@ def assemble(groups: list[GroupRun], prompt_ids, eos_ids) -> Rollout:
             [records[k].completion for k in kept],
             [records[k].verdict.score for k in kept],
             eos_ids,
+            [records[k].completion for k in demos],
+            [records[k].verdict.score for k in demos],
         )
     return out
+
+
+def _demonstration_records(run: GroupRun, records: list[Record], prompt_ids) -> list[int]:
+    """Append ``run``'s demonstration records (kind ``demonstration``, trained as they
+    are); their record indices."""
+    first = len(records)
+    for completion, verdict in run.demonstrations:
+        records.append(
+            Record(run.p, run.problem, "demonstration", completion, verdict,
+                   prompt_tokens=len(prompt_ids))
+        )  # fmt: skip
+    return list(range(first, len(records)))
 
 
 def _refinement_records(run: GroupRun, records: list[Record], g: int) -> list[int]:

@@ -112,13 +112,24 @@ _METRIC_TOKENS = {
     "entropy/initial": "initial",
     "refine/": "refinement",
     "entropy/refinement": "refinement",
+    "demonstration/": "demonstration",
+    "entropy/demonstration": "demonstration",
     "kl/": "response",
 }
 
 
 def _token_counts(micro: MicroBatch) -> dict[str, float]:
-    response, refinement = float(micro.response_mask.sum()), float(micro.refinement_mask.sum())
-    return {"response": response, "refinement": refinement, "initial": response - refinement}
+    """Tokens of each kind: the refinement kind excludes demonstrations (the loss's
+    ``refine/`` metrics average over refinements only)."""
+    response, off_policy = float(micro.response_mask.sum()), float(micro.refinement_mask.sum())
+    demo = micro.demonstration_mask
+    demonstration = 0.0 if demo is None else float(demo.sum())
+    return {
+        "response": response,
+        "refinement": off_policy - demonstration,
+        "demonstration": demonstration,
+        "initial": response - off_policy,
+    }
 
 
 def _combine(parts: list[tuple[dict[str, float], dict[str, float]]]) -> dict[str, float]:
@@ -238,6 +249,7 @@ def _micro_loss(
         num_tokens=mini.num_tokens,
         num_seqs=mini.num_seqs,
         micro_batch_tokens=_on(mini.term_tokens[index], dev),
+        demonstration_mask=_on(micro.demonstration_mask, dev),
     )
     return out, logprobs
 

@@ -25,6 +25,11 @@ class ArithmeticBenchmark:
         k: int = Field(1, ge=1, description="samples per problem (k > 1: avg@k, pass@k, maj@k)")
         temperature: float = Field(0.6, gt=0, description="temperature of the k samples")
         top_p: float = Field(0.95, gt=0, le=1, description="top-p of the k samples")
+        label: str = Field(
+            "arithmetic-test",
+            pattern=r"^[A-Za-z0-9._-]+$",
+            description="its name in metrics (eval/<label>/...): several draws side by side",
+        )
 
         def ignored_settings(self) -> dict[str, str]:
             if self.k == 1:
@@ -35,7 +40,7 @@ class ArithmeticBenchmark:
     def __init__(self, options: Options | None = None, context: Any = None):
         self.options = options or self.Options()
         o = self.options
-        self.name = "arithmetic-test"
+        self.name = o.label
         self.category = "math"
         self.verifier = ("math", {})
         self.k, self.temperature, self.top_p = o.k, o.temperature, o.top_p

@@ -79,10 +79,10 @@ def _round_up(n: int, to: int) -> int:
 
 
 class HFPolicy:
-    """Samples with transformers generate on the training model (no weight sync needed).
+    """Samples on the training model itself (no weight sync needed).
 
     Single requests (:meth:`sample`, the per-group rollout's interface) are gathered into
-    batched calls by a :class:`~cgrpo.builtins.policies.batching.RequestBatcher`, which runs
+    batched decode calls by a :class:`~cgrpo.builtins.policies.batching.RequestBatcher`, which runs
     them in a worker thread; calls from several threads take turns (one lock)."""
 
     # the trainer gathers a sharded (FSDP) model whole around sampling (model/sharding.py)
