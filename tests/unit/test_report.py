@@ -272,3 +272,30 @@ def test_the_stage_panel_stacks_stages_not_their_totals():
     time_panel = next(p for p in PANELS if p.name == "time")
     keys = {"time/sample", "time/refine", "time/update", "time/rollout", "time/step"}
     assert expand(time_panel, keys) == ["time/refine", "time/sample", "time/update"]
+
+
+def test_entropy_and_length_are_drawn_per_kind_with_demonstrations(tmp_path):
+    """Issue 28: report.html shows entropy and response length per kind (initial,
+    refinement, demonstration), one line each on one labelled axis."""
+    data = [
+        r
+        | {
+            "entropy/initial": 0.5,
+            "entropy/refinement": 0.3,
+            "entropy/demonstration": 0.1,
+            "length/initial_mean": 30.0,
+            "length/refinement_mean": 20.0,
+            "length/demonstration_mean": 40.0,
+        }
+        for r in rows(4, 0.1)
+    ]
+    run = write_run(tmp_path, "luffy", data)
+    out = run_cli("report", str(run), "--out", str(tmp_path / "rep"))
+    assert out.returncode == 0, out.stderr
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert '<img alt="entropy"' in html and '<img alt="length"' in html
+    for panel in ("entropy", "length"):
+        fig = figure([run_of("luffy", data)], panel)
+        labels = {line.get_label() for ax in fig.axes for line in ax.get_lines()}
+        kinds = {"initial", "refinement", "demonstration"}
+        assert all(any(k in label for label in labels) for k in kinds), labels
