@@ -3,6 +3,8 @@ setting across sets, and verification in worker processes that gives the same ve
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from cgrpo.builtins.verifiers.choice import ChoiceVerifier
@@ -171,3 +173,48 @@ def test_a_worker_that_dies_falls_back_to_verifying_here(tmp_path, caplog):
         pool.close()
     assert [v.correct for v in verdicts] == [i % 2 == 1 for i in range(MIN_RESPONSES)]
     assert "verification worker processes failed" in caplog.text and pool.workers == 1
+
+
+_KILLED_PARENT = """
+import os, signal, sys, threading
+from cgrpo.builtins.verifiers.math import MathVerifier
+from cgrpo.train.verify_pool import VerifyPool
+from cgrpo.types import Problem
+
+pool = VerifyPool(1)
+pairs = [("\\\\boxed{1}", Problem("0", "q", "1"))]
+thread = threading.Thread(target=pool.verify, args=(MathVerifier(), ("math", {}), pairs))
+thread.start()
+thread.join()
+print(" ".join(str(p.pid) for p in pool._pool._processes.values()), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_worker_processes_exit_when_the_trainer_is_killed():
+    """A SIGKILLed trainer (the OOM killer, a preempted job, ``kill -9``) leaves no
+    verification worker behind: an orphan would live on forever holding the trainer's
+    stdout, so a launcher or ``subprocess.run`` reading it would hang instead of seeing the
+    crash (CI's kill-and-resume test through the servers hung for 600 s this way)."""
+    import subprocess
+    import sys
+    import time
+
+    done = subprocess.run(
+        [sys.executable, "-c", _KILLED_PARENT], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == -9, done.stderr
+    pids = [int(p) for p in done.stdout.split()]
+    assert pids
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in pids)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

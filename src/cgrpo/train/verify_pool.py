@@ -17,6 +17,7 @@ import logging
 import multiprocessing
 import os
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -51,6 +52,20 @@ def _verify_chunk(name: str, options: dict[str, Any], pairs: list[tuple[str, Pro
         _built[key] = get_registries()["verifier"].build(name, options, BuildContext())
     verifier = _built[key]
     return [safe_verify(verifier, response, problem) for response, problem in pairs]
+
+
+def _exit_with(parent: int) -> None:
+    """A worker's initializer: exit as soon as ``parent`` (the trainer) is gone. A SIGKILLed
+    trainer cannot shut its pool down, and an orphaned worker would wait for tasks forever
+    while holding the trainer's stdout and stderr, so whoever reads them (a launcher,
+    ``subprocess.run``) would hang instead of seeing the crash."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-trainer", daemon=True).start()
 
 
 def auto_workers(setting: int, processes: int = 1) -> int:
@@ -172,7 +187,10 @@ class VerifyPool:
     def _submit(self, spec: tuple[str, dict[str, Any]], pairs: list[tuple[str, Problem]]):
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
-                self.workers, mp_context=multiprocessing.get_context("spawn")
+                self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_exit_with,
+                initargs=(os.getpid(),),
             )
             log.info("verifying %s responses in %d worker processes", spec[0], self.workers)
         name, options = spec
