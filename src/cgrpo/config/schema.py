@@ -719,7 +719,8 @@ class RunConfig(Section):
         0,
         ge=0,
         description="processes verifying responses (training and evaluation) for verifiers "
-        "that opt in (math); 0 = the cores minus one, up to 8; 1 = in the trainer's process",
+        "that opt in (math); 0 = the cores minus one, up to 8; 1 = in the trainer's process "
+        "(a pipelined run's rollouts, off the main thread, still use one spawned worker)",
     )
     overwrite: bool = Field(False, description="replace an existing run directory")
     allow_recipe_change: bool = Field(
