@@ -91,6 +91,27 @@ def test_timeout_is_enforced_off_the_main_thread_too():
     assert out["fast"].correct
 
 
+def test_a_forked_verification_ends_itself_when_nobody_kills_it():
+    """Off the main thread the math verifier runs each call in a forked child that its
+    parent kills at the timeout. A SIGKILLed parent cannot, so the child bounds its own
+    life with SIGALRM: an orphan stuck on a pathological expression would otherwise hold
+    the trainer's stdout forever. Here the child is started as the parent starts it, with
+    a 1 s lifetime, and nobody kills it."""
+    import multiprocessing
+    import signal
+
+    from cgrpo.builtins.verifiers.math import _child
+
+    ctx = multiprocessing.get_context("fork")
+    _recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(send, time.sleep, (60,), 1), daemon=True)
+    started = time.monotonic()
+    proc.start()
+    proc.join(20)
+    assert proc.exitcode == -signal.SIGALRM
+    assert time.monotonic() - started < 10
+
+
 def test_exact_verifier():
     v = ExactVerifier()
     assert v.verify(r"so \boxed{Paris}", prob("paris")).correct

@@ -27,8 +27,10 @@ process that is killed after ``timeout_s``. Either way a timeout scores 0 with r
 from __future__ import annotations
 
 import functools
+import math
 import multiprocessing
 import re
+import signal
 import threading
 import time
 from typing import Any, Literal
@@ -43,7 +45,10 @@ _TIMED_OUT = object()
 _TRUTH = {"true", "false"}  # math-verify reads them as symbols, case-sensitively
 
 
-def _child(conn, fn, args):  # pragma: no cover - runs in the forked child
+def _child(conn, fn, args, lifetime_s: int):  # pragma: no cover - runs in the forked child
+    # SIGALRM ends this child even if its parent was SIGKILLed and cannot kill it: an orphan
+    # stuck on a pathological expression would hold the trainer's stdout forever
+    signal.alarm(lifetime_s)
     try:
         conn.send(fn(*args))
     except Exception as exc:
@@ -56,7 +61,8 @@ def call_with_process_timeout(fn, args: tuple, timeout_s: float):
     """Run ``fn(*args)`` in a forked child and return its result, or ``_TIMED_OUT``."""
     ctx = multiprocessing.get_context("fork")
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(send, fn, args), daemon=True)
+    lifetime = math.ceil(timeout_s) + 1  # the parent kills it at timeout_s; this is a backstop
+    proc = ctx.Process(target=_child, args=(send, fn, args, lifetime), daemon=True)
     proc.start()
     send.close()
     try:
