@@ -156,6 +156,9 @@ def compare(model, rows, sides: dict) -> tuple[float, float]:
 
 
 def clock(device: str):
+    """The benchmarks' clock: process CPU-seconds on CPU, where the machine is shared and
+    one thread does the work; wall seconds after a synchronize on CUDA, whose kernels run
+    apart from the CPU."""
     import torch
 
     if device == "cuda":

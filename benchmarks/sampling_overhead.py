@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import statistics
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -105,20 +104,9 @@ def bare_decode(model, prompts, tokens: int, precision) -> None:
         nxt.cpu()
 
 
-def clock(device: str):
-    import torch
-
-    if device == "cuda":
-
-        def now() -> float:
-            torch.cuda.synchronize()
-            return time.perf_counter()
-
-        return now
-    return time.process_time
-
-
 def measure(model, policy, batch: int, args) -> dict:
+    from packing import clock  # this script's folder is on sys.path when it runs
+
     from cgrpo.types import SamplingParams
 
     prompts = prompts_for(batch, model.config.vocab_size)

@@ -100,21 +100,11 @@ def make_trainer(
 
 
 def _clock(device_type: str):
-    """(name, now): process CPU-seconds on CPU, where the machine is shared and one thread
-    does the work; wall seconds after a synchronize on CUDA, whose kernels run apart from
-    the CPU."""
-    import time
+    """(unit, now) of benchmarks/packing.py's clock: CPU-seconds on CPU, wall seconds after
+    a synchronize on CUDA."""
+    from packing import clock
 
-    import torch
-
-    if device_type != "cuda":
-        return "CPU-s", time.process_time
-
-    def now() -> float:
-        torch.cuda.synchronize()
-        return time.perf_counter()
-
-    return "wall s", now
+    return ("wall s" if device_type == "cuda" else "CPU-s"), clock(device_type)
 
 
 class RefinementPrefill:
